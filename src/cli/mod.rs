@@ -1,0 +1,103 @@
+//! Thin CLI layer: parse arguments, load the config, call the library, report.
+
+pub mod config;
+pub mod demo;
+pub mod device;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use serde::Serialize;
+use spx::config::Config;
+use spx::logging::Progress;
+use toml::Value;
+
+/// Flags accepted by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// TOML file overriding the built-in defaults (see `spx config show`).
+    #[arg(long, global = true, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set run.seed=7` (repeatable; applied after --config).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Compute device: cpu, wgpu[:N] or cuda[:N] (overrides run.device).
+    #[arg(long, global = true)]
+    pub device: Option<String>,
+    /// Random seed (overrides run.seed).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+    /// Output directory (overrides run.out_dir).
+    #[arg(long = "out", global = true, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// CPU worker threads, 0 = all cores (overrides run.threads).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Print a one-object JSON summary on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Global {
+    /// The effective config: defaults < --config < --set < explicit flags.
+    pub fn load_config(&self) -> Result<Config> {
+        let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+        if let Some(d) = &self.device {
+            flags.push(("run.device", Value::String(d.clone()), "--device"));
+        }
+        if let Some(s) = self.seed {
+            let s = i64::try_from(s).context("--seed must be below 2^63")?;
+            flags.push(("run.seed", Value::Integer(s), "--seed"));
+        }
+        if let Some(o) = &self.out_dir {
+            flags.push((
+                "run.out_dir",
+                Value::String(o.display().to_string()),
+                "--out",
+            ));
+        }
+        if let Some(t) = self.threads {
+            flags.push(("run.threads", Value::Integer(t as i64), "--threads"));
+        }
+        let cfg = spx::config::load(self.config.as_deref(), &self.sets, &flags)?;
+        Ok(cfg)
+    }
+
+    /// Load the config and apply process-wide settings (thread pool).
+    pub fn setup(&self) -> Result<Config> {
+        let cfg = self.load_config()?;
+        if cfg.run.threads > 0 {
+            // Only the first call in a process takes effect; the CLI calls it once.
+            let _ = rayon::ThreadPoolBuilder::new()
+                .num_threads(cfg.run.threads)
+                .build_global();
+        }
+        Ok(cfg)
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress::new(self.quiet)
+    }
+
+    /// Print `summary` as one JSON object when `--json` was given.
+    pub fn emit_json<T: Serialize>(&self, summary: &T) -> Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string(summary)?);
+        }
+        Ok(())
+    }
+
+    /// Human-readable output goes to stdout unless `--json` claims it.
+    pub fn say(&self, text: impl AsRef<str>) {
+        if !self.json {
+            println!("{}", text.as_ref());
+        }
+    }
+}

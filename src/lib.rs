@@ -1,0 +1,13 @@
+//! spx: five research methods for astronomers and spectroscopists behind one CLI.
+//!
+//! The library holds everything; `src/main.rs` only parses arguments and reports. Shared ground:
+//! [`backend`] (burn device selection and seeding), [`config`] (one layered TOML config),
+//! [`io`] (FITS, NPZ, HDF5, PNG plots, atomic writes) and [`logging`].
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod logging;
+
+pub use error::{Result, SpxError};

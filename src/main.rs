@@ -1,0 +1,45 @@
+//! The `spx` command line: global flags, then one subcommand per method.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// spx — spectral and imaging research methods in one binary.
+#[derive(Parser, Debug)]
+#[command(name = "spx", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: cli::Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List compiled-in backends and self-check the chosen device (matmul, autodiff, FFT).
+    Device(cli::device::DeviceArgs),
+    /// Show the effective configuration.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCmd),
+    /// Run a real end-to-end job on built-in synthetic data.
+    Demo(cli::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    spx::logging::init(args.global.verbose, args.global.quiet);
+    let result = match &args.command {
+        Command::Device(a) => cli::device::run(&args.global, a),
+        Command::Config(c) => cli::config::run(&args.global, c),
+        Command::Demo(a) => cli::demo::run(&args.global, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

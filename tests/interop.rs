@@ -1,0 +1,169 @@
+//! Files written by spx open in numpy/astropy/h5py with the right values, and files written by
+//! those tools open in spx. Drives tests/interop/*.py (see tests/interop/README.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use num_complex::Complex32;
+use spx::io::{fits, hdf5, npz};
+
+// Mirrors tests/interop/formulas.py.
+fn cube() -> ArrayD<f32> {
+    ArrayD::from_shape_fn(IxDyn(&[3, 4, 5]), |ix| {
+        (ix[0] * 100 + ix[1] * 10) as f32 + ix[2] as f32 * 0.5
+    })
+}
+fn wave() -> Array1<f64> {
+    Array1::from_shape_fn(50, |k| 3600.0 + 100.0 * k as f64)
+}
+fn probe() -> ArrayD<Complex32> {
+    ArrayD::from_shape_fn(IxDyn(&[4, 4]), |ix| {
+        Complex32::new(ix[0] as f32, ix[1] as f32 - 0.5 * ix[0] as f32)
+    })
+}
+fn coords() -> Vec<f64> {
+    (0..6).map(|i| i as f64 * 1.5 - 2.0).collect()
+}
+fn ids() -> ArrayD<i64> {
+    ArrayD::from_shape_vec(IxDyn(&[5]), vec![3, -1, 4, -1, 5]).unwrap()
+}
+fn spectra(rows: std::ops::Range<usize>) -> Array2<f32> {
+    Array2::from_shape_fn((rows.len(), 64), |(r, t)| {
+        ((rows.start + r) * 64 + t) as f32 * 0.25
+    })
+}
+fn names() -> Vec<String> {
+    vec!["a.jdx".into(), "b/c.csv".into(), "naïve.txt".into()]
+}
+
+fn python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("SPX_INTEROP_PYTHON") {
+        return Some(PathBuf::from(p));
+    }
+    let ok = Command::new("python3")
+        .args(["-c", "import numpy, astropy, h5py"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(PathBuf::from("python3"));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI needs SPX_INTEROP_PYTHON (a python with numpy, astropy, h5py); .ci/run sets it"
+    );
+    eprintln!("interop: skipped, no python3 with numpy+astropy+h5py (set SPX_INTEROP_PYTHON)");
+    None
+}
+
+fn run_py(py: &Path, script: &str, dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
+    let out = Command::new(py).arg(&script).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn write_spx_files(dir: &Path) {
+    fits::write_fits(&dir.join("spx.fits"), |w| {
+        w.primary_card("NEXP", 9i64)?;
+        w.image_f32("FLUX", &cube(), &[("BUNIT", "1e-17 erg/s/cm2/Ang".into())])?;
+        w.image_f64("WAVE", &wave().into_dyn(), &[])?;
+        w.table(
+            "OBSINFO",
+            &[
+                fits::Column::F64("SEEING".into(), coords()),
+                fits::Column::Str("NAME".into(), (0..6).map(|i| format!("exp{i}")).collect()),
+            ],
+            &[],
+        )
+    })
+    .unwrap();
+    npz::write_npz(
+        &dir.join("spx.npz"),
+        &[
+            ("cube", npz::NpzArray::F32(cube())),
+            ("wave", npz::NpzArray::F64(wave().into_dyn())),
+            ("probeGuess", npz::NpzArray::C64(probe())),
+            ("ids", npz::NpzArray::I64(ids())),
+        ],
+        true,
+    )
+    .unwrap();
+    hdf5::write_h5(&dir.join("spx.h5"), |w| {
+        // Appended in blocks, as the corpus builder streams it.
+        let mut s = w.appendable::<f32>("spectra", 64, 64, Some(4))?;
+        for start in (0..300).step_by(70) {
+            s.append(spectra(start..(start + 70).min(300)).view())?;
+        }
+        let modality: Vec<i8> = (0..300).map(|i| (i % 5) as i8).collect();
+        w.dataset(
+            "modality",
+            ArrayD::from_shape_vec(IxDyn(&[300]), modality)
+                .unwrap()
+                .view(),
+            &hdf5::Layout::contiguous(),
+        )?;
+        w.dataset("group/probe", probe().view(), &hdf5::Layout::contiguous())?;
+        w.strings("source_files", &names())?;
+        w.attr_i64("/", "n_points", 64)?;
+        w.attr_str("/", "creator", "spx")
+    })
+    .unwrap();
+}
+
+fn read_reference_files(dir: &Path) {
+    let mut f = fits::FitsReader::open(&dir.join("ref.fits")).unwrap();
+    assert_eq!(f.image_f32("FLUX").unwrap(), cube());
+    assert_eq!(f.image_f64("WAVE").unwrap(), wave().into_dyn());
+    assert_eq!(f.card_i64("PRIMARY", "NEXP").unwrap(), 9);
+    assert_eq!(f.card_f64("PRIMARY", "IFURA").unwrap(), 205.4384);
+    assert_eq!(f.card_str("FLUX", "BUNIT").unwrap(), "1e-17 erg/s/cm2/Ang");
+    assert_eq!(f.col_f64("OBSINFO", "SEEING").unwrap(), coords());
+    let want: Vec<String> = (0..6).map(|i| format!("exp{i}")).collect();
+    assert_eq!(f.col_str("OBSINFO", "NAME").unwrap(), want);
+
+    let mut z = npz::NpzFile::open(&dir.join("ref.npz")).unwrap();
+    assert!(
+        z.contains("_metadata"),
+        "numpy wrote a pickled _metadata entry"
+    );
+    assert_eq!(z.f32("cube").unwrap(), cube());
+    assert_eq!(z.f64("wave").unwrap(), wave().into_dyn());
+    assert_eq!(z.c64("probeGuess").unwrap(), probe());
+    assert_eq!(z.i64("ids").unwrap(), ids());
+    let mut z = npz::NpzFile::open(&dir.join("ref_compressed.npz")).unwrap();
+    assert_eq!(z.f32("cube").unwrap(), cube());
+    assert_eq!(z.c64("probeGuess").unwrap(), probe());
+
+    let h = hdf5::H5Reader::open(&dir.join("ref.h5")).unwrap();
+    assert_eq!(h.shape("spectra").unwrap(), vec![300, 64]);
+    assert!(h.is_deflated("spectra").unwrap());
+    assert_eq!(
+        h.read_rows::<f32>("spectra", 130, 40).unwrap(),
+        spectra(130..170)
+    );
+    let m = h.read::<i8>("modality").unwrap();
+    assert_eq!(m[[7]], 2);
+    assert_eq!(h.read::<Complex32>("group/probe").unwrap(), probe());
+    assert_eq!(h.strings("source_files").unwrap(), names());
+    assert_eq!(h.attr_i64("/", "n_points").unwrap(), 64);
+    assert_eq!(h.attr_str("/", "creator").unwrap(), "h5py");
+}
+
+#[test]
+fn python_tools_read_spx_files_and_spx_reads_theirs() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    write_spx_files(dir.path());
+    run_py(&py, "check_spx_files.py", dir.path());
+    run_py(&py, "write_reference_files.py", dir.path());
+    read_reference_files(dir.path());
+}
