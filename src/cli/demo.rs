@@ -188,6 +188,10 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     files.push(p);
     pb.inc(1);
 
+    g.say(format!(
+        "spektron: {}",
+        super::spektron::demo(&cfg, &out).context("spektron demo")?
+    ));
     files.push(
         cfg.write_effective(&out)
             .context("recording the effective config")?,

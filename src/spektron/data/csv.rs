@@ -1,0 +1,115 @@
+//! Plain-text tables: two-column `x, y` spectra (CSV/TSV/whitespace, optional header lines) and
+//! the corn CSV layout (header row of wavelengths or property names, one sample per row).
+
+use std::path::Path;
+
+use ndarray::Array2;
+
+use super::rruff::split_row;
+use super::{Modality, Spectrum};
+use crate::error::SpxError;
+
+fn read_text(path: &Path) -> Result<String, SpxError> {
+    let bytes = std::fs::read(path).map_err(|e| SpxError::io(path, e))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A two-column spectrum; leading non-numeric lines (a header) are skipped, `#` lines too.
+pub fn parse_two_column(path: &Path, text: &str, m: Modality) -> Result<Spectrum, SpxError> {
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = split_row(t).collect();
+        let parsed: Option<Vec<f64>> = parts.iter().map(|p| p.parse().ok()).collect();
+        match parsed {
+            Some(v) if v.len() == 2 => {
+                x.push(v[0]);
+                y.push(v[1]);
+            }
+            None if x.is_empty() => continue, // header
+            _ => {
+                return Err(SpxError::field(
+                    path,
+                    format!("line {}", i + 1),
+                    format!("expected two numeric columns, got `{t}`"),
+                ));
+            }
+        }
+    }
+    if x.is_empty() {
+        return Err(SpxError::file(path, "no numeric rows"));
+    }
+    Ok(Spectrum {
+        x,
+        y,
+        modality: m,
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        x_units: String::new(),
+        y_units: String::new(),
+    })
+}
+
+pub fn read_two_column(path: &Path, m: Modality) -> Result<Spectrum, SpxError> {
+    parse_two_column(path, &read_text(path)?, m)
+}
+
+/// A table with a header row and numeric rows of equal length (corn CSV layout).
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub data: Array2<f64>,
+}
+
+impl Table {
+    /// The header parsed as numbers (wavelengths); `None` if any is not numeric.
+    pub fn numeric_header(&self) -> Option<Vec<f64>> {
+        self.header.iter().map(|h| h.trim().parse().ok()).collect()
+    }
+}
+
+pub fn parse_table(path: &Path, text: &str) -> Result<Table, SpxError> {
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let (_, head) = lines
+        .next()
+        .ok_or_else(|| SpxError::file(path, "empty table"))?;
+    let sep = if head.contains('\t') { '\t' } else { ',' };
+    let header: Vec<String> = head.split(sep).map(|s| s.trim().to_string()).collect();
+    let mut vals = Vec::new();
+    let mut rows = 0;
+    for (i, l) in lines {
+        let cells: Vec<&str> = l.split(sep).collect();
+        if cells.len() != header.len() {
+            return Err(SpxError::field(
+                path,
+                format!("line {}", i + 1),
+                format!("{} values, header has {}", cells.len(), header.len()),
+            ));
+        }
+        for (c, cell) in cells.iter().enumerate() {
+            let v: f64 = cell.trim().parse().map_err(|_| {
+                SpxError::field(
+                    path,
+                    format!("line {} column `{}`", i + 1, header[c]),
+                    format!("not a number: `{}`", cell.trim()),
+                )
+            })?;
+            vals.push(v);
+        }
+        rows += 1;
+    }
+    let data = Array2::from_shape_vec((rows, header.len()), vals).expect("row lengths checked");
+    Ok(Table { header, data })
+}
+
+pub fn read_table(path: &Path) -> Result<Table, SpxError> {
+    parse_table(path, &read_text(path)?)
+}
