@@ -150,7 +150,12 @@ impl<'a> Cursor<'a> {
             .b
             .get(start..start + n)
             .ok_or_else(|| format!("element of {n} bytes runs past the end of the file"))?;
-        self.pos = start + n.div_ceil(8) * 8;
+        // Compressed elements are not padded (scipy and MATLAB both write them back to back).
+        self.pos = if t == 15 {
+            start + n
+        } else {
+            start + n.div_ceil(8) * 8
+        };
         Ok((t, data))
     }
 }
