@@ -221,7 +221,7 @@ fn mat_big_endian_and_wrong_files() {
         let mut v = t.to_be_bytes().to_vec();
         v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         v.extend_from_slice(payload);
-        while v.len() % 8 != 0 {
+        while !v.len().is_multiple_of(8) {
             v.push(0);
         }
         v

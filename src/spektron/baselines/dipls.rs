@@ -26,8 +26,8 @@ fn discrepancy(xs: ArrayView2<f64>, xt: ArrayView2<f64>) -> (Array2<f64>, Array2
     let keep = sv.iter().filter(|&&s| s > sv[0] * 1e-13).count().max(1);
     let q = u.slice(ndarray::s![.., ..keep]).to_owned();
     let mut r = v.slice(ndarray::s![.., ..keep]).t().to_owned(); // keep × m
-    for i in 0..keep {
-        r.row_mut(i).mapv_inplace(|x| x * sv[i]);
+    for (mut row, &s) in r.outer_iter_mut().zip(&sv) {
+        row.mapv_inplace(|x| x * s);
     }
     let m = z.nrows();
     let scale: Array1<f64> = (0..m)

@@ -78,16 +78,22 @@ impl BaselineReport {
 }
 
 /// Predictions of every method for one repetition and one N (N = 0: the reference rows).
+/// One repetition's rows: calibration, test, transfer subset, and the CV seed.
+struct Split<'a> {
+    cal: &'a [usize],
+    test: &'a [usize],
+    tr: &'a [usize],
+    seed: u32,
+}
+
 fn predict_all(
     d: &TransferData,
     cfg: &BaselinesConfig,
-    cal: &[usize],
-    test: &[usize],
-    tr: &[usize],
+    sp: &Split,
     master: &Pls,
     a: usize,
-    seed: u32,
 ) -> Vec<(&'static str, Array1<f64>)> {
+    let (cal, test, tr, seed) = (sp.cal, sp.test, sp.tr, sp.seed);
     let xt_test = rows(d.target.view(), test);
     let mut out = Vec::new();
     if tr.is_empty() {
@@ -176,7 +182,9 @@ pub fn evaluate(
     }
     let mut ns = vec![0usize];
     ns.extend(cfg.n_transfer.iter().copied());
-    let mut acc: Vec<(&'static str, usize, Vec<(f64, f64)>)> = Vec::new();
+    // (method, N, [(RMSEP, R²) per repetition])
+    type Acc = Vec<(&'static str, usize, Vec<(f64, f64)>)>;
+    let mut acc: Acc = Vec::new();
     let mut master_lvs = Vec::new();
     for s in 0..cfg.repeats {
         let perm = splits::permutation(s as u32, n);
@@ -189,7 +197,18 @@ pub fn evaluate(
         let y_test = d.y.select(Axis(0), test);
         for &k in &ns {
             let tr: Vec<usize> = tperm[..k].iter().map(|&i| cal[i]).collect();
-            for (name, yh) in predict_all(d, cfg, cal, test, &tr, &master, a, s as u32) {
+            for (name, yh) in predict_all(
+                d,
+                cfg,
+                &Split {
+                    cal,
+                    test,
+                    tr: &tr,
+                    seed: s as u32,
+                },
+                &master,
+                a,
+            ) {
                 let e = (
                     rmsep(y_test.view(), yh.view()),
                     r2(y_test.view(), yh.view()),

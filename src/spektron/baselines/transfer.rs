@@ -150,8 +150,8 @@ pub fn cca(xm: ArrayView2<f64>, xs: ArrayView2<f64>, max_k: usize) -> SpectrumMa
     let f2 = pinv(uy.view()).dot(&xmc);
     // Slave spectrum → whitened PCA scores: x V_s S_s⁻¹, then canonical weights A.
     let mut w = vs.slice(s![.., ..ks]).to_owned();
-    for c in 0..ks {
-        w.column_mut(c).mapv_inplace(|v| v / ss[c]);
+    for (mut col, &s) in w.columns_mut().into_iter().zip(&ss) {
+        col.mapv_inplace(|v| v / s);
     }
     let f = w.dot(&a).dot(&f1).dot(&f2);
     SpectrumMap {

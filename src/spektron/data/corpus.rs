@@ -68,7 +68,7 @@ pub fn prepare(x: &[f64], y: &[f64], points: usize, min_std: f64) -> Result<Vec<
     }
     let mean = out.iter().sum::<f64>() / points as f64;
     let std = (out.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / points as f64).sqrt();
-    if !(std >= min_std) {
+    if std.is_nan() || std < min_std {
         return Err(Reject::Flat);
     }
     Ok(out.iter().map(|v| ((v - mean) / std) as f32).collect())

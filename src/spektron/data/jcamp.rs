@@ -131,7 +131,10 @@ fn expand(tokens: &[Tok]) -> Result<Vec<(Tok, bool)>, String> {
 
 /// Decode `(X++(Y..Y))` lines into raw ordinates (before YFACTOR) and the X checkpoint of each
 /// line (before XFACTOR).
-fn decode_xydata(lines: &[(usize, &str)]) -> Result<(Vec<f64>, Vec<(f64, usize)>), String> {
+/// Ordinates and the (X checkpoint, index of its ordinate) of each line.
+type Decoded = (Vec<f64>, Vec<(f64, usize)>);
+
+fn decode_xydata(lines: &[(usize, &str)]) -> Result<Decoded, String> {
     let mut ys: Vec<f64> = Vec::new();
     let mut checkpoints = Vec::new();
     let mut prev_ended_dif = false;

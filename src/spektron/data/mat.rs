@@ -65,7 +65,7 @@ impl MatValue {
         match self {
             MatValue::Char { dims, chars } => {
                 let r = dims.first().copied().unwrap_or(0);
-                let c = if r == 0 { 0 } else { chars.len() / r };
+                let c = chars.len().checked_div(r).unwrap_or(0);
                 Some(
                     (0..r)
                         .map(|i| {
