@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
 use ndarray::{Array2, ArrayView1};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Modality, Spectrum, read_spectra};
@@ -130,7 +131,19 @@ impl CorpusWriter {
         source: i16,
         file: i32,
     ) -> Result<Option<Reject>, SpxError> {
-        match prepare(&s.x, &s.y, self.points, self.min_std) {
+        let prepared = prepare(&s.x, &s.y, self.points, self.min_std);
+        self.push_prepared(s, prepared, source, file)
+    }
+
+    /// Queue a spectrum already passed through [`prepare`] (lets callers prepare in parallel).
+    pub fn push_prepared(
+        &mut self,
+        s: &Spectrum,
+        prepared: Result<Vec<f32>, Reject>,
+        source: i16,
+        file: i32,
+    ) -> Result<Option<Reject>, SpxError> {
+        match prepared {
             Err(r) => {
                 match r {
                     Reject::Flat => self.report.rejected_flat += 1,
@@ -254,26 +267,44 @@ pub fn build(
         lists.push(walk(d)?);
     }
     pb.set_length(lists.iter().map(Vec::len).sum::<usize>() as u64);
+    type Parsed = Result<Vec<(Spectrum, Result<Vec<f32>, Reject>)>, SpxError>;
     write_h5(out, |w| {
         let mut cw = CorpusWriter::new(w, cfg)?;
         let mut files = Vec::new();
         for (src, list) in lists.iter().enumerate() {
-            for path in list {
-                pb.inc(1);
-                let fi = files.len() as i32;
-                files.push(path.display().to_string());
-                match read_spectra(path, cfg.default_modality) {
-                    Ok(spectra) => {
-                        cw.report.files_read += 1;
-                        for s in &spectra {
-                            cw.push(s, src as i16, fi)?;
+            // Parse and resample a batch in parallel, write it in file order: only one batch
+            // is in memory and the output does not depend on the thread count.
+            for batch in list.chunks(cfg.chunk_rows.max(64)) {
+                let parsed: Vec<Parsed> = batch
+                    .par_iter()
+                    .map(|path| {
+                        read_spectra(path, cfg.default_modality).map(|v| {
+                            v.into_iter()
+                                .map(|s| {
+                                    let p = prepare(&s.x, &s.y, cfg.target_points, cfg.min_std);
+                                    (s, p)
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                for (path, res) in batch.iter().zip(parsed) {
+                    pb.inc(1);
+                    let fi = files.len() as i32;
+                    files.push(path.display().to_string());
+                    match res {
+                        Ok(spectra) => {
+                            cw.report.files_read += 1;
+                            for (s, p) in spectra {
+                                cw.push_prepared(&s, p, src as i16, fi)?;
+                            }
                         }
-                    }
-                    Err(e) => {
-                        tracing::warn!("skipping {}: {e}", path.display());
-                        cw.report
-                            .files_failed
-                            .push((path.display().to_string(), e.to_string()));
+                        Err(e) => {
+                            tracing::warn!("skipping {}: {e}", path.display());
+                            cw.report
+                                .files_failed
+                                .push((path.display().to_string(), e.to_string()));
+                        }
                     }
                 }
             }
