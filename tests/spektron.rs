@@ -566,6 +566,19 @@ fn corpus_build_writes_h5_and_reports_bad_files() {
     assert_eq!(r.rejected_flat, 1);
     assert_eq!(r.rejected_nan, 1);
     assert_eq!(r.files_failed.len(), 1);
+    let mut rej: Vec<(bool, &str)> = r
+        .rejected
+        .iter()
+        .map(|(f, _, why)| (f.ends_with("nan.csv"), why.as_str()))
+        .collect();
+    rej.sort();
+    assert_eq!(
+        rej,
+        vec![
+            (false, "flat (std below min_std)"),
+            (true, "NaN or infinite values")
+        ]
+    );
     assert!(r.files_failed[0].0.ends_with("broken.jdx") && r.files_failed[0].1.contains("NPOINTS"));
 
     let h = spx::io::hdf5::H5Reader::open(&out).unwrap();

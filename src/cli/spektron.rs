@@ -163,6 +163,9 @@ fn report_corpus(g: &Global, file: &Path, cfg_path: &Path, r: &corpus::CorpusRep
     for (f, e) in &r.files_failed {
         g.say(format!("  skipped {f}: {e}"));
     }
+    for (f, name, why) in &r.rejected {
+        g.say(format!("  rejected {f} ({name}): {why}"));
+    }
     let per: Vec<String> = Modality::ALL
         .iter()
         .map(|m| format!("{} {}", m.name(), r.per_modality[*m as usize]))

@@ -12,6 +12,20 @@ pub struct SpektronConfig {
     pub baselines: BaselinesConfig,
 }
 
+/// The built-in defaults, so a config file without a `[spektron]` section (e.g. one that only
+/// sets `[run]`) still deserialises.
+impl Default for SpektronConfig {
+    fn default() -> Self {
+        #[derive(Deserialize)]
+        struct File {
+            spektron: SpektronConfig,
+        }
+        toml::from_str::<File>(include_str!("../../configs/spektron.toml"))
+            .expect("embedded configs/spektron.toml is valid")
+            .spektron
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CorpusConfig {

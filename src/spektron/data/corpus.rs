@@ -75,6 +75,9 @@ pub fn prepare(x: &[f64], y: &[f64], points: usize, min_std: f64) -> Result<Vec<
     Ok(out.iter().map(|v| ((v - mean) / std) as f32).collect())
 }
 
+/// Rejected spectra listed by name in a report (all are counted and logged).
+pub const MAX_LISTED: usize = 1000;
+
 /// Counts reported after a build.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CorpusReport {
@@ -84,6 +87,8 @@ pub struct CorpusReport {
     pub rejected_flat: usize,
     pub rejected_nan: usize,
     pub rejected_short: usize,
+    /// (file, spectrum name, reason) of the first [`MAX_LISTED`] rejected spectra.
+    pub rejected: Vec<(String, String, String)>,
     /// Spectra per modality code 0..=4.
     pub per_modality: [usize; 5],
 }
@@ -296,7 +301,25 @@ pub fn build(
                         Ok(spectra) => {
                             cw.report.files_read += 1;
                             for (s, p) in spectra {
-                                cw.push_prepared(&s, p, src as i16, fi)?;
+                                if let Some(r) = cw.push_prepared(&s, p, src as i16, fi)? {
+                                    let why = match r {
+                                        Reject::NonFinite => "NaN or infinite values",
+                                        Reject::Flat => "flat (std below min_std)",
+                                        Reject::Short => "fewer than 2 distinct x values",
+                                    };
+                                    tracing::warn!(
+                                        "{}: spectrum `{}` rejected: {why}",
+                                        path.display(),
+                                        s.name
+                                    );
+                                    if cw.report.rejected.len() < MAX_LISTED {
+                                        cw.report.rejected.push((
+                                            path.display().to_string(),
+                                            s.name.clone(),
+                                            why.to_string(),
+                                        ));
+                                    }
+                                }
                             }
                         }
                         Err(e) => {
