@@ -773,3 +773,27 @@ fn corn_m5_mp6_moisture_matches_the_reference_protocol() {
         assert!(close(got, want, 6e-4), "{m} N={n}: {got} vs {want}");
     }
 }
+
+#[test]
+fn tablet_layout_is_stacked_and_properties_by_column_number() {
+    use spx::spektron::data::instruments::load_pair;
+    let p = data("tablets_tiny.mat");
+    let pair = load_pair(&p, "1", "2", "3").unwrap();
+    let d = &pair.data;
+    assert_eq!(d.source.dim(), (9, 5));
+    for i in 0..9 {
+        for j in 0..5 {
+            let v = 10.0 * i as f64 + j as f64;
+            assert_eq!(d.source[[i, j]], v);
+            assert_eq!(d.target[[i, j]], 2.0 * v + 1.0);
+        }
+        assert_eq!(d.y[i], 10.0 * i as f64 + 0.25);
+    }
+    let e = load_pair(&p, "1", "2", "hardness").unwrap_err().to_string();
+    assert!(
+        e.contains("tablets_tiny.mat") && e.contains("hardness"),
+        "{e}"
+    );
+    let e = load_pair(&p, "1", "3", "1").unwrap_err().to_string();
+    assert!(e.contains("calibrate_3"), "{e}");
+}

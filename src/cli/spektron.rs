@@ -421,7 +421,7 @@ fn baselines_cmd(g: &Global, a: &BaselinesArgs) -> Result<ExitCode> {
     io::ensure_dir(&dir)?;
     let pb = g.progress().bar(bc.repeats as u64, "baselines");
     let report = baselines::evaluate(&pair.data, bc, |_| pb.inc(1))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
+        .with_context(|| format!("{}", a.data.display()))?;
     pb.finish_and_clear();
     let prop = pair.property.to_ascii_lowercase();
     let stem = format!("baselines_{}_{}_{}", a.source, a.target, prop);
@@ -474,7 +474,7 @@ pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
     let mut bc = cfg.spektron.baselines.clone();
     bc.n_transfer = vec![5, 10, 20];
     bc.repeats = 3;
-    let report = baselines::evaluate(&data, &bc, |_| {}).map_err(anyhow::Error::msg)?;
+    let report = baselines::evaluate(&data, &bc, |_| {})?;
     let files = write_report(
         &dir,
         "baselines_synthetic",

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use self::linalg::{col_mean, rows};
 use self::pls::Pls;
+use crate::error::SpxError;
 use crate::spektron::config::BaselinesConfig;
 
 /// Paired two-instrument data with one property.
@@ -158,27 +159,34 @@ pub fn evaluate(
     d: &TransferData,
     cfg: &BaselinesConfig,
     mut on_repeat: impl FnMut(usize),
-) -> Result<BaselineReport, String> {
+) -> Result<BaselineReport, SpxError> {
     let n = d.y.len();
     if d.source.dim() != d.target.dim() || d.source.nrows() != n {
-        return Err(format!(
+        return Err(SpxError::Config(format!(
             "source {:?}, target {:?} and {} property values do not match",
             d.source.dim(),
             d.target.dim(),
             n
-        ));
+        )));
     }
     let n_cal = n
         .checked_sub(cfg.n_test)
         .filter(|&c| c >= 3)
         .ok_or_else(|| {
-            format!(
-                "{n} samples leave no calibration set after n_test = {}",
+            SpxError::Config(format!(
+                "spektron.baselines.n_test = {} leaves no calibration set from {n} samples",
                 cfg.n_test
-            )
+            ))
         })?;
     if let Some(&bad) = cfg.n_transfer.iter().find(|&&k| k < 2 || k > n_cal) {
-        return Err(format!("n_transfer {bad} must be in 2..={n_cal}"));
+        return Err(SpxError::Config(format!(
+            "spektron.baselines.n_transfer: {bad} must be in 2..={n_cal}"
+        )));
+    }
+    if cfg.repeats == 0 || cfg.cv_folds < 2 {
+        return Err(SpxError::Config(
+            "spektron.baselines: repeats must be >= 1 and cv_folds >= 2".into(),
+        ));
     }
     let mut ns = vec![0usize];
     ns.extend(cfg.n_transfer.iter().copied());
