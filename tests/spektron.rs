@@ -797,3 +797,31 @@ fn tablet_layout_is_stacked_and_properties_by_column_number() {
     let e = load_pair(&p, "1", "3", "1").unwrap_err().to_string();
     assert!(e.contains("calibrate_3"), "{e}");
 }
+
+#[test]
+fn cli_corpus_build_into_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("res");
+    let (code, stdout, err) = spx(&[
+        "-q",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+        "spektron",
+        "corpus",
+        "build",
+        data("").to_str().unwrap(),
+        "--points",
+        "512",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["spectra"], 3); // the three JCAMP files; .mat/.md are not spectrum files
+    assert_eq!(v["files_read"], 3);
+    let h = spx::io::hdf5::H5Reader::open(&out.join("corpus.h5")).unwrap();
+    assert_eq!(h.shape("spectra").unwrap(), vec![3, 512]);
+    assert!(out.join("spx-config.toml").exists());
+    let (code, _, err) = spx(&["spektron", "corpus", "build", "/nonexistent-dir"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("nonexistent-dir"), "{err}");
+}
