@@ -358,8 +358,12 @@ pub fn write_report(
     io::write_atomic(&p, |w| w.write_all(js.as_bytes()))?;
     files.push(p);
     let p = dir.join(format!("{stem}.png"));
+    // Linear axis without the no-transfer level (often 10× the rest): it goes in the title.
+    let title = match report.get("no_transfer", 0) {
+        Some(c) => format!("{title}; no transfer {:.3}", c.rmsep_mean),
+        None => title.to_string(),
+    };
     let mut lp = plot::LinePlot::new(title, "N transfer samples", "RMSEP");
-    lp.log_y = true;
     for m in &METHODS[4..] {
         let pts: Vec<(f64, f64)> = ns
             .iter()
@@ -372,14 +376,6 @@ pub fn write_report(
                 pts.iter().map(|p| p.1).collect(),
             ));
         }
-    }
-    if let Some(c) = report.get("no_transfer", 0) {
-        let (lo, hi) = (ns[0] as f64, ns[ns.len() - 1] as f64);
-        lp.series.push(plot::Series::line(
-            "no transfer",
-            vec![lo, hi],
-            vec![c.rmsep_mean, c.rmsep_mean],
-        ));
     }
     plot::line_plot(&p, &lp)?;
     files.push(p);
