@@ -19,8 +19,10 @@ use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 
 /// Embedded default files: (name shown in messages, contents).
-pub const DEFAULT_FILES: &[(&str, &str)] =
-    &[("configs/run.toml", include_str!("../configs/run.toml"))];
+pub const DEFAULT_FILES: &[(&str, &str)] = &[
+    ("configs/run.toml", include_str!("../configs/run.toml")),
+    ("configs/ptycho.toml", include_str!("../configs/ptycho.toml")),
+];
 
 /// File name of the effective config recorded next to every command's output.
 pub const EFFECTIVE_CONFIG_NAME: &str = "spx-config.toml";
@@ -40,6 +42,7 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    pub ptycho: crate::ptycho::PtychoConfig,
 }
 
 impl Default for Config {

@@ -9,5 +9,6 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod logging;
+pub mod ptycho;
 
 pub use error::{Result, SpxError};

@@ -28,6 +28,7 @@ struct DemoSummary {
     out_dir: String,
     files: Vec<String>,
     power_peak_bin: (usize, usize),
+    ptycho: serde_json::Value,
 }
 
 /// Synthetic spectrum: a power-law continuum with three Gaussian emission lines.
@@ -188,6 +189,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     files.push(p);
     pb.inc(1);
 
+    let ptycho = super::ptycho::demo(g, &cfg, &out)?;
     files.push(
         cfg.write_effective(&out)
             .context("recording the effective config")?,
@@ -208,6 +210,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
         out_dir: out.display().to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
         power_peak_bin: peak,
+        ptycho,
     })?;
     Ok(ExitCode::SUCCESS)
 }

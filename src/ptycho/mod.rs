@@ -1,0 +1,27 @@
+//! Ptychography data: the PtychoPINN raw-NPZ contract ([`data`]), KD-tree grouping of scan
+//! positions into solution regions ([`grouping`]) and a simulator with known ground truth
+//! ([`simulate`], built from [`object`], [`probe`] and [`fft`]).
+//!
+//! Conventions (PtychoPINN): `x` is the column and `y` the row on the object grid, in pixels;
+//! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
+
+pub mod data;
+pub mod fft;
+pub mod grouping;
+pub mod object;
+pub mod probe;
+pub mod simulate;
+
+use serde::{Deserialize, Serialize};
+
+pub use data::RawData;
+pub use grouping::{GroupConfig, GroupIndex, Grouped};
+pub use simulate::{Noise, SimConfig, Simulated};
+
+/// The `[ptycho]` config section.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PtychoConfig {
+    pub group: GroupConfig,
+    pub simulate: SimConfig,
+}
