@@ -21,7 +21,10 @@ use crate::io::atomic::write_atomic;
 /// Embedded default files: (name shown in messages, contents).
 pub const DEFAULT_FILES: &[(&str, &str)] = &[
     ("configs/run.toml", include_str!("../configs/run.toml")),
-    ("configs/ptycho.toml", include_str!("../configs/ptycho.toml")),
+    (
+        "configs/ptycho.toml",
+        include_str!("../configs/ptycho.toml"),
+    ),
 ];
 
 /// File name of the effective config recorded next to every command's output.

@@ -75,7 +75,9 @@ fn simulate_into(g: &Global, cfg: &Config, out: &Path, name: &str) -> Result<Sim
     io::ensure_dir(out)?;
     let sc = &cfg.ptycho.simulate;
     let t0 = std::time::Instant::now();
-    let pb = g.progress().bar(sc.n_positions as u64, "simulating diffraction");
+    let pb = g
+        .progress()
+        .bar(sc.n_positions as u64, "simulating diffraction");
     let sim = ptycho::simulate::simulate(sc, cfg.run.seed, &pb)?;
     pb.finish_and_clear();
     let seconds = t0.elapsed().as_secs_f64();

@@ -136,7 +136,10 @@ impl RawData {
             ),
             ("diff3d", NpzArray::F32(self.diffraction.clone().into_dyn())),
             ("probeGuess", NpzArray::C64(self.probe.clone().into_dyn())),
-            ("scan_index", NpzArray::I64(self.scan_index.clone().into_dyn())),
+            (
+                "scan_index",
+                NpzArray::I64(self.scan_index.clone().into_dyn()),
+            ),
         ];
         if let Some(o) = &self.object {
             arrays.push(("objectGuess", NpzArray::C64(o.clone().into_dyn())));
@@ -190,10 +193,7 @@ impl Archive {
     /// `Ok(None)` when the stored dtype is not `T`, so the caller can try another.
     fn try_read<T: ReadableElement>(&mut self, key: &str) -> Result<Option<ArrayD<T>>, SpxError> {
         self.require(key)?;
-        match self
-            .reader
-            .by_name::<ndarray::OwnedRepr<T>, IxDyn>(key)
-        {
+        match self.reader.by_name::<ndarray::OwnedRepr<T>, IxDyn>(key) {
             Ok(a) => Ok(Some(a)),
             Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Ok(None),
             Err(e) => Err(self.err(key, format!("unreadable array: {e}"))),
@@ -314,11 +314,16 @@ impl Archive {
                 format!("expected a 3-D array (n, H, W) or (H, W, n), got shape {shape:?}"),
             ));
         }
-        let a = a.into_dimensionality::<ndarray::Ix3>().expect("checked 3-D");
+        let a = a
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("checked 3-D");
         let (d, transposed) = if shape[0] == n {
             (a, false)
         } else if shape[2] == n {
-            (a.permuted_axes([2, 0, 1]).as_standard_layout().to_owned(), true)
+            (
+                a.permuted_axes([2, 0, 1]).as_standard_layout().to_owned(),
+                true,
+            )
         } else {
             return Err(self.err(
                 key,

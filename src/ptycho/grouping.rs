@@ -35,6 +35,8 @@ impl GroupConfig {
 /// Which positions form each group and their coordinates; shapes as in PtychoPINN.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupIndex {
+    /// (B,) the seed position of each group (distinct).
+    pub seeds: Vec<usize>,
     /// (B, C) position indices.
     pub nn_indices: Array2<usize>,
     /// (B, 1, 2, C): `[b, 0, 0, c]` = x, `[b, 0, 1, c]` = y.
@@ -75,7 +77,9 @@ pub fn group_positions(
     let c = cfg.channels();
     let k = cfg.neighbor_count;
     if c == 0 {
-        return Err(SpxError::Config("ptycho.group.gridsize must be >= 1".into()));
+        return Err(SpxError::Config(
+            "ptycho.group.gridsize must be >= 1".into(),
+        ));
     }
     if k < c {
         return Err(SpxError::Config(format!(
@@ -144,6 +148,7 @@ pub fn group_positions(
         -(coords_nn[[g, 0, a, j]] - offsets[[g, 0, a, 0]])
     });
     Ok(GroupIndex {
+        seeds,
         nn_indices: nn,
         coords_nn,
         coords_offsets: offsets,
@@ -169,7 +174,11 @@ pub fn gather(index: GroupIndex, diffraction: ArrayView3<f32>) -> Grouped {
     }
     let mean = sum_sq / (b * c).max(1) as f64;
     let half = h as f64 / 2.0;
-    let norm_factor = if mean > 0.0 { (half * half / mean).sqrt() } else { 1.0 };
+    let norm_factor = if mean > 0.0 {
+        (half * half / mean).sqrt()
+    } else {
+        1.0
+    };
     let x_full = out.mapv(|v| (f64::from(v) * norm_factor) as f32);
     Grouped {
         index,

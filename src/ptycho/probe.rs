@@ -18,7 +18,11 @@ pub fn probe_disk(n: usize, scale: f64) -> Array2<f64> {
     let l = gaussian_window(n, n as f64 / (scale * std::f64::consts::PI.powi(2)));
     let max = l.iter().cloned().fold(0.0, f64::max);
     Array2::from_shape_fn((n, n), |(r, c)| {
-        if l[r] / max * l[c] / max > 0.5 { 1.0 } else { 0.0 }
+        if l[r] / max * l[c] / max > 0.5 {
+            1.0
+        } else {
+            0.0
+        }
     })
 }
 

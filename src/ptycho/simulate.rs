@@ -169,7 +169,11 @@ pub fn diffract(
         })
         .collect();
     let mean_energy = energy.iter().sum::<f64>() / m as f64;
-    let s2 = if mean_energy > 0.0 { nphotons / mean_energy } else { 1.0 };
+    let s2 = if mean_energy > 0.0 {
+        nphotons / mean_energy
+    } else {
+        1.0
+    };
     let s = s2.sqrt();
     let plan = Fft2::new(n);
     let mut out = Array3::<f32>::zeros((m, n, n));
@@ -285,7 +289,11 @@ impl Simulated {
     /// Overview PNG: object amplitude and phase, probe amplitude, scan positions and the first two
     /// diffraction patterns as log10(counts + 1).
     pub fn plot(&self, path: &Path) -> Result<(), SpxError> {
-        let obj = self.raw.object.as_ref().expect("simulation keeps its object");
+        let obj = self
+            .raw
+            .object
+            .as_ref()
+            .expect("simulation keeps its object");
         let (h, w) = obj.dim();
         let mut scan = Array2::<f64>::zeros((h, w));
         for (&x, &y) in self.raw.xcoords.iter().zip(&self.raw.ycoords) {
@@ -298,7 +306,11 @@ impl Simulated {
             }
         }
         let mut panels = vec![
-            plot::Panel::new("object |O|", obj.mapv(|c| f64::from(c.norm())), plot::ColorMap::Gray),
+            plot::Panel::new(
+                "object |O|",
+                obj.mapv(|c| f64::from(c.norm())),
+                plot::ColorMap::Gray,
+            ),
             plot::Panel {
                 limits: Some((-std::f64::consts::PI, std::f64::consts::PI)),
                 ..plot::Panel::new(
