@@ -6,7 +6,7 @@ use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spx::ptycho::grouping::group_positions;
-use spx::ptycho::simulate::{Noise, diffract, scan_positions};
+use spx::ptycho::simulate::{Detector, Noise, diffract, scan_positions};
 use spx::ptycho::{GroupConfig, object, probe};
 
 fn bench(c: &mut Criterion) {
@@ -33,7 +33,12 @@ fn bench(c: &mut Criterion) {
     let (sx, sy) = scan_positions(128, 128, 2000, 15.0, &mut rng);
     let pb = ProgressBar::hidden();
     g.bench_function("simulate_2000_patterns_n64_poisson", |b| {
-        b.iter(|| diffract(&obj, &pr, &sx, &sy, 1e9, Noise::Poisson, 3, &pb))
+        let det = Detector {
+            nphotons: 1e9,
+            noise: Noise::Poisson,
+            seed: 3,
+        };
+        b.iter(|| diffract(&obj, &pr, &sx, &sy, &det, &pb))
     });
     g.finish();
 }

@@ -661,6 +661,11 @@ fn same_seed_same_file_and_round_trip_through_loader_and_grouping() {
     a.save(&pa).unwrap();
     b.save(&pb_).unwrap();
     c.save(&pc).unwrap();
+    assert_eq!(
+        std::fs::read(&pa).unwrap(),
+        std::fs::read(&pb_).unwrap(),
+        "byte-identical files"
+    );
     let la = RawData::load(&pa).unwrap();
     assert_eq!(la, RawData::load(&pb_).unwrap());
     assert_ne!(la.diffraction, RawData::load(&pc).unwrap().diffraction);

@@ -145,6 +145,14 @@ pub fn exit_wave(probe: &Array2<Complex32>, patch: &Array2<Complex64>) -> Array2
         .map_collect(|p, o| Complex64::new(f64::from(p.re), f64::from(p.im)) * o)
 }
 
+/// The detector: mean expected photons per pattern, noise model and the noise seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Detector {
+    pub nphotons: f64,
+    pub noise: Noise,
+    pub seed: u64,
+}
+
 /// Diffraction amplitudes for the given object, probe and positions (the physics, without the
 /// random object/scan). Returns (diff3d, photon_scale, mean total count per pattern).
 pub fn diffract(
@@ -152,11 +160,14 @@ pub fn diffract(
     probe: &Array2<Complex32>,
     x: &[f64],
     y: &[f64],
-    nphotons: f64,
-    noise: Noise,
-    noise_seed: u64,
+    det: &Detector,
     pb: &ProgressBar,
 ) -> (Array3<f32>, f64, f64) {
+    let Detector {
+        nphotons,
+        noise,
+        seed: noise_seed,
+    } = *det;
     let n = probe.nrows();
     let m = x.len();
     let energy: Vec<f64> = (0..m)
@@ -221,18 +232,13 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
         cfg.buffer,
         &mut rng,
     );
-    let noise_seed = rng.next_u64();
+    let det = Detector {
+        nphotons: cfg.nphotons,
+        noise: cfg.noise,
+        seed: rng.next_u64(),
+    };
     pb.set_length(cfg.n_positions as u64);
-    let (diffraction, photon_scale, mean_counts) = diffract(
-        &object,
-        &probe,
-        &x,
-        &y,
-        cfg.nphotons,
-        cfg.noise,
-        noise_seed,
-        pb,
-    );
+    let (diffraction, photon_scale, mean_counts) = diffract(&object, &probe, &x, &y, &det, pb);
     let patches = cfg.save_patches.then(|| {
         let n = cfg.n;
         let mut p = Array3::<Complex32>::zeros((x.len(), n, n));
