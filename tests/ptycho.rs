@@ -777,3 +777,25 @@ fn cli_simulate_writes_npz_png_config_and_numpy_reads_it() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("ptycho.simulate.nphotons"));
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let pool = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let x: Vec<f64> = (0..3000).map(|_| rng.random::<f64>() * 200.0).collect();
+    let y: Vec<f64> = (0..3000).map(|_| rng.random::<f64>() * 200.0).collect();
+    let run_group =
+        || group_positions(&x, &y, &cfg(2, 7, 0), &mut ChaCha8Rng::seed_from_u64(4)).unwrap();
+    assert_eq!(pool(1).install(run_group), pool(3).install(run_group));
+    let run_sim = || {
+        simulate(&small_cfg(1e4, Noise::Poisson), 1, &ProgressBar::hidden())
+            .unwrap()
+            .raw
+    };
+    assert_eq!(pool(1).install(run_sim), pool(3).install(run_sim));
+}

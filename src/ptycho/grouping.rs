@@ -11,6 +11,7 @@ use kiddo::{ImmutableKdTree, SquaredEuclidean};
 use ndarray::{Array2, Array4, ArrayView3};
 use rand::Rng;
 use rand::seq::index::sample;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::SpxError;
@@ -109,24 +110,32 @@ pub fn group_positions(
         let tree = ImmutableKdTree::<f64, 2>::new_from_slice(&points)
             .map_err(|e| SpxError::Config(format!("cannot build the KD-tree: {e:?}")))?;
         let q = NonZero::new((k + 1).min(n)).expect("n >= C >= 1");
-        for (g, &s) in seeds.iter().enumerate() {
-            let hits = tree
-                .query(&points[s])
-                .nearest_n::<SquaredEuclidean<f64>>(q)
-                .execute();
-            let mut pool: Vec<usize> = hits.iter().map(|h| h.item as usize).collect();
-            // Drop the seed itself; with duplicate positions it may not be the first hit.
-            match pool.iter().position(|&i| i == s) {
-                Some(p) => {
-                    pool.remove(p);
+        // Neighbour queries are independent and run in parallel; the random choice of members
+        // stays sequential so the groups do not depend on the thread count.
+        let pools: Vec<Vec<usize>> = seeds
+            .par_iter()
+            .map(|&s| {
+                let hits = tree
+                    .query(&points[s])
+                    .nearest_n::<SquaredEuclidean<f64>>(q)
+                    .execute();
+                let mut pool: Vec<usize> = hits.iter().map(|h| h.item as usize).collect();
+                // Drop the seed itself; with duplicate positions it may not be the first hit.
+                match pool.iter().position(|&i| i == s) {
+                    Some(p) => {
+                        pool.remove(p);
+                    }
+                    None => {
+                        pool.pop();
+                    }
                 }
-                None => {
-                    pool.pop();
+                if pool.len() < c {
+                    pool.push(s);
                 }
-            }
-            if pool.len() < c {
-                pool.push(s);
-            }
+                pool
+            })
+            .collect();
+        for (g, pool) in pools.iter().enumerate() {
             for (j, pick) in sample(rng, pool.len(), c).into_iter().enumerate() {
                 nn[[g, j]] = pool[pick];
             }
