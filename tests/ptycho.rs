@@ -20,6 +20,10 @@
 //! meta = json.dumps({"schema_version": "1.0.0", "physics_parameters": {"nphotons": 1e9, "N": 4}})
 //! np.savez_compressed("raw_metadata.npz", xcoords=x, ycoords=y, diff3d=diff, probeGuess=probe,
 //!                     _metadata=np.array(meta, dtype=object))
+//! # > 255 characters: pickled with BINUNICODE ('X', 4-byte length) instead of SHORT_BINUNICODE.
+//! long_meta = json.dumps({"schema_version": "1.0.0", "notes": "x" * 400})
+//! np.savez_compressed("raw_metadata_long.npz", xcoords=x, ycoords=y, diff3d=diff, probeGuess=probe,
+//!                     _metadata=np.array(long_meta, dtype=object))
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,7 +76,7 @@ fn loads_numpy_fixture_with_all_keys() {
     );
     assert_eq!(d.scan_index.to_vec(), vec![0, 1, 2, 3, 4]);
     assert_eq!(d.diffraction_key, "diff3d");
-    assert!(!d.transposed && !d.had_metadata);
+    assert!(!d.transposed && !d.had_metadata && d.metadata.is_none());
     assert_eq!(d.n(), 4);
 }
 
@@ -98,6 +102,15 @@ fn transposes_hwn_layout() {
 fn skips_pickled_metadata() {
     let d = RawData::load(&fixture("raw_metadata.npz")).unwrap();
     assert!(d.had_metadata);
+    let m = d.metadata.as_ref().expect("JSON recovered from the pickle");
+    assert_eq!(m["schema_version"], "1.0.0");
+    assert_eq!(m["physics_parameters"]["N"], 4);
+    assert_eq!(m["physics_parameters"]["nphotons"], 1e9);
+    let d = RawData::load(&fixture("raw_metadata_long.npz")).unwrap();
+    assert_eq!(d.metadata.unwrap()["notes"].as_str().unwrap().len(), 400);
+    assert_eq!(d.diffraction, expected_diff());
+    // Bytes that hold no JSON object give no metadata rather than an error.
+    assert!(spx::ptycho::data::pickled_json(b"\x80\x04X\x03\x00\x00\x00abc.").is_none());
     assert_eq!(d.diffraction, expected_diff());
     assert_eq!(d.probe, expected_probe());
 }

@@ -10,7 +10,8 @@
 //! | `scan_index` | (n,) | int64 | optional, default 0 |
 //! | `xcoords_start`, `ycoords_start` | (n,) | float64 | optional, default `xcoords`/`ycoords` |
 //!
-//! `_metadata` (a pickled 0-d object array holding JSON) and any other keys are ignored.
+//! `_metadata` (a pickled 0-d object array holding JSON) never fails a load: its JSON is recovered
+//! when possible ([`RawData::metadata`]); other keys are ignored.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,10 @@ pub struct RawData {
     pub diffraction_key: String,
     /// Whether the diffraction was stored (H, W, n) and transposed on load.
     pub transposed: bool,
-    /// Whether the file carried a `_metadata` entry (skipped).
+    /// Whether the file carried a `_metadata` entry.
     pub had_metadata: bool,
+    /// The JSON inside PtychoPINN's pickled `_metadata`, when it could be recovered.
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl RawData {
@@ -117,6 +120,11 @@ impl RawData {
             diffraction_key: key.to_string(),
             transposed,
             had_metadata: a.contains("_metadata"),
+            metadata: if a.contains("_metadata") {
+                read_metadata(path)
+            } else {
+                None
+            },
         })
     }
 
@@ -347,4 +355,43 @@ impl Archive {
         }
         Ok((d, transposed))
     }
+}
+
+/// The JSON string inside numpy's pickled 0-d object array `_metadata.npy`, without running the
+/// pickle: scan for unicode-string opcodes and keep the first payload that parses as a JSON
+/// object. Any failure yields `None`, since metadata is informational.
+fn read_metadata(path: &Path) -> Option<serde_json::Value> {
+    let f = File::open(path).ok()?;
+    let mut z = zip::ZipArchive::new(f).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut z.by_name("_metadata.npy").ok()?, &mut bytes).ok()?;
+    pickled_json(&bytes)
+}
+
+/// First SHORT_BINUNICODE (0x8c), BINUNICODE (`X`) or BINUNICODE8 (0x8d) payload that is a JSON
+/// object.
+pub fn pickled_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    let le = |s: &[u8]| s.iter().rev().fold(0usize, |a, &b| (a << 8) | b as usize);
+    for i in 0..bytes.len() {
+        let (len_bytes, start) = match bytes[i] {
+            0x8c => (1, i + 2),
+            b'X' => (4, i + 5),
+            0x8d => (8, i + 9),
+            _ => continue,
+        };
+        let Some(len_field) = bytes.get(i + 1..i + 1 + len_bytes) else {
+            continue;
+        };
+        let len = le(len_field);
+        let Some(payload) = start.checked_add(len).and_then(|end| bytes.get(start..end)) else {
+            continue;
+        };
+        if payload.first() != Some(&b'{') {
+            continue;
+        }
+        if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_slice(payload) {
+            return Some(v);
+        }
+    }
+    None
 }

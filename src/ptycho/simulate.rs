@@ -265,6 +265,7 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
             diffraction_key: "diff3d".into(),
             transposed: false,
             had_metadata: false,
+            metadata: None,
         },
         nphotons: cfg.nphotons,
         photon_scale,

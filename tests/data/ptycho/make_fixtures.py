@@ -20,3 +20,7 @@ np.savez_compressed("raw_hwn.npz", xcoords=x, ycoords=y,
 meta = json.dumps({"schema_version": "1.0.0", "physics_parameters": {"nphotons": 1e9, "N": 4}})
 np.savez_compressed("raw_metadata.npz", xcoords=x, ycoords=y, diff3d=diff, probeGuess=probe,
                     _metadata=np.array(meta, dtype=object))
+# > 255 characters: pickled with BINUNICODE ('X', 4-byte length) instead of SHORT_BINUNICODE.
+long_meta = json.dumps({"schema_version": "1.0.0", "notes": "x" * 400})
+np.savez_compressed("raw_metadata_long.npz", xcoords=x, ycoords=y, diff3d=diff, probeGuess=probe,
+                    _metadata=np.array(long_meta, dtype=object))
