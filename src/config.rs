@@ -45,6 +45,7 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    #[serde(default)]
     pub ptycho: crate::ptycho::PtychoConfig,
 }
 

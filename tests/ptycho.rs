@@ -812,3 +812,11 @@ fn results_do_not_depend_on_the_thread_count() {
     };
     assert_eq!(pool(1).install(run_sim), pool(3).install(run_sim));
 }
+
+#[test]
+fn ptycho_config_defaults_are_the_embedded_file() {
+    let d = spx::ptycho::PtychoConfig::default();
+    assert_eq!(d, spx::config::Config::default().ptycho);
+    assert_eq!((d.group.gridsize, d.group.neighbor_count), (2, 7));
+    assert_eq!((d.simulate.n, d.simulate.nphotons), (64, 1e9));
+}

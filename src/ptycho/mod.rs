@@ -25,3 +25,17 @@ pub struct PtychoConfig {
     pub group: GroupConfig,
     pub simulate: SimConfig,
 }
+
+/// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`
+/// section (e.g. `spx config show run`) still deserialises.
+impl Default for PtychoConfig {
+    fn default() -> Self {
+        #[derive(Deserialize)]
+        struct File {
+            ptycho: PtychoConfig,
+        }
+        toml::from_str::<File>(include_str!("../../configs/ptycho.toml"))
+            .expect("embedded configs/ptycho.toml is valid")
+            .ptycho
+    }
+}
