@@ -121,20 +121,36 @@ pub fn extract_patch(obj: &Array2<Complex32>, x: f64, y: f64, n: usize) -> Array
     let (r0, c0) = (top.floor(), left.floor());
     let (fr, fc) = (top - r0, left - c0);
     let (r0, c0) = (r0 as i64, c0 as i64);
+    let (w00, w01, w10, w11) = (
+        (1.0 - fr) * (1.0 - fc),
+        (1.0 - fr) * fc,
+        fr * (1.0 - fc),
+        fr * fc,
+    );
+    let cv = |v: Complex32| Complex64::new(f64::from(v.re), f64::from(v.im));
+    // Fast path: the patch and its +1 neighbours lie inside the object (the usual case).
+    if let Some(s) = obj.as_slice()
+        && r0 >= 0
+        && c0 >= 0
+        && (r0 as usize) + n < h
+        && (c0 as usize) + n < w
+    {
+        let (r0, c0) = (r0 as usize, c0 as usize);
+        return Array2::from_shape_fn((n, n), |(i, j)| {
+            let k = (r0 + i) * w + c0 + j;
+            cv(s[k]) * w00 + cv(s[k + 1]) * w01 + cv(s[k + w]) * w10 + cv(s[k + w + 1]) * w11
+        });
+    }
     let at = |r: i64, c: i64| -> Complex64 {
         if r < 0 || c < 0 || r >= h as i64 || c >= w as i64 {
             Complex64::new(0.0, 0.0)
         } else {
-            let v = obj[[r as usize, c as usize]];
-            Complex64::new(f64::from(v.re), f64::from(v.im))
+            cv(obj[[r as usize, c as usize]])
         }
     };
     Array2::from_shape_fn((n, n), |(i, j)| {
         let (r, c) = (r0 + i as i64, c0 + j as i64);
-        at(r, c) * ((1.0 - fr) * (1.0 - fc))
-            + at(r, c + 1) * ((1.0 - fr) * fc)
-            + at(r + 1, c) * (fr * (1.0 - fc))
-            + at(r + 1, c + 1) * (fr * fc)
+        at(r, c) * w00 + at(r, c + 1) * w01 + at(r + 1, c) * w10 + at(r + 1, c + 1) * w11
     })
 }
 
