@@ -83,6 +83,12 @@ impl RawData {
             ));
         };
         let (diffraction, transposed) = a.diffraction(key, n)?;
+        if transposed {
+            tracing::info!(
+                "{}: `{key}` stored (H, W, n); transposed to (n, H, W)",
+                path.display()
+            );
+        }
         let (h, w) = (diffraction.dim().1, diffraction.dim().2);
 
         let probe = a.complex2("probeGuess")?;
