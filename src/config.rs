@@ -25,6 +25,7 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
         "configs/spektron.toml",
         include_str!("../configs/spektron.toml"),
     ),
+    ("configs/ptycho.toml", include_str!("../configs/ptycho.toml")),
 ];
 
 /// File name of the effective config recorded next to every command's output.
@@ -47,6 +48,8 @@ pub struct Config {
     pub run: RunConfig,
     #[serde(default)]
     pub spektron: crate::spektron::config::SpektronConfig,
+    #[serde(default)]
+    pub ptycho: crate::ptycho::PtychoConfig,
 }
 
 impl Default for Config {

@@ -10,5 +10,6 @@ pub mod error;
 pub mod io;
 pub mod logging;
 pub mod spektron;
+pub mod ptycho;
 
 pub use error::{Result, SpxError};

@@ -28,6 +28,9 @@ pub enum Command {
     /// Spektron: spectrum corpus (HDF5) and classical calibration-transfer baselines.
     #[command(subcommand)]
     Spektron(cli::spektron::SpektronCmd),
+    /// Ptychography: simulate scans (more subcommands build on the same data contract).
+    #[command(subcommand)]
+    Ptycho(cli::ptycho::PtychoCmd),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Config(c) => cli::config::run(&args.global, c),
         Command::Demo(a) => cli::demo::run(&args.global, a),
         Command::Spektron(c) => cli::spektron::run(&args.global, c),
+        Command::Ptycho(c) => cli::ptycho::run(&args.global, c),
     };
     match result {
         Ok(code) => code,

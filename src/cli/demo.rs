@@ -28,6 +28,7 @@ struct DemoSummary {
     out_dir: String,
     files: Vec<String>,
     power_peak_bin: (usize, usize),
+    ptycho: serde_json::Value,
 }
 
 /// Synthetic spectrum: a power-law continuum with three Gaussian emission lines.
@@ -192,6 +193,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
         "spektron: {}",
         super::spektron::demo(&cfg, &out).context("spektron demo")?
     ));
+    let ptycho = super::ptycho::demo(g, &cfg, &out)?;
     files.push(
         cfg.write_effective(&out)
             .context("recording the effective config")?,
@@ -212,6 +214,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
         out_dir: out.display().to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
         power_peak_bin: peak,
+        ptycho,
     })?;
     Ok(ExitCode::SUCCESS)
 }

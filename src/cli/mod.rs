@@ -4,6 +4,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod spektron;
+pub mod ptycho;
 
 use std::path::PathBuf;
 

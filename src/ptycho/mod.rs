@@ -1,0 +1,41 @@
+//! Ptychography data: the PtychoPINN raw-NPZ contract ([`data`]), KD-tree grouping of scan
+//! positions into solution regions ([`grouping`]) and a simulator with known ground truth
+//! ([`simulate`], built from [`object`], [`probe`] and [`fft`]).
+//!
+//! Conventions (PtychoPINN): `x` is the column and `y` the row on the object grid, in pixels;
+//! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
+
+pub mod data;
+pub mod fft;
+pub mod grouping;
+pub mod object;
+pub mod probe;
+pub mod simulate;
+
+use serde::{Deserialize, Serialize};
+
+pub use data::RawData;
+pub use grouping::{GroupConfig, GroupIndex, Grouped};
+pub use simulate::{Noise, SimConfig, Simulated};
+
+/// The `[ptycho]` config section.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PtychoConfig {
+    pub group: GroupConfig,
+    pub simulate: SimConfig,
+}
+
+/// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`
+/// section (e.g. `spx config show run`) still deserialises.
+impl Default for PtychoConfig {
+    fn default() -> Self {
+        #[derive(Deserialize)]
+        struct File {
+            ptycho: PtychoConfig,
+        }
+        toml::from_str::<File>(include_str!("../../configs/ptycho.toml"))
+            .expect("embedded configs/ptycho.toml is valid")
+            .ptycho
+    }
+}
