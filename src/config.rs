@@ -25,7 +25,10 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
         "configs/spektron.toml",
         include_str!("../configs/spektron.toml"),
     ),
-    ("configs/ptycho.toml", include_str!("../configs/ptycho.toml")),
+    (
+        "configs/ptycho.toml",
+        include_str!("../configs/ptycho.toml"),
+    ),
 ];
 
 /// File name of the effective config recorded next to every command's output.

@@ -9,7 +9,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod logging;
-pub mod spektron;
 pub mod ptycho;
+pub mod spektron;
 
 pub use error::{Result, SpxError};

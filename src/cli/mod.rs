@@ -3,8 +3,8 @@
 pub mod config;
 pub mod demo;
 pub mod device;
-pub mod spektron;
 pub mod ptycho;
+pub mod spektron;
 
 use std::path::PathBuf;
 

@@ -224,6 +224,30 @@ fn padded((lo, hi): (f64, f64)) -> (f64, f64) {
     (lo - 0.05 * span, hi + 0.05 * span)
 }
 
+/// Compact tick label: plain decimals without trailing zeros in [1e-3, 1e5), else scientific.
+pub fn tick(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if (1e-3..1e5).contains(&a) {
+        let s = format!("{v:.4}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".to_string()
+        } else {
+            s.to_string()
+        }
+    } else {
+        let s = format!("{v:.2e}");
+        // 1.00e4 -> 1e4, 2.50e-7 -> 2.5e-7
+        match s.split_once('e') {
+            Some((m, e)) => format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.')),
+            None => s,
+        }
+    }
+}
+
 const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -271,6 +295,8 @@ pub fn line_plot(path: &Path, plot: &LinePlot) -> Result<(), SpxError> {
                 .configure_mesh()
                 .x_desc(&plot.xlabel)
                 .y_desc(&plot.ylabel)
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
                 .label_style(("sans-serif", 16))
                 .draw()
                 .map_err(|e| perr(path, e))?;
@@ -284,6 +310,8 @@ pub fn line_plot(path: &Path, plot: &LinePlot) -> Result<(), SpxError> {
                 .configure_mesh()
                 .x_desc(&plot.xlabel)
                 .y_desc(&plot.ylabel)
+                .x_label_formatter(&|v| tick(*v))
+                .y_label_formatter(&|v| tick(*v))
                 .label_style(("sans-serif", 16))
                 .draw()
                 .map_err(|e| perr(path, e))?;
@@ -408,6 +436,7 @@ fn draw_panel(
         .disable_mesh()
         .disable_x_axis()
         .label_style(("sans-serif", 12))
+        .y_label_formatter(&|v| tick(*v))
         .y_labels(6)
         .draw()
         .map_err(|e| perr(path, e))?;
@@ -446,4 +475,20 @@ pub fn image_grid(path: &Path, grid: &ImageGrid) -> Result<(), SpxError> {
         root.present().map_err(|e| perr(path, e))?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick;
+
+    #[test]
+    fn tick_labels_are_compact() {
+        assert_eq!(tick(0.5), "0.5");
+        assert_eq!(tick(350.0), "350");
+        assert_eq!(tick(0.0001), "1e-4");
+        assert_eq!(tick(25000.0), "25000");
+        assert_eq!(tick(1.0e9), "1e9");
+        assert_eq!(tick(-2.5e-7), "-2.5e-7");
+        assert_eq!(tick(0.0), "0");
+    }
 }
