@@ -187,6 +187,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     })?;
     files.push(p);
     pb.inc(1);
+    super::crr::demo(g, &cfg, &out).context("crr demo")?;
 
     files.push(
         cfg.write_effective(&out)
