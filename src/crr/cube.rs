@@ -111,7 +111,17 @@ impl<'a> Builder<'a> {
             fiber_radius: 0.5 * cfg.fiber_diameter,
             convention: cfg.kernel_convention,
         };
-        let table = KernelTable::new(model, cfg.kernel_radius);
+        // Tabulate only the seeing this cube needs, plus room for the PSF fits (which find a
+        // wider effective seeing than the input).
+        let (mut smin, mut smax) = (f64::MAX, 0.0f64);
+        for (s, p) in rss.seeing.iter().zip(&rss.psffac) {
+            for w in [rss.wave[0], rss.wave[rss.nwave() - 1]] {
+                let v = seeing_at(s * p, w, cfg.seeing_ref_wave);
+                smin = smin.min(v);
+                smax = smax.max(v);
+            }
+        }
+        let table = KernelTable::with_range(model, cfg.kernel_radius, smin - 0.05, 1.6 * smax);
         let max_abs = rss
             .xpos
             .iter()

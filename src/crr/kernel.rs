@@ -46,7 +46,9 @@ pub fn i0e(x: f64) -> f64 {
 /// distance `r`: (1/πR²) ∫_disk G. Radial integral with the angular part done by I0.
 pub fn disk_gaussian(r: f64, sigma: f64, radius: f64) -> f64 {
     let s2 = sigma * sigma;
-    let panels = 16;
+    // Panels a fraction of σ wide keep the 8-point rule accurate to ~1e-9 (disk edge on a
+    // panel boundary).
+    let panels = (2.0 * radius / sigma).ceil().clamp(4.0, 32.0) as usize;
     let h = radius / panels as f64;
     let mut sum = 0.0;
     for p in 0..panels {
@@ -115,9 +117,18 @@ impl KernelTable {
     pub const SEEING_MIN: f64 = 0.2;
     pub const SEEING_MAX: f64 = 4.0;
 
+    /// The full seeing range [`Self::SEEING_MIN`, `Self::SEEING_MAX`].
     pub fn new(model: KernelModel, rmax: f64) -> Self {
-        let (seeing0, dseeing, dr) = (Self::SEEING_MIN, 0.01, 0.01);
-        let nseeing = ((Self::SEEING_MAX - seeing0) / dseeing).round() as usize + 1;
+        Self::with_range(model, rmax, Self::SEEING_MIN, Self::SEEING_MAX)
+    }
+
+    /// Only seeing in [lo, hi] (clamped to the full range), which is all one cube needs.
+    pub fn with_range(model: KernelModel, rmax: f64, lo: f64, hi: f64) -> Self {
+        let dseeing = 0.01;
+        let seeing0 = ((lo.max(Self::SEEING_MIN) / dseeing).floor() * dseeing).min(Self::SEEING_MAX - dseeing);
+        let hi = hi.clamp(seeing0 + dseeing, Self::SEEING_MAX);
+        let dr = 0.01;
+        let nseeing = ((hi - seeing0) / dseeing).ceil() as usize + 1;
         let nr = (rmax / dr).ceil() as usize + 4;
         let data: Vec<f64> = (0..nseeing)
             .into_par_iter()
@@ -154,6 +165,14 @@ impl KernelTable {
         p1 + 0.5
             * t
             * (p2 - p0 + t * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3 + t * (3.0 * (p1 - p2) + p3 - p0)))
+    }
+
+    /// Tabulated seeing range.
+    pub fn seeing_range(&self) -> (f64, f64) {
+        (
+            self.seeing0,
+            self.seeing0 + (self.nseeing - 1) as f64 * self.dseeing,
+        )
     }
 
     /// K(r; seeing) in arcsec⁻², 0 for r > rmax. Seeing is clamped to the tabulated range.

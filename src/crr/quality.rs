@@ -29,8 +29,7 @@ pub fn fit_psf(img: &Array2<f64>, grid: &Grid, table: &KernelTable) -> PsfFit {
             (x, y, v)
         })
         .collect();
-    let lo = KernelTable::SEEING_MIN + 0.01;
-    let hi = KernelTable::SEEING_MAX - 0.01;
+    let (lo, hi) = table.seeing_range();
     let model = |q: &[f64; 3]| -> (f64, f64) {
         let s = q[2].clamp(lo, hi);
         let (mut kk, mut kv) = (0.0, 0.0);
