@@ -56,19 +56,14 @@ fn fast_weights_equal_literal_formula() {
         let (xs, ys, good) = b.samples(1);
         assert!(good.iter().any(|g| !g), "case must contain bad samples");
         let fit = b.grid.pixels_near(&xs, &ys, c.fit_radius);
-        let na = design_matrix(
-            &b.table,
-            &b.grid,
-            &fit,
-            &xs,
-            &ys,
-            &b.seeing_rows(1),
-            &good,
-        );
+        let na = design_matrix(&b.table, &b.grid, &fit, &xs, &ys, &b.seeing_rows(1), &good);
         let fast = crr_weights(na.as_ref(), &good, lambda, c.sv_cutoff).unwrap();
         let lit = crr_weights_literal(na.as_ref(), &good, lambda, c.sv_cutoff).unwrap();
         let d = max_abs_diff(fast.as_ref(), lit.as_ref());
-        let scale = max_abs_diff(lit.as_ref(), faer::Mat::<f64>::zeros(lit.nrows(), lit.ncols()).as_ref());
+        let scale = max_abs_diff(
+            lit.as_ref(),
+            faer::Mat::<f64>::zeros(lit.nrows(), lit.ncols()).as_ref(),
+        );
         eprintln!(
             "λ={lambda} p={pix}: W {}×{}, max|ΔW| = {d:.2e} (max|W| {scale:.3})",
             fast.nrows(),
@@ -127,7 +122,9 @@ fn interior(b: &Builder<'_>, l: usize, margin: f64) -> Vec<usize> {
             let r = e * nf..(e + 1) * nf;
             let cx = xs[r.clone()].iter().sum::<f64>() / nf as f64;
             let cy = ys[r.clone()].iter().sum::<f64>() / nf as f64;
-            let rad = r.map(|i| (xs[i] - cx).hypot(ys[i] - cy)).fold(0.0, f64::max);
+            let rad = r
+                .map(|i| (xs[i] - cx).hypot(ys[i] - cy))
+                .fold(0.0, f64::max);
             (cx, cy, rad)
         })
         .collect();
@@ -168,10 +165,17 @@ fn flat_sky_reconstructs_to_one_for_both_methods() {
                 n += 1;
             }
         }
-        eprintln!("{}: flat-sky response over {n} interior spaxels: {lo:.4} – {hi:.4}", m.name());
+        eprintln!(
+            "{}: flat-sky response over {n} interior spaxels: {lo:.4} – {hi:.4}",
+            m.name()
+        );
         assert!(n > 100);
         assert!(lo > 0.99 && hi < 1.01, "{}: {lo} – {hi}", m.name());
-        let dead = part.mask.iter().filter(|&&v| v & cubebits::DEADFIBER != 0).count();
+        let dead = part
+            .mask
+            .iter()
+            .filter(|&&v| v & cubebits::DEADFIBER != 0)
+            .count();
         assert!(dead > 0, "a dead fiber must flag DEADFIBER spaxels");
         assert!(part.mask.iter().any(|&v| v & cubebits::NOCOV != 0));
     }
@@ -184,6 +188,9 @@ struct PsfNumbers {
     flux: f64,
     rho1: f64,
     rho2: f64,
+    /// With equal noise in every fiber (flat-sky simulation).
+    unit_rho1: f64,
+    unit_rho2: f64,
 }
 
 fn point_source(dir: &Path, method: Method, pixel: f64) -> PsfNumbers {
@@ -207,7 +214,16 @@ fn point_source(dir: &Path, method: Method, pixel: f64) -> PsfNumbers {
     let pr = b.build_range(lr, lr + 1, &hidden());
     let cc = (b.grid.nside / 2) as i32;
     let cr = &pr.bands[0].correl;
+    // A flat sky has the same variance in every fiber: unit-noise correlations.
+    c.simulate.point_flux = 0.0;
+    c.simulate.sky = 1.0;
+    let flat = sim(dir, &format!("flat-{}-{pixel}.fits", method.name()), &c, 1);
+    let bf = Builder::new(&flat, &c).unwrap();
+    let pf = bf.build_range(lr, lr + 1, &hidden());
+    let cf = &pf.bands[0].correl;
     PsfNumbers {
+        unit_rho1: quality::neighbour_correlation(cf, (cc, cc), 1),
+        unit_rho2: quality::neighbour_correlation(cf, (cc, cc), 2),
         kernel: b.table.fwhm(seeing),
         fwhm: fit.fwhm,
         strehl: quality::pseudo_strehl(&img, 100.0, &b.grid, &b.table, seeing),
@@ -233,6 +249,12 @@ fn point_source_is_sharper_and_less_correlated_with_crr() {
              CRR {:.3}/{:.3} (paper 0.75\": Shepard 0.767/0.465, CRR 0.050/0.024)",
             sh.flux, crr.flux, sh.rho1, sh.rho2, crr.rho1, crr.rho2
         );
+        eprintln!(
+            "pixel {pixel}\": unit-noise rho 1px/2px Shepard {:.3}/{:.3} CRR {:.3}/{:.3} \
+             (paper: 0.75\" Shepard 0.767/0.465 CRR 0.050/0.024; 0.5\" Shepard 0.876/0.703 CRR 0.303/0.094)",
+            sh.unit_rho1, sh.unit_rho2, crr.unit_rho1, crr.unit_rho2
+        );
+        assert!(crr.unit_rho1 < 0.5 * sh.unit_rho1);
         assert!((crr.kernel - 1.905).abs() < 0.02);
         assert!(crr.fwhm < sh.fwhm - 0.2, "CRR must be sharper");
         assert!(crr.fwhm > crr.kernel - 0.01, "cannot beat the kernel");
@@ -242,12 +264,19 @@ fn point_source_is_sharper_and_less_correlated_with_crr() {
         // Paper: total flux within ~3 % of constant; on real data Shepard/CRR = 0.9729.
         assert!((crr.flux - 1.0).abs() < 0.05 && (sh.flux - 1.0).abs() < 0.03);
         let ratio = sh.flux / crr.flux;
-        eprintln!("pixel {pixel}\": Shepard/CRR total flux {ratio:.4} (paper, real data: 0.9729 ± 0.0033)");
+        eprintln!(
+            "pixel {pixel}\": Shepard/CRR total flux {ratio:.4} (paper, real data: 0.9729 ± 0.0033)"
+        );
         assert!(ratio > 0.95 && ratio < 1.0);
         if pixel == 0.75 {
             assert!(sh.rho1 > 0.7, "Shepard 1-px correlation {}", sh.rho1);
-            assert!(crr.rho1 < 0.6 * sh.rho1, "CRR 1-px correlation {}", crr.rho1);
+            assert!(
+                crr.rho1 < 0.6 * sh.rho1,
+                "CRR 1-px correlation {}",
+                crr.rho1
+            );
             assert!(crr.rho2 < 0.5 * sh.rho2);
+            assert!(crr.unit_rho1 < 0.2 && sh.unit_rho1 > 0.7);
         }
     }
 }
@@ -278,13 +307,20 @@ fn ivar_describes_the_noise() {
             .map(|((a, b), (iv, _))| (*a - *b) as f64 * (*iv as f64).sqrt())
             .collect();
         let sd = (z.iter().map(|v| v * v).sum::<f64>() / z.len() as f64).sqrt();
-        eprintln!("{}: std of (noisy − truth)·√IVAR over {} spaxels = {sd:.3}", m.name(), z.len());
+        eprintln!(
+            "{}: std of (noisy − truth)·√IVAR over {} spaxels = {sd:.3}",
+            m.name(),
+            z.len()
+        );
         assert!(z.len() > 500 && (sd - 1.0).abs() < 0.1, "{sd}");
     }
 }
 
 fn read3(f: &mut FitsReader, h: &str) -> Array3<f32> {
-    f.image_f32(h).unwrap().into_dimensionality::<Ix3>().unwrap()
+    f.image_f32(h)
+        .unwrap()
+        .into_dimensionality::<Ix3>()
+        .unwrap()
 }
 
 #[test]
@@ -308,13 +344,24 @@ fn cube_fits_layout_round_trips_and_opens_in_astropy() {
     }
     assert_eq!(read3(&mut f, "FLUX"), part.flux);
     assert_eq!(read3(&mut f, "IVAR"), part.ivar);
-    let mask = f.image_i32("MASK").unwrap().into_dimensionality::<Ix3>().unwrap();
+    let mask = f
+        .image_i32("MASK")
+        .unwrap()
+        .into_dimensionality::<Ix3>()
+        .unwrap();
     assert_eq!(mask, part.mask);
     assert_eq!(f.card_str("FLUX", "CTYPE1").unwrap(), "RA---TAN");
     assert!(f.card_f64("FLUX", "CD1_1").unwrap() < 0.0);
-    let gpsf = f.image_f64("GPSF").unwrap().into_dimensionality::<Ix2>().unwrap();
+    let gpsf = f
+        .image_f64("GPSF")
+        .unwrap()
+        .into_dimensionality::<Ix2>()
+        .unwrap();
     assert_eq!(gpsf, part.bands[0].psf);
-    assert_eq!(f.col_f64("RCORREL", "RHOIJ").unwrap(), part.bands[1].correl.rho);
+    assert_eq!(
+        f.col_f64("RCORREL", "RHOIJ").unwrap(),
+        part.bands[1].correl.rho
+    );
     let rf = f.card_f64("PRIMARY", "RFWHM").unwrap();
     assert!(rf > 1.8 && rf < 2.2, "{rf}");
 
@@ -406,11 +453,18 @@ fn sharded_build_and_merge_equal_one_shot_and_resume_skips() {
     let mut c2 = c.clone();
     c2.lambda = 1e-4;
     let b2 = Builder::new(&rss, &c2).unwrap();
-    let e = shard::collect_parts(&b2, n, dir.path(), &stem).unwrap_err().to_string();
-    assert!(e.contains("different input or with different settings"), "{e}");
+    let e = shard::collect_parts(&b2, n, dir.path(), &stem)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("different input or with different settings"),
+        "{e}"
+    );
     // A missing part is named.
     std::fs::remove_file(&p2).unwrap();
-    let e = shard::collect_parts(&b, n, dir.path(), &stem).unwrap_err().to_string();
+    let e = shard::collect_parts(&b, n, dir.path(), &stem)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("2/3"), "{e}");
 }
 
@@ -432,7 +486,9 @@ fn cli_simulate_shard_merge_quality() {
     let d = dir.path().to_str().unwrap();
     let rss = dir.path().join("cli-LOGRSS.fits");
     let rs = rss.to_str().unwrap();
-    let (code, _, err) = spx(&["crr", "simulate", "--nwave", "10", "-o", rs, "--out", d, "-q"]);
+    let (code, _, err) = spx(&[
+        "crr", "simulate", "--nwave", "10", "-o", rs, "--out", d, "-q",
+    ]);
     assert_eq!(code, 0, "{err}");
     for k in 1..=2 {
         let sh = format!("{k}/2");
@@ -446,7 +502,14 @@ fn cli_simulate_shard_merge_quality() {
     assert_eq!(code, 0, "{err}");
     let cube = dir.path().join("cli-CRR-LOGCUBE.fits");
     assert!(cube.exists());
-    let (code, out, err) = spx(&["crr", "quality", cube.to_str().unwrap(), "--flux", "100", "--json"]);
+    let (code, out, err) = spx(&[
+        "crr",
+        "quality",
+        cube.to_str().unwrap(),
+        "--flux",
+        "100",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let fwhm = v["bands"][1]["psf_fwhm"].as_f64().unwrap();
@@ -470,8 +533,16 @@ fn bad_inputs_give_named_errors_and_no_output() {
         w.image_f32("FLUX", &rss.flux.clone().into_dyn(), &[])?;
         w.image_f32("IVAR", &rss.ivar.clone().into_dyn(), &[])?;
         w.image_i32("MASK", &rss.mask.clone().into_dyn(), &[])?;
-        w.image_f64("WAVE", &ndarray::Array1::from(rss.wave.clone()).into_dyn(), &[])?;
-        w.table("OBSINFO", &[Column::F64("SEEING".into(), rss.seeing.clone())], &[])?;
+        w.image_f64(
+            "WAVE",
+            &ndarray::Array1::from(rss.wave.clone()).into_dyn(),
+            &[],
+        )?;
+        w.table(
+            "OBSINFO",
+            &[Column::F64("SEEING".into(), rss.seeing.clone())],
+            &[],
+        )?;
         w.image_f32("YPOS", &rss.ypos.clone().into_dyn(), &[])
     })
     .unwrap();
@@ -487,8 +558,16 @@ fn bad_inputs_give_named_errors_and_no_output() {
         w.image_f32("FLUX", &rss.flux.clone().into_dyn(), &[])?;
         w.image_f32("IVAR", &rss.ivar.clone().into_dyn(), &[])?;
         w.image_i32("MASK", &rss.mask.clone().into_dyn(), &[])?;
-        w.image_f64("WAVE", &ndarray::Array1::from(rss.wave.clone()).into_dyn(), &[])?;
-        w.table("OBSINFO", &[Column::F64("SEEING".into(), rss.seeing.clone())], &[])?;
+        w.image_f64(
+            "WAVE",
+            &ndarray::Array1::from(rss.wave.clone()).into_dyn(),
+            &[],
+        )?;
+        w.table(
+            "OBSINFO",
+            &[Column::F64("SEEING".into(), rss.seeing.clone())],
+            &[],
+        )?;
         w.image_f32("XPOS", &rss.xpos.clone().into_dyn(), &[])?;
         w.image_f32("YPOS", &rss.ypos.clone().into_dyn(), &[])
     })

@@ -134,9 +134,10 @@ fn config(g: &Global, m: &MethodArgs) -> Result<Config> {
 
 fn cube_path(cfg: &Config, rss: &Path, output: &Option<PathBuf>) -> PathBuf {
     output.clone().unwrap_or_else(|| {
-        cfg.run
-            .out_dir
-            .join(format!("{}-LOGCUBE.fits", cube::output_stem(rss, cfg.crr.method)))
+        cfg.run.out_dir.join(format!(
+            "{}-LOGCUBE.fits",
+            cube::output_stem(rss, cfg.crr.method)
+        ))
     })
 }
 
@@ -168,7 +169,12 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
     let stem = cube::output_stem(&a.rss, cfg.crr.method);
     if let Some(sh) = a.shard {
         if sh.range(rss.nwave()).0 == sh.range(rss.nwave()).1 {
-            bail!("shard {}/{}: no slices (only {} wavelengths)", sh.k, sh.n, rss.nwave());
+            bail!(
+                "shard {}/{}: no slices (only {} wavelengths)",
+                sh.k,
+                sh.n,
+                rss.nwave()
+            );
         }
         let (s0, s1) = sh.range(rss.nwave());
         let pb = g.progress().bar((s1 - s0) as u64, "slices");
@@ -247,7 +253,10 @@ fn simulate_cmd(g: &Global, a: &SimArgs) -> Result<ExitCode> {
     let rss = simulate::simulate(&cfg.crr, cfg.run.seed)?;
     rss.write(
         &path,
-        &[("ORIGIN", "spx crr simulate".into()), ("SEED", (cfg.run.seed as i64).into())],
+        &[
+            ("ORIGIN", "spx crr simulate".into()),
+            ("SEED", (cfg.run.seed as i64).into()),
+        ],
     )?;
     cfg.write_effective(path.parent().unwrap_or(Path::new(".")))?;
     g.say(format!(
@@ -257,7 +266,9 @@ fn simulate_cmd(g: &Global, a: &SimArgs) -> Result<ExitCode> {
         rss.nexp,
         rss.nwave()
     ));
-    g.emit_json(&json!({"rss": path, "nfiber": rss.nfiber, "nexp": rss.nexp, "nwave": rss.nwave()}))?;
+    g.emit_json(
+        &json!({"rss": path, "nfiber": rss.nfiber, "nexp": rss.nexp, "nwave": rss.nwave()}),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -334,11 +345,15 @@ fn quality_cmd(g: &Global, a: &QualityArgs) -> Result<ExitCode> {
             fit.fwhm,
             psf.sum(),
             src.fwhm,
-            ratio.map(|r| format!("{r:.4}")).unwrap_or_else(|| "-".into())
+            ratio
+                .map(|r| format!("{r:.4}"))
+                .unwrap_or_else(|| "-".into())
         ));
-        rows.push(json!({"band": name, "wave": wave, "psf_fwhm": fit.fwhm, "seeing": seeing,
+        rows.push(
+            json!({"band": name, "wave": wave, "psf_fwhm": fit.fwhm, "seeing": seeing,
             "strehl": strehl, "psf_flux": psf.sum(), "rho1": r1, "rho2": r2,
-            "source_fwhm": src.fwhm, "source_flux_ratio": ratio}));
+            "source_fwhm": src.fwhm, "source_flux_ratio": ratio}),
+        );
     }
     if rows.is_empty() {
         bail!("{}: no GPSF/RPSF/IPSF/ZPSF extensions", a.cube.display());
@@ -368,7 +383,11 @@ pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         let path = out.join(format!("{}-LOGCUBE.fits", cube::output_stem(&rss_path, m)));
         let s = cube::write_cube(&path, &b, &part, &toml::to_string(&c)?)?;
         let r = &s.bands.iter().find(|b| b.0 == "R").context("no R band")?;
-        let rb = part.bands.iter().find(|b| b.band == 1).context("no R band")?;
+        let rb = part
+            .bands
+            .iter()
+            .find(|b| b.band == 1)
+            .context("no R band")?;
         let cc = (b.grid.nside / 2) as i32;
         let rho1 = quality::neighbour_correlation(&rb.correl, (cc, cc), 1);
         g.say(format!(

@@ -84,21 +84,26 @@ pub struct Builder<'a> {
     pub band_index: [usize; 4],
 }
 
+/// A positive, finite number (NaN fails).
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
 fn check_cfg(c: &CrrConfig) -> Result<(), SpxError> {
     let bad = |k: &str, m: &str| Err(SpxError::Config(format!("crr.{k}: {m}")));
-    if !(c.pixel_scale > 0.0) {
+    if !positive(c.pixel_scale) {
         return bad("pixel_scale", "must be positive");
     }
-    if !(c.lambda >= 0.0) {
+    if c.lambda.is_nan() || c.lambda < 0.0 {
         return bad("lambda", "must be ≥ 0");
     }
     if !(c.kernel_radius > 0.0 && c.kernel_radius <= 10.0) {
         return bad("kernel_radius", "must be in (0, 10] arcsec");
     }
-    if !(c.fit_radius > 0.0) || !(c.shepard_rlim > 0.0) || !(c.shepard_sigma > 0.0) {
+    if !positive(c.fit_radius) || !positive(c.shepard_rlim) || !positive(c.shepard_sigma) {
         return bad("fit_radius/shepard_*", "must be positive");
     }
-    if !(c.fiber_diameter > 0.0) {
+    if !positive(c.fiber_diameter) {
         return bad("fiber_diameter", "must be positive");
     }
     Ok(())
@@ -203,7 +208,8 @@ impl<'a> Builder<'a> {
                 let fit = self.grid.pixels_near(&xs, &ys, self.cfg.fit_radius);
                 let seeing = self.seeing_rows(l);
                 let na = design_matrix(&self.table, &self.grid, &fit, &xs, &ys, &seeing, &good);
-                let w = crr_weights(na.as_ref(), &good, self.cfg.lambda, self.cfg.sv_cutoff).ok()?;
+                let w =
+                    crr_weights(na.as_ref(), &good, self.cfg.lambda, self.cfg.sv_cutoff).ok()?;
                 Some((fit, w))
             }
             Method::Shepard => {
@@ -401,11 +407,12 @@ impl<'a> Builder<'a> {
         let mut flux = Array3::<f32>::zeros((m, n, n));
         let mut ivar = Array3::<f32>::zeros((m, n, n));
         let mut mask = Array3::<i32>::zeros((m, n, n));
-        let mut lsf = self
-            .rss
-            .lsf
-            .as_ref()
-            .map(|_| (Array3::<f32>::zeros((m, n, n)), Array3::<f32>::zeros((m, n, n))));
+        let mut lsf = self.rss.lsf.as_ref().map(|_| {
+            (
+                Array3::<f32>::zeros((m, n, n)),
+                Array3::<f32>::zeros((m, n, n)),
+            )
+        });
         let mut bands = Vec::new();
         let mut failed = Vec::new();
         for (k, o) in outs.into_iter().enumerate() {
@@ -652,11 +659,7 @@ pub fn write_cube(
             c.push(("BUNIT", "1E-17 erg/s/cm^2/Angstrom/spaxel".into()));
             c.push(("BANDLO", BAND_EDGES[bi].0.into()));
             c.push(("BANDHI", BAND_EDGES[bi].1.into()));
-            w.image_f32(
-                &format!("{}IMG", BANDS[bi].0),
-                &img.clone().into_dyn(),
-                &c,
-            )?;
+            w.image_f32(&format!("{}IMG", BANDS[bi].0), &img.clone().into_dyn(), &c)?;
         }
         for bs in &cube.bands {
             let name = BANDS[bs.band].0;

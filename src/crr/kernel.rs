@@ -125,7 +125,8 @@ impl KernelTable {
     /// Only seeing in [lo, hi] (clamped to the full range), which is all one cube needs.
     pub fn with_range(model: KernelModel, rmax: f64, lo: f64, hi: f64) -> Self {
         let dseeing = 0.01;
-        let seeing0 = ((lo.max(Self::SEEING_MIN) / dseeing).floor() * dseeing).min(Self::SEEING_MAX - dseeing);
+        let seeing0 = ((lo.max(Self::SEEING_MIN) / dseeing).floor() * dseeing)
+            .min(Self::SEEING_MAX - dseeing);
         let hi = hi.clamp(seeing0 + dseeing, Self::SEEING_MAX);
         let dr = 0.01;
         let nseeing = ((hi - seeing0) / dseeing).ceil() as usize + 1;
@@ -164,7 +165,8 @@ impl KernelTable {
         );
         p1 + 0.5
             * t
-            * (p2 - p0 + t * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3 + t * (3.0 * (p1 - p2) + p3 - p0)))
+            * (p2 - p0
+                + t * (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3 + t * (3.0 * (p1 - p2) + p3 - p0)))
     }
 
     /// Tabulated seeing range.
@@ -221,7 +223,7 @@ mod tests {
                 term *= (x / 2.0) * (x / 2.0) / (k as f64 * k as f64);
                 sum += term;
             }
-            let want = sum * (-x as f64).exp();
+            let want = sum * (-x).exp();
             assert!((i0e(x) - want).abs() / want < 3e-7, "x={x}");
         }
     }
@@ -247,7 +249,10 @@ mod tests {
         let t = KernelTable::new(m, 4.0);
         for &(r, s) in &[(0.0, 1.19), (0.37, 1.234), (1.005, 0.853), (2.51, 1.777)] {
             let (a, b) = (t.eval(r, s), m.direct(r, s));
-            assert!((a - b).abs() < 1e-4 * m.direct(0.0, s), "r={r} s={s}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-4 * m.direct(0.0, s),
+                "r={r} s={s}: {a} vs {b}"
+            );
         }
     }
 }

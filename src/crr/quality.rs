@@ -68,7 +68,12 @@ pub fn fit_psf(img: &Array2<f64>, grid: &Grid, table: &KernelTable) -> PsfFit {
     }
 }
 
-fn nelder_mead(f: impl Fn(&[f64; 3]) -> f64, x0: [f64; 3], step: [f64; 3], iters: usize) -> [f64; 3] {
+fn nelder_mead(
+    f: impl Fn(&[f64; 3]) -> f64,
+    x0: [f64; 3],
+    step: [f64; 3],
+    iters: usize,
+) -> [f64; 3] {
     let mut pts: Vec<([f64; 3], f64)> = (0..4)
         .map(|k| {
             let mut p = x0;
@@ -82,8 +87,8 @@ fn nelder_mead(f: impl Fn(&[f64; 3]) -> f64, x0: [f64; 3], step: [f64; 3], iters
         pts.sort_by(|a, b| a.1.total_cmp(&b.1));
         let mut c = [0.0; 3];
         for p in &pts[..3] {
-            for d in 0..3 {
-                c[d] += p.0[d] / 3.0;
+            for (cd, pd) in c.iter_mut().zip(&p.0) {
+                *cd += pd / 3.0;
             }
         }
         let at = |t: f64| {
@@ -109,14 +114,17 @@ fn nelder_mead(f: impl Fn(&[f64; 3]) -> f64, x0: [f64; 3], step: [f64; 3], iters
             } else {
                 let b = pts[0].0;
                 for p in pts.iter_mut().skip(1) {
-                    for d in 0..3 {
-                        p.0[d] = b[d] + 0.5 * (p.0[d] - b[d]);
+                    for (pd, bd) in p.0.iter_mut().zip(&b) {
+                        *pd = bd + 0.5 * (*pd - bd);
                     }
                     p.1 = f(&p.0);
                 }
             }
         }
-        let spread = pts.iter().map(|p| (p.1 - pts[0].1).abs()).fold(0.0, f64::max);
+        let spread = pts
+            .iter()
+            .map(|p| (p.1 - pts[0].1).abs())
+            .fold(0.0, f64::max);
         if spread < 1e-16 * pts[0].1.abs().max(1e-300) {
             break;
         }
@@ -127,7 +135,13 @@ fn nelder_mead(f: impl Fn(&[f64; 3]) -> f64, x0: [f64; 3], step: [f64; 3], iters
 
 /// Peak of the image over the peak of the true (kernel-convolved) point-source image of total
 /// flux `flux` at this seeing: flux·K(0)·p².
-pub fn pseudo_strehl(img: &Array2<f64>, flux: f64, grid: &Grid, table: &KernelTable, seeing: f64) -> f64 {
+pub fn pseudo_strehl(
+    img: &Array2<f64>,
+    flux: f64,
+    grid: &Grid,
+    table: &KernelTable,
+    seeing: f64,
+) -> f64 {
     let peak = img.iter().copied().fold(f64::MIN, f64::max);
     peak / (flux * table.eval(0.0, seeing) * grid.pixel * grid.pixel)
 }

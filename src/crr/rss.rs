@@ -113,8 +113,14 @@ impl Rss {
                 format!("{} values but FLUX has {} wavelengths", wave.len(), shape.1),
             ));
         }
-        if wave.windows(2).any(|w| !(w[1] > w[0])) || wave.iter().any(|w| !(*w > 0.0)) {
-            return Err(SpxError::field(path, "WAVE", "must be positive and increasing"));
+        if wave.windows(2).any(|w| w[1].is_nan() || w[1] <= w[0])
+            || wave.iter().any(|w| w.is_nan() || *w <= 0.0)
+        {
+            return Err(SpxError::field(
+                path,
+                "WAVE",
+                "must be positive and increasing",
+            ));
         }
         let specres = if has("SPECRES") {
             let s: Vec<f64> = f.image_f64("SPECRES")?.iter().copied().collect();
@@ -233,8 +239,16 @@ impl Rss {
                 .map(|(n, v)| Column::F64(n.clone(), v.clone()))
                 .collect();
             w.table("OBSINFO", &cols, &[])?;
-            w.image_f32("XPOS", &self.xpos.clone().into_dyn(), &[("BUNIT", "arcsec".into())])?;
-            w.image_f32("YPOS", &self.ypos.clone().into_dyn(), &[("BUNIT", "arcsec".into())])
+            w.image_f32(
+                "XPOS",
+                &self.xpos.clone().into_dyn(),
+                &[("BUNIT", "arcsec".into())],
+            )?;
+            w.image_f32(
+                "YPOS",
+                &self.ypos.clone().into_dyn(),
+                &[("BUNIT", "arcsec".into())],
+            )
         })
     }
 }

@@ -23,8 +23,14 @@ impl std::str::FromStr for Shard {
         let (a, b) = s
             .split_once('/')
             .ok_or_else(|| format!("`{s}`: expected K/N, e.g. 3/16"))?;
-        let k: usize = a.trim().parse().map_err(|_| format!("`{s}`: K is not a number"))?;
-        let n: usize = b.trim().parse().map_err(|_| format!("`{s}`: N is not a number"))?;
+        let k: usize = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: K is not a number"))?;
+        let n: usize = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: N is not a number"))?;
         if n == 0 || k == 0 || k > n {
             return Err(format!("`{s}`: need 1 ≤ K ≤ N"));
         }
@@ -185,7 +191,12 @@ pub fn input_fingerprint(rss: &super::rss::Rss, cfg: &super::CrrConfig) -> Strin
     c.simulate = crate::config::Config::default().crr.simulate;
     let size = std::fs::metadata(&rss.path).map(|m| m.len()).unwrap_or(0);
     let wsum: f64 = rss.wave.iter().sum();
-    let fsum: f64 = rss.flux.iter().map(|&v| v as f64).filter(|v| v.is_finite()).sum();
+    let fsum: f64 = rss
+        .flux
+        .iter()
+        .map(|&v| v as f64)
+        .filter(|v| v.is_finite())
+        .sum();
     fingerprint(&format!(
         "{size}|{}|{}|{}|{wsum:e}|{fsum:e}|{}",
         rss.nrow(),

@@ -64,7 +64,7 @@ pub fn simulate(cfg: &CrrConfig, seed: u64) -> Result<Rss, SpxError> {
     if s.nexp == 0 || s.nwave < 2 {
         return Err(bad("nexp/nwave", "need nexp ≥ 1 and nwave ≥ 2".into()));
     }
-    if !(s.seeing > 0.0) {
+    if s.seeing.is_nan() || s.seeing <= 0.0 {
         return Err(bad("seeing", "must be positive".into()));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -13,9 +13,12 @@ use faer::{Accum, Mat, MatRef, Par};
 use super::grid::Grid;
 use super::kernel::KernelTable;
 
+/// (U, singular values, V) of a thin SVD.
+pub type Svd = (Mat<f64>, Vec<f64>, Mat<f64>);
+
 /// Thin SVD on the calling thread (slices are already parallel; nested threading of small
 /// SVDs is much slower). Returns (U, σ, V).
-pub fn thin_svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>), SvdError> {
+pub fn thin_svd(a: MatRef<'_, f64>) -> Result<Svd, SvdError> {
     let (m, n) = a.shape();
     let k = m.min(n);
     let mut u = Mat::<f64>::zeros(m, k);
@@ -130,7 +133,9 @@ pub fn crr_weights_literal(
         .map(|&di| 1.0 / (1.0 + lambda * lambda * di * di))
         .collect();
     let a_plus = Mat::from_fn(nfit, nsample, |j, i| {
-        (0..k).map(|m| v[(j, m)] * filt[m] * dinv[m] * u[(i, m)]).sum::<f64>()
+        (0..k)
+            .map(|m| v[(j, m)] * filt[m] * dinv[m] * u[(i, m)])
+            .sum::<f64>()
     });
     let q = Mat::from_fn(nfit, nfit, |a, b| {
         (0..k)
