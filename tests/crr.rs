@@ -599,3 +599,49 @@ fn bad_inputs_give_named_errors_and_no_output() {
         .collect();
     assert!(cubes.is_empty());
 }
+
+#[test]
+fn weight_reuse_is_bounded_against_exact_path_and_shard_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.simulate.nwave = 600;
+    c.simulate.snr = 0.0;
+    let rss = sim(dir.path(), "reuse.fits", &c, 8);
+    let (s0, s1) = (320, 448);
+    let exact = Builder::new(&rss, &c)
+        .unwrap()
+        .build_range(s0, s1, &hidden());
+    c.reuse_tolerance = 0.01;
+    let b = Builder::new(&rss, &c).unwrap();
+    let anchors = b.anchors(s0, s1);
+    let mut distinct = anchors.clone();
+    distinct.dedup();
+    let fast = b.build_range(s0, s1, &hidden());
+    let peak = exact.flux.iter().fold(0.0f32, |a, &v| a.max(v));
+    let mut err = 0.0f32;
+    for ((e, f), m) in exact
+        .flux
+        .iter()
+        .zip(fast.flux.iter())
+        .zip(exact.mask.iter())
+    {
+        if m & cubebits::DONOTUSE == 0 {
+            err = err.max((e - f).abs());
+        }
+    }
+    eprintln!(
+        "reuse tolerance 0.01\": {} SVDs for {} slices, max |ΔG| = {:.2e} of the peak",
+        distinct.len(),
+        s1 - s0,
+        err / peak
+    );
+    assert!(distinct.len() * 3 < s1 - s0, "reuse must save work");
+    assert!(err / peak < 0.01 && err > 0.0);
+    // Shards replay the same anchors: split mid-block, join, compare exactly.
+    let a = b.build_range(s0, 390, &hidden());
+    let bb = b.build_range(390, s1, &hidden());
+    assert_eq!(b.anchors(390, s1), anchors[390 - s0..].to_vec());
+    let mut joined_flux = a.flux.clone().into_raw_vec_and_offset().0;
+    joined_flux.extend(bb.flux.iter());
+    assert_eq!(joined_flux, fast.flux.iter().copied().collect::<Vec<_>>());
+}

@@ -230,7 +230,8 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn slice(&self, l: usize) -> SliceOut {
+    /// Slice `l` with the weights `weights` (computed at `l` or at an equivalent anchor slice).
+    fn slice(&self, l: usize, weights: Option<&(Vec<usize>, Mat<f64>)>) -> SliceOut {
         let r = self.rss;
         let npix = self.grid.npix();
         let band = self.band_index.iter().position(|&b| b == l);
@@ -247,7 +248,7 @@ impl<'a> Builder<'a> {
             }),
             failed: true,
         };
-        let Some((pix, w)) = self.weights(l) else {
+        let Some((pix, w)) = weights else {
             return failed_out();
         };
         let (xs, ys, good) = self.samples(l);
@@ -391,16 +392,70 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// For each slice in [start, end), the slice whose weights it uses. With
+    /// `reuse_tolerance` > 0, a slice reuses the weights of the last anchor in its block of
+    /// [`REUSE_BLOCK`] slices when the good-sample mask is identical and every position and
+    /// seeing differs from the anchor's by at most the tolerance (arcsec). Blocks are aligned to
+    /// absolute slice numbers and anchors are replayed from the block start, so a shard makes
+    /// the same choices as a one-shot build.
+    pub fn anchors(&self, start: usize, end: usize) -> Vec<usize> {
+        let tol = self.cfg.reuse_tolerance;
+        if tol <= 0.0 {
+            return (start..end).collect();
+        }
+        let mut out = Vec::with_capacity(end - start);
+        let mut anchor: Option<(usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>)> = None;
+        let first = (start / REUSE_BLOCK) * REUSE_BLOCK;
+        for l in first..end {
+            if l % REUSE_BLOCK == 0 {
+                anchor = None;
+            }
+            let (xs, ys, good) = self.samples(l);
+            let see = self.seeing_rows(l);
+            let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(p, q)| (p - q).abs() <= tol);
+            let reuse = match &anchor {
+                Some((_, ax, ay, asee, ag)) => {
+                    *ag == good && close(ax, &xs) && close(ay, &ys) && close(asee, &see)
+                }
+                None => false,
+            };
+            if !reuse {
+                anchor = Some((l, xs, ys, see, good));
+            }
+            if l >= start {
+                out.push(anchor.as_ref().map(|a| a.0).unwrap_or(l));
+            }
+        }
+        out
+    }
+
     /// Reconstruct slices [start, end) in parallel (one slice per task; each task holds only
     /// its own W, so memory stays bounded by threads × one slice's matrices).
     pub fn build_range(&self, start: usize, end: usize, pb: &ProgressBar) -> Part {
         let n = self.grid.nside;
-        let outs: Vec<SliceOut> = (start..end)
+        // Group slices by the anchor whose weights they use (each slice its own when reuse is
+        // off); groups run in parallel, each holding one W at a time.
+        let anchors = self.anchors(start, end);
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (k, &a) in anchors.iter().enumerate() {
+            match groups.last_mut() {
+                Some((ga, v)) if *ga == a => v.push(start + k),
+                _ => groups.push((a, vec![start + k])),
+            }
+        }
+        let outs: Vec<SliceOut> = groups
             .into_par_iter()
-            .map(|l| {
-                let o = self.slice(l);
-                pb.inc(1);
-                o
+            .flat_map_iter(|(a, ls)| {
+                let w = self.weights(a);
+                let outs: Vec<SliceOut> = ls
+                    .into_iter()
+                    .map(|l| {
+                        let o = self.slice(l, w.as_ref());
+                        pb.inc(1);
+                        o
+                    })
+                    .collect();
+                outs
             })
             .collect();
         let m = end - start;
@@ -447,6 +502,9 @@ impl<'a> Builder<'a> {
         }
     }
 }
+
+/// Slices per block within which weights may be reused (see [`Builder::anchors`]).
+pub const REUSE_BLOCK: usize = 64;
 
 pub fn nearest(wave: &[f64], w: f64) -> usize {
     (0..wave.len())

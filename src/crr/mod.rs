@@ -65,6 +65,7 @@ pub struct CrrConfig {
     pub shepard_sigma: f64,
     pub shepard_rlim: f64,
     pub corr_threshold: f64,
+    pub reuse_tolerance: f64,
     pub simulate: SimulateConfig,
 }
 
