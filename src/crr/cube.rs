@@ -321,7 +321,7 @@ impl<'a> Builder<'a> {
                 *m |= cubebits::DONOTUSE;
             }
         }
-        let band = band.map(|b| self.band_products(b, l, &pix, &w, &xs, &ys, &good));
+        let band = band.map(|b| self.band_products(b, l, pix, w, &xs, &ys, &good));
         SliceOut {
             flux,
             ivar,
@@ -404,7 +404,9 @@ impl<'a> Builder<'a> {
             return (start..end).collect();
         }
         let mut out = Vec::with_capacity(end - start);
-        let mut anchor: Option<(usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>)> = None;
+        // (slice, x, y, seeing, good) of the current anchor.
+        type Anchor = (usize, Vec<f64>, Vec<f64>, Vec<f64>, Vec<bool>);
+        let mut anchor: Option<Anchor> = None;
         let first = (start / REUSE_BLOCK) * REUSE_BLOCK;
         for l in first..end {
             if l % REUSE_BLOCK == 0 {
