@@ -42,6 +42,7 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    #[serde(default)]
     pub crr: crate::crr::CrrConfig,
 }
 

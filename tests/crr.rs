@@ -645,3 +645,18 @@ fn weight_reuse_is_bounded_against_exact_path_and_shard_safe() {
     joined_flux.extend(bb.flux.iter());
     assert_eq!(joined_flux, fast.flux.iter().copied().collect::<Vec<_>>());
 }
+
+#[test]
+fn config_section_defaults_and_overrides() {
+    assert_eq!(CrrConfig::default(), Config::default().crr);
+    let c = spx::config::load(
+        None,
+        &["crr.method=shepard".into(), "crr.pixel_scale=0.5".into()],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.crr.method, Method::Shepard);
+    assert_eq!(c.crr.pixel_scale, 0.5);
+    assert!(spx::config::load(None, &["crr.method=drizzle".into()], &[]).is_err());
+    assert!(spx::config::load(None, &["crr.nope=1".into()], &[]).is_err());
+}

@@ -69,6 +69,20 @@ pub struct CrrConfig {
     pub simulate: SimulateConfig,
 }
 
+/// The embedded defaults (configs/crr.toml), so a config text without `[crr]` (e.g.
+/// `spx config show run`) still parses.
+impl Default for CrrConfig {
+    fn default() -> Self {
+        let t: toml::Table = include_str!("../../configs/crr.toml")
+            .parse()
+            .expect("embedded configs/crr.toml parses");
+        t["crr"]
+            .clone()
+            .try_into()
+            .expect("embedded configs/crr.toml matches CrrConfig")
+    }
+}
+
 /// `[crr.simulate]`: the synthetic LOGRSS generator.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
