@@ -660,3 +660,57 @@ fn config_section_defaults_and_overrides() {
     assert!(spx::config::load(None, &["crr.method=drizzle".into()], &[]).is_err());
     assert!(spx::config::load(None, &["crr.nope=1".into()], &[]).is_err());
 }
+
+#[test]
+fn reads_dr15_disp_predisp_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.simulate.nwave = 4;
+    let rss = simulate::simulate(&c, 1).unwrap();
+    let (post, pre) = rss.lsf.clone().unwrap();
+    let p = dir.path().join("dr15-LOGRSS.fits");
+    fits::write_fits(&p, |w| {
+        w.primary_card("NEXP", 9)?;
+        w.primary_card("IFURA", 10.0)?;
+        w.primary_card("IFUDEC", -1.0)?;
+        w.image_f32("FLUX", &rss.flux.clone().into_dyn(), &[])?;
+        w.image_f32("IVAR", &rss.ivar.clone().into_dyn(), &[])?;
+        w.image_i32("MASK", &rss.mask.clone().into_dyn(), &[])?;
+        w.image_f32("DISP", &post.clone().into_dyn(), &[])?;
+        w.image_f32("PREDISP", &pre.clone().into_dyn(), &[])?;
+        w.image_f64(
+            "WAVE",
+            &ndarray::Array1::from(rss.wave.clone()).into_dyn(),
+            &[],
+        )?;
+        w.table(
+            "OBSINFO",
+            &[
+                Column::F64("SEEING".into(), rss.seeing.clone()),
+                Column::F64("PSFFAC".into(), rss.psffac.clone()),
+            ],
+            &[],
+        )?;
+        w.image_f32("XPOS", &rss.xpos.clone().into_dyn(), &[])?;
+        w.image_f32("YPOS", &rss.ypos.clone().into_dyn(), &[])
+    })
+    .unwrap();
+    let r = Rss::read(&p).unwrap();
+    assert_eq!(r.lsf, Some((post, pre)));
+    assert_eq!((r.nexp, r.nfiber, r.nwave()), (9, 19, 4));
+    assert!(r.specres.is_none());
+    let b = Builder::new(&r, &c).unwrap();
+    let part = b.build_range(0, 4, &hidden());
+    let (lp, _) = part.lsf.as_ref().unwrap();
+    // |W|-weighted mean of a per-wavelength constant LSF is that constant.
+    let l = 2;
+    let want = r.lsf.as_ref().unwrap().0[(0, l)];
+    let nonzero: Vec<f32> = lp
+        .index_axis(ndarray::Axis(0), l)
+        .iter()
+        .copied()
+        .filter(|&v| v != 0.0)
+        .collect();
+    assert!(!nonzero.is_empty());
+    assert!(nonzero.iter().all(|v| (v - want).abs() < 1e-5 * want));
+}
