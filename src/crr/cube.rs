@@ -607,7 +607,15 @@ pub fn write_cube(
         ("CUNIT3", "Angstrom".into()),
         ("CRPIX3", 1.0.into()),
         ("CRVAL3", rss.wave[0].into()),
-        ("CD3_3", (rss.wave[1] - rss.wave[0]).into()),
+        (
+            "CD3_3",
+            (if nwave > 1 {
+                rss.wave[1] - rss.wave[0]
+            } else {
+                1.0
+            })
+            .into(),
+        ),
         ("HDUCLAS1", "CUBE".into()),
     ]);
     let mut fluxcards = cubecards.clone();

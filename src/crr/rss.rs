@@ -140,9 +140,12 @@ impl Rss {
         }
         let seeing = f.col_f64("OBSINFO", "SEEING")?;
         let psffac = f.col_f64("OBSINFO", "PSFFAC")?;
+        // Scalar numeric columns only (string and vector columns are not copied).
         let mut obsinfo = Vec::new();
         for c in &cols {
-            if let Ok(v) = f.col_f64("OBSINFO", c) {
+            if let Ok(v) = f.col_f64("OBSINFO", c)
+                && v.len() == seeing.len()
+            {
                 obsinfo.push((c.clone(), v));
             }
         }
