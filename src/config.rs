@@ -29,6 +29,7 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
         "configs/ptycho.toml",
         include_str!("../configs/ptycho.toml"),
     ),
+    ("configs/crr.toml", include_str!("../configs/crr.toml")),
 ];
 
 /// File name of the effective config recorded next to every command's output.
@@ -53,6 +54,8 @@ pub struct Config {
     pub spektron: crate::spektron::config::SpektronConfig,
     #[serde(default)]
     pub ptycho: crate::ptycho::PtychoConfig,
+    #[serde(default)]
+    pub crr: crate::crr::CrrConfig,
 }
 
 impl Default for Config {

@@ -31,6 +31,9 @@ pub enum Command {
     /// Ptychography: simulate scans (more subcommands build on the same data contract).
     #[command(subcommand)]
     Ptycho(cli::ptycho::PtychoCmd),
+    /// IFU data cubes from row-stacked spectra: CRR (Liu, Blanton & Law 2020) and Shepard.
+    #[command(subcommand)]
+    Crr(cli::crr::CrrCmd),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(&args.global, a),
         Command::Spektron(c) => cli::spektron::run(&args.global, c),
         Command::Ptycho(c) => cli::ptycho::run(&args.global, c),
+        Command::Crr(c) => cli::crr::run(&args.global, c),
     };
     match result {
         Ok(code) => code,

@@ -188,6 +188,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     })?;
     files.push(p);
     pb.inc(1);
+    super::crr::demo(g, &cfg, &out).context("crr demo")?;
 
     g.say(format!(
         "spektron: {}",

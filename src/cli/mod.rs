@@ -1,6 +1,7 @@
 //! Thin CLI layer: parse arguments, load the config, call the library, report.
 
 pub mod config;
+pub mod crr;
 pub mod demo;
 pub mod device;
 pub mod ptycho;

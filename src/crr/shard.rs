@@ -1,0 +1,288 @@
+//! Cluster use: `--shard K/N` builds the K-th (1-based) of N contiguous wavelength blocks into
+//! a part file; `merge` joins the N parts into the cube. Part files are written atomically, so
+//! an existing part with the right input fingerprint is complete and a rerun skips it.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array3, Ix2, Ix3};
+
+use super::BANDS;
+use super::cube::{BandSlice, Correl, Part};
+use crate::error::SpxError;
+use crate::io::fits::{self, Card, Column, FitsReader};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected K/N, e.g. 3/16"))?;
+        let k: usize = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: K is not a number"))?;
+        let n: usize = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: N is not a number"))?;
+        if n == 0 || k == 0 || k > n {
+            return Err(format!("`{s}`: need 1 ≤ K ≤ N"));
+        }
+        Ok(Shard { k, n })
+    }
+}
+
+impl Shard {
+    /// Slice range [start, end) of this shard among `nwave` slices.
+    pub fn range(&self, nwave: usize) -> (usize, usize) {
+        ((self.k - 1) * nwave / self.n, self.k * nwave / self.n)
+    }
+
+    pub fn part_path(&self, dir: &Path, stem: &str) -> PathBuf {
+        dir.join(format!("{stem}.part-{}-of-{}.fits", self.k, self.n))
+    }
+}
+
+/// FNV-1a 64 of a string, hex: fingerprint of (input, settings) stored in every part.
+pub fn fingerprint(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub fn write_part(path: &Path, part: &Part, shard: Shard, fp: &str) -> Result<(), SpxError> {
+    fits::write_fits(path, |w| {
+        w.primary_card("SPXPART", 1)?;
+        w.primary_card("SHARDK", shard.k as i64)?;
+        w.primary_card("SHARDN", shard.n as i64)?;
+        w.primary_card("ISTART", part.start as i64)?;
+        w.primary_card("INHASH", fp)?;
+        let failed = part
+            .failed
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        w.primary_card("FAILED", failed)?;
+        w.image_f32("FLUX", &part.flux.clone().into_dyn(), &[])?;
+        w.image_f32("IVAR", &part.ivar.clone().into_dyn(), &[])?;
+        w.image_i32("MASK", &part.mask.clone().into_dyn(), &[])?;
+        if let Some((a, b)) = &part.lsf {
+            w.image_f32("LSFPOST", &a.clone().into_dyn(), &[])?;
+            w.image_f32("LSFPRE", &b.clone().into_dyn(), &[])?;
+        }
+        for b in &part.bands {
+            let name = BANDS[b.band].0;
+            w.image_f64(
+                &format!("{name}PSF"),
+                &b.psf.clone().into_dyn(),
+                &[("BBINDEX", Card::Int(b.index as i64))],
+            )?;
+            let c = &b.correl;
+            w.table(
+                &format!("{name}CORREL"),
+                &[
+                    Column::I32("INDXI_C1".into(), c.i_c1.clone()),
+                    Column::I32("INDXI_C2".into(), c.i_c2.clone()),
+                    Column::I32("INDXJ_C1".into(), c.j_c1.clone()),
+                    Column::I32("INDXJ_C2".into(), c.j_c2.clone()),
+                    Column::F64("RHOIJ".into(), c.rho.clone()),
+                ],
+                &[],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The fingerprint and shard recorded in a part file, or `None` if it is not a part.
+pub fn part_header(path: &Path) -> Option<(String, Shard)> {
+    let mut f = FitsReader::open(path).ok()?;
+    let fp = f.card_str("PRIMARY", "INHASH").ok()?;
+    let k = f.card_i64("PRIMARY", "SHARDK").ok()? as usize;
+    let n = f.card_i64("PRIMARY", "SHARDN").ok()? as usize;
+    Some((fp, Shard { k, n }))
+}
+
+pub fn read_part(path: &Path) -> Result<Part, SpxError> {
+    let mut f = FitsReader::open(path)?;
+    let start = f.card_i64("PRIMARY", "ISTART")? as usize;
+    let i3 = |a: ndarray::ArrayD<f32>, n: &str| -> Result<Array3<f32>, SpxError> {
+        a.into_dimensionality::<Ix3>()
+            .map_err(|_| SpxError::field(path, n, "expected a 3-D image"))
+    };
+    let flux = i3(f.image_f32("FLUX")?, "FLUX")?;
+    let ivar = i3(f.image_f32("IVAR")?, "IVAR")?;
+    let mask = f
+        .image_i32("MASK")?
+        .into_dimensionality::<Ix3>()
+        .map_err(|_| SpxError::field(path, "MASK", "expected a 3-D image"))?;
+    let lsf = if f.has_hdu("LSFPOST") {
+        Some((
+            i3(f.image_f32("LSFPOST")?, "LSFPOST")?,
+            i3(f.image_f32("LSFPRE")?, "LSFPRE")?,
+        ))
+    } else {
+        None
+    };
+    let mut bands = Vec::new();
+    for (b, (name, _)) in BANDS.iter().enumerate() {
+        let h = format!("{name}PSF");
+        if !f.has_hdu(&h) {
+            continue;
+        }
+        let psf: Array2<f64> = f
+            .image_f64(&h)?
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| SpxError::field(path, &h, "expected a 2-D image"))?;
+        let index = f.card_i64(&h, "BBINDEX")? as usize;
+        let t = format!("{name}CORREL");
+        let i32col = |f: &mut FitsReader, c: &str| -> Result<Vec<i32>, SpxError> {
+            Ok(f.col_i64(&t, c)?.into_iter().map(|v| v as i32).collect())
+        };
+        let correl = Correl {
+            i_c1: i32col(&mut f, "INDXI_C1")?,
+            i_c2: i32col(&mut f, "INDXI_C2")?,
+            j_c1: i32col(&mut f, "INDXJ_C1")?,
+            j_c2: i32col(&mut f, "INDXJ_C2")?,
+            rho: f.col_f64(&t, "RHOIJ")?,
+        };
+        bands.push(BandSlice {
+            band: b,
+            index,
+            psf,
+            correl,
+        });
+    }
+    let failed_s = f.card_str("PRIMARY", "FAILED").unwrap_or_default();
+    let failed = failed_s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|_| SpxError::field(path, "PRIMARY:FAILED", "not a list of integers"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Part {
+        start,
+        flux,
+        ivar,
+        mask,
+        lsf,
+        bands,
+        failed,
+    })
+}
+
+/// Fingerprint of an input RSS and the reconstruction settings (simulation settings excluded):
+/// parts are only merged, or skipped on resume, when it matches.
+pub fn input_fingerprint(rss: &super::rss::Rss, cfg: &super::CrrConfig) -> String {
+    let mut c = cfg.clone();
+    c.simulate = crate::config::Config::default().crr.simulate;
+    let size = std::fs::metadata(&rss.path).map(|m| m.len()).unwrap_or(0);
+    let wsum: f64 = rss.wave.iter().sum();
+    let fsum: f64 = rss
+        .flux
+        .iter()
+        .map(|&v| v as f64)
+        .filter(|v| v.is_finite())
+        .sum();
+    fingerprint(&format!(
+        "{size}|{}|{}|{}|{wsum:e}|{fsum:e}|{}",
+        rss.nrow(),
+        rss.nwave(),
+        rss.nexp,
+        toml::to_string(&c).unwrap_or_default()
+    ))
+}
+
+/// Result of building one shard.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShardOutcome {
+    pub path: PathBuf,
+    pub skipped: bool,
+    pub slices: (usize, usize),
+}
+
+/// Build shard `shard` into `dir`, unless a complete part with the same fingerprint is there.
+pub fn build_shard(
+    b: &super::cube::Builder<'_>,
+    shard: Shard,
+    dir: &Path,
+    stem: &str,
+    pb: &indicatif::ProgressBar,
+) -> Result<ShardOutcome, SpxError> {
+    let fp = input_fingerprint(b.rss, &b.cfg);
+    let path = shard.part_path(dir, stem);
+    let (start, end) = shard.range(b.nwave());
+    if let Some((old, s)) = part_header(&path) {
+        if old == fp && s == shard {
+            return Ok(ShardOutcome {
+                path,
+                skipped: true,
+                slices: (start, end),
+            });
+        }
+        tracing::warn!(
+            "{}: stale part (different input or settings), rebuilding",
+            path.display()
+        );
+    }
+    let part = b.build_range(start, end, pb);
+    write_part(&path, &part, shard, &fp)?;
+    Ok(ShardOutcome {
+        path,
+        skipped: false,
+        slices: (start, end),
+    })
+}
+
+/// Read the N parts from `dir`, check they belong to this input and settings, and join them.
+pub fn collect_parts(
+    b: &super::cube::Builder<'_>,
+    n: usize,
+    dir: &Path,
+    stem: &str,
+) -> Result<Part, SpxError> {
+    let fp = input_fingerprint(b.rss, &b.cfg);
+    let mut missing = Vec::new();
+    let mut parts = Vec::new();
+    for k in 1..=n {
+        let s = Shard { k, n };
+        let path = s.part_path(dir, stem);
+        match part_header(&path) {
+            None => missing.push(k),
+            Some((old, hs)) => {
+                if old != fp || hs != s {
+                    return Err(SpxError::file(
+                        &path,
+                        "part was built from a different input or with different settings; rebuild it",
+                    ));
+                }
+                parts.push(read_part(&path)?);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(|k| format!("{k}/{n}")).collect();
+        return Err(SpxError::file(
+            dir,
+            format!(
+                "missing shard parts {} (expected {})",
+                list.join(", "),
+                Shard { k: missing[0], n }.part_path(dir, stem).display()
+            ),
+        ));
+    }
+    super::cube::join_parts(parts, b.nwave()).map_err(|m| SpxError::file(dir, m))
+}
