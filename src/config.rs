@@ -20,7 +20,10 @@ use crate::io::atomic::write_atomic;
 
 /// Embedded default files: (name shown in messages, contents).
 pub const DEFAULT_FILES: &[(&str, &str)] =
-    &[("configs/run.toml", include_str!("../configs/run.toml"))];
+    &[
+    ("configs/run.toml", include_str!("../configs/run.toml")),
+    ("configs/dip.toml", include_str!("../configs/dip.toml")),
+];
 
 /// File name of the effective config recorded next to every command's output.
 pub const EFFECTIVE_CONFIG_NAME: &str = "spx-config.toml";
@@ -40,6 +43,7 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    pub dip: crate::dip::DipConfig,
 }
 
 impl Default for Config {

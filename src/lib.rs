@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dip;
 pub mod error;
 pub mod io;
 pub mod logging;

@@ -25,6 +25,9 @@ pub enum Command {
     Config(cli::config::ConfigCmd),
     /// Run a real end-to-end job on built-in synthetic data.
     Demo(cli::demo::DemoArgs),
+    /// Deep-Image-Prior spectral reconstruction of SPHEREx photometry.
+    #[command(subcommand)]
+    Dip(cli::dip::DipCmd),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Device(a) => cli::device::run(&args.global, a),
         Command::Config(c) => cli::config::run(&args.global, c),
         Command::Demo(a) => cli::demo::run(&args.global, a),
+        Command::Dip(c) => cli::dip::run(&args.global, c),
     };
     match result {
         Ok(code) => code,

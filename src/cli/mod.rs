@@ -3,6 +3,7 @@
 pub mod config;
 pub mod demo;
 pub mod device;
+pub mod dip;
 
 use std::path::PathBuf;
 
