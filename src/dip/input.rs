@@ -94,42 +94,72 @@ fn parse_flag(s: &str) -> Option<u64> {
     }
 }
 
+/// Split one CSV line into fields (RFC 4180 quoting: `"a,b"` and `""` inside quotes).
+pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (false, '"') if cur.trim().is_empty() => {
+                cur.clear();
+                quoted = true;
+            }
+            (false, ',') => fields.push(std::mem::take(&mut cur)),
+            (_, c) => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field".into());
+    }
+    fields.push(cur);
+    Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
+}
+
 /// Read every data row of a spxquery CSV. Errors name the file, the column and the line.
+// The `csv` crate was the first choice, but adding it changed the feature set of `serde_core`
+// for the whole dependency graph and forced a full rebuild of burn; this reader covers what
+// spxquery writes (comments, header, quoted fields).
 pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
-    let file = std::fs::File::open(path).map_err(|e| SpxError::io(path, e))?;
-    let mut rdr = csv::ReaderBuilder::new()
-        .comment(Some(b'#'))
-        .trim(csv::Trim::All)
-        .flexible(false)
-        .from_reader(file);
-    let headers = rdr
-        .headers()
-        .map_err(|e| SpxError::file(path, format!("cannot read the CSV header: {e}")))?
-        .clone();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case(name))
-    };
+    let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
+        .filter(|(_, l)| !l.trim_start().starts_with('#') && !l.trim().is_empty());
+    let (hline, header) = lines
+        .next()
+        .ok_or_else(|| SpxError::file(path, "empty file: no CSV header"))?;
+    let headers = split_csv_line(header)
+        .map_err(|e| SpxError::file(path, format!("line {hline}: {e}")))?;
+    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let mut cols = [0usize; 6];
     for (slot, name) in cols.iter_mut().zip(REQUIRED) {
         *slot = find(name).ok_or_else(|| {
             SpxError::field(
                 path,
                 name,
-                format!(
-                    "required column missing (header has: {})",
-                    headers.iter().collect::<Vec<_>>().join(", ")
-                ),
+                format!("required column missing (header has: {})", headers.join(", ")),
             )
         })?;
     }
     let snr_col = find("snr");
     let mut rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| SpxError::file(path, format!("CSV row {}: {e}", i + 1)))?;
-        let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        let get = |c: usize| rec.get(c).unwrap_or("");
+    for (i, (line, text)) in lines.enumerate() {
+        let rec = split_csv_line(text).map_err(|e| SpxError::file(path, format!("line {line}: {e}")))?;
+        if rec.len() != headers.len() {
+            return Err(SpxError::file(
+                path,
+                format!("line {line}: {} fields, header has {}", rec.len(), headers.len()),
+            ));
+        }
+        let get = |c: usize| rec.get(c).map(String::as_str).unwrap_or("");
         let num = |k: usize| {
             parse_f64(get(cols[k])).ok_or_else(|| {
                 SpxError::field(
