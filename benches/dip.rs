@@ -17,13 +17,21 @@ fn bench(c: &mut Criterion) {
     let dev = Device::flex();
     let mut rng = backend::seeded(&dev, 1);
     let rows = simulate::simulate(&cfg.dip.simulate, &mut rng);
-    let grid = linspace(cfg.dip.wavelength_min, cfg.dip.wavelength_max, cfg.dip.resolution);
+    let grid = linspace(
+        cfg.dip.wavelength_min,
+        cfg.dip.wavelength_max,
+        cfg.dip.resolution,
+    );
     let cen: Vec<f64> = rows.iter().map(|r| r.wavelength).collect();
     let bw: Vec<f64> = rows.iter().map(|r| r.bandwidth).collect();
     let (op, _) = Operator::build(&grid, &cen, &bw);
     let y: Vec<f64> = rows.iter().map(|r| r.flux).collect();
     let s: Vec<f64> = rows.iter().map(|r| r.flux_error).collect();
-    let p = Problem { op: &op, y: &y, sigma: &s };
+    let p = Problem {
+        op: &op,
+        y: &y,
+        sigma: &s,
+    };
     let ad = dev.clone().autodiff();
 
     let mut one = cfg.dip.clone();

@@ -23,8 +23,15 @@ fn main() {
     let seeds: u64 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(2);
     let mut cfg = Config::default();
     cfg.dip.epochs = epochs;
-    let grid = linspace(cfg.dip.wavelength_min, cfg.dip.wavelength_max, cfg.dip.resolution);
-    let truth: Vec<f64> = grid.iter().map(|&l| truth_flux(l, &cfg.dip.simulate)).collect();
+    let grid = linspace(
+        cfg.dip.wavelength_min,
+        cfg.dip.wavelength_max,
+        cfg.dip.resolution,
+    );
+    let truth: Vec<f64> = grid
+        .iter()
+        .map(|&l| truth_flux(l, &cfg.dip.simulate))
+        .collect();
     println!("weight,seed,chi2_per_obs,rel_rms,line1,line2,line3,best_epoch,seconds");
     for seed in 1..=seeds {
         let dev = Device::flex();
@@ -41,12 +48,24 @@ fn main() {
         for &w in &weights {
             let mut dc = cfg.dip.clone();
             dc.regularization_weight = w;
-            let p = Problem { op: &op, y: &y, sigma: &s };
-            let f = train::fit(&dc, &p, &dev.clone().autodiff(), seed, &ProgressBar::hidden());
+            let p = Problem {
+                op: &op,
+                y: &y,
+                sigma: &s,
+            };
+            let f = train::fit(
+                &dc,
+                &p,
+                &dev.clone().autodiff(),
+                seed,
+                &ProgressBar::hidden(),
+            );
             let ratios: Vec<f64> = LINES
                 .iter()
                 .enumerate()
-                .map(|(i, l)| measure_line(&grid, &f.spectrum, l.0) / line_integral(i, &cfg.dip.simulate))
+                .map(|(i, l)| {
+                    measure_line(&grid, &f.spectrum, l.0) / line_integral(i, &cfg.dip.simulate)
+                })
                 .collect();
             println!(
                 "{w},{seed},{:.3},{:.4},{:.3},{:.3},{:.3},{},{:.1}",

@@ -19,8 +19,7 @@ use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 
 /// Embedded default files: (name shown in messages, contents).
-pub const DEFAULT_FILES: &[(&str, &str)] =
-    &[
+pub const DEFAULT_FILES: &[(&str, &str)] = &[
     ("configs/run.toml", include_str!("../configs/run.toml")),
     ("configs/dip.toml", include_str!("../configs/dip.toml")),
 ];

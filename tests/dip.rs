@@ -12,7 +12,7 @@ use spx::config::Config;
 use spx::dip::forward::{Operator, chi2, covered};
 use spx::dip::grid::linspace;
 use spx::dip::input::{self, clip_band, outliers};
-use spx::dip::kernel::{reflect_pad, ricker, ricker_bank, cwt_host};
+use spx::dip::kernel::{cwt_host, reflect_pad, ricker, ricker_bank};
 use spx::dip::simulate::{self, LINES, line_integral, measure_line, relative_rms, truth_flux};
 use spx::dip::tikhonov::{self, Banded};
 use spx::dip::train::{LossTerms, Problem};
@@ -58,7 +58,11 @@ fn ricker_equals_closed_form() {
         })
         .collect();
     let mean = raw.iter().sum::<f64>() / 21.0;
-    assert!(k.iter().zip(&raw).all(|(g, r)| (g - (r - mean)).abs() < 1e-12));
+    assert!(
+        k.iter()
+            .zip(&raw)
+            .all(|(g, r)| (g - (r - mean)).abs() < 1e-12)
+    );
     // Bank: shorter kernels centred in the longest.
     let (bank, kmax, pad) = ricker_bank(&[1.0, 2.0]);
     assert_eq!((kmax, pad), (17, 8));
@@ -141,10 +145,18 @@ fn forward_operator_equals_dense_h() {
     let xt = tensor_from(x.iter().map(|&v| v as f32).collect(), [grid.len()], &dev);
     let mut dc = cfg().dip;
     dc.regularization_weight = 0.0;
-    let p = Problem { op: &op, y: &y, sigma: &sigma };
+    let p = Problem {
+        op: &op,
+        y: &y,
+        sigma: &sigma,
+    };
     let terms = LossTerms::new(&dc, &p, 1.0, &dev);
     let pred = to_vec(terms.predict(xt.clone()));
-    assert!(pred.iter().zip(&want).all(|(a, b)| (*a as f64 - b).abs() < 1e-5));
+    assert!(
+        pred.iter()
+            .zip(&want)
+            .all(|(a, b)| (*a as f64 - b).abs() < 1e-5)
+    );
     let data = to_vec(terms.data(xt.clone()))[0] as f64;
     let c2 = chi2(&op, &x, &y, &sigma);
     assert!((data - c2).abs() < 1e-4 * c2, "{data} vs {c2}");
@@ -159,33 +171,53 @@ fn forward_operator_equals_dense_h() {
             want_pix += (1.0 / (sigma[i] + dc.epsilon_weight)) * h[i][j] * (y[i] - x[j]).powi(2);
         }
     }
-    assert!((data - want_pix).abs() < 1e-4 * want_pix, "{data} vs {want_pix}");
+    assert!(
+        (data - want_pix).abs() < 1e-4 * want_pix,
+        "{data} vs {want_pix}"
+    );
 }
 
 #[test]
 fn device_cwt_matches_host_convolution() {
     let dev = Device::flex();
     let n = 64;
-    let x: Vec<f64> = (0..n).map(|i| ((i as f64) * 0.3).sin() + 0.01 * (i * i) as f64).collect();
+    let x: Vec<f64> = (0..n)
+        .map(|i| ((i as f64) * 0.3).sin() + 0.01 * (i * i) as f64)
+        .collect();
     let grid = linspace(1.0, 2.0, n);
     let (op, _) = Operator::build(&grid, &[1.5], &[0.1]);
     let mut dc = cfg().dip;
     dc.cwt_scales = vec![1.0, 2.0, 3.0];
-    let p = Problem { op: &op, y: &[1.0], sigma: &[1.0] };
+    let p = Problem {
+        op: &op,
+        y: &[1.0],
+        sigma: &[1.0],
+    };
     let terms = LossTerms::new(&dc, &p, 1.0, &dev);
-    let got = to_vec(terms.cwt(tensor_from(x.iter().map(|&v| v as f32).collect(), [n], &dev)));
+    let got = to_vec(terms.cwt(tensor_from(
+        x.iter().map(|&v| v as f32).collect(),
+        [n],
+        &dev,
+    )));
     for (s, scale) in [1.0, 2.0, 3.0].iter().enumerate() {
         let want = cwt_host(&x, &ricker(*scale));
         for j in 0..n {
-            assert!((got[s * n + j] as f64 - want[j]).abs() < 1e-4, "scale {scale} pixel {j}");
+            assert!(
+                (got[s * n + j] as f64 - want[j]).abs() < 1e-4,
+                "scale {scale} pixel {j}"
+            );
         }
     }
 }
 
-const HEADER: &str = "obs_id,mjd,flux,flux_error,wavelength,bandwidth,band,flag,flag_binary,pix_x\n";
+const HEADER: &str =
+    "obs_id,mjd,flux,flux_error,wavelength,bandwidth,band,flag,flag_binary,pix_x\n";
 
 fn row(flux: f64, err: f64, wl: f64, band: &str, flag: u64) -> String {
-    format!("x,1.0,{flux},{err},{wl},{},{band},{flag},{flag:022b},3.0\n", wl / 40.0)
+    format!(
+        "x,1.0,{flux},{err},{wl},{},{band},{flag},{flag:022b},3.0\n",
+        wl / 40.0
+    )
 }
 
 #[test]
@@ -196,7 +228,13 @@ fn qc_rules_each_remove_what_they_should() {
     // D1: 12 clean points, one with bad bit 0, one with bit 21 only (kept), one NaN,
     // one flux_error 0, one SNR 2.
     for i in 0..12 {
-        text.push_str(&row(100.0 + (i % 3) as f64, 5.0, 0.8 + 0.02 * i as f64, "D1", 2097152));
+        text.push_str(&row(
+            100.0 + (i % 3) as f64,
+            5.0,
+            0.8 + 0.02 * i as f64,
+            "D1",
+            2097152,
+        ));
     }
     text.push_str(&row(100.0, 5.0, 0.85, "D1", 2097153)); // bit 0
     text.push_str(&row(100.0, 5.0, 0.86, "D1", 2097216)); // bit 6
@@ -212,7 +250,10 @@ fn qc_rules_each_remove_what_they_should() {
     let qc = cfg().dip.qc;
     let (obs, rep) = input::load(&p, &qc).unwrap();
     let d1 = &rep.bands[0];
-    assert_eq!((d1.read, d1.bad_flag, d1.invalid, d1.low_snr), (18, 2, 2, 1));
+    assert_eq!(
+        (d1.read, d1.bad_flag, d1.invalid, d1.low_snr),
+        (18, 2, 2, 1)
+    );
     assert_eq!(d1.kept, 13);
     let d2 = &rep.bands[1];
     assert!(d2.skipped && d2.kept == 0 && d2.read == 5);
@@ -226,7 +267,9 @@ fn qc_rules_each_remove_what_they_should() {
 fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     // 60 points of a flat band with noise-like ripple, an emission line covering 4 neighbours
     // and one isolated glitch.
-    let mut f: Vec<f64> = (0..60).map(|i| 100.0 + [0.0, 1.0, -1.0, 0.5, -0.5][i % 5]).collect();
+    let mut f: Vec<f64> = (0..60)
+        .map(|i| 100.0 + [0.0, 1.0, -1.0, 0.5, -0.5][i % 5])
+        .collect();
     for v in &mut f[20..24] {
         *v += 40.0;
     }
@@ -249,7 +292,10 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
 }
 
 fn spx(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spx")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_spx"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -265,21 +311,50 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
         good_rows.push_str(&row(100.0, 5.0, 0.8 + 0.02 * i as f64, "D1", 0));
     }
     let cases: Vec<(&str, String, &str)> = vec![
-        ("missing.csv", "flux,flux_error,wavelength,band,flag\n1,1,1,D1,0\n".into(), "bandwidth"),
-        ("nonnum.csv", format!("{HEADER}{}x,1,abc,5,0.8,0.02,D1,0,0,0\n", good_rows), "flux"),
-        ("flags.csv", format!("{HEADER}{}", row(100.0, 5.0, 0.8, "D1", 1).repeat(12)), "flag"),
-        ("snr.csv", format!("{HEADER}{}", row(1.0, 5.0, 0.8, "D1", 0).repeat(12)), "snr"),
-        ("band.csv", format!("{HEADER}{}", row(100.0, 5.0, 0.8, "D9", 0)), "band"),
+        (
+            "missing.csv",
+            "flux,flux_error,wavelength,band,flag\n1,1,1,D1,0\n".into(),
+            "bandwidth",
+        ),
+        (
+            "nonnum.csv",
+            format!("{HEADER}{}x,1,abc,5,0.8,0.02,D1,0,0,0\n", good_rows),
+            "flux",
+        ),
+        (
+            "flags.csv",
+            format!("{HEADER}{}", row(100.0, 5.0, 0.8, "D1", 1).repeat(12)),
+            "flag",
+        ),
+        (
+            "snr.csv",
+            format!("{HEADER}{}", row(1.0, 5.0, 0.8, "D1", 0).repeat(12)),
+            "snr",
+        ),
+        (
+            "band.csv",
+            format!("{HEADER}{}", row(100.0, 5.0, 0.8, "D9", 0)),
+            "band",
+        ),
     ];
     for (name, text, col) in cases {
         let p = write(dir.path(), name, &text);
         let out = dir.path().join(format!("out-{name}"));
         let (code, stdout, err) = spx(&[
-            "dip", "recon", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "--solver", "tikhonov",
+            "dip",
+            "recon",
+            p.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--solver",
+            "tikhonov",
         ]);
         assert_eq!(code, 2, "{name}: {stdout}{err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
-        assert!(err.contains(name) && err.contains(&format!("`{col}`")), "{name}: {err}");
+        assert!(
+            err.contains(name) && err.contains(&format!("`{col}`")),
+            "{name}: {err}"
+        );
         assert!(!out.exists(), "{name}: no output directory on error");
     }
 }
@@ -292,15 +367,28 @@ fn banded_cholesky_matches_dense_solve() {
     let mut dense = vec![vec![0.0; n]; n];
     for j in 0..n {
         for d in 0..=kb.min(n - 1 - j) {
-            let v = if d == 0 { 10.0 + j as f64 } else { 1.0 / (1.0 + d as f64 + j as f64 * 0.1) };
+            let v = if d == 0 {
+                10.0 + j as f64
+            } else {
+                1.0 / (1.0 + d as f64 + j as f64 * 0.1)
+            };
             a.band[j * (kb + 1) + d] = v;
             dense[j + d][j] = v;
             dense[j][j + d] = v;
         }
     }
     let x_true: Vec<f64> = (0..n).map(|i| (i as f64 * 0.7).cos()).collect();
-    let b: Vec<f64> = (0..n).map(|i| (0..n).map(|j| dense[i][j] * x_true[j]).sum()).collect();
-    assert_eq!(a.matvec(&x_true).iter().zip(&b).filter(|(p, q)| (*p - *q).abs() > 1e-12).count(), 0);
+    let b: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| dense[i][j] * x_true[j]).sum())
+        .collect();
+    assert_eq!(
+        a.matvec(&x_true)
+            .iter()
+            .zip(&b)
+            .filter(|(p, q)| (*p - *q).abs() > 1e-12)
+            .count(),
+        0
+    );
     let x = a.solve(&b).unwrap();
     assert!(x.iter().zip(&x_true).all(|(p, q)| (p - q).abs() < 1e-10));
 }
@@ -327,7 +415,10 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
     assert_eq!(kept.len(), obs.len());
     let y = obs.iter().map(|o| o.flux).collect();
     let s = obs.iter().map(|o| o.flux_error).collect();
-    let truth = grid.iter().map(|&l| truth_flux(l, &c.dip.simulate)).collect();
+    let truth = grid
+        .iter()
+        .map(|&l| truth_flux(l, &c.dip.simulate))
+        .collect();
     (c, grid, op, y, s, truth)
 }
 
@@ -335,7 +426,11 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
 fn tikhonov_reaches_target_chi2_and_tracks_truth() {
     let (c, grid, op, y, s, truth) = simulated_problem(3);
     let t = tikhonov::solve(&op, &y, &s, &c.dip.tikhonov, Weighting::Variance, 1e-10).unwrap();
-    assert!((t.chi2_per_obs - 1.0).abs() < 0.02, "χ²/M {}", t.chi2_per_obs);
+    assert!(
+        (t.chi2_per_obs - 1.0).abs() < 0.02,
+        "χ²/M {}",
+        t.chi2_per_obs
+    );
     let err = relative_rms(&grid, &t.spectrum, &truth, 0.8, 4.95);
     assert!(err < 0.06, "Tikhonov relative RMS vs smoothed truth {err}");
     let mut nn = c.dip.tikhonov.clone();
@@ -348,10 +443,117 @@ fn tikhonov_reaches_target_chi2_and_tracks_truth() {
 fn line_measure_recovers_true_integral() {
     let c = cfg();
     let grid = linspace(0.75, 5.0, 3000);
-    let truth: Vec<f64> = grid.iter().map(|&l| truth_flux(l, &c.dip.simulate)).collect();
+    let truth: Vec<f64> = grid
+        .iter()
+        .map(|&l| truth_flux(l, &c.dip.simulate))
+        .collect();
     for (i, &(centre, _, _)) in LINES.iter().enumerate() {
         let got = measure_line(&grid, &truth, centre);
         let want = line_integral(i, &c.dip.simulate);
-        assert!((got / want - 1.0).abs() < 0.03, "line {centre}: {got} vs {want}");
+        assert!(
+            (got / want - 1.0).abs() < 0.03,
+            "line {centre}: {got} vs {want}"
+        );
     }
+}
+
+#[test]
+fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
+    let (c, _grid, op, y, s, _truth) = simulated_problem(5);
+    let mut dc = c.dip.clone();
+    dc.filters = 8;
+    dc.epochs = 25;
+    dc.lr = 3e-3;
+    let dev = Device::flex().autodiff();
+    let p = Problem {
+        op: &op,
+        y: &y,
+        sigma: &s,
+    };
+    let pb = indicatif::ProgressBar::hidden();
+    let a = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let b = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let other = spx::dip::train::fit(&dc, &p, &dev, 12, &pb);
+    assert_eq!(a.spectrum, b.spectrum, "same seed, same spectrum");
+    assert_ne!(a.spectrum, other.spectrum);
+    let min = a
+        .history
+        .iter()
+        .map(|e| e.total)
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(a.best_loss, min);
+    assert_eq!(a.history[a.best_epoch].total, min);
+    // The returned spectrum is the best epoch's: its χ² (scaled units = µJy units) matches.
+    let c2 = chi2(&op, &a.spectrum, &y, &s);
+    let rel = (c2 - a.history[a.best_epoch].data).abs() / c2;
+    assert!(
+        rel < 1e-3,
+        "χ² of returned spectrum {c2} vs logged {}",
+        a.history[a.best_epoch].data
+    );
+    assert!(
+        c2 < 0.6 * a.history[0].data,
+        "training lowers χ²: {} → {c2}",
+        a.history[0].data
+    );
+    assert!(
+        a.spectrum.iter().all(|v| *v >= 0.0),
+        "Softplus output is non-negative"
+    );
+    // Early stopping: a 50 % improvement is never reached twice in a row.
+    dc.early_stop_patience = 2;
+    dc.early_stop_min_delta = 0.5;
+    let e = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    assert!(e.stopped_early && e.epochs_run < dc.epochs);
+}
+
+#[test]
+fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = spx(&[
+        "dip",
+        "simulate",
+        "--out",
+        d,
+        "--sampling",
+        "channels",
+        "--seed",
+        "4",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let csv = dir.path().join("simulated.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(
+        text.lines().filter(|l| !l.starts_with('#')).count(),
+        1 + 102
+    );
+    let out = dir.path().join("r");
+    let (code, stdout, err) = spx(&[
+        "dip",
+        "recon",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--solver",
+        "tikhonov",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let c2 = v["chi2_per_obs"].as_f64().unwrap();
+    assert!((c2 - 1.0).abs() < 0.05, "{c2}");
+    let spec = std::fs::read_to_string(out.join("spectrum.csv")).unwrap();
+    let mut lines = spec.lines();
+    assert_eq!(lines.next().unwrap(), "wavelength,flux,band");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3000);
+    assert_eq!(rows[0][2], "D1");
+    assert_eq!(rows[2999][2], "D6");
+    let s: toml::Table = std::fs::read_to_string(out.join("summary.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(s["qc"]["rows_read"].as_integer(), Some(102));
+    assert!(out.join("spectrum.png").exists() && out.join("spx-config.toml").exists());
 }

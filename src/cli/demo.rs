@@ -28,6 +28,7 @@ struct DemoSummary {
     out_dir: String,
     files: Vec<String>,
     power_peak_bin: (usize, usize),
+    dip: serde_json::Value,
 }
 
 /// Synthetic spectrum: a power-law continuum with three Gaussian emission lines.
@@ -194,6 +195,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     );
     pb.inc(1);
     pb.finish_and_clear();
+    let dip = super::dip::demo(g, &cfg, &out)?;
 
     g.say(format!(
         "device {} self-check passed; power spectrum peak at (row, col) = {:?}",
@@ -208,6 +210,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
         out_dir: out.display().to_string(),
         files: files.iter().map(|f| f.display().to_string()).collect(),
         power_peak_bin: peak,
+        dip,
     })?;
     Ok(ExitCode::SUCCESS)
 }

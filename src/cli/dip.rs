@@ -105,14 +105,22 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
         DipCmd::Simulate(a) => {
             let mut flags: Vec<(&str, Value, &str)> = Vec::new();
             if let Some(s) = &a.sampling {
-                flags.push(("dip.simulate.sampling", Value::String(s.clone()), "--sampling"));
+                flags.push((
+                    "dip.simulate.sampling",
+                    Value::String(s.clone()),
+                    "--sampling",
+                ));
             }
             if let Some(n) = a.per_band {
                 flags.push(("dip.simulate.per_band", int(n), "--per-band"));
             }
             let cfg = load(g, flags)?;
             let (csv, truth) = simulate_to(&cfg, &cfg.run.out_dir)?;
-            g.say(format!("wrote {}\nwrote {}", csv.display(), truth.display()));
+            g.say(format!(
+                "wrote {}\nwrote {}",
+                csv.display(),
+                truth.display()
+            ));
             g.emit_json(&json!({"csv": csv, "truth": truth, "seed": cfg.run.seed}))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -124,7 +132,11 @@ fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let device = cfg.run.device.parse::<DeviceSpec>()?.device()?;
     let mut rng = backend::seeded(&device, cfg.run.seed);
     let rows = simulate::simulate(&cfg.dip.simulate, &mut rng);
-    let grid = linspace(cfg.dip.wavelength_min, cfg.dip.wavelength_max, cfg.dip.resolution);
+    let grid = linspace(
+        cfg.dip.wavelength_min,
+        cfg.dip.wavelength_max,
+        cfg.dip.resolution,
+    );
     let files = recon::write_simulation(&rows, &cfg.dip.simulate, &grid, out, cfg.run.seed)?;
     cfg.write_effective(out)?;
     Ok(files)
@@ -154,7 +166,7 @@ fn recon_to(g: &Global, cfg: &Config, input: &Path, out: &Path) -> Result<serde_
 pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
     let mut cfg = cfg.clone();
     // Short enough for the demo's one-minute budget on 2 CPU cores.
-    cfg.dip.epochs = 300;
+    cfg.dip.epochs = 150;
     cfg.dip.filters = 16;
     let out = out.join("dip");
     let (csv, truth) = simulate_to(&cfg, &out)?;

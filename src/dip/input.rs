@@ -75,7 +75,10 @@ fn parse_f64(s: &str) -> Option<f64> {
 
 fn parse_band(s: &str) -> Option<u8> {
     let t = s.trim();
-    let digits = t.strip_prefix('D').or_else(|| t.strip_prefix('d')).unwrap_or(t);
+    let digits = t
+        .strip_prefix('D')
+        .or_else(|| t.strip_prefix('d'))
+        .unwrap_or(t);
     match digits.parse::<f64>() {
         Ok(v) if v.fract() == 0.0 && (1.0..=6.0).contains(&v) => Some(v as u8),
         _ => None,
@@ -136,8 +139,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
     let (hline, header) = lines
         .next()
         .ok_or_else(|| SpxError::file(path, "empty file: no CSV header"))?;
-    let headers = split_csv_line(header)
-        .map_err(|e| SpxError::file(path, format!("line {hline}: {e}")))?;
+    let headers =
+        split_csv_line(header).map_err(|e| SpxError::file(path, format!("line {hline}: {e}")))?;
     let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let mut cols = [0usize; 6];
     for (slot, name) in cols.iter_mut().zip(REQUIRED) {
@@ -145,18 +148,26 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
             SpxError::field(
                 path,
                 name,
-                format!("required column missing (header has: {})", headers.join(", ")),
+                format!(
+                    "required column missing (header has: {})",
+                    headers.join(", ")
+                ),
             )
         })?;
     }
     let snr_col = find("snr");
     let mut rows = Vec::new();
     for (i, (line, text)) in lines.enumerate() {
-        let rec = split_csv_line(text).map_err(|e| SpxError::file(path, format!("line {line}: {e}")))?;
+        let rec =
+            split_csv_line(text).map_err(|e| SpxError::file(path, format!("line {line}: {e}")))?;
         if rec.len() != headers.len() {
             return Err(SpxError::file(
                 path,
-                format!("line {line}: {} fields, header has {}", rec.len(), headers.len()),
+                format!(
+                    "line {line}: {} fields, header has {}",
+                    rec.len(),
+                    headers.len()
+                ),
             ));
         }
         let get = |c: usize| rec.get(c).map(String::as_str).unwrap_or("");

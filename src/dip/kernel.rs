@@ -46,7 +46,10 @@ pub fn ricker_bank(scales: &[f64]) -> (Vec<f64>, usize, usize) {
 /// (`[1,2,3,4]` padded by 2 → `[3,2,1,2,3,4,3,2]`).
 pub fn reflect_pad(x: &[f64], pad: usize) -> Vec<f64> {
     let n = x.len();
-    assert!(pad < n, "reflect padding {pad} needs more than {pad} samples");
+    assert!(
+        pad < n,
+        "reflect padding {pad} needs more than {pad} samples"
+    );
     let mut out = Vec::with_capacity(n + 2 * pad);
     out.extend((1..=pad).rev().map(|i| x[i]));
     out.extend_from_slice(x);

@@ -170,7 +170,10 @@ impl DipConfig {
             return bad("cwt_scales", "largest kernel exceeds the grid");
         }
         if !(self.lr > 0.0) || self.regularization_weight < 0.0 {
-            return bad("lr/regularization_weight", "lr > 0 and weight >= 0 required");
+            return bad(
+                "lr/regularization_weight",
+                "lr > 0 and weight >= 0 required",
+            );
         }
         if self.qc.bad_flag_bits.iter().any(|&b| b > 62) {
             return bad("qc.bad_flag_bits", "bits must be 0..=62");

@@ -154,10 +154,16 @@ pub fn plot_spectrum(path: &Path, p: &PlotInput) -> Result<(), SpxError> {
     if let Some(s) = p.std {
         let lo: Vec<f64> = p.flux.iter().zip(s).map(|(f, s)| f - s).collect();
         let hi: Vec<f64> = p.flux.iter().zip(s).map(|(f, s)| f + s).collect();
-        lp.series
-            .push(plot::Series::line("reconstruction −1σ", p.grid.to_vec(), lo));
-        lp.series
-            .push(plot::Series::line("reconstruction +1σ", p.grid.to_vec(), hi));
+        lp.series.push(plot::Series::line(
+            "reconstruction −1σ",
+            p.grid.to_vec(),
+            lo,
+        ));
+        lp.series.push(plot::Series::line(
+            "reconstruction +1σ",
+            p.grid.to_vec(),
+            hi,
+        ));
     }
     lp.series.push(plot::Series::line(
         "reconstruction",

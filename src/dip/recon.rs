@@ -32,7 +32,11 @@ pub struct Reconstruction {
 }
 
 /// Run the configured solver on the photometry CSV at `input` (no files written).
-pub fn reconstruct(cfg: &Config, input: &Path, progress: Progress) -> Result<Reconstruction, SpxError> {
+pub fn reconstruct(
+    cfg: &Config,
+    input: &Path,
+    progress: Progress,
+) -> Result<Reconstruction, SpxError> {
     let t0 = Instant::now();
     let dc = &cfg.dip;
     dc.validate()?;
@@ -91,7 +95,13 @@ pub fn reconstruct(cfg: &Config, input: &Path, progress: Progress) -> Result<Rec
                     "dip".to_string()
                 };
                 let pb = progress.bar(dc.epochs as u64, &label);
-                fits.push(train::fit(dc, &problem, &device, cfg.run.seed + k as u64, &pb));
+                fits.push(train::fit(
+                    dc,
+                    &problem,
+                    &device,
+                    cfg.run.seed + k as u64,
+                    &pb,
+                ));
                 pb.finish_and_clear();
             }
             let n = grid.len();
@@ -141,7 +151,8 @@ pub fn reconstruct(cfg: &Config, input: &Path, progress: Progress) -> Result<Rec
         chi2_per_obs: chi2(&op, &flux, &y, &sigma) / m,
         weighted_residual_mean: rmean,
         weighted_residual_std: rstd,
-        negative_flux_fraction: flux.iter().filter(|v| **v < 0.0).count() as f64 / flux.len() as f64,
+        negative_flux_fraction: flux.iter().filter(|v| **v < 0.0).count() as f64
+            / flux.len() as f64,
         flux_scale_ujy: scale,
         seconds: t0.elapsed().as_secs_f64(),
         seed: cfg.run.seed,
@@ -164,7 +175,11 @@ pub fn reconstruct(cfg: &Config, input: &Path, progress: Progress) -> Result<Rec
 }
 
 /// Write spectrum.csv, loss.csv (DIP), spectrum.png, summary.toml and spx-config.toml to `out`.
-pub fn write_outputs(cfg: &Config, r: &mut Reconstruction, out: &Path) -> Result<Vec<PathBuf>, SpxError> {
+pub fn write_outputs(
+    cfg: &Config,
+    r: &mut Reconstruction,
+    out: &Path,
+) -> Result<Vec<PathBuf>, SpxError> {
     crate::io::ensure_dir(out)?;
     let mut files = Vec::new();
     let p = out.join("spectrum.csv");
@@ -193,7 +208,10 @@ pub fn write_outputs(cfg: &Config, r: &mut Reconstruction, out: &Path) -> Result
     output::plot_spectrum(
         &p,
         &PlotInput {
-            title: format!("spx dip recon {name} ({}, χ²/M = {:.2})", r.summary.solver, r.summary.chi2_per_obs),
+            title: format!(
+                "spx dip recon {name} ({}, χ²/M = {:.2})",
+                r.summary.solver, r.summary.chi2_per_obs
+            ),
             grid: &r.grid,
             obs: &r.obs,
             flux: &r.flux,
@@ -227,9 +245,18 @@ pub fn write_simulation(
     crate::io::ensure_dir(out)?;
     let csv = out.join("simulated.csv");
     write_atomic(&csv, |w| {
-        writeln!(w, "# spx dip simulate (seed {seed}): power law + emission lines + PAH + ices")?;
-        writeln!(w, "# flux, flux_error: uJy; wavelength, bandwidth: um (full width); flag: SPHEREx bitmap")?;
-        writeln!(w, "obs_id,mjd,flux,flux_error,wavelength,bandwidth,band,flag,flag_binary,snr")?;
+        writeln!(
+            w,
+            "# spx dip simulate (seed {seed}): power law + emission lines + PAH + ices"
+        )?;
+        writeln!(
+            w,
+            "# flux, flux_error: uJy; wavelength, bandwidth: um (full width); flag: SPHEREx bitmap"
+        )?;
+        writeln!(
+            w,
+            "obs_id,mjd,flux,flux_error,wavelength,bandwidth,band,flag,flag_binary,snr"
+        )?;
         for (i, r) in rows.iter().enumerate() {
             writeln!(
                 w,

@@ -11,7 +11,11 @@ use super::grid::{BAND_R, BAND_RANGES, band_of, resolution_width};
 use super::{Sampling, SimulateConfig};
 
 /// Emission lines: (centre µm, Gaussian σ µm, peak relative to the continuum at the centre).
-pub const LINES: [(f64, f64, f64); 3] = [(1.282, 0.004, 2.0), (1.875, 0.006, 3.0), (4.052, 0.008, 2.5)];
+pub const LINES: [(f64, f64, f64); 3] = [
+    (1.282, 0.004, 2.0),
+    (1.875, 0.006, 3.0),
+    (4.052, 0.008, 2.5),
+];
 /// PAH emission: (centre, σ, peak relative to the continuum).
 pub const PAH: (f64, f64, f64) = (3.29, 0.017, 0.6);
 /// Ice absorptions: (centre, σ, peak optical depth).
@@ -39,7 +43,12 @@ pub fn truth_flux(l: f64, cfg: &SimulateConfig) -> f64 {
 /// Integrated flux (µJy·µm) of emission line `i` of [`LINES`].
 pub fn line_integral(i: usize, cfg: &SimulateConfig) -> f64 {
     let (c, s, a) = LINES[i];
-    cfg.line_scale * a * cfg.continuum_ujy * (c / 2.0).powf(cfg.alpha) * s * (2.0 * std::f64::consts::PI).sqrt()
+    cfg.line_scale
+        * a
+        * cfg.continuum_ujy
+        * (c / 2.0).powf(cfg.alpha)
+        * s
+        * (2.0 * std::f64::consts::PI).sqrt()
 }
 
 /// A simulated row of photometry.
@@ -76,7 +85,9 @@ pub fn simulate(cfg: &SimulateConfig, rng: &mut ChaCha8Rng) -> Vec<SimRow> {
     let mut rows = Vec::new();
     for (b, &(lo, hi)) in BAND_RANGES.iter().enumerate() {
         let centres: Vec<f64> = match cfg.sampling {
-            Sampling::Random => (0..cfg.per_band).map(|_| rng.random_range(lo..hi)).collect(),
+            Sampling::Random => (0..cfg.per_band)
+                .map(|_| rng.random_range(lo..hi))
+                .collect(),
             Sampling::Channels => (0..17)
                 .map(|k| lo * (hi / lo).powf((k as f64 + 0.5) / 17.0))
                 .collect(),

@@ -146,7 +146,9 @@ impl LossTerms {
     /// CWT coefficients of x [N] at every scale: [S, N].
     pub fn cwt(&self, x: Tensor<1>) -> Tensor<2> {
         let n = x.dims()[0];
-        let xp = x.reshape([1, 1, n]).pad([(self.pad, self.pad)], PadMode::Reflect);
+        let xp = x
+            .reshape([1, 1, n])
+            .pad([(self.pad, self.pad)], PadMode::Reflect);
         let c = conv1d(
             xp,
             self.bank.clone(),
@@ -173,11 +175,7 @@ pub fn fit(
 ) -> FitResult {
     let t0 = Instant::now();
     let n = p.op.n;
-    let scale = if cfg.scale_flux {
-        flux_scale(p.y)
-    } else {
-        1.0
-    };
+    let scale = if cfg.scale_flux { flux_scale(p.y) } else { 1.0 };
     let mut rng = backend::seeded(device, seed);
     let terms = LossTerms::new(cfg, p, scale, device);
     let normal = Normal::new(0.0, cfg.noise_std.max(0.0)).expect("finite noise std");
