@@ -365,7 +365,7 @@ pub fn quality_control(
                 continue;
             }
             after_valid += 1;
-            if !(r.snr >= qc.snr_min) {
+            if r.snr.is_nan() || r.snr < qc.snr_min {
                 bq.low_snr += 1;
                 continue;
             }

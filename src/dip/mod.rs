@@ -142,7 +142,7 @@ impl DipConfig {
         if self.resolution < 16 {
             return bad("resolution", "need at least 16 grid pixels");
         }
-        if self.resolution % (1 << self.depth) != 0 {
+        if !self.resolution.is_multiple_of(1 << self.depth) {
             return bad(
                 "resolution",
                 &format!(
@@ -151,13 +151,13 @@ impl DipConfig {
                 ),
             );
         }
-        if self.kernel_size % 2 == 0 || self.kernel_size == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return bad("kernel_size", "must be odd");
         }
         if self.filters == 0 || self.epochs == 0 || self.ensemble == 0 {
             return bad("filters/epochs/ensemble", "must be >= 1");
         }
-        if self.cwt_scales.iter().any(|s| !(*s > 0.0)) {
+        if self.cwt_scales.iter().any(|s| s.is_nan() || *s <= 0.0) {
             return bad("cwt_scales", "scales must be > 0");
         }
         let max_r = self
@@ -169,7 +169,7 @@ impl DipConfig {
         if max_r >= self.resolution {
             return bad("cwt_scales", "largest kernel exceeds the grid");
         }
-        if !(self.lr > 0.0) || self.regularization_weight < 0.0 {
+        if self.lr.is_nan() || self.lr <= 0.0 || self.regularization_weight < 0.0 {
             return bad(
                 "lr/regularization_weight",
                 "lr > 0 and weight >= 0 required",

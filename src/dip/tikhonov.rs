@@ -70,7 +70,7 @@ impl Banded {
                 let v = l[p * w + (j - p)];
                 diag -= v * v;
             }
-            if !(diag > 0.0) {
+            if diag.is_nan() || diag <= 0.0 {
                 return None;
             }
             let dj = diag.sqrt();
