@@ -3,6 +3,7 @@
 //! against the truth smoothed to the instrument resolution, and recovered/true line fluxes.
 //!
 //! `cargo run --release --example dip_tune -- [epochs] [weights,comma,separated] [seeds]`
+//! (env DIP_TUNE_RESOLUTION, DIP_TUNE_FILTERS, DIP_TUNE_LR override the grid, width and lr).
 
 use burn::tensor::Device;
 use indicatif::ProgressBar;
@@ -23,6 +24,16 @@ fn main() {
     let seeds: u64 = args.get(3).map(|s| s.parse().unwrap()).unwrap_or(2);
     let mut cfg = Config::default();
     cfg.dip.epochs = epochs;
+    // Cheaper proxies for sweeps on a small CPU: a coarser grid and fewer filters.
+    if let Ok(r) = std::env::var("DIP_TUNE_RESOLUTION") {
+        cfg.dip.resolution = r.parse().unwrap();
+    }
+    if let Ok(f) = std::env::var("DIP_TUNE_FILTERS") {
+        cfg.dip.filters = f.parse().unwrap();
+    }
+    if let Ok(lr) = std::env::var("DIP_TUNE_LR") {
+        cfg.dip.lr = lr.parse().unwrap();
+    }
     let grid = linspace(
         cfg.dip.wavelength_min,
         cfg.dip.wavelength_max,
