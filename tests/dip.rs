@@ -557,3 +557,55 @@ fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
     assert_eq!(s["qc"]["rows_read"].as_integer(), Some(102));
     assert!(out.join("spectrum.png").exists() && out.join("spx-config.toml").exists());
 }
+
+#[test]
+fn ensemble_is_mean_and_std_of_seeded_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.dip.resolution = 256;
+    c.dip.filters = 4;
+    c.dip.epochs = 3;
+    c.dip.ensemble = 2;
+    c.dip.compare_baseline = false;
+    c.run.seed = 9;
+    let dev = Device::flex();
+    let mut rng = backend::seeded(&dev, 1);
+    let rows = simulate::simulate(&c.dip.simulate, &mut rng);
+    let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
+    let (csv, _) =
+        spx::dip::recon::write_simulation(&rows, &c.dip.simulate, &grid, dir.path(), 1).unwrap();
+    let mut r = spx::dip::recon::reconstruct(&c, &csv, spx::logging::Progress::hidden()).unwrap();
+    let std = r.flux_std.clone().expect("ensemble std");
+    // The members, refitted one by one with seeds 9 and 10.
+    let (obs, _) = input::load(&csv, &c.dip.qc).unwrap();
+    let (op, _) = Operator::build(
+        &grid,
+        &obs.iter().map(|o| o.wavelength).collect::<Vec<_>>(),
+        &obs.iter().map(|o| o.bandwidth).collect::<Vec<_>>(),
+    );
+    let y: Vec<f64> = obs.iter().map(|o| o.flux).collect();
+    let s: Vec<f64> = obs.iter().map(|o| o.flux_error).collect();
+    let p = Problem {
+        op: &op,
+        y: &y,
+        sigma: &s,
+    };
+    let ad = dev.autodiff();
+    let pb = indicatif::ProgressBar::hidden();
+    let a = spx::dip::train::fit(&c.dip, &p, &ad, 9, &pb).spectrum;
+    let b = spx::dip::train::fit(&c.dip, &p, &ad, 10, &pb).spectrum;
+    for j in 0..grid.len() {
+        let mean = 0.5 * (a[j] + b[j]);
+        let sd = ((a[j] - mean).powi(2) + (b[j] - mean).powi(2)).sqrt(); // n − 1 = 1
+        assert!((r.flux[j] - mean).abs() <= 1e-9 * mean.abs().max(1.0));
+        assert!((std[j] - sd).abs() <= 1e-9 * sd.max(1.0));
+    }
+    assert_eq!(r.summary.dip.as_ref().unwrap().seeds, vec![9, 10]);
+    let files = spx::dip::recon::write_outputs(&c, &mut r, &dir.path().join("out")).unwrap();
+    let head = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        head.starts_with("wavelength,flux,flux_std,band\n"),
+        "{}",
+        &head[..60]
+    );
+}
