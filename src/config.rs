@@ -42,6 +42,8 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    /// Defaulted so a TOML holding only `[run]` (e.g. `to_toml(Some("run"))`) still reads back.
+    #[serde(default)]
     pub dip: crate::dip::DipConfig,
 }
 

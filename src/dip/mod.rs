@@ -125,6 +125,13 @@ pub struct SimulateConfig {
     pub glitch_fraction: f64,
 }
 
+impl Default for DipConfig {
+    /// The built-in `configs/dip.toml` values.
+    fn default() -> Self {
+        crate::config::Config::default().dip
+    }
+}
+
 impl DipConfig {
     /// Checks that serde cannot express (ranges, lengths); errors name the key.
     pub fn validate(&self) -> crate::Result<()> {
