@@ -46,8 +46,7 @@ fn ricker_equals_closed_form() {
         assert!((got - (r - mean)).abs() < 1e-12);
     }
     assert!(k.iter().sum::<f64>().abs() < 1e-12, "zero mean");
-    // s = 2.5: r = 10, t = linspace(−10, 10, 21) is the integer lattice scaled by s = 2.5? No:
-    // t spans ±4s = ±10 in 21 steps of 1.0.
+    // s = 2.5: r = 10, K = 21, t = linspace(−10, 10, 21) = the integers −10..10.
     let k = ricker(2.5);
     assert_eq!(k.len(), 21);
     let a = 2.0 / ((7.5f64).sqrt() * std::f64::consts::PI.powf(0.25));
