@@ -30,6 +30,7 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
         include_str!("../configs/ptycho.toml"),
     ),
     ("configs/crr.toml", include_str!("../configs/crr.toml")),
+    ("configs/dip.toml", include_str!("../configs/dip.toml")),
 ];
 
 /// File name of the effective config recorded next to every command's output.
@@ -56,6 +57,8 @@ pub struct Config {
     pub ptycho: crate::ptycho::PtychoConfig,
     #[serde(default)]
     pub crr: crate::crr::CrrConfig,
+    #[serde(default)]
+    pub dip: crate::dip::DipConfig,
 }
 
 impl Default for Config {

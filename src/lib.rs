@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod config;
 pub mod crr;
+pub mod dip;
 pub mod error;
 pub mod io;
 pub mod logging;

@@ -34,6 +34,9 @@ pub enum Command {
     /// IFU data cubes from row-stacked spectra: CRR (Liu, Blanton & Law 2020) and Shepard.
     #[command(subcommand)]
     Crr(cli::crr::CrrCmd),
+    /// Deep-Image-Prior spectral reconstruction of SPHEREx photometry.
+    #[command(subcommand)]
+    Dip(cli::dip::DipCmd),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Spektron(c) => cli::spektron::run(&args.global, c),
         Command::Ptycho(c) => cli::ptycho::run(&args.global, c),
         Command::Crr(c) => cli::crr::run(&args.global, c),
+        Command::Dip(c) => cli::dip::run(&args.global, c),
     };
     match result {
         Ok(code) => code,

@@ -29,6 +29,7 @@ struct DemoSummary {
     files: Vec<String>,
     power_peak_bin: (usize, usize),
     ptycho: serde_json::Value,
+    dip: serde_json::Value,
 }
 
 /// Synthetic spectrum: a power-law continuum with three Gaussian emission lines.
@@ -201,6 +202,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
     );
     pb.inc(1);
     pb.finish_and_clear();
+    let dip = super::dip::demo(g, &cfg, &out)?;
 
     g.say(format!(
         "device {} self-check passed; power spectrum peak at (row, col) = {:?}",
@@ -216,6 +218,7 @@ pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
         files: files.iter().map(|f| f.display().to_string()).collect(),
         power_peak_bin: peak,
         ptycho,
+        dip,
     })?;
     Ok(ExitCode::SUCCESS)
 }

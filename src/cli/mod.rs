@@ -4,6 +4,7 @@ pub mod config;
 pub mod crr;
 pub mod demo;
 pub mod device;
+pub mod dip;
 pub mod ptycho;
 pub mod spektron;
 

@@ -1,0 +1,288 @@
+//! `spx dip recon`: CSV → QC → operator → DIP (or Tikhonov) → files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::forward::{Operator, chi2};
+use super::grid::linspace;
+use super::input::{self, Observation};
+use super::output::{self, DipRun, PlotInput, Summary};
+use super::simulate::{SimRow, truth_flux};
+use super::train::{self, Problem};
+use super::{SimulateConfig, Solver, tikhonov};
+use crate::backend::DeviceSpec;
+use crate::config::Config;
+use crate::error::SpxError;
+use crate::io::atomic::write_atomic;
+use crate::logging::Progress;
+
+/// The spectrum and everything measured about it.
+#[derive(Clone, Debug)]
+pub struct Reconstruction {
+    pub grid: Vec<f64>,
+    pub flux: Vec<f64>,
+    /// Per-bin standard deviation over ensemble members (ensembles only).
+    pub flux_std: Option<Vec<f64>>,
+    pub baseline: Option<Vec<f64>>,
+    pub obs: Vec<Observation>,
+    pub op: Operator,
+    pub histories: Vec<Vec<train::EpochLoss>>,
+    pub summary: Summary,
+}
+
+/// Run the configured solver on the photometry CSV at `input` (no files written).
+pub fn reconstruct(
+    cfg: &Config,
+    input: &Path,
+    progress: Progress,
+) -> Result<Reconstruction, SpxError> {
+    let t0 = Instant::now();
+    let dc = &cfg.dip;
+    dc.validate()?;
+    let (obs, qc) = input::load(input, &dc.qc)?;
+    let grid = linspace(dc.wavelength_min, dc.wavelength_max, dc.resolution);
+    let centers: Vec<f64> = obs.iter().map(|o| o.wavelength).collect();
+    let widths: Vec<f64> = obs.iter().map(|o| o.bandwidth).collect();
+    let (op, kept) = Operator::build(&grid, &centers, &widths);
+    if kept.is_empty() {
+        return Err(SpxError::field(
+            input,
+            "wavelength",
+            format!(
+                "no observation's filter overlaps the grid {}–{} µm",
+                dc.wavelength_min, dc.wavelength_max
+            ),
+        ));
+    }
+    let dropped_off_grid = obs.len() - kept.len();
+    let obs: Vec<Observation> = kept.iter().map(|&i| obs[i].clone()).collect();
+    let y: Vec<f64> = obs.iter().map(|o| o.flux).collect();
+    let sigma: Vec<f64> = obs.iter().map(|o| o.flux_error).collect();
+
+    let base = if dc.solver == Solver::Tikhonov || dc.compare_baseline {
+        Some(
+            tikhonov::solve(&op, &y, &sigma, &dc.tikhonov, dc.weighting, dc.epsilon_weight)
+                .ok_or_else(|| {
+                    SpxError::Config(
+                        "Tikhonov normal equations are not positive definite; raise dip.tikhonov.lambda"
+                            .into(),
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+
+    let spec: DeviceSpec = cfg.run.device.parse()?;
+    let (flux, flux_std, dip, histories, scale) = match dc.solver {
+        Solver::Tikhonov => {
+            let b = base.as_ref().expect("baseline solved");
+            (b.spectrum.clone(), None, None, Vec::new(), b.scale)
+        }
+        Solver::Dip => {
+            let device = spec.autodiff_device()?;
+            let problem = Problem {
+                op: &op,
+                y: &y,
+                sigma: &sigma,
+            };
+            let mut fits = Vec::with_capacity(dc.ensemble);
+            for k in 0..dc.ensemble {
+                let label = if dc.ensemble > 1 {
+                    format!("dip {}/{}", k + 1, dc.ensemble)
+                } else {
+                    "dip".to_string()
+                };
+                let pb = progress.bar(dc.epochs as u64, &label);
+                fits.push(train::fit(
+                    dc,
+                    &problem,
+                    &device,
+                    cfg.run.seed + k as u64,
+                    &pb,
+                ));
+                pb.finish_and_clear();
+            }
+            let n = grid.len();
+            let kf = fits.len() as f64;
+            let mean: Vec<f64> = (0..n)
+                .map(|j| fits.iter().map(|f| f.spectrum[j]).sum::<f64>() / kf)
+                .collect();
+            let std = (fits.len() > 1).then(|| {
+                (0..n)
+                    .map(|j| {
+                        let v = fits
+                            .iter()
+                            .map(|f| (f.spectrum[j] - mean[j]).powi(2))
+                            .sum::<f64>()
+                            / (kf - 1.0);
+                        v.sqrt()
+                    })
+                    .collect()
+            });
+            let total_epochs: usize = fits.iter().map(|f| f.epochs_run).sum();
+            let total_secs: f64 = fits.iter().map(|f| f.seconds).sum();
+            let run = DipRun {
+                members: fits.len(),
+                seeds: fits.iter().map(|f| f.seed).collect(),
+                epochs_run: fits.iter().map(|f| f.epochs_run).collect(),
+                best_epoch: fits.iter().map(|f| f.best_epoch).collect(),
+                best_loss: fits.iter().map(|f| f.best_loss).collect(),
+                stopped_early: fits.iter().map(|f| f.stopped_early).collect(),
+                seconds_per_member: fits.iter().map(|f| f.seconds).collect(),
+                seconds_per_epoch: total_secs / total_epochs.max(1) as f64,
+            };
+            let scale = fits[0].scale;
+            let hist = fits.into_iter().map(|f| f.history).collect();
+            (mean, std, Some(run), hist, scale)
+        }
+    };
+
+    let m = y.len() as f64;
+    let pred = op.apply(&flux);
+    let (rmean, rstd) = output::residual_stats(&pred, &y, &sigma);
+    let summary = Summary {
+        input: input.display().to_string(),
+        solver: format!("{:?}", dc.solver).to_lowercase(),
+        observations_used: y.len(),
+        dropped_off_grid,
+        grid_pixels: grid.len(),
+        chi2_per_obs: chi2(&op, &flux, &y, &sigma) / m,
+        weighted_residual_mean: rmean,
+        weighted_residual_std: rstd,
+        negative_flux_fraction: flux.iter().filter(|v| **v < 0.0).count() as f64
+            / flux.len() as f64,
+        flux_scale_ujy: scale,
+        seconds: t0.elapsed().as_secs_f64(),
+        seed: cfg.run.seed,
+        device: spec.to_string(),
+        dip,
+        tikhonov: base.clone(),
+        qc,
+        files: Vec::new(),
+    };
+    Ok(Reconstruction {
+        grid,
+        flux,
+        flux_std,
+        baseline: base.map(|b| b.spectrum),
+        obs,
+        op,
+        histories,
+        summary,
+    })
+}
+
+/// Write spectrum.csv, loss.csv (DIP), spectrum.png, summary.toml and spx-config.toml to `out`.
+pub fn write_outputs(
+    cfg: &Config,
+    r: &mut Reconstruction,
+    out: &Path,
+) -> Result<Vec<PathBuf>, SpxError> {
+    crate::io::ensure_dir(out)?;
+    let mut files = Vec::new();
+    let p = out.join("spectrum.csv");
+    output::write_spectrum_csv(
+        &p,
+        &r.grid,
+        &r.flux,
+        r.flux_std.as_deref(),
+        if cfg.dip.solver == Solver::Dip {
+            r.baseline.as_deref()
+        } else {
+            None
+        },
+    )?;
+    files.push(p);
+    if !r.histories.is_empty() {
+        let p = out.join("loss.csv");
+        output::write_loss_csv(&p, &r.histories)?;
+        files.push(p);
+    }
+    let p = out.join("spectrum.png");
+    let name = Path::new(&r.summary.input)
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output::plot_spectrum(
+        &p,
+        &PlotInput {
+            title: format!(
+                "spx dip recon {name} ({}, χ²/M = {:.2})",
+                r.summary.solver, r.summary.chi2_per_obs
+            ),
+            grid: &r.grid,
+            obs: &r.obs,
+            flux: &r.flux,
+            std: r.flux_std.as_deref(),
+            baseline: if cfg.dip.solver == Solver::Dip {
+                r.baseline.as_deref()
+            } else {
+                None
+            },
+            truth: None,
+        },
+    )?;
+    files.push(p);
+    files.push(cfg.write_effective(out)?);
+    let p = out.join("summary.toml");
+    files.push(p.clone());
+    r.summary.files = files.iter().map(|f| f.display().to_string()).collect();
+    output::write_summary_toml(&p, &r.summary)?;
+    Ok(files)
+}
+
+/// Write a simulated source: `simulated.csv` (spxquery schema) and `truth.csv` (the true
+/// spectrum on the reconstruction grid and smoothed to the instrument resolution).
+pub fn write_simulation(
+    rows: &[SimRow],
+    sim: &SimulateConfig,
+    grid: &[f64],
+    out: &Path,
+    seed: u64,
+) -> Result<(PathBuf, PathBuf), SpxError> {
+    crate::io::ensure_dir(out)?;
+    let csv = out.join("simulated.csv");
+    write_atomic(&csv, |w| {
+        writeln!(
+            w,
+            "# spx dip simulate (seed {seed}): power law + emission lines + PAH + ices"
+        )?;
+        writeln!(
+            w,
+            "# flux, flux_error: uJy; wavelength, bandwidth: um (full width); flag: SPHEREx bitmap"
+        )?;
+        writeln!(
+            w,
+            "obs_id,mjd,flux,flux_error,wavelength,bandwidth,band,flag,flag_binary,snr"
+        )?;
+        for (i, r) in rows.iter().enumerate() {
+            writeln!(
+                w,
+                "sim_{i:05},{:.6},{:.6},{:.6},{:.6},{:.6},D{},{},{:022b},{:.4}",
+                60800.0 + i as f64 * 0.01,
+                r.flux,
+                r.flux_error,
+                r.wavelength,
+                r.bandwidth,
+                r.band,
+                r.flag,
+                r.flag,
+                r.flux / r.flux_error
+            )?;
+        }
+        Ok(())
+    })?;
+    let truth: Vec<f64> = grid.iter().map(|&l| truth_flux(l, sim)).collect();
+    let smooth = super::simulate::smooth_to_resolution(grid, &truth);
+    let tp = out.join("truth.csv");
+    write_atomic(&tp, |w| {
+        writeln!(w, "wavelength,flux,flux_smoothed")?;
+        for ((l, t), s) in grid.iter().zip(&truth).zip(&smooth) {
+            writeln!(w, "{l:.6},{t:.6e},{s:.6e}")?;
+        }
+        Ok(())
+    })?;
+    Ok((csv, tp))
+}

@@ -1,0 +1,128 @@
+//! The 1-D U-Net generator of the deep image prior.
+//!
+//! Stage 0: two k-tap convs 1→F→F; `depth` down stages (max-pool 2, C→2C→2C); `depth` up stages
+//! (linear ×2 upsampling with aligned corners, concat the skip, 3C→C→C); 1×1 head; Softplus when
+//! `positivity`. Every conv is reflect-padded (burn's Conv1d has no reflect mode, so the input is
+//! padded explicitly and the conv is `Valid`) and followed by LeakyReLU.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::interpolate::{Interpolate1d, Interpolate1dConfig, InterpolateMode};
+use burn::nn::pool::{MaxPool1d, MaxPool1dConfig};
+use burn::tensor::activation::{leaky_relu, softplus};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Device, Tensor};
+
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    c1: Conv1d,
+    c2: Conv1d,
+    #[module(skip)]
+    pad: usize,
+    #[module(skip)]
+    slope: f64,
+}
+
+impl ConvBlock {
+    fn new(cin: usize, cout: usize, k: usize, slope: f64, device: &Device) -> Self {
+        ConvBlock {
+            c1: Conv1dConfig::new(cin, cout, k).init(device),
+            c2: Conv1dConfig::new(cout, cout, k).init(device),
+            pad: k / 2,
+            slope,
+        }
+    }
+
+    fn conv(&self, c: &Conv1d, x: Tensor<3>) -> Tensor<3> {
+        let x = if self.pad > 0 {
+            x.pad([(self.pad, self.pad)], PadMode::Reflect)
+        } else {
+            x
+        };
+        leaky_relu(c.forward(x), self.slope)
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.conv(&self.c1, x);
+        self.conv(&self.c2, x)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct UNet {
+    inc: ConvBlock,
+    downs: Vec<ConvBlock>,
+    ups: Vec<ConvBlock>,
+    upsample: Vec<Interpolate1d>,
+    pool: MaxPool1d,
+    head: Conv1d,
+    #[module(skip)]
+    positivity: bool,
+}
+
+/// Architecture settings of [`UNet`].
+#[derive(Clone, Debug)]
+pub struct UNetSpec {
+    pub length: usize,
+    pub depth: usize,
+    pub filters: usize,
+    pub kernel_size: usize,
+    pub leaky_slope: f64,
+    pub positivity: bool,
+}
+
+impl UNet {
+    /// Initialise (PyTorch-style uniform ±1/√fan_in, from burn's seeded generator).
+    pub fn new(spec: &UNetSpec, device: &Device) -> Self {
+        let (f, k, s) = (spec.filters, spec.kernel_size, spec.leaky_slope);
+        let inc = ConvBlock::new(1, f, k, s, device);
+        let downs = (1..=spec.depth)
+            .map(|i| ConvBlock::new(f << (i - 1), f << i, k, s, device))
+            .collect();
+        // Up stage i restores level depth−1−i: in = 2C (from below) + C (skip), out = C.
+        let ups = (0..spec.depth)
+            .map(|i| {
+                let c = f << (spec.depth - 1 - i);
+                ConvBlock::new(3 * c, c, k, s, device)
+            })
+            .collect();
+        let upsample = (0..spec.depth)
+            .map(|i| {
+                Interpolate1dConfig::new()
+                    .with_output_size(Some(spec.length >> (spec.depth - 1 - i)))
+                    .with_mode(InterpolateMode::Linear)
+                    .with_align_corners(true)
+                    .init()
+            })
+            .collect();
+        UNet {
+            inc,
+            downs,
+            ups,
+            upsample,
+            pool: MaxPool1dConfig::new(2).init(),
+            head: Conv1dConfig::new(f, 1, 1).init(device),
+            positivity: spec.positivity,
+        }
+    }
+
+    /// z: [1, 1, L] → spectrum [1, 1, L].
+    pub fn forward(&self, z: Tensor<3>) -> Tensor<3> {
+        let mut x = self.inc.forward(z);
+        let mut skips = Vec::with_capacity(self.downs.len());
+        for d in &self.downs {
+            skips.push(x.clone());
+            x = d.forward(self.pool.forward(x));
+        }
+        for (u, up) in self.ups.iter().zip(&self.upsample) {
+            let skip = skips.pop().expect("one skip per level");
+            x = u.forward(Tensor::cat(vec![up.forward(x), skip], 1));
+        }
+        let out = self.head.forward(x);
+        if self.positivity {
+            softplus(out, 1.0)
+        } else {
+            out
+        }
+    }
+}
