@@ -1,18 +1,7 @@
 //! The `spx` binary end to end: global flags, config show, device, demo.
 
-use std::process::Command;
-
-fn spx(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::spx;
 
 #[test]
 fn config_show_applies_file_set_and_flags_in_order() {

@@ -1,6 +1,9 @@
 //! CRR / Shepard cubes: weights vs the literal formula, kernel anchors, reconstruction of known
 //! simulated skies (flat sky, point source, noise), FITS layout, shards, resume and bad input.
 
+mod common;
+use common::spx;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -466,18 +469,6 @@ fn sharded_build_and_merge_equal_one_shot_and_resume_skips() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("2/3"), "{e}");
-}
-
-fn spx(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

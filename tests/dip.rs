@@ -2,8 +2,10 @@
 //! dense H, every QC rule, the Tikhonov solver, the CLI's errors and outputs, and an end-to-end
 //! reconstruction of a simulated source with known truth.
 
+mod common;
+use common::spx;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use burn::tensor::Device;
 use burn::tensor::ops::PadMode;
@@ -288,18 +290,6 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     let g = [10.0, 10.5, 9.5, 10.2, 9.8, 30.0, 10.1, 9.9];
     qc.clip = ClipMode::Runs;
     assert_eq!(clip_band(&g, &qc), vec![5]);
-}
-
-fn spx(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -19,6 +19,9 @@
 //!                        'cells': cells}, format='5', do_compression=z)
 //! ```
 
+mod common;
+use common::spx;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -651,18 +654,6 @@ fn synthetic_spectra_are_deterministic_and_cover_modalities() {
 }
 
 // ---------------------------------------------------------------- CLI
-
-fn spx(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spx"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn cli_synth_info_and_rerun() {
