@@ -1,0 +1,268 @@
+//! Spektron model: wavelet tokens, shapes, losses, pretraining, checkpoints.
+
+use burn::tensor::{Int, Tensor};
+use spx::backend::{DeviceSpec, seeded, tensor_from, to_vec};
+use spx::config::Config;
+use spx::spektron::model::losses;
+use spx::spektron::model::wavelet::{self, DB4_DEC_LO};
+use spx::spektron::model::{ModelConfig, SpektronModel, TokenLayout};
+
+fn tiny_model_cfg() -> ModelConfig {
+    let mut m = Config::default().spektron.model;
+    m.d_model = 32;
+    m.n_heads = 4;
+    m.d_ff = 64;
+    m.layers = "mtmt".into();
+    m.d_state = 4;
+    m.z_chem = 8;
+    m.z_inst = 4;
+    m.n_targets = 2;
+    m.dropout = 0.0;
+    m
+}
+
+#[test]
+fn db4_filters_are_orthonormal() {
+    let s: f64 = DB4_DEC_LO.iter().sum();
+    assert!((s - 2f64.sqrt()).abs() < 1e-12);
+    let e: f64 = DB4_DEC_LO.iter().map(|v| v * v).sum();
+    assert!((e - 1.0).abs() < 1e-12);
+    let hi = wavelet::db4_dec_hi();
+    assert!(hi.iter().sum::<f64>().abs() < 1e-12);
+    assert!((hi[0] + DB4_DEC_LO[7]).abs() < 1e-15 && (hi[1] - DB4_DEC_LO[6]).abs() < 1e-15);
+}
+
+#[test]
+fn dwt_matches_hand_computation_on_short_signal() {
+    // x = [1,2,3,4], half-sample symmetric extension: x[-1]=1, x[-2]=2, x[-3]=3, x[-4]=4,
+    // x[-5]=4, x[-6]=3; x[4]=4, x[5]=3, x[6]=2. c[k] = Σ_j h[j] x[2k+1−j], 5 outputs.
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let h = DB4_DEC_LO;
+    let (a, d) = wavelet::dwt(&x);
+    assert_eq!(a.len(), 5);
+    assert_eq!(d.len(), 5);
+    // k = 0: indices 1,0,-1,-2,-3,-4,-5,-6 → 2,1,1,2,3,4,4,3
+    let a0 = h[0] * 2.0
+        + h[1] * 1.0
+        + h[2] * 1.0
+        + h[3] * 2.0
+        + h[4] * 3.0
+        + h[5] * 4.0
+        + h[6] * 4.0
+        + h[7] * 3.0;
+    assert!((a[0] - a0).abs() < 1e-12, "{} vs {a0}", a[0]);
+    // k = 4: indices 9..2 (period 8 mirror) → x[1],x[0],x[0],x[1],x[2],x[3],x[3],x[2] = same as k = 0
+    let a4 = h[0] * 2.0
+        + h[1] * 1.0
+        + h[2] * 1.0
+        + h[3] * 2.0
+        + h[4] * 3.0
+        + h[5] * 4.0
+        + h[6] * 4.0
+        + h[7] * 3.0;
+    assert!((a[4] - a4).abs() < 1e-12, "{} vs {a4}", a[4]);
+    // k = 2: indices 5..-2 → 3,4,4,3,2,1,1,2
+    let g = wavelet::db4_dec_hi();
+    let xs = [3.0, 4.0, 4.0, 3.0, 2.0, 1.0, 1.0, 2.0];
+    let a2: f64 = h.iter().zip(xs).map(|(h, x)| h * x).sum();
+    let d2: f64 = g.iter().zip(xs).map(|(h, x)| h * x).sum();
+    assert!((a[2] - a2).abs() < 1e-12 && (d[2] - d2).abs() < 1e-12);
+    // A constant signal: approximation √2·c, detail 0 (filter sums).
+    let (a, d) = wavelet::dwt(&[3.0; 10]);
+    assert!(a.iter().all(|v| (v - 3.0 * 2f64.sqrt()).abs() < 1e-12));
+    assert!(d.iter().all(|v| v.abs() < 1e-12));
+}
+
+#[test]
+fn wavedec_lengths_and_token_count() {
+    assert_eq!(
+        wavelet::wavedec_lengths(2048, 4),
+        vec![134, 134, 262, 517, 1027]
+    );
+    let lay = TokenLayout::new(2048, 4, 32);
+    assert_eq!(lay.n_coeffs, 2074);
+    assert_eq!(lay.n_patches, 65);
+    assert_eq!(lay.n_tokens, 67);
+    let x: Vec<f64> = (0..2048).map(|i| (i as f64 * 0.01).sin()).collect();
+    let c = wavelet::wavedec(&x, 4);
+    assert_eq!(
+        c.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![134, 134, 262, 517, 1027]
+    );
+}
+
+#[test]
+fn wavelet_perfect_reconstruction() {
+    let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 3);
+    use rand::Rng;
+    for (n, level) in [(2048, 4), (1000, 4), (37, 2), (9, 1)] {
+        let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+        let y = wavelet::waverec(&wavelet::wavedec(&x, level), n);
+        let err = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-10, "n={n} level={level} err={err}");
+    }
+    let lay = TokenLayout::new(2048, 4, 32);
+    let x: Vec<f32> = (0..2048)
+        .map(|i| ((i as f32) * 0.013).cos() + 0.1)
+        .collect();
+    let p = lay.encode(&x);
+    assert_eq!(p.len(), 65 * 32);
+    assert!(p[2074..].iter().all(|&v| v == 0.0), "padding is zero");
+    let y = lay.decode(&p);
+    let err = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn model_shapes_through_encode_and_decode() {
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    let mut rng = seeded(&dev, 1);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let model = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let b = 3;
+    let mut flat = Vec::new();
+    for i in 0..b {
+        let x: Vec<f32> = (0..2048)
+            .map(|j| ((j + 100 * i) as f32 * 0.01).sin())
+            .collect();
+        flat.extend(lay.encode(&x));
+    }
+    let patches = tensor_from(flat, [b, lay.n_patches, lay.patch], &dev);
+    let dom = Tensor::<1, Int>::from_ints([0, 1, 4], &dev);
+    let mask = tensor_from(
+        losses::block_mask(lay.n_patches * b, 0.2, 3, &mut rng)
+            .iter()
+            .map(|&m| m as u8 as f32)
+            .collect(),
+        [b, lay.n_patches],
+        &dev,
+    );
+    let out = model.forward(patches.clone(), dom.clone(), Some(mask));
+    assert_eq!(out.hidden.dims(), [b, 67, 32]);
+    assert_eq!(out.recon.dims(), [b, 65, 32]);
+    assert_eq!(out.chem.mu.dims(), [b, 8]);
+    assert_eq!(out.chem.logvar.dims(), [b, 8]);
+    assert_eq!(out.inst.mu.dims(), [b, 4]);
+    assert_eq!(out.chem.sample().dims(), [b, 8]);
+    let rec = to_vec(out.recon);
+    assert!(rec.iter().all(|v| v.is_finite()));
+    for i in 0..b {
+        let spec = lay.decode(&rec[i * lay.padded()..(i + 1) * lay.padded()]);
+        assert_eq!(spec.len(), 2048);
+    }
+    assert_eq!(model.predict(patches, dom).dims(), [b, 2]);
+    let mut bad = cfg.clone();
+    bad.layers = "mx".into();
+    assert!(SpektronModel::new(&bad, &mut rng, &dev).is_err());
+}
+
+fn t2(v: Vec<f32>, r: usize, c: usize) -> Tensor<2> {
+    tensor_from(v, [r, c], &DeviceSpec::Cpu.device().unwrap())
+}
+
+fn s(t: Tensor<1>) -> f32 {
+    to_vec(t)[0]
+}
+
+#[test]
+fn block_mask_count_and_blocks() {
+    let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 9);
+    for n in [10, 65, 127] {
+        let m = losses::block_mask(n, 0.2, 3, &mut rng);
+        let target = (0.2 * n as f64).round() as usize;
+        assert_eq!(m.iter().filter(|&&v| v).count(), target, "n={n}");
+    }
+    // One block covering everything asked for: a single contiguous run.
+    let m = losses::block_mask(20, 0.25, 5, &mut rng);
+    let first = m.iter().position(|&v| v).unwrap();
+    assert!(m[first..first + 5].iter().all(|&v| v));
+    assert_eq!(m.iter().filter(|&&v| v).count(), 5);
+}
+
+#[test]
+fn masked_mse_hand_case() {
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    // B=1, P=2, K=2: patch 0 error (1,1) → 1, patch 1 error (2,0) → 2; only patch 1 masked.
+    let p = tensor_from(vec![1.0, 1.0, 2.0, 0.0], [1, 2, 2], &dev);
+    let t = tensor_from(vec![0.0; 4], [1, 2, 2], &dev);
+    let m = t2(vec![0.0, 1.0], 1, 2);
+    assert!((s(losses::masked_mse(p.clone(), t.clone(), m)) - 2.0).abs() < 1e-6);
+    let m = t2(vec![1.0, 1.0], 1, 2);
+    assert!((s(losses::masked_mse(p.clone(), t.clone(), m)) - 1.5).abs() < 1e-6);
+    assert!((s(losses::mse(p, t)) - 1.5).abs() < 1e-6);
+}
+
+#[test]
+fn info_nce_hand_cases() {
+    // Orthogonal matching pairs with small τ: loss → 0.
+    let a = t2(vec![1.0, 0.0, 0.0, 1.0], 2, 2);
+    assert!(s(losses::info_nce(a.clone(), a, 0.01)) < 1e-6);
+    // All rows identical: every candidate equally likely → ln(B).
+    let a = t2(vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0], 3, 2);
+    assert!((s(losses::info_nce(a.clone(), a, 0.1)) - 3f32.ln()).abs() < 1e-5);
+}
+
+#[test]
+fn sinkhorn_hand_cases() {
+    // Well-separated points (distance ≫ ε): the plan is the identity matching.
+    let x = t2(vec![0.0, 0.0, 5.0, 0.0, 0.0, 5.0], 3, 2);
+    assert!(s(losses::sinkhorn(x.clone(), x.clone(), 0.05, 100)) < 1e-4);
+    // Translating one cloud by c costs |c|² = 0.09 + 0.16.
+    let y = x.clone() + t2(vec![0.3, 0.4], 1, 2);
+    assert!((s(losses::sinkhorn(x, y, 0.05, 100)) - 0.25).abs() < 1e-3);
+}
+
+#[test]
+fn physics_and_kl_hand_cases() {
+    let ramp: Vec<f32> = (0..10).map(|i| 2.0 * i as f32 + 1.0).collect();
+    assert!(s(losses::smoothness(t2(ramp.clone(), 1, 10))) < 1e-8);
+    let quad: Vec<f32> = (0..10).map(|i| (i * i) as f32).collect();
+    // Second difference of i² is 2 everywhere → 4.
+    assert!((s(losses::smoothness(t2(quad.clone(), 1, 10))) - 4.0).abs() < 1e-4);
+    assert!((s(losses::nonneg(t2(vec![-1.0, 2.0], 1, 2))) - 0.5).abs() < 1e-6);
+    let shifted: Vec<f32> = quad.iter().map(|v| v + 3.0).collect();
+    assert!(
+        s(losses::derivative(
+            t2(shifted, 1, 10),
+            t2(quad.clone(), 1, 10)
+        )) < 1e-8
+    );
+    // Δ(i²) − Δ(ramp) = (2i+1) − 2 → mean of (2i−1)² for i=0..8 = 969/9... computed literally.
+    let want: f32 = (0..9)
+        .map(|i| ((2 * i + 1) as f32 - 2.0).powi(2))
+        .sum::<f32>()
+        / 9.0;
+    assert!((s(losses::derivative(t2(quad, 1, 10), t2(ramp, 1, 10))) - want).abs() < 1e-3);
+    assert!(
+        s(losses::vib_kl(
+            t2(vec![0.0; 6], 2, 3),
+            t2(vec![0.0; 6], 2, 3)
+        ))
+        .abs()
+            < 1e-7
+    );
+    // μ = 1 in 3 dims: 0.5·3 per sample.
+    assert!(
+        (s(losses::vib_kl(
+            t2(vec![1.0; 6], 2, 3),
+            t2(vec![0.0; 6], 2, 3)
+        )) - 1.5)
+            .abs()
+            < 1e-6
+    );
+    // σ² = e: 0.5·(e − 1 − 1) per dim.
+    let kl = s(losses::vib_kl(
+        t2(vec![0.0; 2], 1, 2),
+        t2(vec![1.0; 2], 1, 2),
+    ));
+    assert!((kl - (std::f32::consts::E - 2.0)).abs() < 1e-5);
+}
