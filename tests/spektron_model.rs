@@ -266,3 +266,103 @@ fn physics_and_kl_hand_cases() {
     ));
     assert!((kl - (std::f32::consts::E - 2.0)).abs() < 1e-5);
 }
+
+fn tiny_pretrain_cfg() -> spx::spektron::config::SpektronConfig {
+    let mut c = Config::default().spektron;
+    c.model = tiny_model_cfg();
+    c.pretrain.batch = 8;
+    c.pretrain.steps = 30;
+    c.pretrain.lr = 2e-3;
+    c.pretrain.warmup = 3;
+    c.pretrain.val_fraction = 0.2;
+    c.pretrain.val_batches = 2;
+    c.pretrain.val_every = 10;
+    c.pretrain.checkpoint_every = 15;
+    c.synth.n = 120;
+    c
+}
+
+#[test]
+fn lr_schedule_warmup_then_cosine() {
+    let mut p = Config::default().spektron.pretrain;
+    p.lr = 1.0;
+    p.warmup = 10;
+    p.steps = 110;
+    use spx::spektron::model::pretrain::lr_at;
+    assert!((lr_at(0, &p) - 0.1).abs() < 1e-12);
+    assert!((lr_at(9, &p) - 1.0).abs() < 1e-12);
+    assert!((lr_at(10, &p) - 1.0).abs() < 1e-12);
+    assert!((lr_at(60, &p) - 0.5).abs() < 1e-12);
+    assert!(lr_at(110, &p).abs() < 1e-12);
+}
+
+#[test]
+fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
+    use burn::module::Module;
+    use spx::spektron::model::{checkpoint, pretrain};
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny_pretrain_cfg();
+    let corpus = dir.path().join("synth.h5");
+    spx::spektron::data::synth::write_synth_corpus(
+        &corpus,
+        5,
+        &c.synth,
+        &c.corpus,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let out = dir.path().join("run");
+    let (model, rep) = pretrain::pretrain(
+        &corpus,
+        &out,
+        &c,
+        &dev,
+        11,
+        None,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let first = rep.initial_val.clone().unwrap();
+    let last = rep.log.last().unwrap().val.clone().unwrap();
+    assert_eq!(rep.log.len(), 30);
+    assert!(
+        last.msrp < 0.8 * first.msrp,
+        "val MSRP {} → {}",
+        first.msrp,
+        last.msrp
+    );
+    assert!(rep.spectra_per_s > 0.0);
+    assert!(out.join("checkpoints/step-0000015/model.bpk").is_file());
+
+    // Save → load → identical outputs.
+    let mut rng = seeded(&dev, 99);
+    let fresh = SpektronModel::new(&c.model, &mut rng, &dev).unwrap();
+    let (loaded, st) = checkpoint::load(&rep.checkpoint, fresh).unwrap();
+    assert_eq!(st.step, 30);
+    assert_eq!(st.log.len(), 30);
+    let lay = c.model.layout();
+    let x: Vec<f32> = (0..2 * 2048).map(|j| ((j as f32) * 0.007).sin()).collect();
+    let flat: Vec<f32> = x.chunks(2048).flat_map(|s| lay.encode(s)).collect();
+    let p = tensor_from(flat, [2, lay.n_patches, lay.patch], &dev);
+    let d = Tensor::<1, Int>::from_ints([0, 2], &dev);
+    let a = to_vec(model.valid().forward(p.clone(), d.clone(), None).recon);
+    let b = to_vec(loaded.valid().forward(p, d, None).recon);
+    assert_eq!(a, b);
+
+    // Resume continues from the stored step.
+    let mut c2 = c.clone();
+    c2.pretrain.steps = 33;
+    let (_, rep2) = pretrain::pretrain(
+        &corpus,
+        &out,
+        &c2,
+        &dev,
+        11,
+        Some(&rep.checkpoint),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    assert_eq!(rep2.start_step, 30);
+    assert_eq!(rep2.log.len(), 33);
+}

@@ -306,6 +306,8 @@ pub struct PretrainReport {
     pub spectra_per_s: f64,
     pub parameters: usize,
     pub n_tokens: usize,
+    /// Validation terms of the untrained model (fresh runs only).
+    pub initial_val: Option<LossTerms>,
     pub log: Vec<LogEntry>,
     pub checkpoint: PathBuf,
 }
@@ -320,7 +322,7 @@ pub fn pretrain(
     seed: u64,
     resume: Option<&Path>,
     pb: &ProgressBar,
-) -> Result<PretrainReport, SpxError> {
+) -> Result<(SpektronModel, PretrainReport), SpxError> {
     let pc = &cfg.pretrain;
     if pc.batch < 2 {
         return Err(SpxError::field(
@@ -350,6 +352,11 @@ pub fn pretrain(
         .with_grad_clipping(clip)
         .init();
     let ck_dir = out.join("checkpoints");
+    let initial_val = if start == 0 {
+        Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?)
+    } else {
+        None
+    };
     pb.set_length(pc.steps as u64);
     pb.set_position(start as u64);
     let t0 = Instant::now();
@@ -380,15 +387,20 @@ pub fn pretrain(
         }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
-    Ok(PretrainReport {
-        steps_done: pc.steps.saturating_sub(start),
-        start_step: start,
-        spectra_per_s: seen as f64 / secs,
-        parameters: model.num_params(),
-        n_tokens: lay.n_tokens,
-        log,
-        checkpoint: last,
-    })
+    let parameters = model.num_params();
+    Ok((
+        model,
+        PretrainReport {
+            steps_done: pc.steps.saturating_sub(start),
+            start_step: start,
+            spectra_per_s: seen as f64 / secs,
+            parameters,
+            n_tokens: lay.n_tokens,
+            initial_val,
+            log,
+            checkpoint: last,
+        },
+    ))
 }
 
 /// Mean loss terms over the validation rows (fixed augmentation/mask seed, so comparable
