@@ -67,6 +67,15 @@ fn dwt_matches_hand_computation_on_short_signal() {
     let a2: f64 = h.iter().zip(xs).map(|(h, x)| h * x).sum();
     let d2: f64 = g.iter().zip(xs).map(|(h, x)| h * x).sum();
     assert!((a[2] - a2).abs() < 1e-12 && (d[2] - d2).abs() < 1e-12);
+    // Cross-check: pywt.dwt([1,2,3,4], "db4", mode="symmetric") (PyWavelets 1.8).
+    let pa = [5.65855145, 4.23073611, 1.41251636, 2.8403317, 5.65855145];
+    let pd = [0.08838835, 0.04096209, -0.08838835, -0.04096209, 0.08838835];
+    for i in 0..5 {
+        assert!(
+            (a[i] - pa[i]).abs() < 1e-7 && (d[i] - pd[i]).abs() < 1e-7,
+            "coefficient {i}"
+        );
+    }
     // A constant signal: approximation √2·c, detail 0 (filter sums).
     let (a, d) = wavelet::dwt(&[3.0; 10]);
     assert!(a.iter().all(|v| (v - 3.0 * 2f64.sqrt()).abs() < 1e-12));
@@ -365,4 +374,111 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     .unwrap();
     assert_eq!(rep2.start_step, 30);
     assert_eq!(rep2.log.len(), 33);
+}
+
+#[test]
+fn lora_step_changes_only_adapters_and_heads_and_merges() {
+    use burn::module::Module;
+    use spx::spektron::model::finetune::{self, FinetuneMode, Labelled};
+    use spx::spektron::model::lora;
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let mut rng = seeded(&dev, 4);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let before = lora::snapshot(&m);
+    let x: Vec<f32> = (0..6 * 2048)
+        .map(|j| ((j % 2048) as f32 * 0.01 * (1.0 + (j / 2048) as f32 * 0.1)).sin())
+        .collect();
+    let y: Vec<f32> = (0..12).map(|i| i as f32 * 0.3).collect();
+    let modality = [2i8; 6];
+    let mut fc = Config::default().spektron.finetune;
+    fc.mode = FinetuneMode::Lora;
+    fc.lora_rank = 2;
+    fc.lora_alpha = 4.0;
+    fc.epochs = 2;
+    fc.batch = 6;
+    fc.lr = 1e-2;
+    fc.patience = 0;
+    let data = Labelled {
+        x: &x,
+        y: &y,
+        modality: &modality,
+    };
+    let (ft, rep) = finetune::finetune(m, &lay, &data, &fc, &dev, 1).unwrap();
+    assert_eq!(rep.epochs_run, 2);
+    let after = lora::snapshot(&ft);
+    let mut adapters = 0;
+    for (k, v) in &after {
+        if k.contains(".lora.") {
+            adapters += 1;
+            continue;
+        }
+        let old = &before[k];
+        let trainable = k.starts_with("heads.regress") || k.starts_with("heads.vib_chem");
+        let adapted =
+            k.ends_with("query.weight") || k.ends_with("key.weight") || k.ends_with("value.weight");
+        if trainable {
+            assert_ne!(old, v, "{k} should have been trained");
+        } else if !adapted {
+            assert_eq!(old, v, "{k} must stay frozen");
+        }
+    }
+    // 2 attention blocks × Q/K/V × (a, b).
+    assert_eq!(adapters, 12);
+    // Some B factor left zero-initialisation: the adapters were trained.
+    assert!(
+        after
+            .iter()
+            .filter(|(k, _)| k.ends_with(".lora.b"))
+            .any(|(_, v)| v.iter().any(|&b| b != 0.0))
+    );
+    // Merged (materialised) weights give the same outputs as base + adapters.
+    let p = finetune::patches(&lay, &x, &[0, 1, 2], &dev);
+    let d = Tensor::<1, Int>::from_ints([2, 2, 2], &dev);
+    let a = to_vec(ft.valid().forward(p.clone(), d.clone(), None).recon);
+    let merged = ft.valid().materialize();
+    assert!(!lora::snapshot(&merged).keys().any(|k| k.contains(".lora.")));
+    let b = to_vec(merged.forward(p, d, None).recon);
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn ttt_updates_only_norm_layers() {
+    use spx::spektron::model::finetune::{self, TttConfig};
+    use spx::spektron::model::lora;
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let mut rng = seeded(&dev, 6);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let before = lora::snapshot(&m);
+    let x: Vec<f32> = (0..4 * 2048)
+        .map(|j| ((j % 2048) as f32 * 0.02).cos())
+        .collect();
+    let tc = TttConfig {
+        steps: 3,
+        lr: 1e-2,
+        mask_ratio: 0.15,
+        batch: 4,
+    };
+    let (m2, hist) = finetune::ttt(m, &lay, &x, &[0; 4], &tc, 3, &dev, 2).unwrap();
+    assert_eq!(hist.len(), 3);
+    let after = lora::snapshot(&m2);
+    let mut changed = 0;
+    for (k, v) in &after {
+        let is_norm = k.ends_with("gamma") || k.ends_with("beta");
+        if is_norm {
+            changed += usize::from(&before[k] != v);
+        } else {
+            assert_eq!(&before[k], v, "{k} is not a norm parameter");
+        }
+    }
+    // 2 Mamba norms + 2×2 Transformer norms + final norm, γ and β each.
+    assert_eq!(changed, 14);
 }

@@ -3,7 +3,9 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod finetune;
 pub mod heads;
+pub mod lora;
 pub mod losses;
 pub mod mamba;
 pub mod pretrain;
