@@ -60,7 +60,7 @@ impl SpektronModel {
                 "must be a non-empty string of 'm' (Mamba) and 't' (Transformer)",
             ));
         }
-        if cfg.n_heads == 0 || cfg.d_model % cfg.n_heads != 0 {
+        if cfg.n_heads == 0 || !cfg.d_model.is_multiple_of(cfg.n_heads) {
             return Err(bad("n_heads", "must divide d_model"));
         }
         if cfg.patch == 0 || cfg.n_points < 16 {

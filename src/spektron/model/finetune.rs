@@ -128,7 +128,7 @@ pub fn finetune(
     seed: u64,
 ) -> Result<(SpektronModel, FinetuneReport), SpxError> {
     let n = data.modality.len();
-    if n == 0 || data.x.len() != n * lay.n_points || data.y.is_empty() || data.y.len() % n != 0 {
+    if n == 0 || data.x.len() != n * lay.n_points || data.y.is_empty() || !data.y.len().is_multiple_of(n) {
         return Err(SpxError::field(
             "finetune",
             "data",
@@ -243,6 +243,7 @@ pub fn finetune(
 
 /// Test-time training: masked-reconstruction steps on unlabelled target spectra, updating only
 /// the LayerNorm parameters. Returns the adapted model and the MSRP loss per step.
+#[allow(clippy::too_many_arguments)]
 pub fn ttt(
     model: SpektronModel,
     lay: &TokenLayout,
