@@ -128,7 +128,11 @@ pub fn finetune(
     seed: u64,
 ) -> Result<(SpektronModel, FinetuneReport), SpxError> {
     let n = data.modality.len();
-    if n == 0 || data.x.len() != n * lay.n_points || data.y.is_empty() || !data.y.len().is_multiple_of(n) {
+    if n == 0
+        || data.x.len() != n * lay.n_points
+        || data.y.is_empty()
+        || !data.y.len().is_multiple_of(n)
+    {
         return Err(SpxError::field(
             "finetune",
             "data",
