@@ -482,3 +482,56 @@ fn ttt_updates_only_norm_layers() {
     // 2 Mamba norms + 2×2 Transformer norms + final norm, γ and β each.
     assert_eq!(changed, 14);
 }
+
+#[test]
+fn cli_pretrain_writes_log_curve_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_spx");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    run(&[
+        "-q",
+        "--set",
+        "spektron.synth.n=60",
+        "--out",
+        "c.h5",
+        "spektron",
+        "corpus",
+        "synth",
+    ]);
+    let sets = [
+        "spektron.model.d_model=16",
+        "spektron.model.n_heads=2",
+        "spektron.model.d_ff=32",
+        "spektron.model.layers=mt",
+        "spektron.model.d_state=4",
+        "spektron.pretrain.warmup=1",
+        "spektron.pretrain.val_every=2",
+    ];
+    let mut args = vec!["--json"];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    args.extend([
+        "--out", "run", "spektron", "pretrain", "--corpus", "c.h5", "--steps", "4", "--batch", "4",
+    ]);
+    let o = run(&args);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["steps_done"], 4);
+    assert_eq!(v["tokens"], 67);
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/loss_log.json")).unwrap())
+            .unwrap();
+    assert_eq!(log["log"].as_array().unwrap().len(), 4);
+    assert!(dir.path().join("run/loss_curve.png").is_file());
+    assert!(dir.path().join("run/checkpoints/last/model.bpk").is_file());
+    assert!(dir.path().join("run/spx-config.toml").is_file());
+}

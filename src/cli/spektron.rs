@@ -28,6 +28,36 @@ pub enum SpektronCmd {
     Baselines(BaselinesArgs),
     /// Masked spectral pretraining of the Spektron model on a corpus HDF5.
     Pretrain(PretrainArgs),
+    /// Fine-tune a pretrained checkpoint (LoRA or full) on N labelled target-instrument spectra.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Pretrained checkpoint directory (…/checkpoints/last); same [spektron.model] config.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// corn.mat / nir_shootout_2002.mat, or a directory with the corn CSV files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Target instrument (e.g. mp6); its spectra are fine-tuned on and tested.
+    #[arg(long)]
+    pub target: String,
+    /// Any other instrument of the file (only used to open the pair), e.g. m5.
+    #[arg(long)]
+    pub source: String,
+    /// Property name or 1-based column.
+    #[arg(long)]
+    pub property: String,
+    /// Labelled target spectra used for fine-tuning (the rest is the test set).
+    #[arg(long, default_value_t = 20)]
+    pub n: usize,
+    /// lora | full (spektron.finetune.mode).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Modality of the spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +188,7 @@ pub fn run(g: &Global, cmd: &SpektronCmd) -> Result<ExitCode> {
         SpektronCmd::Corpus(CorpusCmd::Synth(a)) => synth_cmd(g, a),
         SpektronCmd::Baselines(a) => baselines_cmd(g, a),
         SpektronCmd::Pretrain(a) => pretrain_cmd(g, a),
+        SpektronCmd::Finetune(a) => finetune_cmd(g, a),
     }
 }
 
@@ -667,5 +698,119 @@ fn pretrain_cmd(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
         initial_val_msrp: rep.initial_val.as_ref().map(|v| v.msrp),
         final_val_msrp: final_val,
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
+    use burn::module::Module;
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    use spx::spektron::model::{SpektronModel, checkpoint, finetune};
+    let mut extra = Vec::new();
+    if let Some(m) = &a.mode {
+        extra.push(("spektron.finetune.mode", Value::String(m.clone()), "--mode"));
+    }
+    let cfg = load(g, extra)?;
+    let out = cfg.run.out_dir.clone();
+    io::ensure_dir(&out)?;
+    let cp = cfg.write_effective(&out)?;
+    let modality = Modality::parse(&a.modality)
+        .with_context(|| format!("--modality {}: unknown", a.modality))?;
+    let pair = instruments::load_pair(&a.data, &a.source, &a.target, &a.property)?;
+    let x = &pair.data.target;
+    let (n, p) = x.dim();
+    if a.n < 2 || a.n >= n {
+        bail!("--n {} must be in 2..{} (the file has {n} samples)", a.n, n);
+    }
+    let axis: Vec<f64> = if pair.axis.len() == p {
+        pair.axis.clone()
+    } else {
+        (0..p).map(|i| i as f64).collect()
+    };
+    let lay = cfg.spektron.model.layout();
+    let mut spectra = Vec::with_capacity(n * lay.n_points);
+    for (i, row) in x.rows().into_iter().enumerate() {
+        let r = corpus::prepare(
+            &axis,
+            &row.to_vec(),
+            lay.n_points,
+            cfg.spektron.corpus.min_std,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("{}: target spectrum {i} rejected ({e:?})", a.data.display())
+        })?;
+        spectra.extend(r);
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.run.seed));
+    let (tr, te) = idx.split_at(a.n);
+    let pick = |rows: &[usize]| -> (Vec<f32>, Vec<f32>) {
+        let xs = rows
+            .iter()
+            .flat_map(|&r| spectra[r * lay.n_points..(r + 1) * lay.n_points].to_vec())
+            .collect();
+        let ys = rows.iter().map(|&r| pair.data.y[r] as f32).collect();
+        (xs, ys)
+    };
+    let (xtr, ytr) = pick(tr);
+    let (xte, yte) = pick(te);
+    let dev = cfg
+        .run
+        .device
+        .parse::<spx::backend::DeviceSpec>()?
+        .autodiff_device()?;
+    let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
+    let mut mc = cfg.spektron.model.clone();
+    mc.n_targets = 1;
+    let model = SpektronModel::new(&mc, &mut rng, &dev)?;
+    let (model, _) = checkpoint::load(&a.checkpoint, model)?;
+    let mtr = vec![modality.code(); tr.len()];
+    let data = finetune::Labelled {
+        x: &xtr,
+        y: &ytr,
+        modality: &mtr,
+    };
+    let (model, rep) = finetune::finetune(
+        model,
+        &lay,
+        &data,
+        &cfg.spektron.finetune,
+        &dev,
+        cfg.run.seed,
+    )?;
+    let pred = finetune::predict(
+        &model.valid(),
+        &lay,
+        &xte,
+        &vec![modality.code(); te.len()],
+        &rep,
+        &dev,
+    );
+    let yt = ndarray::Array1::from(yte.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+    let yh = ndarray::Array1::from(pred.clone());
+    let rmsep = baselines::rmsep(yt.view(), yh.view());
+    let r2 = baselines::r2(yt.view(), yh.view());
+    let ck = checkpoint::save(
+        &out.join("checkpoints"),
+        &model.valid().materialize(),
+        rep.epochs_run,
+        &[],
+    )?;
+    let summary = serde_json::json!({
+        "data": a.data.display().to_string(), "target": a.target, "property": pair.property,
+        "n_transfer": a.n, "n_test": te.len(), "mode": cfg.spektron.finetune.mode,
+        "rmsep": rmsep, "r2": r2, "trainable_params": rep.trainable_params,
+        "epochs_run": rep.epochs_run, "best_epoch": rep.best_epoch,
+        "checkpoint": ck.display().to_string(), "config": cp.display().to_string(),
+        "report": rep, "test_rows": te, "predictions": pred,
+    });
+    let f = out.join("finetune.json");
+    let text = serde_json::to_vec_pretty(&summary)?;
+    io::write_atomic(&f, |w| w.write_all(&text))?;
+    g.say(format!(
+        "fine-tuned ({:?}, {} trainable parameters) on {} {} spectra: RMSEP {rmsep:.4}, R² {r2:.3} on {} test spectra\nreport {}",
+        cfg.spektron.finetune.mode, rep.trainable_params, a.n, a.target, te.len(), f.display()
+    ));
+    g.emit_json(&summary)?;
     Ok(ExitCode::SUCCESS)
 }
