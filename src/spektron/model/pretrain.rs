@@ -214,7 +214,8 @@ fn patches_of(lay: &TokenLayout, spectra: &[f32], device: &Device) -> Tensor<3> 
 /// The pretraining objective on one batch of clean spectra. View 1 is augmented and
 /// block-masked (MSRP on its masked patches); view 2 is augmented and reconstructed whole
 /// against the clean spectrum (denoising, physics); z_chem of the two views are pulled
-/// together (InfoNCE) and their distributions aligned (Sinkhorn); VIB KL on both latents.
+/// together (InfoNCE on samples) and their mean distributions aligned (Sinkhorn); VIB KL on
+/// both latents.
 pub fn batch_loss(
     model: &SpektronModel,
     ctx: &LossContext,
@@ -257,7 +258,15 @@ pub fn batch_loss(
     let z1 = o1.chem.sample();
     let z2 = o2.chem.sample();
     let contrastive = losses::info_nce(z1.clone(), z2.clone(), lc.temperature);
-    let ot = losses::sinkhorn(z1, z2, lc.ot_reg, lc.ot_iters);
+    // OT on the noise-free means, cost per latent dimension (sampled 128-d z would make the
+    // cost ≈ 2·z_dim from the VIB noise alone and swamp every other term).
+    let zs = (o1.chem.mu.dims()[1] as f64).sqrt();
+    let ot = losses::sinkhorn(
+        o1.chem.mu.clone() / zs,
+        o2.chem.mu.clone() / zs,
+        lc.ot_reg,
+        lc.ot_iters,
+    );
     let spec = o2
         .recon
         .reshape([b, lay.padded()])
