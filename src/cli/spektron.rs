@@ -14,6 +14,7 @@ use spx::config::Config;
 use spx::io::{self, plot};
 use spx::spektron::baselines::{self, BaselineReport, METHODS, TransferData};
 use spx::spektron::data::{Modality, corpus, instruments, synth};
+use spx::spektron::model::pretrain;
 use toml::Value;
 
 use super::Global;
@@ -25,6 +26,54 @@ pub enum SpektronCmd {
     Corpus(CorpusCmd),
     /// Classical calibration transfer (PLS, SBC, DS, PDS, CCA, di-PLS, …) on two instruments.
     Baselines(BaselinesArgs),
+    /// Masked spectral pretraining of the Spektron model on a corpus HDF5.
+    Pretrain(PretrainArgs),
+    /// Fine-tune a pretrained checkpoint (LoRA or full) on N labelled target-instrument spectra.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// Pretrained checkpoint directory (…/checkpoints/last); same [spektron.model] config.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// corn.mat / nir_shootout_2002.mat, or a directory with the corn CSV files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Target instrument (e.g. mp6); its spectra are fine-tuned on and tested.
+    #[arg(long)]
+    pub target: String,
+    /// Any other instrument of the file (only used to open the pair), e.g. m5.
+    #[arg(long)]
+    pub source: String,
+    /// Property name or 1-based column.
+    #[arg(long)]
+    pub property: String,
+    /// Labelled target spectra used for fine-tuning (the rest is the test set).
+    #[arg(long, default_value_t = 20)]
+    pub n: usize,
+    /// lora | full (spektron.finetune.mode).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Modality of the spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// Corpus file written by `spx spektron corpus build|synth`.
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// Resume from a checkpoint directory (e.g. OUT/checkpoints/last).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Total optimisation steps (spektron.pretrain.steps).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Batch size (spektron.pretrain.batch).
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +187,8 @@ pub fn run(g: &Global, cmd: &SpektronCmd) -> Result<ExitCode> {
         SpektronCmd::Corpus(CorpusCmd::Info(a)) => info(g, a),
         SpektronCmd::Corpus(CorpusCmd::Synth(a)) => synth_cmd(g, a),
         SpektronCmd::Baselines(a) => baselines_cmd(g, a),
+        SpektronCmd::Pretrain(a) => pretrain_cmd(g, a),
+        SpektronCmd::Finetune(a) => finetune_cmd(g, a),
     }
 }
 
@@ -479,7 +530,36 @@ pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         &bc.n_transfer,
     )?;
     let cell = |m: &str, n: usize| report.get(m, n).map_or(f64::NAN, |c| c.rmsep_mean);
+    // A tiny masked pretraining run on the same corpus (small model, 20 steps).
+    let mut sp = cfg.spektron.clone();
+    sp.model.d_model = 32;
+    sp.model.n_heads = 4;
+    sp.model.d_ff = 64;
+    sp.model.layers = "mt".into();
+    sp.model.d_state = 4;
+    sp.pretrain.batch = 8;
+    sp.pretrain.steps = 20;
+    sp.pretrain.warmup = 2;
+    sp.pretrain.lr = 2e-3;
+    sp.pretrain.val_every = 10;
+    sp.pretrain.checkpoint_every = 0;
+    let dev = spx::backend::DeviceSpec::Cpu.autodiff_device()?;
+    let pdir = dir.join("pretrain");
+    let (_, prep) = pretrain::pretrain(
+        &corpus_file,
+        &pdir,
+        &sp,
+        &dev,
+        cfg.run.seed,
+        None,
+        &indicatif::ProgressBar::hidden(),
+    )?;
+    let (loss_json, loss_png) = write_loss_files(&pdir, &prep)?;
     Ok(serde_json::json!({
+        "pretrain_val_msrp_initial": prep.initial_val.as_ref().map(|v| v.msrp),
+        "pretrain_val_msrp_final": prep.log.last().and_then(|e| e.val.as_ref()).map(|v| v.msrp),
+        "pretrain_spectra_per_s": prep.spectra_per_s,
+        "pretrain_files": [loss_json.display().to_string(), loss_png.display().to_string(), prep.checkpoint.display().to_string()],
         "corpus": corpus_file.display().to_string(),
         "corpus_spectra": r.spectra,
         "files": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
@@ -487,4 +567,250 @@ pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         "rmsep_pds_n10": cell("pds", 10),
         "rmsep_ds_n20": cell("ds", 20),
     }))
+}
+
+#[derive(Serialize)]
+struct PretrainSummary {
+    corpus: String,
+    out_dir: String,
+    checkpoint: String,
+    loss_log: String,
+    loss_plot: String,
+    config: String,
+    start_step: usize,
+    steps_done: usize,
+    parameters: usize,
+    tokens: usize,
+    spectra_per_s: f64,
+    initial_val_msrp: Option<f64>,
+    final_val_msrp: Option<f64>,
+}
+
+/// Loss log (JSON) and loss-curve PNG (train total + MSRP, validation MSRP).
+fn write_loss_files(dir: &Path, rep: &pretrain::PretrainReport) -> Result<(PathBuf, PathBuf)> {
+    let json = dir.join("loss_log.json");
+    let text = serde_json::to_vec_pretty(rep)?;
+    io::write_atomic(&json, |w| w.write_all(&text))?;
+    let step = |e: &pretrain::LogEntry| e.step as f64;
+    let mut series = vec![
+        plot::Series::line(
+            "train total",
+            rep.log.iter().map(step).collect(),
+            rep.log.iter().map(|e| e.train.total).collect(),
+        ),
+        plot::Series::line(
+            "train MSRP",
+            rep.log.iter().map(step).collect(),
+            rep.log.iter().map(|e| e.train.msrp).collect(),
+        ),
+    ];
+    let mut vx = Vec::new();
+    let mut vy = Vec::new();
+    if let Some(v) = &rep.initial_val {
+        vx.push(0.0);
+        vy.push(v.msrp);
+    }
+    for e in &rep.log {
+        if let Some(v) = &e.val {
+            vx.push(step(e));
+            vy.push(v.msrp);
+        }
+    }
+    series.push(plot::Series::line("validation MSRP", vx, vy));
+    let png = dir.join("loss_curve.png");
+    let mut lp = plot::LinePlot::new("Spektron pretraining", "step", "loss");
+    lp.series = series;
+    lp.log_y = true;
+    plot::line_plot(&png, &lp)?;
+    Ok((json, png))
+}
+
+fn pretrain_cmd(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
+    let mut extra = Vec::new();
+    if let Some(n) = a.steps {
+        extra.push((
+            "spektron.pretrain.steps",
+            Value::Integer(n as i64),
+            "--steps",
+        ));
+    }
+    if let Some(n) = a.batch {
+        extra.push((
+            "spektron.pretrain.batch",
+            Value::Integer(n as i64),
+            "--batch",
+        ));
+    }
+    let cfg = load(g, extra)?;
+    let out = cfg.run.out_dir.clone();
+    io::ensure_dir(&out)?;
+    let cp = cfg.write_effective(&out)?;
+    let dev = cfg
+        .run
+        .device
+        .parse::<spx::backend::DeviceSpec>()?
+        .autodiff_device()?;
+    let pb = g
+        .progress()
+        .bar(cfg.spektron.pretrain.steps as u64, "pretraining");
+    let (_, rep) = pretrain::pretrain(
+        &a.corpus,
+        &out,
+        &cfg.spektron,
+        &dev,
+        cfg.run.seed,
+        a.resume.as_deref(),
+        &pb,
+    )
+    .with_context(|| format!("pretraining on {}", a.corpus.display()))?;
+    pb.finish_and_clear();
+    let (json, png) = write_loss_files(&out, &rep)?;
+    let final_val = rep
+        .log
+        .iter()
+        .rev()
+        .find_map(|e| e.val.as_ref())
+        .map(|v| v.msrp);
+    g.say(format!(
+        "pretrained {} steps ({} parameters, {} tokens): {:.1} spectra/s; validation MSRP {} → {}\ncheckpoint {}\nloss log {} , curve {}",
+        rep.steps_done,
+        rep.parameters,
+        rep.n_tokens,
+        rep.spectra_per_s,
+        rep.initial_val.as_ref().map_or("–".into(), |v| format!("{:.4}", v.msrp)),
+        final_val.map_or("–".into(), |v| format!("{v:.4}")),
+        rep.checkpoint.display(),
+        json.display(),
+        png.display()
+    ));
+    g.emit_json(&PretrainSummary {
+        corpus: a.corpus.display().to_string(),
+        out_dir: out.display().to_string(),
+        checkpoint: rep.checkpoint.display().to_string(),
+        loss_log: json.display().to_string(),
+        loss_plot: png.display().to_string(),
+        config: cp.display().to_string(),
+        start_step: rep.start_step,
+        steps_done: rep.steps_done,
+        parameters: rep.parameters,
+        tokens: rep.n_tokens,
+        spectra_per_s: rep.spectra_per_s,
+        initial_val_msrp: rep.initial_val.as_ref().map(|v| v.msrp),
+        final_val_msrp: final_val,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
+    use burn::module::Module;
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    use spx::spektron::model::{SpektronModel, checkpoint, finetune};
+    let mut extra = Vec::new();
+    if let Some(m) = &a.mode {
+        extra.push(("spektron.finetune.mode", Value::String(m.clone()), "--mode"));
+    }
+    let cfg = load(g, extra)?;
+    let out = cfg.run.out_dir.clone();
+    io::ensure_dir(&out)?;
+    let cp = cfg.write_effective(&out)?;
+    let modality = Modality::parse(&a.modality)
+        .with_context(|| format!("--modality {}: unknown", a.modality))?;
+    let pair = instruments::load_pair(&a.data, &a.source, &a.target, &a.property)?;
+    let x = &pair.data.target;
+    let (n, p) = x.dim();
+    if a.n < 2 || a.n >= n {
+        bail!("--n {} must be in 2..{} (the file has {n} samples)", a.n, n);
+    }
+    let axis: Vec<f64> = if pair.axis.len() == p {
+        pair.axis.clone()
+    } else {
+        (0..p).map(|i| i as f64).collect()
+    };
+    let lay = cfg.spektron.model.layout();
+    let mut spectra = Vec::with_capacity(n * lay.n_points);
+    for (i, row) in x.rows().into_iter().enumerate() {
+        let r = corpus::prepare(
+            &axis,
+            &row.to_vec(),
+            lay.n_points,
+            cfg.spektron.corpus.min_std,
+        )
+        .map_err(|e| {
+            anyhow::anyhow!("{}: target spectrum {i} rejected ({e:?})", a.data.display())
+        })?;
+        spectra.extend(r);
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.run.seed));
+    let (tr, te) = idx.split_at(a.n);
+    let pick = |rows: &[usize]| -> (Vec<f32>, Vec<f32>) {
+        let xs = rows
+            .iter()
+            .flat_map(|&r| spectra[r * lay.n_points..(r + 1) * lay.n_points].to_vec())
+            .collect();
+        let ys = rows.iter().map(|&r| pair.data.y[r] as f32).collect();
+        (xs, ys)
+    };
+    let (xtr, ytr) = pick(tr);
+    let (xte, yte) = pick(te);
+    let dev = cfg
+        .run
+        .device
+        .parse::<spx::backend::DeviceSpec>()?
+        .autodiff_device()?;
+    let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
+    let mut mc = cfg.spektron.model.clone();
+    mc.n_targets = 1;
+    let model = SpektronModel::new(&mc, &mut rng, &dev)?;
+    let (model, _) = checkpoint::load(&a.checkpoint, model)?;
+    let mtr = vec![modality.code(); tr.len()];
+    let data = finetune::Labelled {
+        x: &xtr,
+        y: &ytr,
+        modality: &mtr,
+    };
+    let (model, rep) = finetune::finetune(
+        model,
+        &lay,
+        &data,
+        &cfg.spektron.finetune,
+        &dev,
+        cfg.run.seed,
+    )?;
+    let pred = finetune::predict(
+        &model.valid(),
+        &lay,
+        &xte,
+        &vec![modality.code(); te.len()],
+        &rep,
+        &dev,
+    );
+    let yt = ndarray::Array1::from(yte.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+    let yh = ndarray::Array1::from(pred.clone());
+    let rmsep = baselines::rmsep(yt.view(), yh.view());
+    let r2 = baselines::r2(yt.view(), yh.view());
+    let ck = checkpoint::save(
+        &out.join("checkpoints"),
+        &model.valid().materialize(),
+        rep.epochs_run,
+        &[],
+    )?;
+    let summary = serde_json::json!({
+        "data": a.data.display().to_string(), "target": a.target, "property": pair.property,
+        "n_transfer": a.n, "n_test": te.len(), "mode": cfg.spektron.finetune.mode,
+        "rmsep": rmsep, "r2": r2, "trainable_params": rep.trainable_params,
+        "epochs_run": rep.epochs_run, "best_epoch": rep.best_epoch,
+        "checkpoint": ck.display().to_string(), "config": cp.display().to_string(),
+        "report": rep, "test_rows": te, "predictions": pred,
+    });
+    let f = out.join("finetune.json");
+    let text = serde_json::to_vec_pretty(&summary)?;
+    io::write_atomic(&f, |w| w.write_all(&text))?;
+    g.say(format!(
+        "fine-tuned ({:?}, {} trainable parameters) on {} {} spectra: RMSEP {rmsep:.4}, R² {r2:.3} on {} test spectra\nreport {}",
+        cfg.spektron.finetune.mode, rep.trainable_params, a.n, a.target, te.len(), f.display()
+    ));
+    g.emit_json(&summary)?;
+    Ok(ExitCode::SUCCESS)
 }

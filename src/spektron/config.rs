@@ -10,6 +10,11 @@ pub struct SpektronConfig {
     pub corpus: CorpusConfig,
     pub synth: SynthConfig,
     pub baselines: BaselinesConfig,
+    pub model: super::model::ModelConfig,
+    pub loss: super::model::LossConfig,
+    pub pretrain: super::model::PretrainConfig,
+    pub finetune: super::model::finetune::FinetuneConfig,
+    pub ttt: super::model::finetune::TttConfig,
 }
 
 /// The built-in defaults, so a config file without a `[spektron]` section (e.g. one that only

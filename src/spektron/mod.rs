@@ -6,3 +6,4 @@
 pub mod baselines;
 pub mod config;
 pub mod data;
+pub mod model;

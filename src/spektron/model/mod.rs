@@ -1,0 +1,84 @@
+//! Spektron model: db4 wavelet tokens, hybrid Mamba/Transformer backbone, VIB and
+//! reconstruction/regression heads, pretraining losses and the masked pretraining loop.
+
+pub mod backbone;
+pub mod checkpoint;
+pub mod finetune;
+pub mod heads;
+pub mod lora;
+pub mod losses;
+pub mod mamba;
+pub mod pretrain;
+pub mod tokens;
+pub mod wavelet;
+
+use serde::{Deserialize, Serialize};
+
+pub use backbone::{ModelOutput, SpektronModel};
+pub use tokens::TokenLayout;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub n_points: usize,
+    pub level: usize,
+    pub patch: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub d_ff: usize,
+    pub dropout: f64,
+    pub layers: String,
+    pub d_state: usize,
+    pub d_conv: usize,
+    pub expand: usize,
+    pub dt_min: f64,
+    pub dt_max: f64,
+    pub z_chem: usize,
+    pub z_inst: usize,
+    pub n_targets: usize,
+}
+
+impl ModelConfig {
+    pub fn layout(&self) -> TokenLayout {
+        TokenLayout::new(self.n_points, self.level, self.patch)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    pub mask_ratio: f64,
+    pub mask_block: usize,
+    pub msrp: f64,
+    pub contrastive: f64,
+    pub temperature: f64,
+    pub denoise: f64,
+    pub ot: f64,
+    pub ot_reg: f64,
+    pub ot_iters: usize,
+    pub physics: f64,
+    pub smoothness: f64,
+    pub nonneg: f64,
+    pub derivative: f64,
+    pub vib: f64,
+    pub beta: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    pub batch: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub warmup: usize,
+    pub clip: f64,
+    pub val_fraction: f64,
+    pub val_every: usize,
+    pub val_batches: usize,
+    pub checkpoint_every: usize,
+    pub aug_noise: f64,
+    pub aug_drift: f64,
+    pub aug_shift: usize,
+    pub aug_intensity: f64,
+}

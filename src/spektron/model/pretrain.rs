@@ -1,0 +1,469 @@
+//! Masked spectral pretraining on a corpus HDF5 (`/spectra` (N, n_points) f32, `/modality` i8):
+//! AdamW, linear warm-up + cosine decay, gradient-norm clipping, augmentation, validation loss,
+//! checkpoints and resume, loss log.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor};
+use indicatif::ProgressBar;
+use rand::Rng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution as _, Normal};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::losses;
+use super::{LossConfig, PretrainConfig, SpektronModel, TokenLayout};
+use crate::backend::{seeded, tensor_from};
+use crate::error::SpxError;
+use crate::io::hdf5::H5Reader;
+use crate::spektron::config::SpektronConfig;
+
+/// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to 0 at `steps`.
+pub fn lr_at(step: usize, cfg: &PretrainConfig) -> f64 {
+    if cfg.warmup > 0 && step < cfg.warmup {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
+    }
+    let span = cfg.steps.saturating_sub(cfg.warmup).max(1) as f64;
+    let t = ((step - cfg.warmup.min(step)) as f64 / span).min(1.0);
+    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// Augmentation in place: intensity ×(1±a), integer shift ±s (edge-padded), a random linear
+/// baseline drift, Gaussian noise.
+pub fn augment(x: &mut [f32], cfg: &PretrainConfig, rng: &mut impl Rng) {
+    let n = x.len();
+    let scale = 1.0 + cfg.aug_intensity * (2.0 * rng.random::<f64>() - 1.0);
+    let shift = if cfg.aug_shift > 0 {
+        rng.random_range(-(cfg.aug_shift as i64)..=cfg.aug_shift as i64) as isize
+    } else {
+        0
+    };
+    let src = x.to_vec();
+    let d0 = cfg.aug_drift * (2.0 * rng.random::<f64>() - 1.0);
+    let d1 = cfg.aug_drift * (2.0 * rng.random::<f64>() - 1.0);
+    let noise = Normal::new(0.0, cfg.aug_noise.max(0.0)).expect("σ ≥ 0");
+    for (i, v) in x.iter_mut().enumerate() {
+        let j = (i as isize - shift).clamp(0, n as isize - 1) as usize;
+        let t = i as f64 / (n - 1).max(1) as f64;
+        let drift = d0 + (d1 - d0) * t;
+        *v = (f64::from(src[j]) * scale + drift + noise.sample(rng)) as f32;
+    }
+}
+
+/// Streams random rows from the corpus: a window of consecutive rows (one HDF5 read) is
+/// shuffled and served in batches, then refilled at a new random offset, so memory stays
+/// bounded for corpora larger than RAM. Validation rows are excluded from training.
+pub struct CorpusStream {
+    reader: H5Reader,
+    pub n_rows: usize,
+    pub n_points: usize,
+    modality: Vec<i8>,
+    pub val_rows: Vec<usize>,
+    val_set: HashSet<usize>,
+    window: usize,
+    buf: Vec<usize>,
+    buf_data: Vec<f32>,
+    buf_start: usize,
+}
+
+impl CorpusStream {
+    pub fn open(
+        path: &Path,
+        n_points: usize,
+        cfg: &PretrainConfig,
+        rng: &mut impl Rng,
+    ) -> Result<Self, SpxError> {
+        let reader = H5Reader::open(path)?;
+        let shape = reader.shape("spectra")?;
+        if shape.len() != 2 || shape[1] != n_points {
+            return Err(SpxError::field(
+                path,
+                "/spectra",
+                format!(
+                    "expected shape (N, {n_points}) (spektron.model.n_points), found {shape:?}"
+                ),
+            ));
+        }
+        let n_rows = shape[0];
+        if n_rows < 2 {
+            return Err(SpxError::field(path, "/spectra", "need at least 2 spectra"));
+        }
+        let modality: Vec<i8> = reader.read::<i8>("modality")?.iter().copied().collect();
+        if modality.len() != n_rows {
+            return Err(SpxError::field(
+                path,
+                "/modality",
+                format!("length {} ≠ {n_rows} spectra", modality.len()),
+            ));
+        }
+        let n_val = ((cfg.val_fraction * n_rows as f64).round() as usize)
+            .min(cfg.val_batches * cfg.batch)
+            .min(n_rows - 1);
+        let mut all: Vec<usize> = (0..n_rows).collect();
+        all.shuffle(rng);
+        let mut val_rows = all[..n_val].to_vec();
+        val_rows.sort_unstable();
+        Ok(CorpusStream {
+            reader,
+            n_rows,
+            n_points,
+            modality,
+            val_set: val_rows.iter().copied().collect(),
+            val_rows,
+            window: (cfg.batch * 16).max(1024).min(n_rows),
+            buf: Vec::new(),
+            buf_data: Vec::new(),
+            buf_start: 0,
+        })
+    }
+
+    fn refill(&mut self, rng: &mut impl Rng) -> Result<(), SpxError> {
+        let start = rng.random_range(0..=self.n_rows - self.window);
+        let rows = self
+            .reader
+            .read_rows::<f32>("spectra", start, self.window)?;
+        self.buf_data = rows.iter().copied().collect();
+        self.buf_start = start;
+        self.buf = (start..start + self.window)
+            .filter(|r| !self.val_set.contains(r))
+            .collect();
+        self.buf.shuffle(rng);
+        Ok(())
+    }
+
+    /// Next training batch: spectra (row-major) and modality codes.
+    pub fn next_batch(
+        &mut self,
+        batch: usize,
+        rng: &mut impl Rng,
+    ) -> Result<(Vec<f32>, Vec<i8>), SpxError> {
+        let mut x = Vec::with_capacity(batch * self.n_points);
+        let mut m = Vec::with_capacity(batch);
+        while m.len() < batch {
+            if self.buf.is_empty() {
+                self.refill(rng)?;
+            }
+            let r = self.buf.pop().expect("refilled");
+            let o = (r - self.buf_start) * self.n_points;
+            x.extend_from_slice(&self.buf_data[o..o + self.n_points]);
+            m.push(self.modality[r]);
+        }
+        Ok((x, m))
+    }
+
+    /// Validation rows `[i·batch, (i+1)·batch)`.
+    pub fn val_batch(&self, i: usize, batch: usize) -> Result<(Vec<f32>, Vec<i8>), SpxError> {
+        let mut x = Vec::new();
+        let mut m = Vec::new();
+        for &r in self.val_rows.iter().skip(i * batch).take(batch) {
+            x.extend(
+                self.reader
+                    .read_rows::<f32>("spectra", r, 1)?
+                    .iter()
+                    .copied(),
+            );
+            m.push(self.modality[r]);
+        }
+        Ok((x, m))
+    }
+}
+
+/// Loss terms of one step (already weighted sum in `total`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LossTerms {
+    pub total: f64,
+    pub msrp: f64,
+    pub contrastive: f64,
+    pub denoise: f64,
+    pub ot: f64,
+    pub physics: f64,
+    pub vib: f64,
+}
+
+/// Everything the loss needs besides the model; built once per run.
+pub struct LossContext {
+    pub layout: TokenLayout,
+    /// `[padded, n_points]` synthesis matrix (coefficients → spectrum), for the physics terms.
+    pub synth: Tensor<2>,
+}
+
+impl LossContext {
+    pub fn new(layout: TokenLayout, device: &Device) -> Self {
+        let m = layout.synthesis_matrix();
+        let synth = tensor_from(m, [layout.padded(), layout.n_points], device);
+        LossContext { layout, synth }
+    }
+}
+
+fn patches_of(lay: &TokenLayout, spectra: &[f32], device: &Device) -> Tensor<3> {
+    let b = spectra.len() / lay.n_points;
+    let flat: Vec<f32> = spectra
+        .chunks(lay.n_points)
+        .flat_map(|s| lay.encode(s))
+        .collect();
+    tensor_from(flat, [b, lay.n_patches, lay.patch], device)
+}
+
+/// The pretraining objective on one batch of clean spectra. View 1 is augmented and
+/// block-masked (MSRP on its masked patches); view 2 is augmented and reconstructed whole
+/// against the clean spectrum (denoising, physics); z_chem of the two views are pulled
+/// together (InfoNCE on samples) and their mean distributions aligned (Sinkhorn); VIB KL on
+/// both latents.
+pub fn batch_loss(
+    model: &SpektronModel,
+    ctx: &LossContext,
+    spectra: &[f32],
+    modality: &[i8],
+    lc: &LossConfig,
+    pc: &PretrainConfig,
+    rng: &mut impl Rng,
+) -> (Tensor<1>, LossTerms) {
+    let lay = &ctx.layout;
+    let dev = ctx.synth.device();
+    let b = modality.len();
+    let mut v1 = spectra.to_vec();
+    let mut v2 = spectra.to_vec();
+    for (a, c) in v1.chunks_mut(lay.n_points).zip(v2.chunks_mut(lay.n_points)) {
+        augment(a, pc, rng);
+        augment(c, pc, rng);
+    }
+    let mask: Vec<f32> = (0..b)
+        .flat_map(|_| losses::block_mask(lay.n_patches, lc.mask_ratio, lc.mask_block, rng))
+        .map(|m| if m { 1.0 } else { 0.0 })
+        .collect();
+    let mask = tensor_from(mask, [b, lay.n_patches], &dev);
+    let dom = Tensor::<1, Int>::from_ints(
+        modality
+            .iter()
+            .map(|&m| i64::from(m))
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &dev,
+    );
+    let p1 = patches_of(lay, &v1, &dev);
+    let p2 = patches_of(lay, &v2, &dev);
+    let clean = patches_of(lay, spectra, &dev);
+    let o1 = model.forward(p1.clone(), dom.clone(), Some(mask.clone()));
+    let o2 = model.forward(p2, dom, None);
+
+    let msrp = losses::masked_mse(o1.recon.clone(), p1, mask);
+    let denoise = losses::mse(o2.recon.clone(), clean.clone());
+    let z1 = o1.chem.sample();
+    let z2 = o2.chem.sample();
+    let contrastive = losses::info_nce(z1.clone(), z2.clone(), lc.temperature);
+    // OT on the noise-free means, cost per latent dimension (sampled 128-d z would make the
+    // cost ≈ 2·z_dim from the VIB noise alone and swamp every other term).
+    let zs = (o1.chem.mu.dims()[1] as f64).sqrt();
+    let ot = losses::sinkhorn(
+        o1.chem.mu.clone() / zs,
+        o2.chem.mu.clone() / zs,
+        lc.ot_reg,
+        lc.ot_iters,
+    );
+    let spec = o2
+        .recon
+        .reshape([b, lay.padded()])
+        .matmul(ctx.synth.clone());
+    let target = tensor_from(spectra.to_vec(), [b, lay.n_points], &dev);
+    let physics = losses::smoothness(spec.clone()) * lc.smoothness
+        + losses::nonneg(spec.clone()) * lc.nonneg
+        + losses::derivative(spec, target) * lc.derivative;
+    let vib = (losses::vib_kl(o1.chem.mu, o1.chem.logvar)
+        + losses::vib_kl(o2.chem.mu, o2.chem.logvar)
+        + losses::vib_kl(o1.inst.mu, o1.inst.logvar)
+        + losses::vib_kl(o2.inst.mu, o2.inst.logvar))
+        * lc.beta;
+    let total = msrp.clone() * lc.msrp
+        + contrastive.clone() * lc.contrastive
+        + denoise.clone() * lc.denoise
+        + ot.clone() * lc.ot
+        + physics.clone() * lc.physics
+        + vib.clone() * lc.vib;
+    let s = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
+    let terms = LossTerms {
+        total: s(&total),
+        msrp: s(&msrp),
+        contrastive: s(&contrastive),
+        denoise: s(&denoise),
+        ot: s(&ot),
+        physics: s(&physics),
+        vib: s(&vib),
+    };
+    (total, terms)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LogEntry {
+    pub step: usize,
+    pub lr: f64,
+    pub train: LossTerms,
+    /// Validation terms when computed at this step.
+    pub val: Option<LossTerms>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PretrainReport {
+    pub steps_done: usize,
+    pub start_step: usize,
+    pub spectra_per_s: f64,
+    pub parameters: usize,
+    pub n_tokens: usize,
+    /// Validation terms of the untrained model (fresh runs only).
+    pub initial_val: Option<LossTerms>,
+    pub log: Vec<LogEntry>,
+    pub checkpoint: PathBuf,
+}
+
+/// Run (or resume) pretraining; writes checkpoints under `out/checkpoints/`.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain(
+    corpus: &Path,
+    out: &Path,
+    cfg: &SpektronConfig,
+    device: &Device,
+    seed: u64,
+    resume: Option<&Path>,
+    pb: &ProgressBar,
+) -> Result<(SpektronModel, PretrainReport), SpxError> {
+    let pc = &cfg.pretrain;
+    if pc.batch < 2 {
+        return Err(SpxError::field(
+            "config",
+            "spektron.pretrain.batch",
+            "must be ≥ 2 (contrastive/OT pairs)",
+        ));
+    }
+    let mut rng: ChaCha8Rng = seeded(device, seed);
+    let mut model = SpektronModel::new(&cfg.model, &mut rng, device)?;
+    let mut log: Vec<LogEntry> = Vec::new();
+    let mut start = 0;
+    if let Some(dir) = resume {
+        let st = checkpoint::load(dir, model)?;
+        model = st.0;
+        start = st.1.step;
+        log = st.1.log;
+    }
+    let lay = cfg.model.layout();
+    let ctx = LossContext::new(lay.clone(), device);
+    let mut stream = CorpusStream::open(corpus, lay.n_points, pc, &mut rng)?;
+    // Distinct host stream per resumed segment, so a resume does not replay the same batches.
+    let mut rng = ChaCha8Rng::seed_from_u64_mixed(seed, start as u64);
+    let clip = (pc.clip > 0.0).then_some(GradientClippingConfig::Norm(pc.clip as f32));
+    let mut opt = AdamWConfig::new()
+        .with_weight_decay(pc.weight_decay as f32)
+        .with_grad_clipping(clip)
+        .init();
+    let ck_dir = out.join("checkpoints");
+    let initial_val = if start == 0 {
+        Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?)
+    } else {
+        None
+    };
+    pb.set_length(pc.steps as u64);
+    pb.set_position(start as u64);
+    let t0 = Instant::now();
+    let mut seen = 0usize;
+    let mut last = ck_dir.join("last");
+    for step in start..pc.steps {
+        let (x, m) = stream.next_batch(pc.batch, &mut rng)?;
+        let (loss, terms) = batch_loss(&model, &ctx, &x, &m, &cfg.loss, pc, &mut rng);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = lr_at(step, pc);
+        model = opt.step(lr, model, grads);
+        seen += pc.batch;
+        let mut entry = LogEntry {
+            step: step + 1,
+            lr,
+            train: terms,
+            val: None,
+        };
+        let is_last = step + 1 == pc.steps;
+        if (pc.val_every > 0 && (step + 1) % pc.val_every == 0) || is_last {
+            entry.val = Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?);
+        }
+        pb.set_message(format!("loss {:.4}", entry.train.total));
+        pb.inc(1);
+        log.push(entry);
+        if (pc.checkpoint_every > 0 && (step + 1) % pc.checkpoint_every == 0) || is_last {
+            last = checkpoint::save(&ck_dir, &model, step + 1, &log)?;
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64().max(1e-9);
+    let parameters = model.num_params();
+    Ok((
+        model,
+        PretrainReport {
+            steps_done: pc.steps.saturating_sub(start),
+            start_step: start,
+            spectra_per_s: seen as f64 / secs,
+            parameters,
+            n_tokens: lay.n_tokens,
+            initial_val,
+            log,
+            checkpoint: last,
+        },
+    ))
+}
+
+/// Mean loss terms over the validation rows (fixed augmentation/mask seed, so comparable
+/// across steps).
+pub fn validate(
+    model: &SpektronModel,
+    ctx: &LossContext,
+    stream: &CorpusStream,
+    cfg: &SpektronConfig,
+    seed: u64,
+) -> Result<LossTerms, SpxError> {
+    let pc = &cfg.pretrain;
+    let mut rng = ChaCha8Rng::seed_from_u64_mixed(seed, u64::MAX);
+    let mut acc = LossTerms::default();
+    let mut nb = 0.0;
+    let n_batches = stream.val_rows.len().div_ceil(pc.batch);
+    for i in 0..n_batches {
+        let (x, m) = stream.val_batch(i, pc.batch)?;
+        if m.len() < 2 {
+            continue;
+        }
+        let (_, t) = batch_loss(model, ctx, &x, &m, &cfg.loss, pc, &mut rng);
+        acc.total += t.total;
+        acc.msrp += t.msrp;
+        acc.contrastive += t.contrastive;
+        acc.denoise += t.denoise;
+        acc.ot += t.ot;
+        acc.physics += t.physics;
+        acc.vib += t.vib;
+        nb += 1.0;
+    }
+    if nb > 0.0 {
+        for v in [
+            &mut acc.total,
+            &mut acc.msrp,
+            &mut acc.contrastive,
+            &mut acc.denoise,
+            &mut acc.ot,
+            &mut acc.physics,
+            &mut acc.vib,
+        ] {
+            *v /= nb;
+        }
+    }
+    Ok(acc)
+}
+
+trait SeedMix {
+    fn seed_from_u64_mixed(seed: u64, salt: u64) -> Self;
+}
+
+impl SeedMix for ChaCha8Rng {
+    fn seed_from_u64_mixed(seed: u64, salt: u64) -> Self {
+        use rand::SeedableRng;
+        ChaCha8Rng::seed_from_u64(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17))
+    }
+}

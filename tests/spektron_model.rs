@@ -1,0 +1,537 @@
+//! Spektron model: wavelet tokens, shapes, losses, pretraining, checkpoints.
+
+use burn::tensor::{Int, Tensor};
+use spx::backend::{DeviceSpec, seeded, tensor_from, to_vec};
+use spx::config::Config;
+use spx::spektron::model::losses;
+use spx::spektron::model::wavelet::{self, DB4_DEC_LO};
+use spx::spektron::model::{ModelConfig, SpektronModel, TokenLayout};
+
+fn tiny_model_cfg() -> ModelConfig {
+    let mut m = Config::default().spektron.model;
+    m.d_model = 32;
+    m.n_heads = 4;
+    m.d_ff = 64;
+    m.layers = "mtmt".into();
+    m.d_state = 4;
+    m.z_chem = 8;
+    m.z_inst = 4;
+    m.n_targets = 2;
+    m.dropout = 0.0;
+    m
+}
+
+#[test]
+fn db4_filters_are_orthonormal() {
+    let s: f64 = DB4_DEC_LO.iter().sum();
+    assert!((s - 2f64.sqrt()).abs() < 1e-12);
+    let e: f64 = DB4_DEC_LO.iter().map(|v| v * v).sum();
+    assert!((e - 1.0).abs() < 1e-12);
+    let hi = wavelet::db4_dec_hi();
+    assert!(hi.iter().sum::<f64>().abs() < 1e-12);
+    assert!((hi[0] + DB4_DEC_LO[7]).abs() < 1e-15 && (hi[1] - DB4_DEC_LO[6]).abs() < 1e-15);
+}
+
+#[test]
+fn dwt_matches_hand_computation_on_short_signal() {
+    // x = [1,2,3,4], half-sample symmetric extension: x[-1]=1, x[-2]=2, x[-3]=3, x[-4]=4,
+    // x[-5]=4, x[-6]=3; x[4]=4, x[5]=3, x[6]=2. c[k] = Σ_j h[j] x[2k+1−j], 5 outputs.
+    let x = [1.0, 2.0, 3.0, 4.0];
+    let h = DB4_DEC_LO;
+    let (a, d) = wavelet::dwt(&x);
+    assert_eq!(a.len(), 5);
+    assert_eq!(d.len(), 5);
+    // k = 0: indices 1,0,-1,-2,-3,-4,-5,-6 → 2,1,1,2,3,4,4,3
+    let a0 = h[0] * 2.0
+        + h[1] * 1.0
+        + h[2] * 1.0
+        + h[3] * 2.0
+        + h[4] * 3.0
+        + h[5] * 4.0
+        + h[6] * 4.0
+        + h[7] * 3.0;
+    assert!((a[0] - a0).abs() < 1e-12, "{} vs {a0}", a[0]);
+    // k = 4: indices 9..2 (period 8 mirror) → x[1],x[0],x[0],x[1],x[2],x[3],x[3],x[2] = same as k = 0
+    let a4 = h[0] * 2.0
+        + h[1] * 1.0
+        + h[2] * 1.0
+        + h[3] * 2.0
+        + h[4] * 3.0
+        + h[5] * 4.0
+        + h[6] * 4.0
+        + h[7] * 3.0;
+    assert!((a[4] - a4).abs() < 1e-12, "{} vs {a4}", a[4]);
+    // k = 2: indices 5..-2 → 3,4,4,3,2,1,1,2
+    let g = wavelet::db4_dec_hi();
+    let xs = [3.0, 4.0, 4.0, 3.0, 2.0, 1.0, 1.0, 2.0];
+    let a2: f64 = h.iter().zip(xs).map(|(h, x)| h * x).sum();
+    let d2: f64 = g.iter().zip(xs).map(|(h, x)| h * x).sum();
+    assert!((a[2] - a2).abs() < 1e-12 && (d[2] - d2).abs() < 1e-12);
+    // Cross-check: pywt.dwt([1,2,3,4], "db4", mode="symmetric") (PyWavelets 1.8).
+    let pa = [5.65855145, 4.23073611, 1.41251636, 2.8403317, 5.65855145];
+    let pd = [0.08838835, 0.04096209, -0.08838835, -0.04096209, 0.08838835];
+    for i in 0..5 {
+        assert!(
+            (a[i] - pa[i]).abs() < 1e-7 && (d[i] - pd[i]).abs() < 1e-7,
+            "coefficient {i}"
+        );
+    }
+    // A constant signal: approximation √2·c, detail 0 (filter sums).
+    let (a, d) = wavelet::dwt(&[3.0; 10]);
+    assert!(a.iter().all(|v| (v - 3.0 * 2f64.sqrt()).abs() < 1e-12));
+    assert!(d.iter().all(|v| v.abs() < 1e-12));
+}
+
+#[test]
+fn wavedec_lengths_and_token_count() {
+    assert_eq!(
+        wavelet::wavedec_lengths(2048, 4),
+        vec![134, 134, 262, 517, 1027]
+    );
+    let lay = TokenLayout::new(2048, 4, 32);
+    assert_eq!(lay.n_coeffs, 2074);
+    assert_eq!(lay.n_patches, 65);
+    assert_eq!(lay.n_tokens, 67);
+    let x: Vec<f64> = (0..2048).map(|i| (i as f64 * 0.01).sin()).collect();
+    let c = wavelet::wavedec(&x, 4);
+    assert_eq!(
+        c.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![134, 134, 262, 517, 1027]
+    );
+}
+
+#[test]
+fn wavelet_perfect_reconstruction() {
+    let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 3);
+    use rand::Rng;
+    for (n, level) in [(2048, 4), (1000, 4), (37, 2), (9, 1)] {
+        let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+        let y = wavelet::waverec(&wavelet::wavedec(&x, level), n);
+        let err = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-10, "n={n} level={level} err={err}");
+    }
+    let lay = TokenLayout::new(2048, 4, 32);
+    let x: Vec<f32> = (0..2048)
+        .map(|i| ((i as f32) * 0.013).cos() + 0.1)
+        .collect();
+    let p = lay.encode(&x);
+    assert_eq!(p.len(), 65 * 32);
+    assert!(p[2074..].iter().all(|&v| v == 0.0), "padding is zero");
+    let y = lay.decode(&p);
+    let err = x
+        .iter()
+        .zip(&y)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn model_shapes_through_encode_and_decode() {
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    let mut rng = seeded(&dev, 1);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let model = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let b = 3;
+    let mut flat = Vec::new();
+    for i in 0..b {
+        let x: Vec<f32> = (0..2048)
+            .map(|j| ((j + 100 * i) as f32 * 0.01).sin())
+            .collect();
+        flat.extend(lay.encode(&x));
+    }
+    let patches = tensor_from(flat, [b, lay.n_patches, lay.patch], &dev);
+    let dom = Tensor::<1, Int>::from_ints([0, 1, 4], &dev);
+    let mask = tensor_from(
+        losses::block_mask(lay.n_patches * b, 0.2, 3, &mut rng)
+            .iter()
+            .map(|&m| m as u8 as f32)
+            .collect(),
+        [b, lay.n_patches],
+        &dev,
+    );
+    let out = model.forward(patches.clone(), dom.clone(), Some(mask));
+    assert_eq!(out.hidden.dims(), [b, 67, 32]);
+    assert_eq!(out.recon.dims(), [b, 65, 32]);
+    assert_eq!(out.chem.mu.dims(), [b, 8]);
+    assert_eq!(out.chem.logvar.dims(), [b, 8]);
+    assert_eq!(out.inst.mu.dims(), [b, 4]);
+    assert_eq!(out.chem.sample().dims(), [b, 8]);
+    let rec = to_vec(out.recon);
+    assert!(rec.iter().all(|v| v.is_finite()));
+    for i in 0..b {
+        let spec = lay.decode(&rec[i * lay.padded()..(i + 1) * lay.padded()]);
+        assert_eq!(spec.len(), 2048);
+    }
+    assert_eq!(model.predict(patches, dom).dims(), [b, 2]);
+    let mut bad = cfg.clone();
+    bad.layers = "mx".into();
+    assert!(SpektronModel::new(&bad, &mut rng, &dev).is_err());
+}
+
+fn t2(v: Vec<f32>, r: usize, c: usize) -> Tensor<2> {
+    tensor_from(v, [r, c], &DeviceSpec::Cpu.device().unwrap())
+}
+
+fn s(t: Tensor<1>) -> f32 {
+    to_vec(t)[0]
+}
+
+#[test]
+fn block_mask_count_and_blocks() {
+    let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 9);
+    for n in [10, 65, 127] {
+        let m = losses::block_mask(n, 0.2, 3, &mut rng);
+        let target = (0.2 * n as f64).round() as usize;
+        assert_eq!(m.iter().filter(|&&v| v).count(), target, "n={n}");
+    }
+    // One block covering everything asked for: a single contiguous run.
+    let m = losses::block_mask(20, 0.25, 5, &mut rng);
+    let first = m.iter().position(|&v| v).unwrap();
+    assert!(m[first..first + 5].iter().all(|&v| v));
+    assert_eq!(m.iter().filter(|&&v| v).count(), 5);
+}
+
+#[test]
+fn masked_mse_hand_case() {
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    // B=1, P=2, K=2: patch 0 error (1,1) → 1, patch 1 error (2,0) → 2; only patch 1 masked.
+    let p = tensor_from(vec![1.0, 1.0, 2.0, 0.0], [1, 2, 2], &dev);
+    let t = tensor_from(vec![0.0; 4], [1, 2, 2], &dev);
+    let m = t2(vec![0.0, 1.0], 1, 2);
+    assert!((s(losses::masked_mse(p.clone(), t.clone(), m)) - 2.0).abs() < 1e-6);
+    let m = t2(vec![1.0, 1.0], 1, 2);
+    assert!((s(losses::masked_mse(p.clone(), t.clone(), m)) - 1.5).abs() < 1e-6);
+    assert!((s(losses::mse(p, t)) - 1.5).abs() < 1e-6);
+}
+
+#[test]
+fn info_nce_hand_cases() {
+    // Orthogonal matching pairs with small τ: loss → 0.
+    let a = t2(vec![1.0, 0.0, 0.0, 1.0], 2, 2);
+    assert!(s(losses::info_nce(a.clone(), a, 0.01)) < 1e-6);
+    // All rows identical: every candidate equally likely → ln(B).
+    let a = t2(vec![1.0, 2.0, 1.0, 2.0, 1.0, 2.0], 3, 2);
+    assert!((s(losses::info_nce(a.clone(), a, 0.1)) - 3f32.ln()).abs() < 1e-5);
+}
+
+#[test]
+fn sinkhorn_hand_cases() {
+    // Well-separated points (distance ≫ ε): the plan is the identity matching.
+    let x = t2(vec![0.0, 0.0, 5.0, 0.0, 0.0, 5.0], 3, 2);
+    assert!(s(losses::sinkhorn(x.clone(), x.clone(), 0.05, 100)) < 1e-4);
+    // Translating one cloud by c costs |c|² = 0.09 + 0.16.
+    let y = x.clone() + t2(vec![0.3, 0.4], 1, 2);
+    assert!((s(losses::sinkhorn(x, y, 0.05, 100)) - 0.25).abs() < 1e-3);
+}
+
+#[test]
+fn physics_and_kl_hand_cases() {
+    let ramp: Vec<f32> = (0..10).map(|i| 2.0 * i as f32 + 1.0).collect();
+    assert!(s(losses::smoothness(t2(ramp.clone(), 1, 10))) < 1e-8);
+    let quad: Vec<f32> = (0..10).map(|i| (i * i) as f32).collect();
+    // Second difference of i² is 2 everywhere → 4.
+    assert!((s(losses::smoothness(t2(quad.clone(), 1, 10))) - 4.0).abs() < 1e-4);
+    assert!((s(losses::nonneg(t2(vec![-1.0, 2.0], 1, 2))) - 0.5).abs() < 1e-6);
+    let shifted: Vec<f32> = quad.iter().map(|v| v + 3.0).collect();
+    assert!(
+        s(losses::derivative(
+            t2(shifted, 1, 10),
+            t2(quad.clone(), 1, 10)
+        )) < 1e-8
+    );
+    // Δ(i²) − Δ(ramp) = (2i+1) − 2 → mean of (2i−1)² for i=0..8 = 969/9... computed literally.
+    let want: f32 = (0..9)
+        .map(|i| ((2 * i + 1) as f32 - 2.0).powi(2))
+        .sum::<f32>()
+        / 9.0;
+    assert!((s(losses::derivative(t2(quad, 1, 10), t2(ramp, 1, 10))) - want).abs() < 1e-3);
+    assert!(
+        s(losses::vib_kl(
+            t2(vec![0.0; 6], 2, 3),
+            t2(vec![0.0; 6], 2, 3)
+        ))
+        .abs()
+            < 1e-7
+    );
+    // μ = 1 in 3 dims: 0.5·3 per sample.
+    assert!(
+        (s(losses::vib_kl(
+            t2(vec![1.0; 6], 2, 3),
+            t2(vec![0.0; 6], 2, 3)
+        )) - 1.5)
+            .abs()
+            < 1e-6
+    );
+    // σ² = e: 0.5·(e − 1 − 1) per dim.
+    let kl = s(losses::vib_kl(
+        t2(vec![0.0; 2], 1, 2),
+        t2(vec![1.0; 2], 1, 2),
+    ));
+    assert!((kl - (std::f32::consts::E - 2.0)).abs() < 1e-5);
+}
+
+fn tiny_pretrain_cfg() -> spx::spektron::config::SpektronConfig {
+    let mut c = Config::default().spektron;
+    c.model = tiny_model_cfg();
+    c.pretrain.batch = 8;
+    c.pretrain.steps = 30;
+    c.pretrain.lr = 2e-3;
+    c.pretrain.warmup = 3;
+    c.pretrain.val_fraction = 0.2;
+    c.pretrain.val_batches = 2;
+    c.pretrain.val_every = 10;
+    c.pretrain.checkpoint_every = 15;
+    c.synth.n = 120;
+    c
+}
+
+#[test]
+fn lr_schedule_warmup_then_cosine() {
+    let mut p = Config::default().spektron.pretrain;
+    p.lr = 1.0;
+    p.warmup = 10;
+    p.steps = 110;
+    use spx::spektron::model::pretrain::lr_at;
+    assert!((lr_at(0, &p) - 0.1).abs() < 1e-12);
+    assert!((lr_at(9, &p) - 1.0).abs() < 1e-12);
+    assert!((lr_at(10, &p) - 1.0).abs() < 1e-12);
+    assert!((lr_at(60, &p) - 0.5).abs() < 1e-12);
+    assert!(lr_at(110, &p).abs() < 1e-12);
+}
+
+#[test]
+fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
+    use burn::module::Module;
+    use spx::spektron::model::{checkpoint, pretrain};
+    let dir = tempfile::tempdir().unwrap();
+    let c = tiny_pretrain_cfg();
+    let corpus = dir.path().join("synth.h5");
+    spx::spektron::data::synth::write_synth_corpus(
+        &corpus,
+        5,
+        &c.synth,
+        &c.corpus,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let out = dir.path().join("run");
+    let (model, rep) = pretrain::pretrain(
+        &corpus,
+        &out,
+        &c,
+        &dev,
+        11,
+        None,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let first = rep.initial_val.clone().unwrap();
+    let last = rep.log.last().unwrap().val.clone().unwrap();
+    assert_eq!(rep.log.len(), 30);
+    assert!(
+        last.msrp < 0.8 * first.msrp,
+        "val MSRP {} → {}",
+        first.msrp,
+        last.msrp
+    );
+    assert!(rep.spectra_per_s > 0.0);
+    assert!(out.join("checkpoints/step-0000015/model.bpk").is_file());
+
+    // Save → load → identical outputs.
+    let mut rng = seeded(&dev, 99);
+    let fresh = SpektronModel::new(&c.model, &mut rng, &dev).unwrap();
+    let (loaded, st) = checkpoint::load(&rep.checkpoint, fresh).unwrap();
+    assert_eq!(st.step, 30);
+    assert_eq!(st.log.len(), 30);
+    let lay = c.model.layout();
+    let x: Vec<f32> = (0..2 * 2048).map(|j| ((j as f32) * 0.007).sin()).collect();
+    let flat: Vec<f32> = x.chunks(2048).flat_map(|s| lay.encode(s)).collect();
+    let p = tensor_from(flat, [2, lay.n_patches, lay.patch], &dev);
+    let d = Tensor::<1, Int>::from_ints([0, 2], &dev);
+    let a = to_vec(model.valid().forward(p.clone(), d.clone(), None).recon);
+    let b = to_vec(loaded.valid().forward(p, d, None).recon);
+    assert_eq!(a, b);
+
+    // Resume continues from the stored step.
+    let mut c2 = c.clone();
+    c2.pretrain.steps = 33;
+    let (_, rep2) = pretrain::pretrain(
+        &corpus,
+        &out,
+        &c2,
+        &dev,
+        11,
+        Some(&rep.checkpoint),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    assert_eq!(rep2.start_step, 30);
+    assert_eq!(rep2.log.len(), 33);
+}
+
+#[test]
+fn lora_step_changes_only_adapters_and_heads_and_merges() {
+    use burn::module::Module;
+    use spx::spektron::model::finetune::{self, FinetuneMode, Labelled};
+    use spx::spektron::model::lora;
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let mut rng = seeded(&dev, 4);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let before = lora::snapshot(&m);
+    let x: Vec<f32> = (0..6 * 2048)
+        .map(|j| ((j % 2048) as f32 * 0.01 * (1.0 + (j / 2048) as f32 * 0.1)).sin())
+        .collect();
+    let y: Vec<f32> = (0..12).map(|i| i as f32 * 0.3).collect();
+    let modality = [2i8; 6];
+    let mut fc = Config::default().spektron.finetune;
+    fc.mode = FinetuneMode::Lora;
+    fc.lora_rank = 2;
+    fc.lora_alpha = 4.0;
+    fc.epochs = 2;
+    fc.batch = 6;
+    fc.lr = 1e-2;
+    fc.patience = 0;
+    let data = Labelled {
+        x: &x,
+        y: &y,
+        modality: &modality,
+    };
+    let (ft, rep) = finetune::finetune(m, &lay, &data, &fc, &dev, 1).unwrap();
+    assert_eq!(rep.epochs_run, 2);
+    let after = lora::snapshot(&ft);
+    let mut adapters = 0;
+    for (k, v) in &after {
+        if k.contains(".lora.") {
+            adapters += 1;
+            continue;
+        }
+        let old = &before[k];
+        let trainable = k.starts_with("heads.regress") || k.starts_with("heads.vib_chem");
+        let adapted =
+            k.ends_with("query.weight") || k.ends_with("key.weight") || k.ends_with("value.weight");
+        if trainable {
+            assert_ne!(old, v, "{k} should have been trained");
+        } else if !adapted {
+            assert_eq!(old, v, "{k} must stay frozen");
+        }
+    }
+    // 2 attention blocks × Q/K/V × (a, b).
+    assert_eq!(adapters, 12);
+    // Some B factor left zero-initialisation: the adapters were trained.
+    assert!(
+        after
+            .iter()
+            .filter(|(k, _)| k.ends_with(".lora.b"))
+            .any(|(_, v)| v.iter().any(|&b| b != 0.0))
+    );
+    // Merged (materialised) weights give the same outputs as base + adapters.
+    let p = finetune::patches(&lay, &x, &[0, 1, 2], &dev);
+    let d = Tensor::<1, Int>::from_ints([2, 2, 2], &dev);
+    let a = to_vec(ft.valid().forward(p.clone(), d.clone(), None).recon);
+    let merged = ft.valid().materialize();
+    assert!(!lora::snapshot(&merged).keys().any(|k| k.contains(".lora.")));
+    let b = to_vec(merged.forward(p, d, None).recon);
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0.0, f32::max);
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn ttt_updates_only_norm_layers() {
+    use spx::spektron::model::finetune::{self, TttConfig};
+    use spx::spektron::model::lora;
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let mut rng = seeded(&dev, 6);
+    let cfg = tiny_model_cfg();
+    let lay = cfg.layout();
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let before = lora::snapshot(&m);
+    let x: Vec<f32> = (0..4 * 2048)
+        .map(|j| ((j % 2048) as f32 * 0.02).cos())
+        .collect();
+    let tc = TttConfig {
+        steps: 3,
+        lr: 1e-2,
+        mask_ratio: 0.15,
+        batch: 4,
+    };
+    let (m2, hist) = finetune::ttt(m, &lay, &x, &[0; 4], &tc, 3, &dev, 2).unwrap();
+    assert_eq!(hist.len(), 3);
+    let after = lora::snapshot(&m2);
+    let mut changed = 0;
+    for (k, v) in &after {
+        let is_norm = k.ends_with("gamma") || k.ends_with("beta");
+        if is_norm {
+            changed += usize::from(&before[k] != v);
+        } else {
+            assert_eq!(&before[k], v, "{k} is not a norm parameter");
+        }
+    }
+    // 2 Mamba norms + 2×2 Transformer norms + final norm, γ and β each.
+    assert_eq!(changed, 14);
+}
+
+#[test]
+fn cli_pretrain_writes_log_curve_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_spx");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(bin)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    run(&[
+        "-q",
+        "--set",
+        "spektron.synth.n=60",
+        "--out",
+        "c.h5",
+        "spektron",
+        "corpus",
+        "synth",
+    ]);
+    let sets = [
+        "spektron.model.d_model=16",
+        "spektron.model.n_heads=2",
+        "spektron.model.d_ff=32",
+        "spektron.model.layers=mt",
+        "spektron.model.d_state=4",
+        "spektron.pretrain.warmup=1",
+        "spektron.pretrain.val_every=2",
+    ];
+    let mut args = vec!["--json"];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    args.extend([
+        "--out", "run", "spektron", "pretrain", "--corpus", "c.h5", "--steps", "4", "--batch", "4",
+    ]);
+    let o = run(&args);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["steps_done"], 4);
+    assert_eq!(v["tokens"], 67);
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/loss_log.json")).unwrap())
+            .unwrap();
+    assert_eq!(log["log"].as_array().unwrap().len(), 4);
+    assert!(dir.path().join("run/loss_curve.png").is_file());
+    assert!(dir.path().join("run/checkpoints/last/model.bpk").is_file());
+    assert!(dir.path().join("run/spx-config.toml").is_file());
+}
