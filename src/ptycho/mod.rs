@@ -8,7 +8,9 @@
 pub mod data;
 pub mod fft;
 pub mod grouping;
+pub mod losses;
 pub mod object;
+pub mod physics;
 pub mod probe;
 pub mod simulate;
 

@@ -1,0 +1,190 @@
+//! PtychoPINN parts: differentiable forward model, losses, model, training, metrics, ePIE.
+
+use burn::tensor::{Device, Tensor};
+use ndarray::Array2;
+use num_complex::Complex64;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use spx::backend::{tensor_from, to_vec};
+use spx::ptycho::fft::{Fft2, far_field_intensity};
+use spx::ptycho::losses;
+use spx::ptycho::physics::{self, Cplx, GroupGeometry};
+
+fn random_field(n: usize, rng: &mut ChaCha8Rng) -> Array2<Complex64> {
+    Array2::from_shape_fn((n, n), |_| {
+        Complex64::new(rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0))
+    })
+}
+
+fn to_cplx(a: &Array2<Complex64>, dev: &Device) -> Cplx<4> {
+    let n = a.nrows();
+    let re: Vec<f32> = a.iter().map(|z| z.re as f32).collect();
+    let im: Vec<f32> = a.iter().map(|z| z.im as f32).collect();
+    Cplx::new(
+        tensor_from(re, [1, 1, n, n], dev),
+        tensor_from(im, [1, 1, n, n], dev),
+    )
+}
+
+/// The burn FFT path equals the host rustfft diffraction used by the simulator, for P·O.
+#[test]
+fn burn_forward_matches_host_diffraction() {
+    let dev = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for n in [16usize, 64] {
+        let p = random_field(n, &mut rng);
+        let o = random_field(n, &mut rng);
+        let psi = &p * &o;
+        let host = far_field_intensity(&Fft2::new(n), &psi).mapv(f64::sqrt);
+        let amp = to_vec(physics::forward_amplitude(
+            &to_cplx(&p, &dev),
+            to_cplx(&o, &dev),
+        ));
+        let scale = host.iter().cloned().fold(0.0, f64::max);
+        let err = host
+            .iter()
+            .zip(&amp)
+            .map(|(h, a)| (h - *a as f64).abs())
+            .fold(0.0, f64::max);
+        assert!(err < 1e-4 * scale, "N={n}: max err {err} (scale {scale})");
+        // a point source at the centre gives a flat amplitude 1/N
+        let mut d = Array2::zeros((n, n));
+        d[[3, 5]] = Complex64::new(1.0, 0.0);
+        let flat = to_vec(physics::diffract_amplitude(to_cplx(&d, &dev)));
+        assert!(
+            flat.iter()
+                .all(|v| (*v as f64 - 1.0 / n as f64).abs() < 1e-5)
+        );
+    }
+}
+
+/// Autodiff gradient of a weighted amplitude sum through ψ = P·O and the two cffts equals
+/// central finite differences.
+#[test]
+fn forward_gradient_matches_finite_differences() {
+    let n = 8;
+    let host = Device::flex();
+    let ad = host.clone().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let p = random_field(n, &mut rng);
+    let o = random_field(n, &mut rng);
+    let w: Vec<f32> = (0..n * n).map(|_| rng.random_range(0.5..1.5)).collect();
+    let o_re: Vec<f32> = o.iter().map(|z| z.re as f32).collect();
+    let o_im: Vec<f32> = o.iter().map(|z| z.im as f32).collect();
+    let loss_of = |re: Vec<f32>, im: Vec<f32>, dev: &Device| -> (Tensor<4>, Tensor<4>, Tensor<1>) {
+        let mut re = tensor_from(re, [1, 1, n, n], dev);
+        let mut im = tensor_from(im, [1, 1, n, n], dev);
+        if dev.is_autodiff() {
+            re = re.require_grad();
+            im = im.require_grad();
+        }
+        let amp = physics::forward_amplitude(&to_cplx(&p, dev), Cplx::new(re.clone(), im.clone()));
+        let loss = (amp * tensor_from(w.clone(), [1, 1, n, n], dev)).sum();
+        (re, im, loss)
+    };
+    let (re, im, loss) = loss_of(o_re.clone(), o_im.clone(), &ad);
+    let grads = loss.backward();
+    let g_re = to_vec(re.grad(&grads).unwrap());
+    let g_im = to_vec(im.grad(&grads).unwrap());
+    let h = 1e-2f32;
+    for idx in [0usize, 9, 27, 63] {
+        for (part, g) in [(0, &g_re), (1, &g_im)] {
+            let mut plus = (o_re.clone(), o_im.clone());
+            let mut minus = (o_re.clone(), o_im.clone());
+            if part == 0 {
+                plus.0[idx] += h;
+                minus.0[idx] -= h;
+            } else {
+                plus.1[idx] += h;
+                minus.1[idx] -= h;
+            }
+            let lp: f32 = loss_of(plus.0, plus.1, &host).2.into_scalar();
+            let lm: f32 = loss_of(minus.0, minus.1, &host).2.into_scalar();
+            let fd = (lp - lm) / (2.0 * h);
+            assert!(
+                (fd - g[idx]).abs() < 2e-2 * (1.0 + fd.abs()),
+                "part {part} idx {idx}: autodiff {} vs fd {fd}",
+                g[idx]
+            );
+        }
+    }
+}
+
+#[test]
+fn losses_on_hand_made_cases() {
+    let dev = Device::flex();
+    let pred = tensor_from(vec![1.0, 2.0, 0.5, 3.0], [4], &dev);
+    let obs = tensor_from(vec![1.0, 1.0, 2.0, 3.0], [4], &dev);
+    // λ − y ln λ with λ = pred², y = obs²
+    let expect_nll = [(1.0, 1.0), (4.0, 1.0), (0.25, 4.0), (9.0, 9.0)]
+        .iter()
+        .map(|(l, y): &(f64, f64)| l - y * l.ln())
+        .sum::<f64>()
+        / 4.0;
+    let nll: f32 = losses::poisson_nll(pred.clone(), obs.clone()).into_scalar();
+    assert!(
+        (nll as f64 - expect_nll).abs() < 1e-5,
+        "{nll} vs {expect_nll}"
+    );
+    let mae: f32 = losses::mae(pred.clone(), obs.clone()).into_scalar();
+    assert!((mae - (0.0 + 1.0 + 1.5 + 0.0) / 4.0).abs() < 1e-6);
+    let both: f32 = losses::combined(pred.clone(), obs.clone(), 0.5, 2.0).into_scalar();
+    assert!((both as f64 - (0.5 * expect_nll + 2.0 * mae as f64)).abs() < 1e-5);
+    // NLL is minimised at pred = obs (derivative 2p − 2y/p = 0)
+    let at = |p: f32| -> f32 {
+        losses::poisson_nll(
+            tensor_from(vec![p], [1], &dev),
+            tensor_from(vec![1.5], [1], &dev),
+        )
+        .into_scalar()
+    };
+    assert!(at(1.5) < at(1.45) && at(1.5) < at(1.55));
+}
+
+/// Integer and half-pixel shift matrices; merging one patch at zero offset and re-extracting
+/// returns the patch (centre region, divided by 1 + 1e-3); shifted channels land shifted.
+#[test]
+fn merge_and_extract_geometry() {
+    // out[i] = in[i − 2]
+    let m = physics::shift_matrix(6, 6, 0.0, 0.0, 2.0);
+    let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let y: Vec<f32> = (0..6)
+        .map(|i| (0..6).map(|j| m[i * 6 + j] * x[j]).sum())
+        .collect();
+    assert_eq!(y, vec![0.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
+    let m = physics::shift_matrix(4, 4, 0.0, 0.0, 0.5);
+    assert_eq!(&m[4..8], &[0.5, 0.5, 0.0, 0.0]);
+
+    let dev = Device::flex();
+    let n = 8;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let o = random_field(n, &mut rng);
+    let geo = GroupGeometry::new(&[vec![(0.0, 0.0)]], n, physics::padded_size(n, 1), &dev);
+    let (trim, patches) = geo.merge_extract(to_cplx(&o, &dev));
+    let t = to_vec(trim.re.clone());
+    let p = to_vec(patches.re);
+    assert_eq!(t, p);
+    for r in n / 4..3 * n / 4 {
+        for c in n / 4..3 * n / 4 {
+            let v = t[r * n + c] as f64;
+            assert!((v - o[[r, c]].re / 1.001).abs() < 1e-5);
+        }
+    }
+    // two groups in one batch stay separate: group 1 shifted by (dx, dy) = (1, 2)
+    let geo = GroupGeometry::new(&[vec![(0.0, 0.0)], vec![(1.0, 2.0)]], n, 20, &dev);
+    let two = Cplx::new(
+        Tensor::cat(vec![to_cplx(&o, &dev).re; 2], 0),
+        Tensor::cat(vec![to_cplx(&o, &dev).im; 2], 0),
+    );
+    let (trim, _) = geo.merge_extract(two);
+    let t = to_vec(trim.re);
+    // region = T(−r)[pad O]: content moves by −r, so trimmed[r][c] = O[r + 2][c + 1]/1.001
+    for r in n / 4..3 * n / 4 - 2 {
+        for c in n / 4..3 * n / 4 - 1 {
+            let v0 = t[r * n + c] as f64;
+            let v1 = t[n * n + r * n + c] as f64;
+            assert!((v0 - o[[r, c]].re / 1.001).abs() < 1e-5);
+            assert!((v1 - o[[r + 2, c + 1]].re / 1.001).abs() < 1e-5, "{r} {c}");
+        }
+    }
+}
