@@ -9,10 +9,12 @@ pub mod data;
 pub mod fft;
 pub mod grouping;
 pub mod losses;
+pub mod model;
 pub mod object;
 pub mod physics;
 pub mod probe;
 pub mod simulate;
+pub mod train;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +28,7 @@ pub use simulate::{Noise, SimConfig, Simulated};
 pub struct PtychoConfig {
     pub group: GroupConfig,
     pub simulate: SimConfig,
+    pub pinn: train::PinnConfig,
 }
 
 /// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`
