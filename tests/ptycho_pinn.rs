@@ -303,3 +303,141 @@ fn forward_shapes_training_and_checkpoint() {
     let b = train::predict_objects(&loaded, &shape2, &data, &sim.raw.probe, &cfg, 8, &dev, &pb);
     assert_eq!(a, b);
 }
+
+// ---------------------------------------------------------------------------------------------
+// metrics, stitching, ePIE
+
+use spx::ptycho::epie::{EpieConfig, epie};
+use spx::ptycho::metrics;
+use spx::ptycho::stitch::stitch;
+
+#[test]
+fn metrics_closed_forms() {
+    let gt = Array2::from_shape_fn((12, 12), |(r, c)| ((r * 7 + c * 3) % 5) as f64 * 0.2);
+    let pred = &gt + 0.1;
+    // MSE = 0.01 → PSNR = 20 dB at peak 1, 10·log10(255²/0.01) at peak 255
+    assert!((metrics::psnr(&gt, &pred, 1.0) - 20.0).abs() < 1e-9);
+    assert!(
+        (metrics::psnr(&gt, &pred, 255.0) - 10.0 * (255.0f64 * 255.0 / 0.01).log10()).abs() < 1e-9
+    );
+    assert!((metrics::mae(&gt, &pred) - 0.1).abs() < 1e-12);
+    assert!((metrics::ssim(&gt, &gt, 0.8) - 1.0).abs() < 1e-12);
+    assert!(metrics::ssim(&gt, &pred.mapv(|v| v * 0.3), 0.8) < 0.9);
+    let curve = metrics::frc(&gt, &gt);
+    assert!(curve.iter().all(|v| (v - 1.0).abs() < 1e-9), "{curve:?}");
+    assert_eq!(
+        metrics::frc_threshold(&curve, 0.5),
+        (curve.len() - 1) as f64
+    );
+    assert!((metrics::frc_threshold(&[1.0, 0.8, 0.4, 0.1], 0.5) - 1.75).abs() < 1e-12);
+    // plane removal
+    let plane = Array2::from_shape_fn((9, 11), |(r, c)| 0.1 * c as f64 - 0.2 * r as f64 + 0.3);
+    assert!(
+        metrics::remove_phase_plane(&plane)
+            .iter()
+            .all(|v| v.abs() < 1e-9)
+    );
+    // global scale and phase are aligned away
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let truth = Array2::from_shape_fn((24, 24), |_| {
+        num_complex::Complex32::from_polar(
+            rng.random_range(0.5f32..1.5),
+            rng.random_range(-0.5f32..0.5),
+        )
+    });
+    let off = truth.mapv(|z| z * num_complex::Complex32::from_polar(2.5, 0.7));
+    let m = metrics::evaluate(&off, &truth, 2);
+    assert!((m.amp_scale - 0.4).abs() < 1e-5, "{m:?}");
+    assert!(m.amp_mae < 1e-5 && m.phase_mae < 1e-5, "{m:?}");
+    assert!((m.amp_ssim - 1.0).abs() < 1e-6);
+}
+
+/// Crops of a known image at integer group centroids stitch back into the image.
+#[test]
+fn stitch_reassembles_known_image() {
+    let img = Array2::from_shape_fn((48, 48), |(r, c)| {
+        num_complex::Complex32::new((r * 48 + c) as f32, -(c as f32))
+    });
+    let n = 16;
+    let offs = [(20.0, 20.0), (26.0, 22.0), (22.0, 28.0), (28.0, 26.0)];
+    let objs: Vec<_> = offs
+        .iter()
+        .map(|&(x, y): &(f64, f64)| {
+            Array2::from_shape_fn((n, n), |(i, j)| {
+                img[[y as usize - n / 2 + i, x as usize - n / 2 + j]]
+            })
+        })
+        .collect();
+    let m = 8;
+    let (canvas, mean) = stitch(&objs, &offs, m);
+    assert_eq!(mean, (24.0, 24.0));
+    let size = canvas.nrows();
+    let pad = (size - m) / 2;
+    let mut checked = 0;
+    for i in 0..size {
+        for j in 0..size {
+            let v = canvas[[i, j]];
+            if v.norm() == 0.0 {
+                continue;
+            }
+            let (r, c) = (24 - m / 2 - pad + i, 24 - m / 2 - pad + j);
+            assert!(
+                (v - img[[r, c]]).norm() < 1e-2,
+                "({i},{j}) {v} vs {}",
+                img[[r, c]]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * m * m - 100, "only {checked} pixels covered");
+}
+
+/// ePIE on noise-free simulated data: the Fourier error falls by a large factor and the
+/// object amplitude approaches the truth in the scanned area.
+#[test]
+fn epie_reconstructs_simulated_object() {
+    let mut pc = PtychoConfig::default();
+    pc.simulate.n = 16;
+    pc.simulate.object_size = 40;
+    pc.simulate.nlines = 30;
+    pc.simulate.n_positions = 120;
+    pc.simulate.buffer = 8.0;
+    pc.simulate.noise = spx::ptycho::Noise::None;
+    pc.simulate.probe_scale = 0.7;
+    let sim = spx::ptycho::simulate::simulate(&pc.simulate, 4, &indicatif::ProgressBar::hidden())
+        .unwrap();
+    // integer positions, so the model has no sub-pixel mismatch
+    let x: Vec<f64> = sim.raw.xcoords.iter().map(|v| v.round()).collect();
+    let y: Vec<f64> = sim.raw.ycoords.iter().map(|v| v.round()).collect();
+    let truth = sim.raw.object.clone().unwrap();
+    let plan = Fft2::new(16);
+    let diff = ndarray::Array3::from_shape_fn((x.len(), 16, 16), |(k, r, c)| {
+        let patch = spx::ptycho::simulate::extract_patch(&truth, x[k], y[k], 16);
+        let psi = spx::ptycho::simulate::exit_wave(&sim.raw.probe, &patch);
+        far_field_intensity(&plan, &psi)[[r, c]].sqrt() as f32
+    });
+    let cfg = EpieConfig {
+        iterations: 40,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let r = epie(
+        diff.view(),
+        &x,
+        &y,
+        &sim.raw.probe,
+        truth.dim(),
+        &cfg,
+        1,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
+    let e = &r.errors;
+    assert!(e[e.len() - 1] < 0.05 * e[0], "errors {e:?}");
+    let m = metrics::evaluate(
+        &r.object.slice(ndarray::s![12..28, 12..28]).to_owned(),
+        &truth.slice(ndarray::s![12..28, 12..28]).to_owned(),
+        0,
+    );
+    assert!(m.amp_mae < 0.05, "{m:?}");
+}

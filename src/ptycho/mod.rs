@@ -6,14 +6,17 @@
 //! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
 
 pub mod data;
+pub mod epie;
 pub mod fft;
 pub mod grouping;
 pub mod losses;
+pub mod metrics;
 pub mod model;
 pub mod object;
 pub mod physics;
 pub mod probe;
 pub mod simulate;
+pub mod stitch;
 pub mod train;
 
 use serde::{Deserialize, Serialize};
