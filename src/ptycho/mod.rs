@@ -6,6 +6,7 @@
 //! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
 
 pub mod data;
+pub mod dose;
 pub mod epie;
 pub mod fft;
 pub mod grouping;
