@@ -441,3 +441,127 @@ fn epie_reconstructs_simulated_object() {
     );
     assert!(m.amp_mae < 0.05, "{m:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// CLI: simulate → train → infer (+ ePIE), files read back
+
+fn spx(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spx"))
+        .args([
+            "--out",
+            dir.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--json",
+            "-q",
+        ])
+        .args([
+            "--set",
+            "ptycho.simulate.object_size=40",
+            "--set",
+            "ptycho.simulate.nlines=30",
+            "--set",
+            "ptycho.simulate.buffer=8",
+            "--set",
+            "ptycho.simulate.plot=false",
+            "--set",
+            "ptycho.group.neighbor_count=4",
+            "--set",
+            "ptycho.pinn.model.filters_base=8",
+            "--set",
+            "ptycho.pinn.model.border_filters=4",
+            "--set",
+            "ptycho.pinn.stitch_crop=8",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn cli_train_infer_epie() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    spx(
+        &d.join("sim"),
+        &[
+            "ptycho",
+            "simulate",
+            "--size",
+            "16",
+            "--positions",
+            "64",
+            "--nphotons",
+            "1e6",
+        ],
+    );
+    let npz = d.join("sim/ptycho_sim.npz");
+    let t = spx(
+        &d.join("model"),
+        &[
+            "ptycho",
+            "train",
+            "--data",
+            npz.to_str().unwrap(),
+            "--epochs",
+            "2",
+        ],
+    );
+    assert_eq!(t["epochs_run"], 2);
+    // nphotons read from the NPZ: sqrt(1e6)/8
+    assert!((t["intensity_scale_init"].as_f64().unwrap() - 125.0).abs() < 1e-9);
+    for f in [
+        "model.bpk",
+        "model.json",
+        "history.json",
+        "history.png",
+        "spx-config.toml",
+    ] {
+        assert!(d.join("model").join(f).exists(), "{f}");
+    }
+    let hist: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(d.join("model/history.json")).unwrap()).unwrap();
+    assert_eq!(hist.len(), 2);
+    let i = spx(
+        &d.join("inf"),
+        &[
+            "ptycho",
+            "infer",
+            "--model",
+            d.join("model").to_str().unwrap(),
+            "--data",
+            npz.to_str().unwrap(),
+        ],
+    );
+    assert!(i["metrics"]["amp_ssim"].is_number());
+    let mut f = spx::io::npz::NpzFile::open(&d.join("inf/pinn_recon.npz")).unwrap();
+    let obj = f.c64("object").unwrap();
+    let truth = f.c64("truth").unwrap();
+    assert_eq!(obj.shape(), truth.shape());
+    assert!(d.join("inf/pinn_recon.png").exists());
+    let e = spx(
+        &d.join("epie"),
+        &[
+            "ptycho",
+            "epie",
+            "--data",
+            npz.to_str().unwrap(),
+            "--iterations",
+            "5",
+        ],
+    );
+    let errs: Vec<f64> = e["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(errs[4] < errs[0], "{errs:?}");
+    assert!(d.join("epie/epie_recon.npz").exists());
+}

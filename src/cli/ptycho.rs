@@ -258,7 +258,11 @@ fn train_into(
     cfg: &Config,
     raw: &RawData,
     out: &Path,
-) -> Result<(ptycho::train::Trained, ptycho::train::PinnData, TrainSummary)> {
+) -> Result<(
+    ptycho::train::Trained,
+    ptycho::train::PinnData,
+    TrainSummary,
+)> {
     let t0 = std::time::Instant::now();
     let data = ptycho::dose::prepare(raw, &cfg.ptycho.group, cfg.run.seed)?;
     let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
@@ -290,7 +294,10 @@ fn train_into(
     }
     io::plot::line_plot(&out.join("history.png"), &lp)?;
     cfg.write_effective(out)?;
-    let last = t.history.last().context("no epoch ran (ptycho.pinn.train.epochs = 0)")?;
+    let last = t
+        .history
+        .last()
+        .context("no epoch ran (ptycho.pinn.train.epochs = 0)")?;
     let s = TrainSummary {
         model_dir: out.display().to_string(),
         groups: data.len(),
@@ -312,7 +319,11 @@ fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
         flags.push(("ptycho.pinn.nphotons", Value::Float(v), "--nphotons"));
     }
     if let Some(v) = a.epochs {
-        flags.push(("ptycho.pinn.train.epochs", Value::Integer(v as i64), "--epochs"));
+        flags.push((
+            "ptycho.pinn.train.epochs",
+            Value::Integer(v as i64),
+            "--epochs",
+        ));
     }
     if let Some(l) = &a.loss {
         let (n, m) = loss_weights(l)?;
@@ -337,28 +348,34 @@ fn write_recon(out: &Path, stem: &str, r: &ptycho::dose::Recon) -> Result<Vec<St
     io::ensure_dir(out)?;
     let npz = out.join(format!("{stem}.npz"));
     let mut arrays = vec![
-        (
-            "object",
-            NpzArray::C64(r.object.clone().into_dyn()),
-        ),
+        ("object", NpzArray::C64(r.object.clone().into_dyn())),
         (
             "centre_xy",
             NpzArray::F64(ndarray::arr1(&[r.centre.0, r.centre.1]).into_dyn()),
         ),
     ];
     if let Some(t) = &r.truth {
-        arrays.push((
-            "truth",
-            NpzArray::C64(t.clone().into_dyn()),
-        ));
+        arrays.push(("truth", NpzArray::C64(t.clone().into_dyn())));
     }
     io::npz::write_npz(&npz, &arrays, true)?;
     let mut panels = vec![
-        Panel::new("|O| reconstructed", r.object.mapv(|z| z.norm() as f64), ColorMap::Gray),
-        Panel::new("arg O reconstructed", r.object.mapv(|z| z.arg() as f64), ColorMap::Phase),
+        Panel::new(
+            "|O| reconstructed",
+            r.object.mapv(|z| z.norm() as f64),
+            ColorMap::Gray,
+        ),
+        Panel::new(
+            "arg O reconstructed",
+            r.object.mapv(|z| z.arg() as f64),
+            ColorMap::Phase,
+        ),
     ];
     if let Some(t) = &r.truth {
-        panels.push(Panel::new("|O| truth", t.mapv(|z| z.norm() as f64), ColorMap::Gray));
+        panels.push(Panel::new(
+            "|O| truth",
+            t.mapv(|z| z.norm() as f64),
+            ColorMap::Gray,
+        ));
     }
     let png = out.join(format!("{stem}.png"));
     io::plot::image_grid(
@@ -393,7 +410,11 @@ fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     if data.n != shape.n {
         anyhow::bail!(
             "{}: patterns are {}×{} but the model in {} was trained for N = {}",
-            a.data.display(), data.n, data.n, a.model.display(), shape.n
+            a.data.display(),
+            data.n,
+            data.n,
+            a.model.display(),
+            shape.n
         );
     }
     let pb = g.progress().bar(data.len() as u64, "inferring");
@@ -403,7 +424,10 @@ fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     let files = write_recon(out, "pinn_recon", &r)?;
     cfg.write_effective(out)?;
     let secs = t0.elapsed().as_secs_f64();
-    g.say(format!("reconstructed {} groups in {secs:.2} s", data.len()));
+    g.say(format!(
+        "reconstructed {} groups in {secs:.2} s",
+        data.len()
+    ));
     if let Some(m) = &r.metrics {
         g.say(format!(
             "amplitude: MAE {:.4}, PSNR {:.2} dB (peak = max |O_true|) / {:.2} dB (peak 255), SSIM {:.4}, FRC50 {:.1}",
@@ -430,7 +454,11 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
             ((my.ceil() as usize) + n, (mx.ceil() as usize) + n)
         }
     };
-    let ec = ptycho::epie::EpieConfig { iterations: a.iterations, alpha: a.alpha, beta: a.beta };
+    let ec = ptycho::epie::EpieConfig {
+        iterations: a.iterations,
+        alpha: a.alpha,
+        beta: a.beta,
+    };
     let pb = g.progress().bar(a.iterations as u64, "ePIE");
     let r = ptycho::epie::epie(
         raw.diffraction.view(),
@@ -444,8 +472,14 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
     )?;
     pb.finish_and_clear();
     // score on the scanned bounding box
-    let (x0, x1) = raw.xcoords.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let (y0, y1) = raw.ycoords.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let (x0, x1) = raw
+        .xcoords
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let (y0, y1) = raw
+        .ycoords
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
     let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
     let side = (((x1 - x0).min(y1 - y0)) as usize / 2) * 2;
     let crop = ptycho::simulate::extract_patch(&r.object, cx, cy, side)
@@ -457,7 +491,13 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
     let metrics = truth
         .as_ref()
         .and_then(|t| (side > 11).then(|| ptycho::metrics::evaluate(&crop, t, 2)));
-    let rec = ptycho::dose::Recon { object: crop, centre: (cx, cy), truth, metrics, covered: side };
+    let rec = ptycho::dose::Recon {
+        object: crop,
+        centre: (cx, cy),
+        truth,
+        metrics,
+        covered: side,
+    };
     let out = &cfg.run.out_dir;
     let files = write_recon(out, "epie_recon", &rec)?;
     cfg.write_effective(out)?;
@@ -469,7 +509,10 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
         r.errors.last().copied().unwrap_or(f64::NAN)
     ));
     if let Some(m) = &rec.metrics {
-        g.say(format!("amplitude: MAE {:.4}, PSNR {:.2} dB (peak max), SSIM {:.4}, FRC50 {:.1}", m.amp_mae, m.amp_psnr_max, m.amp_ssim, m.amp_frc50));
+        g.say(format!(
+            "amplitude: MAE {:.4}, PSNR {:.2} dB (peak max), SSIM {:.4}, FRC50 {:.1}",
+            m.amp_mae, m.amp_psnr_max, m.amp_ssim, m.amp_frc50
+        ));
     }
     for f in &files {
         g.say(format!("wrote {f}"));
@@ -504,7 +547,13 @@ fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
 }
 
 /// The four-arm study into `out`; returns the JSON summary.
-fn dose_study(g: &Global, cfg: &Config, out: &Path, n_train: usize, n_test: usize) -> Result<serde_json::Value> {
+fn dose_study(
+    g: &Global,
+    cfg: &Config,
+    out: &Path,
+    n_train: usize,
+    n_test: usize,
+) -> Result<serde_json::Value> {
     use ptycho::dose::{Arm, Recon};
     let t0 = std::time::Instant::now();
     let cpu0 = cpu_seconds();
@@ -538,7 +587,16 @@ fn dose_study(g: &Global, cfg: &Config, out: &Path, n_train: usize, n_test: usiz
             let model = burn::module::Module::valid(&t.model);
             let test = ptycho::dose::prepare(&test_raw, &ca.ptycho.group, ca.run.seed)?;
             let pb = g.progress().bar(test.len() as u64, "inferring");
-            let r = ptycho::dose::reconstruct(&model, &t.shape, &test, &test_raw, &ca.ptycho.pinn, 64, &dev, &pb);
+            let r = ptycho::dose::reconstruct(
+                &model,
+                &t.shape,
+                &test,
+                &test_raw,
+                &ca.ptycho.pinn,
+                64,
+                &dev,
+                &pb,
+            );
             pb.finish_and_clear();
             write_recon(&dir, "pinn_recon", &r)?;
             let arm = Arm {
@@ -553,18 +611,32 @@ fn dose_study(g: &Global, cfg: &Config, out: &Path, n_train: usize, n_test: usiz
                 "{tag} {loss}: {} epochs in {:.1} s; amp PSNR {} SSIM {} FRC50 {}",
                 arm.epochs_run,
                 arm.train_seconds,
-                r.metrics.as_ref().map_or("-".into(), |m| format!("{:.2} dB", m.amp_psnr_max)),
-                r.metrics.as_ref().map_or("-".into(), |m| format!("{:.3}", m.amp_ssim)),
-                r.metrics.as_ref().map_or("-".into(), |m| format!("{:.1}", m.amp_frc50)),
+                r.metrics
+                    .as_ref()
+                    .map_or("-".into(), |m| format!("{:.2} dB", m.amp_psnr_max)),
+                r.metrics
+                    .as_ref()
+                    .map_or("-".into(), |m| format!("{:.3}", m.amp_ssim)),
+                r.metrics
+                    .as_ref()
+                    .map_or("-".into(), |m| format!("{:.1}", m.amp_frc50)),
             ));
             arms.push((r, arm));
         }
-        let d0 = test_raw.diffraction.index_axis(ndarray::Axis(0), 0).mapv(|v| ((v as f64) * tr.photon_scale.max(1e-300)).powi(2).ln_1p() / std::f64::consts::LN_10);
+        let d0 = test_raw
+            .diffraction
+            .index_axis(ndarray::Axis(0), 0)
+            .mapv(|v| {
+                ((v as f64) * tr.photon_scale.max(1e-300)).powi(2).ln_1p() / std::f64::consts::LN_10
+            });
         let (nll, mae) = (arms.pop().expect("nll arm"), arms.pop().expect("mae arm"));
         rows_data.push((nph, d0, mae.0, nll.0, mae.1, nll.1));
     }
     let fig = out.join("dose_study.png");
-    let rows: Vec<_> = rows_data.iter().map(|(n, d, rm, rn, am, an)| (*n, d.clone(), rm, rn, am, an)).collect();
+    let rows: Vec<_> = rows_data
+        .iter()
+        .map(|(n, d, rm, rn, am, an)| (*n, d.clone(), rm, rn, am, an))
+        .collect();
     ptycho::dose::dose_figure(&fig, &rows)?;
     let arms: Vec<&Arm> = rows_data.iter().flat_map(|r| [&r.4, &r.5]).collect();
     let summary = serde_json::json!({

@@ -12,14 +12,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::data::RawData;
-use super::grouping::{group, GroupConfig};
+use super::grouping::{GroupConfig, group};
 use super::metrics::{self, Metrics};
 use super::model::{ModelShape, PtychoPinn};
 use super::simulate::extract_patch;
 use super::stitch::stitch;
-use super::train::{predict_objects, PinnConfig, PinnData};
+use super::train::{PinnConfig, PinnData, predict_objects};
 use crate::error::SpxError;
-use crate::io::plot::{image_grid, ColorMap, ImageGrid, Panel};
+use crate::io::plot::{ColorMap, ImageGrid, Panel, image_grid};
 
 /// Group a raw scan for the network.
 pub fn prepare(raw: &RawData, gc: &GroupConfig, seed: u64) -> Result<PinnData, SpxError> {
@@ -78,16 +78,17 @@ pub fn reconstruct(
     pb: &ProgressBar,
 ) -> Recon {
     let objs = predict_objects(model, shape, data, &raw.probe, cfg, batch, dev, pb);
-    let (object, centre) = stitch(&objs, &data.offsets, cfg.stitch_crop);
+    // only the central N/2 square of a group estimate is normalised by the constraint map
+    let (object, centre) = stitch(&objs, &data.offsets, cfg.stitch_crop.min(data.n / 2));
     let size = object.nrows();
     let truth = raw.object.as_ref().map(|o| {
-        extract_patch(o, centre.0, centre.1, size).mapv(|z| Complex32::new(z.re as f32, z.im as f32))
+        extract_patch(o, centre.0, centre.1, size)
+            .mapv(|z| Complex32::new(z.re as f32, z.im as f32))
     });
     let covered = covered_side(&object);
     let metrics = truth.as_ref().and_then(|t| {
-        (covered > 11).then(|| {
-            metrics::evaluate(&centre_crop(&object, covered), &centre_crop(t, covered), 2)
-        })
+        (covered > 11)
+            .then(|| metrics::evaluate(&centre_crop(&object, covered), &centre_crop(t, covered), 2))
     });
     Recon {
         object,
