@@ -110,10 +110,13 @@ pub struct Arm {
     pub metrics: Option<Metrics>,
 }
 
+/// One figure row: dose, log10 diffraction, MAE and NLL reconstructions with their arms.
+pub type FigureRow<'a> = (f64, Array2<f64>, &'a Recon, &'a Recon, &'a Arm, &'a Arm);
+
 /// The 2×3 figure: per dose, log10 diffraction | MAE amplitude | NLL amplitude.
 pub fn dose_figure(
     path: &Path,
-    rows: &[(f64, Array2<f64>, &Recon, &Recon, &Arm, &Arm)],
+    rows: &[FigureRow<'_>],
 ) -> Result<(), SpxError> {
     let mut panels = vec![];
     let label = |a: &Arm| match &a.metrics {

@@ -24,7 +24,7 @@ impl<const D: usize> Cplx<D> {
     }
 
     /// Elementwise complex product (broadcasting like the real ops).
-    pub fn mul(self, o: Cplx<D>) -> Cplx<D> {
+    pub fn cmul(self, o: Cplx<D>) -> Cplx<D> {
         let re = self.re.clone() * o.re.clone() - self.im.clone() * o.im.clone();
         let im = self.re * o.im + self.im * o.re;
         Cplx { re, im }
@@ -57,7 +57,7 @@ pub fn diffract_amplitude<const D: usize>(psi: Cplx<D>) -> Tensor<D> {
 
 /// `ψ = P·O` then the far-field amplitude; `probe` is N×N and broadcasts over leading dims.
 pub fn forward_amplitude(probe: &Cplx<4>, obj: Cplx<4>) -> Tensor<4> {
-    diffract_amplitude(obj.mul(probe.clone()))
+    diffract_amplitude(obj.cmul(probe.clone()))
 }
 
 /// The 1-D linear map `out[i] = in[i − t]` (linear interpolation, zero fill) from a length

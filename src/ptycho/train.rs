@@ -314,6 +314,7 @@ pub fn load_model(dir: &Path, dev: &Device) -> Result<(PtychoPinn, ModelShape), 
 
 /// Merged object of each group (complex N×N) for inference, in batches; the input is scaled
 /// by the same initial intensity scale as in training.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_objects(
     model: &PtychoPinn,
     shape: &ModelShape,
