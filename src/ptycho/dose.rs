@@ -114,10 +114,7 @@ pub struct Arm {
 pub type FigureRow<'a> = (f64, Array2<f64>, &'a Recon, &'a Recon, &'a Arm, &'a Arm);
 
 /// The 2×3 figure: per dose, log10 diffraction | MAE amplitude | NLL amplitude.
-pub fn dose_figure(
-    path: &Path,
-    rows: &[FigureRow<'_>],
-) -> Result<(), SpxError> {
+pub fn dose_figure(path: &Path, rows: &[FigureRow<'_>]) -> Result<(), SpxError> {
     let mut panels = vec![];
     let label = |a: &Arm| match &a.metrics {
         Some(m) => format!(
