@@ -302,6 +302,7 @@ fn forward_shapes_training_and_checkpoint() {
     let a = train::predict_objects(&t.model, &t.shape, &data, &sim.raw.probe, &cfg, 8, &ad, &pb);
     let b = train::predict_objects(&loaded, &shape2, &data, &sim.raw.probe, &cfg, 8, &dev, &pb);
     assert_eq!(a, b);
+    assert!(a.1.iter().all(|w| w.iter().all(|v| *v == 0.0 || *v == 1.0)));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,7 +370,8 @@ fn stitch_reassembles_known_image() {
         })
         .collect();
     let m = 8;
-    let (canvas, mean) = stitch(&objs, &offs, m);
+    let ones = vec![Array2::from_elem((n, n), 1.0f32); objs.len()];
+    let (canvas, mean) = stitch(&objs, &ones, &offs, m);
     assert_eq!(mean, (24.0, 24.0));
     let size = canvas.nrows();
     let pad = (size - m) / 2;

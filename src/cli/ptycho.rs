@@ -71,7 +71,7 @@ pub struct EpieArgs {
 #[derive(Args, Debug)]
 pub struct DoseArgs {
     /// Small run: N=32, 512 train / 128 test positions on a 96² object, 8 epochs, narrow net,
-    /// stitch crop 8.
+    /// stitch crop 12.
     #[arg(long)]
     pub quick: bool,
 }
@@ -533,8 +533,8 @@ fn quick(cfg: &mut Config) {
     s.buffer = 10.0;
     s.probe_scale = 0.7 * 2.0;
     let p = &mut cfg.ptycho.pinn;
-    // N/4: well inside the constraint-map-normalised centre of each group estimate
-    p.stitch_crop = 8;
+    // inside the constraint-map-normalised N/2 centre of each group estimate
+    p.stitch_crop = 12;
     p.model.filters_base = 16;
     p.model.border_filters = 16;
     p.train.epochs = 8;

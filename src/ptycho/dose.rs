@@ -77,9 +77,14 @@ pub fn reconstruct(
     dev: &Device,
     pb: &ProgressBar,
 ) -> Recon {
-    let objs = predict_objects(model, shape, data, &raw.probe, cfg, batch, dev, pb);
+    let (objs, weights) = predict_objects(model, shape, data, &raw.probe, cfg, batch, dev, pb);
     // only the central N/2 square of a group estimate is normalised by the constraint map
-    let (object, centre) = stitch(&objs, &data.offsets, cfg.stitch_crop.min(data.n / 2));
+    let (object, centre) = stitch(
+        &objs,
+        &weights,
+        &data.offsets,
+        cfg.stitch_crop.min(data.n / 2),
+    );
     let size = object.nrows();
     let truth = raw.object.as_ref().map(|o| {
         extract_patch(o, centre.0, centre.1, size)

@@ -7,11 +7,13 @@ use num_complex::Complex32;
 
 use super::physics::shift_matrix;
 
-/// `canvas = Σ T(off)[pad(crop)] / (1e-9 + Σ T(off)[pad(ones)])` with `off = offset − mean`,
+/// `canvas = Σ T(off)[pad(w·crop)] / (1e-9 + Σ T(off)[pad(w)])` with per-pixel weights `w`
+/// (ones in the reference; 0 marks pixels an estimate does not constrain), with `off = offset − mean`,
 /// `pad = ceil(max|off|)` (+1 if odd). Returns the canvas and its centre in object pixels
 /// (x, y) = the mean centroid.
 pub fn stitch(
     objects: &[Array2<Complex32>],
+    weights: &[Array2<f32>],
     offsets: &[(f64, f64)],
     m: usize,
 ) -> (Array2<Complex32>, (f64, f64)) {
@@ -19,6 +21,11 @@ pub fn stitch(
         objects.len(),
         offsets.len(),
         "stitch: one offset per object"
+    );
+    assert_eq!(
+        objects.len(),
+        weights.len(),
+        "stitch: one weight map per object"
     );
     assert!(!objects.is_empty(), "stitch: no objects");
     let n = objects[0].nrows();
@@ -40,7 +47,7 @@ pub fn stitch(
     let lo = (n - m) / 2;
     let mut num = Array2::<Complex32>::zeros((size, size));
     let mut den = Array2::<f64>::zeros((size, size));
-    for (obj, off) in objects.iter().zip(offsets) {
+    for ((obj, wt), off) in objects.iter().zip(weights).zip(offsets) {
         let ry = shift_matrix(size, m, pad as f64, 0.0, off.1 - mean.1);
         let rx = shift_matrix(size, m, pad as f64, 0.0, off.0 - mean.0);
         for i in 0..size {
@@ -56,13 +63,16 @@ pub fn stitch(
                     continue;
                 }
                 let mut acc = Complex32::new(0.0, 0.0);
+                let mut wsum = 0.0f64;
                 for (a, wy) in row.iter().enumerate().filter(|(_, w)| **w != 0.0) {
                     for (b, wx) in col.iter().enumerate().filter(|(_, w)| **w != 0.0) {
-                        acc += obj[[lo + a, lo + b]] * (wy * wx);
+                        let wv = wy * wx * wt[[lo + a, lo + b]];
+                        acc += obj[[lo + a, lo + b]] * wv;
+                        wsum += wv as f64;
                     }
                 }
                 num[[i, j]] += acc;
-                den[[i, j]] += sy * sx;
+                den[[i, j]] += wsum;
             }
         }
     }

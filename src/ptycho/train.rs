@@ -324,26 +324,34 @@ pub fn predict_objects(
     batch: usize,
     dev: &Device,
     pb: &ProgressBar,
-) -> Vec<Array2<Complex32>> {
+) -> (Vec<Array2<Complex32>>, Vec<Array2<f32>>) {
     let shape_scale = shape.intensity_scale;
     let probe_t = model_probe(probe, cfg.probe_scale, dev);
     let n = data.n;
     let idx: Vec<usize> = (0..data.len()).collect();
     let mut out = Vec::with_capacity(data.len());
+    let mut weights = Vec::with_capacity(data.len());
     for chunk in idx.chunks(batch.max(1)) {
         let x = data.batch(chunk, dev) * shape_scale;
-        let o = model
-            .forward(x, &data.geometry(chunk, dev), &probe_t)
-            .object;
+        let geo = data.geometry(chunk, dev);
+        let o = model.forward(x, &geo, &probe_t).object;
+        let (lo, p) = ((geo.padded - n) / 2, geo.padded);
+        let inv = to_vec(geo.inv_norm);
         let re = to_vec(o.re);
         let im = to_vec(o.im);
         for k in 0..chunk.len() {
             out.push(Array2::from_shape_fn((n, n), |(r, c)| {
                 let i = k * n * n + r * n + c;
                 Complex32::new(re[i], im[i])
-            }))
+            }));
+            // pixels the constraint map covers by less than half a patch are amplified by
+            // the 1e-3 floor; they get no stitching weight
+            weights.push(Array2::from_shape_fn((n, n), |(r, c)| {
+                let norm = 1.0 / inv[(k * p + lo + r) * p + lo + c] - 1e-3;
+                if norm >= 0.5 { 1.0 } else { 0.0 }
+            }));
         }
         pb.inc(chunk.len() as u64);
     }
-    out
+    (out, weights)
 }
