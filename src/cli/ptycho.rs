@@ -689,7 +689,7 @@ fn demo_pinn(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> 
     c.ptycho.group.neighbor_count = 4;
     let p = &mut c.ptycho.pinn;
     p.nphotons = 1e6;
-    p.stitch_crop = 4;
+    p.stitch_crop = 8;
     p.model.filters_base = 8;
     p.model.border_filters = 4;
     p.train.epochs = 4;
