@@ -6,11 +6,19 @@
 //! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
 
 pub mod data;
+pub mod dose;
+pub mod epie;
 pub mod fft;
 pub mod grouping;
+pub mod losses;
+pub mod metrics;
+pub mod model;
 pub mod object;
+pub mod physics;
 pub mod probe;
 pub mod simulate;
+pub mod stitch;
+pub mod train;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +32,7 @@ pub use simulate::{Noise, SimConfig, Simulated};
 pub struct PtychoConfig {
     pub group: GroupConfig,
     pub simulate: SimConfig,
+    pub pinn: train::PinnConfig,
 }
 
 /// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`

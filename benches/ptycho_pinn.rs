@@ -1,0 +1,70 @@
+//! PtychoPINN hot paths at the reference size (N = 64, gridsize 2, batch 16): the
+//! differentiable forward model alone, and one full training step (forward + backward + Adam)
+//! of the 2.34M-parameter network on the CPU (flex) backend.
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use criterion::{Criterion, criterion_group, criterion_main};
+use spx::backend::tensor_from;
+use spx::ptycho::PtychoConfig;
+use spx::ptycho::losses;
+use spx::ptycho::model::{ModelShape, PtychoPinn};
+use spx::ptycho::physics::{self, Cplx, GroupGeometry};
+
+fn bench(c: &mut Criterion) {
+    let (b, ch, n) = (16usize, 4usize, 64usize);
+    let dev = Device::flex();
+    let vals = |k: usize, s: f32| -> Vec<f32> {
+        (0..k)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0) * s)
+            .collect()
+    };
+    let probe = Cplx::new(
+        tensor_from(vals(n * n, 1.0), [1, 1, n, n], &dev),
+        tensor_from(vec![0.0; n * n], [1, 1, n, n], &dev),
+    );
+    let obj = Cplx::new(
+        tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev),
+        tensor_from(vals(b * ch * n * n, 0.5), [b, ch, n, n], &dev),
+    );
+    let rel: Vec<Vec<(f64, f64)>> = (0..b)
+        .map(|i| {
+            (0..ch)
+                .map(|k| ((k as f64 - 1.5) * 2.0, (i % 3) as f64 - 1.0))
+                .collect()
+        })
+        .collect();
+    let geo = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
+    let mut g = c.benchmark_group("ptycho_pinn");
+    g.sample_size(10);
+    g.bench_function("merge_extract_diffract_b16_c4_n64", |bch| {
+        bch.iter(|| {
+            let (_, p) = geo.merge_extract(obj.clone());
+            physics::forward_amplitude(&probe, p).into_data()
+        })
+    });
+    let ad = dev.autodiff();
+    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    let mut model = PtychoPinn::new(&shape, &ad);
+    let mut opt = AdamConfig::new().init();
+    let x = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &ad);
+    let probe_ad = Cplx::new(
+        probe.re.clone().to_device(&ad),
+        probe.im.clone().to_device(&ad),
+    );
+    let geo_ad = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &ad);
+    g.bench_function("train_step_b16_c4_n64", |bch| {
+        bch.iter(|| {
+            let out = model.forward(x.clone(), &geo_ad, &probe_ad);
+            let loss = losses::poisson_nll(out.pred_amp, x.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = opt.step(1e-3, model.clone(), grads);
+        })
+    });
+    g.finish();
+    let _ = model.num_params();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
