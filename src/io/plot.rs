@@ -226,8 +226,13 @@ fn padded((lo, hi): (f64, f64)) -> (f64, f64) {
 
 /// Compact tick label: plain decimals without trailing zeros in [1e-3, 1e5), else scientific.
 pub fn tick(v: f64) -> String {
-    if v == 0.0 || !v.is_finite() {
-        return format!("{v}");
+    // Axis steps like 0.1 accumulate rounding: a tick at -5.55e-17 is zero.
+    if v.abs() < 1e-12 || !v.is_finite() {
+        return if v.is_finite() {
+            "0".into()
+        } else {
+            format!("{v}")
+        };
     }
     let a = v.abs();
     if (1e-3..1e5).contains(&a) {
@@ -248,13 +253,18 @@ pub fn tick(v: f64) -> String {
     }
 }
 
-const PALETTE: [RGBColor; 6] = [
+// matplotlib's tab10, so ten series stay distinguishable.
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
     RGBColor(23, 190, 207),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
 ];
 
 /// Render a line plot to a PNG at `path` (atomically).
@@ -490,5 +500,6 @@ mod tests {
         assert_eq!(tick(1.0e9), "1e9");
         assert_eq!(tick(-2.5e-7), "-2.5e-7");
         assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(-5.55e-17), "0");
     }
 }
