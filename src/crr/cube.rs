@@ -30,6 +30,19 @@ pub struct Correl {
 }
 
 impl Correl {
+    /// The MaNGA xCORREL binary-table columns (shared by cubes and shard parts).
+    pub fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::I32("INDXI_C1".into(), self.i_c1.clone()),
+            Column::I32("INDXI_C2".into(), self.i_c2.clone()),
+            Column::I32("INDXJ_C1".into(), self.j_c1.clone()),
+            Column::I32("INDXJ_C2".into(), self.j_c2.clone()),
+            Column::F64("RHOIJ".into(), self.rho.clone()),
+        ]
+    }
+}
+
+impl Correl {
     /// ρ between spaxels (x1, y1) and (x2, y2), 0 if not stored.
     pub fn get(&self, a: (i32, i32), b: (i32, i32)) -> f64 {
         for k in 0..self.rho.len() {
@@ -742,13 +755,7 @@ pub fn write_cube(
             let cr = &bs.correl;
             w.table(
                 &format!("{name}CORREL"),
-                &[
-                    Column::I32("INDXI_C1".into(), cr.i_c1.clone()),
-                    Column::I32("INDXI_C2".into(), cr.i_c2.clone()),
-                    Column::I32("INDXJ_C1".into(), cr.j_c1.clone()),
-                    Column::I32("INDXJ_C2".into(), cr.j_c2.clone()),
-                    Column::F64("RHOIJ".into(), cr.rho.clone()),
-                ],
+                &cr.columns(),
                 &[
                     ("BBWAVE", rss.wave[bs.index].into()),
                     ("BBINDEX", (bs.index as i64).into()),

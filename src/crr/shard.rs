@@ -9,7 +9,7 @@ use ndarray::{Array2, Array3, Ix2, Ix3};
 use super::BANDS;
 use super::cube::{BandSlice, Correl, Part};
 use crate::error::SpxError;
-use crate::io::fits::{self, Card, Column, FitsReader};
+use crate::io::fits::{self, Card, FitsReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -88,17 +88,7 @@ pub fn write_part(path: &Path, part: &Part, shard: Shard, fp: &str) -> Result<()
                 &[("BBINDEX", Card::Int(b.index as i64))],
             )?;
             let c = &b.correl;
-            w.table(
-                &format!("{name}CORREL"),
-                &[
-                    Column::I32("INDXI_C1".into(), c.i_c1.clone()),
-                    Column::I32("INDXI_C2".into(), c.i_c2.clone()),
-                    Column::I32("INDXJ_C1".into(), c.j_c1.clone()),
-                    Column::I32("INDXJ_C2".into(), c.j_c2.clone()),
-                    Column::F64("RHOIJ".into(), c.rho.clone()),
-                ],
-                &[],
-            )?;
+            w.table(&format!("{name}CORREL"), &c.columns(), &[])?;
         }
         Ok(())
     })
