@@ -32,6 +32,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 #[test]
 fn ricker_equals_closed_form() {
+    let _rng = common::burn_rng_lock();
     // s = 1: r = 4, K = 9, t = −4..4, A = 2/(√3·π^¼) = 0.86732507...
     let k = ricker(1.0);
     assert_eq!(k.len(), 9);
@@ -74,6 +75,7 @@ fn ricker_equals_closed_form() {
 
 #[test]
 fn reflect_padding_matches_hand_example_on_host_and_device() {
+    let _rng = common::burn_rng_lock();
     assert_eq!(
         reflect_pad(&[1.0, 2.0, 3.0, 4.0], 2),
         vec![3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 2.0]
@@ -111,6 +113,7 @@ fn dense_h(grid: &[f64], c: &[f64], bw: &[f64]) -> Vec<Vec<f64>> {
 
 #[test]
 fn forward_operator_equals_dense_h() {
+    let _rng = common::burn_rng_lock();
     let grid = linspace(1.0, 2.0, 21); // Δλ = 0.05
     let c = [1.0, 1.23, 1.5, 1.975, 0.9, 3.0, 1.5];
     let bw = [0.1, 0.2, 0.05, 0.1, 0.25, 0.1, 0.001];
@@ -180,6 +183,7 @@ fn forward_operator_equals_dense_h() {
 
 #[test]
 fn device_cwt_matches_host_convolution() {
+    let _rng = common::burn_rng_lock();
     let dev = Device::flex();
     let n = 64;
     let x: Vec<f64> = (0..n)
@@ -223,6 +227,7 @@ fn row(flux: f64, err: f64, wl: f64, band: &str, flag: u64) -> String {
 
 #[test]
 fn qc_rules_each_remove_what_they_should() {
+    let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("# comment line\n# another\n");
     text.push_str(HEADER);
@@ -266,6 +271,7 @@ fn qc_rules_each_remove_what_they_should() {
 
 #[test]
 fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
+    let _rng = common::burn_rng_lock();
     // 60 points of a flat band with noise-like ripple, an emission line covering 4 neighbours
     // and one isolated glitch.
     let mut f: Vec<f64> = (0..60)
@@ -294,6 +300,7 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
 
 #[test]
 fn bad_csvs_give_one_line_errors_and_no_outputs() {
+    let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut good_rows = String::new();
     for i in 0..12 {
@@ -350,6 +357,7 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
 
 #[test]
 fn banded_cholesky_matches_dense_solve() {
+    let _rng = common::burn_rng_lock();
     let n = 12;
     let kb = 3;
     let mut a = Banded::zeros(n, kb);
@@ -413,6 +421,7 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
 
 #[test]
 fn tikhonov_reaches_target_chi2_and_tracks_truth() {
+    let _rng = common::burn_rng_lock();
     let (c, grid, op, y, s, truth) = simulated_problem(3);
     let t = tikhonov::solve(&op, &y, &s, &c.dip.tikhonov, Weighting::Variance, 1e-10).unwrap();
     assert!(
@@ -430,6 +439,7 @@ fn tikhonov_reaches_target_chi2_and_tracks_truth() {
 
 #[test]
 fn line_measure_recovers_true_integral() {
+    let _rng = common::burn_rng_lock();
     let c = cfg();
     let grid = linspace(0.75, 5.0, 3000);
     let truth: Vec<f64> = grid
@@ -448,6 +458,7 @@ fn line_measure_recovers_true_integral() {
 
 #[test]
 fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
+    let _rng = common::burn_rng_lock();
     let (c, _grid, op, y, s, _truth) = simulated_problem(5);
     let mut dc = c.dip.clone();
     dc.filters = 8;
@@ -498,6 +509,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
 
 #[test]
 fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
+    let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let (code, _, err) = spx(&[
@@ -549,6 +561,7 @@ fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
 
 #[test]
 fn ensemble_is_mean_and_std_of_seeded_members() {
+    let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg();
     c.dip.resolution = 256;
@@ -607,6 +620,7 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
 /// not reached by this shortened run for the 1.875 and 4.052 µm lines).
 #[test]
 fn dip_recovers_simulated_source_within_stated_bounds() {
+    let _rng = common::burn_rng_lock();
     let mut c = cfg();
     c.dip.resolution = 1000;
     c.dip.filters = 16;

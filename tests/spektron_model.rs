@@ -1,5 +1,7 @@
 //! Spektron model: wavelet tokens, shapes, losses, pretraining, checkpoints.
 
+mod common;
+
 use burn::tensor::{Int, Tensor};
 use spx::backend::{DeviceSpec, seeded, tensor_from, to_vec};
 use spx::config::Config;
@@ -23,6 +25,7 @@ fn tiny_model_cfg() -> ModelConfig {
 
 #[test]
 fn db4_filters_are_orthonormal() {
+    let _rng = common::burn_rng_lock();
     let s: f64 = DB4_DEC_LO.iter().sum();
     assert!((s - 2f64.sqrt()).abs() < 1e-12);
     let e: f64 = DB4_DEC_LO.iter().map(|v| v * v).sum();
@@ -34,6 +37,7 @@ fn db4_filters_are_orthonormal() {
 
 #[test]
 fn dwt_matches_hand_computation_on_short_signal() {
+    let _rng = common::burn_rng_lock();
     // x = [1,2,3,4], half-sample symmetric extension: x[-1]=1, x[-2]=2, x[-3]=3, x[-4]=4,
     // x[-5]=4, x[-6]=3; x[4]=4, x[5]=3, x[6]=2. c[k] = Σ_j h[j] x[2k+1−j], 5 outputs.
     let x = [1.0, 2.0, 3.0, 4.0];
@@ -84,6 +88,7 @@ fn dwt_matches_hand_computation_on_short_signal() {
 
 #[test]
 fn wavedec_lengths_and_token_count() {
+    let _rng = common::burn_rng_lock();
     assert_eq!(
         wavelet::wavedec_lengths(2048, 4),
         vec![134, 134, 262, 517, 1027]
@@ -102,6 +107,7 @@ fn wavedec_lengths_and_token_count() {
 
 #[test]
 fn wavelet_perfect_reconstruction() {
+    let _rng = common::burn_rng_lock();
     let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 3);
     use rand::Rng;
     for (n, level) in [(2048, 4), (1000, 4), (37, 2), (9, 1)] {
@@ -132,6 +138,7 @@ fn wavelet_perfect_reconstruction() {
 
 #[test]
 fn model_shapes_through_encode_and_decode() {
+    let _rng = common::burn_rng_lock();
     let dev = DeviceSpec::Cpu.device().unwrap();
     let mut rng = seeded(&dev, 1);
     let cfg = tiny_model_cfg();
@@ -184,6 +191,7 @@ fn s(t: Tensor<1>) -> f32 {
 
 #[test]
 fn block_mask_count_and_blocks() {
+    let _rng = common::burn_rng_lock();
     let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 9);
     for n in [10, 65, 127] {
         let m = losses::block_mask(n, 0.2, 3, &mut rng);
@@ -199,6 +207,7 @@ fn block_mask_count_and_blocks() {
 
 #[test]
 fn masked_mse_hand_case() {
+    let _rng = common::burn_rng_lock();
     let dev = DeviceSpec::Cpu.device().unwrap();
     // B=1, P=2, K=2: patch 0 error (1,1) → 1, patch 1 error (2,0) → 2; only patch 1 masked.
     let p = tensor_from(vec![1.0, 1.0, 2.0, 0.0], [1, 2, 2], &dev);
@@ -212,6 +221,7 @@ fn masked_mse_hand_case() {
 
 #[test]
 fn info_nce_hand_cases() {
+    let _rng = common::burn_rng_lock();
     // Orthogonal matching pairs with small τ: loss → 0.
     let a = t2(vec![1.0, 0.0, 0.0, 1.0], 2, 2);
     assert!(s(losses::info_nce(a.clone(), a, 0.01)) < 1e-6);
@@ -222,6 +232,7 @@ fn info_nce_hand_cases() {
 
 #[test]
 fn sinkhorn_hand_cases() {
+    let _rng = common::burn_rng_lock();
     // Well-separated points (distance ≫ ε): the plan is the identity matching.
     let x = t2(vec![0.0, 0.0, 5.0, 0.0, 0.0, 5.0], 3, 2);
     assert!(s(losses::sinkhorn(x.clone(), x.clone(), 0.05, 100)) < 1e-4);
@@ -232,6 +243,7 @@ fn sinkhorn_hand_cases() {
 
 #[test]
 fn physics_and_kl_hand_cases() {
+    let _rng = common::burn_rng_lock();
     let ramp: Vec<f32> = (0..10).map(|i| 2.0 * i as f32 + 1.0).collect();
     assert!(s(losses::smoothness(t2(ramp.clone(), 1, 10))) < 1e-8);
     let quad: Vec<f32> = (0..10).map(|i| (i * i) as f32).collect();
@@ -293,6 +305,7 @@ fn tiny_pretrain_cfg() -> spx::spektron::config::SpektronConfig {
 
 #[test]
 fn lr_schedule_warmup_then_cosine() {
+    let _rng = common::burn_rng_lock();
     let mut p = Config::default().spektron.pretrain;
     p.lr = 1.0;
     p.warmup = 10;
@@ -307,6 +320,7 @@ fn lr_schedule_warmup_then_cosine() {
 
 #[test]
 fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
+    let _rng = common::burn_rng_lock();
     use burn::module::Module;
     use spx::spektron::model::{checkpoint, pretrain};
     let dir = tempfile::tempdir().unwrap();
@@ -378,6 +392,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
 
 #[test]
 fn lora_step_changes_only_adapters_and_heads_and_merges() {
+    let _rng = common::burn_rng_lock();
     use burn::module::Module;
     use spx::spektron::model::finetune::{self, FinetuneMode, Labelled};
     use spx::spektron::model::lora;
@@ -450,6 +465,7 @@ fn lora_step_changes_only_adapters_and_heads_and_merges() {
 
 #[test]
 fn ttt_updates_only_norm_layers() {
+    let _rng = common::burn_rng_lock();
     use spx::spektron::model::finetune::{self, TttConfig};
     use spx::spektron::model::lora;
     let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
@@ -485,6 +501,7 @@ fn ttt_updates_only_norm_layers() {
 
 #[test]
 fn cli_pretrain_writes_log_curve_and_checkpoint() {
+    let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_spx");
     let run = |args: &[&str]| {

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 /// Run the `spx` binary; returns (exit code, stdout, stderr).
+#[allow(dead_code)]
 pub fn spx(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_spx"))
         .args(args)
@@ -13,4 +14,13 @@ pub fn spx(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// burn's device seed is process-global: tests that seed it and then initialise a model hold
+/// this lock, so a test running in parallel cannot draw from (or reseed) the generator between.
+#[allow(dead_code)]
+pub fn burn_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    BURN_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
