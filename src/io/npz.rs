@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, NpzWriter, ReadableElement};
+use ndarray_npy::{NpzReader, NpzWriter, ReadNpyError, ReadNpzError, ReadableElement};
 use num_complex::Complex32;
 
 use crate::error::SpxError;
@@ -81,14 +81,38 @@ impl NpzFile {
         self.names.iter().any(|n| n == name)
     }
 
-    fn read<T: ReadableElement>(&mut self, name: &str) -> Result<ArrayD<T>, SpxError> {
-        if !self.contains(name) {
-            return Err(SpxError::field(
+    fn require(&self, name: &str) -> Result<(), SpxError> {
+        if self.contains(name) {
+            Ok(())
+        } else {
+            Err(SpxError::field(
                 &self.path,
                 name,
                 format!("key missing (keys present: {})", self.names.join(", ")),
-            ));
+            ))
         }
+    }
+
+    /// `Ok(None)` when the stored dtype is not `T`, so the caller can try another; a missing key
+    /// or an unreadable array is an error.
+    pub fn try_read<T: ReadableElement>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<ArrayD<T>>, SpxError> {
+        self.require(name)?;
+        match self.reader.by_name::<ndarray::OwnedRepr<T>, IxDyn>(name) {
+            Ok(a) => Ok(Some(a)),
+            Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Ok(None),
+            Err(e) => Err(SpxError::field(
+                &self.path,
+                name,
+                format!("unreadable array: {e}"),
+            )),
+        }
+    }
+
+    fn read<T: ReadableElement>(&mut self, name: &str) -> Result<ArrayD<T>, SpxError> {
+        self.require(name)?;
         self.reader
             .by_name::<ndarray::OwnedRepr<T>, IxDyn>(name)
             .map_err(|e| SpxError::field(&self.path, name, e))
@@ -112,23 +136,31 @@ impl NpzFile {
 
     /// A real array stored as f64 or f32, returned as f64.
     pub fn real_f64(&mut self, name: &str) -> Result<ArrayD<f64>, SpxError> {
-        match self.read::<f64>(name) {
-            Ok(a) => Ok(a),
-            Err(first) => self
-                .read::<f32>(name)
-                .map(|a| a.mapv(f64::from))
-                .map_err(|_| first),
+        if let Some(a) = self.try_read::<f64>(name)? {
+            return Ok(a);
         }
+        if let Some(a) = self.try_read::<f32>(name)? {
+            return Ok(a.mapv(f64::from));
+        }
+        Err(SpxError::field(
+            &self.path,
+            name,
+            "unsupported dtype (expected float64 or float32)",
+        ))
     }
 
     /// A real array stored as f32 or f64, returned as f32.
     pub fn real_f32(&mut self, name: &str) -> Result<ArrayD<f32>, SpxError> {
-        match self.read::<f32>(name) {
-            Ok(a) => Ok(a),
-            Err(first) => self
-                .read::<f64>(name)
-                .map(|a| a.mapv(|v| v as f32))
-                .map_err(|_| first),
+        if let Some(a) = self.try_read::<f32>(name)? {
+            return Ok(a);
         }
+        if let Some(a) = self.try_read::<f64>(name)? {
+            return Ok(a.mapv(|v| v as f32));
+        }
+        Err(SpxError::field(
+            &self.path,
+            name,
+            "unsupported dtype (expected float32 or float64)",
+        ))
     }
 }

@@ -14,14 +14,13 @@
 //! when possible ([`RawData::metadata`]); other keys are ignored.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix1, Ix2, IxDyn};
-use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError, ReadableElement};
+use ndarray::{Array1, Array2, Array3, ArrayD, Axis, Ix1, Ix2};
 use num_complex::{Complex32, Complex64};
 
 use crate::error::SpxError;
-use crate::io::npz::{NpzArray, write_npz};
+use crate::io::npz::{NpzArray, NpzFile, write_npz};
 
 /// One scan: positions, diffraction amplitudes (n, H, W), probe and optional object.
 #[derive(Clone, Debug, PartialEq)]
@@ -163,75 +162,25 @@ impl RawData {
     }
 }
 
-/// An NPZ archive read with dtype fallbacks; errors name the file and the key.
+/// The raw-NPZ contract's readers on top of [`NpzFile`]; errors name the file and the key.
 struct Archive {
-    reader: NpzReader<File>,
-    path: PathBuf,
+    file: NpzFile,
     names: Vec<String>,
 }
 
 impl Archive {
     fn open(path: &Path) -> Result<Self, SpxError> {
-        let f = File::open(path).map_err(|e| SpxError::io(path, e))?;
-        let mut reader = NpzReader::new(f)
-            .map_err(|e| SpxError::file(path, format!("not a valid .npz archive: {e}")))?;
-        let names = reader
-            .names()
-            .map_err(|e| SpxError::file(path, format!("corrupt .npz archive: {e}")))?;
-        Ok(Archive {
-            reader,
-            path: path.to_path_buf(),
-            names,
-        })
+        let file = NpzFile::open(path)?;
+        let names = file.names().to_vec();
+        Ok(Archive { file, names })
     }
 
     fn contains(&self, key: &str) -> bool {
-        self.names.iter().any(|n| n == key)
+        self.file.contains(key)
     }
 
     fn err(&self, key: &str, msg: impl ToString) -> SpxError {
-        SpxError::field(&self.path, key, msg)
-    }
-
-    fn require(&self, key: &str) -> Result<(), SpxError> {
-        if self.contains(key) {
-            Ok(())
-        } else {
-            Err(self.err(
-                key,
-                format!("key missing (keys present: {})", self.names.join(", ")),
-            ))
-        }
-    }
-
-    /// `Ok(None)` when the stored dtype is not `T`, so the caller can try another.
-    fn try_read<T: ReadableElement>(&mut self, key: &str) -> Result<Option<ArrayD<T>>, SpxError> {
-        self.require(key)?;
-        match self.reader.by_name::<ndarray::OwnedRepr<T>, IxDyn>(key) {
-            Ok(a) => Ok(Some(a)),
-            Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(_))) => Ok(None),
-            Err(e) => Err(self.err(key, format!("unreadable array: {e}"))),
-        }
-    }
-
-    fn real_f64(&mut self, key: &str) -> Result<ArrayD<f64>, SpxError> {
-        if let Some(a) = self.try_read::<f64>(key)? {
-            return Ok(a);
-        }
-        if let Some(a) = self.try_read::<f32>(key)? {
-            return Ok(a.mapv(f64::from));
-        }
-        Err(self.err(key, "unsupported dtype (expected float64 or float32)"))
-    }
-
-    fn real_f32(&mut self, key: &str) -> Result<ArrayD<f32>, SpxError> {
-        if let Some(a) = self.try_read::<f32>(key)? {
-            return Ok(a);
-        }
-        if let Some(a) = self.try_read::<f64>(key)? {
-            return Ok(a.mapv(|v| v as f32));
-        }
-        Err(self.err(key, "unsupported dtype (expected float32 or float64)"))
+        SpxError::field(self.file.path(), key, msg)
     }
 
     fn check_len(&self, key: &str, len: usize, n: usize) -> Result<(), SpxError> {
@@ -256,7 +205,7 @@ impl Archive {
     }
 
     fn coords(&mut self, key: &str) -> Result<Array1<f64>, SpxError> {
-        let a = self.real_f64(key)?;
+        let a = self.file.real_f64(key)?;
         self.vector(key, a)
     }
 
@@ -274,9 +223,9 @@ impl Archive {
     }
 
     fn int1(&mut self, key: &str) -> Result<Array1<i64>, SpxError> {
-        let a = if let Some(a) = self.try_read::<i64>(key)? {
+        let a = if let Some(a) = self.file.try_read::<i64>(key)? {
             a
-        } else if let Some(a) = self.try_read::<i32>(key)? {
+        } else if let Some(a) = self.file.try_read::<i32>(key)? {
             a.mapv(i64::from)
         } else {
             return Err(self.err(key, "unsupported dtype (expected int64 or int32)"));
@@ -287,12 +236,13 @@ impl Archive {
     }
 
     fn complex2(&mut self, key: &str) -> Result<Array2<Complex32>, SpxError> {
-        let a = if let Some(a) = self.try_read::<Complex32>(key)? {
+        let a = if let Some(a) = self.file.try_read::<Complex32>(key)? {
             a
-        } else if let Some(a) = self.try_read::<Complex64>(key)? {
+        } else if let Some(a) = self.file.try_read::<Complex64>(key)? {
             a.mapv(|c| Complex32::new(c.re as f32, c.im as f32))
         } else if self.contains(key) {
-            self.real_f32(key)
+            self.file
+                .real_f32(key)
                 .map_err(|_| {
                     self.err(
                         key,
@@ -317,7 +267,7 @@ impl Archive {
     /// 4th axis is squeezed. When both first and last axes equal n the first wins, as in
     /// PtychoPINN's `load_data`.
     fn diffraction(&mut self, key: &str, n: usize) -> Result<(Array3<f32>, bool), SpxError> {
-        let mut a = self.real_f32(key)?;
+        let mut a = self.file.real_f32(key)?;
         if a.ndim() == 4 && a.shape()[3] == 1 {
             a = a.index_axis_move(Axis(3), 0);
         }
