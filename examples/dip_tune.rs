@@ -3,15 +3,21 @@
 //! against the truth smoothed to the instrument resolution, and recovered/true line fluxes.
 //!
 //! `cargo run --release --example dip_tune -- [epochs] [weights,comma,separated] [seeds]`
-//! (env DIP_TUNE_RESOLUTION, DIP_TUNE_FILTERS, DIP_TUNE_LR override the grid, width and lr).
+//! (env DIP_TUNE_RESOLUTION, DIP_TUNE_FILTERS, DIP_TUNE_LR, DIP_TUNE_PER_BAND override the grid, width,
+//! lr and the simulated observations per band;
+//! DIP_TUNE_TRACE=N prints the loss every N epochs to stderr).
 
 use burn::tensor::Device;
 use indicatif::ProgressBar;
 use spx::backend;
 use spx::config::Config;
+use spx::dip::Weighting;
 use spx::dip::forward::{Operator, chi2};
 use spx::dip::grid::linspace;
+use spx::dip::input;
+use spx::dip::recon::write_simulation;
 use spx::dip::simulate::{self, LINES, line_integral, measure_line, relative_rms, truth_flux};
+use spx::dip::tikhonov;
 use spx::dip::train::{self, Problem};
 
 fn main() {
@@ -31,6 +37,9 @@ fn main() {
     if let Ok(f) = std::env::var("DIP_TUNE_FILTERS") {
         cfg.dip.filters = f.parse().unwrap();
     }
+    if let Ok(n) = std::env::var("DIP_TUNE_PER_BAND") {
+        cfg.dip.simulate.per_band = n.parse().unwrap();
+    }
     if let Ok(lr) = std::env::var("DIP_TUNE_LR") {
         cfg.dip.lr = lr.parse().unwrap();
     }
@@ -47,15 +56,35 @@ fn main() {
     for seed in 1..=seeds {
         let dev = Device::flex();
         let mut rng = backend::seeded(&dev, seed);
-        let rows: Vec<_> = simulate::simulate(&cfg.dip.simulate, &mut rng)
-            .into_iter()
-            .filter(|r| r.flag & 1 == 0)
-            .collect();
-        let c: Vec<f64> = rows.iter().map(|r| r.wavelength).collect();
-        let b: Vec<f64> = rows.iter().map(|r| r.bandwidth).collect();
+        // Through the same CSV + quality control as `spx dip recon` (bad flags and glitches go).
+        let rows = simulate::simulate(&cfg.dip.simulate, &mut rng);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (csv, _) = write_simulation(&rows, &cfg.dip.simulate, &grid, dir.path(), seed)
+            .expect("write simulated CSV");
+        let (obs, _) = input::load(&csv, &cfg.dip.qc).expect("load simulated CSV");
+        let c: Vec<f64> = obs.iter().map(|o| o.wavelength).collect();
+        let b: Vec<f64> = obs.iter().map(|o| o.bandwidth).collect();
         let (op, kept) = Operator::build(&grid, &c, &b);
-        let y: Vec<f64> = kept.iter().map(|&i| rows[i].flux).collect();
-        let s: Vec<f64> = kept.iter().map(|&i| rows[i].flux_error).collect();
+        let y: Vec<f64> = kept.iter().map(|&i| obs[i].flux).collect();
+        let s: Vec<f64> = kept.iter().map(|&i| obs[i].flux_error).collect();
+        let report = |name: &str, x: &[f64], best: usize, secs: f64| {
+            let ratios: Vec<f64> = LINES
+                .iter()
+                .enumerate()
+                .map(|(i, l)| measure_line(&grid, x, l.0) / line_integral(i, &cfg.dip.simulate))
+                .collect();
+            println!(
+                "{name},{seed},{:.3},{:.4},{:.3},{:.3},{:.3},{best},{secs:.1}",
+                chi2(&op, x, &y, &s) / y.len() as f64,
+                relative_rms(&grid, x, &truth, 0.8, 4.95),
+                ratios[0],
+                ratios[1],
+                ratios[2],
+            );
+        };
+        let t = tikhonov::solve(&op, &y, &s, &cfg.dip.tikhonov, Weighting::Variance, 1e-10)
+            .expect("tikhonov solve");
+        report("tikhonov", &t.spectrum, 0, t.seconds);
         for &w in &weights {
             let mut dc = cfg.dip.clone();
             dc.regularization_weight = w;
@@ -71,23 +100,18 @@ fn main() {
                 seed,
                 &ProgressBar::hidden(),
             );
-            let ratios: Vec<f64> = LINES
-                .iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    measure_line(&grid, &f.spectrum, l.0) / line_integral(i, &cfg.dip.simulate)
-                })
-                .collect();
-            println!(
-                "{w},{seed},{:.3},{:.4},{:.3},{:.3},{:.3},{},{:.1}",
-                chi2(&op, &f.spectrum, &y, &s) / y.len() as f64,
-                relative_rms(&grid, &f.spectrum, &truth, 0.8, 4.95),
-                ratios[0],
-                ratios[1],
-                ratios[2],
-                f.best_epoch,
-                f.seconds
-            );
+            if let Some(every) = std::env::var("DIP_TUNE_TRACE")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                for h in f.history.iter().filter(|h| h.epoch % every.max(1) == 0) {
+                    eprintln!(
+                        "  epoch {} total {:.4e} data {:.4e} reg {:.4e} chi2/M {:.3}",
+                        h.epoch, h.total, h.data, h.reg, h.chi2
+                    );
+                }
+            }
+            report(&w.to_string(), &f.spectrum, f.best_epoch, f.seconds);
         }
     }
 }

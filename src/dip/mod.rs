@@ -51,6 +51,17 @@ pub enum ClipMode {
     Off,
 }
 
+/// Weight initialisation of the U-Net convolutions.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetInit {
+    /// He-normal with the LeakyReLU gain √(2/(1+a²)), zero biases: keeps the variance of the
+    /// input noise through the layers.
+    Kaiming,
+    /// PyTorch's Conv1d default, U(±1/√fan_in) for weights and biases (the original code).
+    Pytorch,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampling {
@@ -76,10 +87,12 @@ pub struct DipConfig {
     pub filters: usize,
     pub kernel_size: usize,
     pub leaky_slope: f64,
+    pub init: NetInit,
     pub noise_std: f64,
     pub positivity: bool,
     pub epochs: usize,
     pub lr: f64,
+    pub stop_chi2: f64,
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub ensemble: usize,

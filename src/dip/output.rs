@@ -43,6 +43,7 @@ pub struct DipRun {
     pub best_epoch: Vec<usize>,
     pub best_loss: Vec<f64>,
     pub stopped_early: Vec<bool>,
+    pub stop_reason: Vec<super::train::StopReason>,
     pub seconds_per_member: Vec<f64>,
     pub seconds_per_epoch: f64,
 }
@@ -99,13 +100,13 @@ pub fn write_loss_csv(
     histories: &[Vec<super::train::EpochLoss>],
 ) -> Result<(), SpxError> {
     write_atomic(path, |w| {
-        writeln!(w, "member,epoch,total,data,reg")?;
+        writeln!(w, "member,epoch,total,data,reg,chi2_per_obs")?;
         for (k, h) in histories.iter().enumerate() {
             for e in h {
                 writeln!(
                     w,
-                    "{k},{},{:.8e},{:.8e},{:.8e}",
-                    e.epoch, e.total, e.data, e.reg
+                    "{k},{},{:.8e},{:.8e},{:.8e},{:.6e}",
+                    e.epoch, e.total, e.data, e.reg, e.chi2
                 )?;
             }
         }

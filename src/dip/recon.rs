@@ -130,6 +130,7 @@ pub fn reconstruct(
                 best_epoch: fits.iter().map(|f| f.best_epoch).collect(),
                 best_loss: fits.iter().map(|f| f.best_loss).collect(),
                 stopped_early: fits.iter().map(|f| f.stopped_early).collect(),
+                stop_reason: fits.iter().map(|f| f.stop_reason).collect(),
                 seconds_per_member: fits.iter().map(|f| f.seconds).collect(),
                 seconds_per_epoch: total_secs / total_epochs.max(1) as f64,
             };

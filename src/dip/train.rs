@@ -4,6 +4,11 @@
 //! produces is O(1) and the regularisation weight is independent of the source's brightness.
 //! The data term is χ² of the forward model (`forward`) or the plan's pixel expansion
 //! (`pixel`); the spectrum with the lowest total loss seen is returned.
+//!
+//! A deep image prior regularises by stopping: left running it fits the noise (χ²/M ≈ 0.3 after
+//! 3000 epochs on a simulated source). By default the fit stops when χ²/M of the forward model
+//! reaches `stop_chi2` (Morozov's discrepancy principle: the data are fitted to their noise
+//! level, no further).
 
 use std::time::Instant;
 
@@ -20,6 +25,7 @@ use super::forward::Operator;
 use super::kernel::ricker_bank;
 use super::unet::{UNet, UNetSpec};
 use super::{DipConfig, LossMode, Weighting};
+
 use crate::backend::{self, Elem};
 
 /// Observations in fitting units plus the operator, ready to upload.
@@ -68,6 +74,20 @@ pub struct EpochLoss {
     pub total: f64,
     pub data: f64,
     pub reg: f64,
+    /// χ²/M of the forward model with 1/σ² weights, whatever the loss mode.
+    pub chi2: f64,
+}
+
+/// Why a fit ended.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// All `epochs` ran.
+    Epochs,
+    /// χ²/M reached `stop_chi2`.
+    Discrepancy,
+    /// No relative improvement for `early_stop_patience` epochs.
+    Patience,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +98,7 @@ pub struct FitResult {
     pub best_loss: f64,
     pub epochs_run: usize,
     pub stopped_early: bool,
+    pub stop_reason: StopReason,
     pub seconds: f64,
     pub history: Vec<EpochLoss>,
     pub seed: u64,
@@ -90,6 +111,8 @@ pub struct LossTerms {
     w: Tensor<2>,
     y: Tensor<2>,
     wt: Tensor<2>,
+    /// 1/σ² (scaled units), for χ² whatever the loss weights.
+    ivar: Tensor<2>,
     bank: Tensor<3>,
     pad: usize,
     m: usize,
@@ -104,6 +127,7 @@ impl LossTerms {
         let ys: Vec<f64> = p.y.iter().map(|v| v / scale).collect();
         let ss: Vec<f64> = p.sigma.iter().map(|v| v / scale).collect();
         let wt = obs_weights(&ss, cfg.weighting, cfg.epsilon_weight);
+        let ivar = obs_weights(&ss, Weighting::Variance, 0.0);
         let f = |v: &[f64]| v.iter().map(|&x| x as Elem).collect::<Vec<_>>();
         let idx: Vec<i64> = op.idx.iter().map(|&i| i as i64).collect();
         let (bank, kmax, pad) = ricker_bank(&cfg.cwt_scales);
@@ -113,6 +137,7 @@ impl LossTerms {
             w: backend::tensor_from(f(&op.w), [op.m, op.k], device),
             y: backend::tensor_from(f(&ys), [op.m, 1], device),
             wt: backend::tensor_from(f(&wt), [op.m, 1], device),
+            ivar: backend::tensor_from(f(&ivar), [op.m, 1], device),
             bank: backend::tensor_from(f(&bank), [ns, 1, kmax], device),
             pad,
             m: op.m,
@@ -126,6 +151,14 @@ impl LossTerms {
     pub fn predict(&self, x: Tensor<1>) -> Tensor<2> {
         let g = x.select(0, self.idx.clone()).reshape([self.m, self.k]);
         (g * self.w.clone()).sum_dim(1)
+    }
+
+    /// χ²/M of the forward model for spectrum x [N].
+    pub fn chi2_per_obs(&self, x: Tensor<1>) -> Tensor<1> {
+        let r = self.y.clone() - self.predict(x);
+        (r.powi_scalar(2) * self.ivar.clone())
+            .sum()
+            .div_scalar(self.m as f64)
     }
 
     /// Data term for spectrum x [N].
@@ -188,6 +221,7 @@ pub fn fit(
         filters: cfg.filters,
         kernel_size: cfg.kernel_size,
         leaky_slope: cfg.leaky_slope,
+        init: cfg.init,
         positivity: cfg.positivity,
     };
     let mut net = UNet::new(&spec, device);
@@ -196,39 +230,48 @@ pub fn fit(
     let mut best = (f64::INFINITY, 0usize, vec![0f32; n]);
     let mut history = Vec::with_capacity(cfg.epochs);
     let mut last_improve = (f64::INFINITY, 0usize);
-    let mut stopped_early = false;
+    let mut stop = StopReason::Epochs;
     let mut epochs_run = 0;
     for epoch in 0..cfg.epochs {
         let x = net.forward(z.clone()).reshape([n]);
         let data = terms.data(x.clone());
         let reg = terms.reg(x.clone());
+        let chi2 = terms.chi2_per_obs(x.clone().detach());
         let loss = data.clone() + reg.clone();
-        let (d, r) = (
-            data.into_scalar::<f32>() as f64,
-            reg.into_scalar::<f32>() as f64,
-        );
+        // One host read for all three numbers.
+        let v = backend::to_vec(Tensor::cat(vec![data.detach(), reg.detach(), chi2], 0));
+        let (d, r, c2) = (v[0] as f64, v[1] as f64, v[2] as f64);
         let total = d + r;
         history.push(EpochLoss {
             epoch,
             total,
             data: d,
             reg: r,
+            chi2: c2,
         });
-        if total < best.0 {
+        epochs_run = epoch + 1;
+        // At the discrepancy stop this epoch's spectrum is returned: it is the one that meets the
+        // noise level (an earlier lower-loss epoch may not).
+        let reached = cfg.stop_chi2 > 0.0 && c2 <= cfg.stop_chi2;
+        if total < best.0 || reached {
             best = (total, epoch, backend::to_vec(x.detach()));
+        }
+        if reached {
+            stop = StopReason::Discrepancy;
+            pb.inc(1);
+            break;
         }
         let grads = GradientsParams::from_grads(loss.backward(), &net);
         net = opt.step(cfg.lr, net, grads);
-        epochs_run = epoch + 1;
         if epoch % 10 == 0 {
-            pb.set_prefix(format!("loss {total:.4e} (data {d:.3e})"));
+            pb.set_prefix(format!("loss {total:.4e} χ²/M {c2:.3}"));
         }
         pb.inc(1);
         if cfg.early_stop_patience > 0 {
             if total < last_improve.0 * (1.0 - cfg.early_stop_min_delta) {
                 last_improve = (total, epoch);
             } else if epoch - last_improve.1 >= cfg.early_stop_patience {
-                stopped_early = true;
+                stop = StopReason::Patience;
                 break;
             }
         }
@@ -239,7 +282,8 @@ pub fn fit(
         best_epoch: best.1,
         best_loss: best.0,
         epochs_run,
-        stopped_early,
+        stopped_early: stop != StopReason::Epochs,
+        stop_reason: stop,
         seconds: t0.elapsed().as_secs_f64(),
         history,
         seed,

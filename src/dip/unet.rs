@@ -5,13 +5,34 @@
 //! `positivity`. Every conv is reflect-padded (burn's Conv1d has no reflect mode, so the input is
 //! padded explicitly and the conv is `Valid`) and followed by LeakyReLU.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::interpolate::{Interpolate1d, Interpolate1dConfig, InterpolateMode};
 use burn::nn::pool::{MaxPool1d, MaxPool1dConfig};
 use burn::tensor::activation::{leaky_relu, softplus};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
+
+use super::NetInit;
+
+/// A k-tap conv `cin → cout`; `gain` is the He gain of the nonlinearity that follows.
+fn conv(cin: usize, cout: usize, k: usize, init: NetInit, gain: f64, device: &Device) -> Conv1d {
+    let cfg = Conv1dConfig::new(cin, cout, k);
+    match init {
+        NetInit::Pytorch => cfg.init(device),
+        NetInit::Kaiming => {
+            let mut c = cfg
+                .with_initializer(Initializer::KaimingNormal {
+                    gain,
+                    fan_out_only: false,
+                })
+                .init(device);
+            c.bias = Some(Param::from_tensor(Tensor::zeros([cout], device)));
+            c
+        }
+    }
+}
 
 #[derive(Module, Debug)]
 pub struct ConvBlock {
@@ -24,10 +45,12 @@ pub struct ConvBlock {
 }
 
 impl ConvBlock {
-    fn new(cin: usize, cout: usize, k: usize, slope: f64, device: &Device) -> Self {
+    fn new(cin: usize, cout: usize, spec: &UNetSpec, device: &Device) -> Self {
+        let (k, slope) = (spec.kernel_size, spec.leaky_slope);
+        let gain = (2.0 / (1.0 + slope * slope)).sqrt();
         ConvBlock {
-            c1: Conv1dConfig::new(cin, cout, k).init(device),
-            c2: Conv1dConfig::new(cout, cout, k).init(device),
+            c1: conv(cin, cout, k, spec.init, gain, device),
+            c2: conv(cout, cout, k, spec.init, gain, device),
             pad: k / 2,
             slope,
         }
@@ -68,22 +91,23 @@ pub struct UNetSpec {
     pub filters: usize,
     pub kernel_size: usize,
     pub leaky_slope: f64,
+    pub init: NetInit,
     pub positivity: bool,
 }
 
 impl UNet {
-    /// Initialise (PyTorch-style uniform ±1/√fan_in, from burn's seeded generator).
+    /// Initialise from burn's seeded generator (see [`NetInit`]).
     pub fn new(spec: &UNetSpec, device: &Device) -> Self {
-        let (f, k, s) = (spec.filters, spec.kernel_size, spec.leaky_slope);
-        let inc = ConvBlock::new(1, f, k, s, device);
+        let f = spec.filters;
+        let inc = ConvBlock::new(1, f, spec, device);
         let downs = (1..=spec.depth)
-            .map(|i| ConvBlock::new(f << (i - 1), f << i, k, s, device))
+            .map(|i| ConvBlock::new(f << (i - 1), f << i, spec, device))
             .collect();
         // Up stage i restores level depth−1−i: in = 2C (from below) + C (skip), out = C.
         let ups = (0..spec.depth)
             .map(|i| {
                 let c = f << (spec.depth - 1 - i);
-                ConvBlock::new(3 * c, c, k, s, device)
+                ConvBlock::new(3 * c, c, spec, device)
             })
             .collect();
         let upsample = (0..spec.depth)
@@ -101,7 +125,7 @@ impl UNet {
             ups,
             upsample,
             pool: MaxPool1dConfig::new(2).init(),
-            head: Conv1dConfig::new(f, 1, 1).init(device),
+            head: conv(f, 1, 1, spec.init, 1.0, device),
             positivity: spec.positivity,
         }
     }
