@@ -272,11 +272,13 @@ fn qc_rules_each_remove_what_they_should() {
 #[test]
 fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     let _rng = common::burn_rng_lock();
-    // 60 points of a flat band with noise-like ripple, an emission line covering 4 neighbours
-    // and one isolated glitch.
-    let mut f: Vec<f64> = (0..60)
-        .map(|i| 100.0 + [0.0, 1.0, -1.0, 0.5, -0.5][i % 5])
-        .collect();
+    let ripple = |i: usize| 100.0 + [0.0, 1.0, -1.0, 0.5, -0.5][i % 5];
+    // Sparse sampling: 60 points 0.01 µm apart with 0.05-µm filters (about 5 see each
+    // wavelength), an emission line lifting the 4 neighbours whose filters cover it, and one
+    // isolated glitch.
+    let mut f: Vec<f64> = (0..60).map(ripple).collect();
+    let wl: Vec<f64> = (0..60).map(|i| 1.0 + 0.01 * i as f64).collect();
+    let bw = vec![0.05; 60];
     for v in &mut f[20..24] {
         *v += 40.0;
     }
@@ -286,16 +288,27 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     assert_eq!(st[45], 1);
     let mut qc = cfg().dip.qc;
     assert_eq!(qc.clip, ClipMode::Runs);
-    assert_eq!(clip_band(&f, &qc), vec![45]);
+    assert_eq!(clip_band(&f, &wl, &bw, &qc), vec![45]);
     qc.clip = ClipMode::All;
-    let removed = clip_band(&f, &qc);
+    let removed = clip_band(&f, &wl, &bw, &qc);
     assert!(removed.contains(&45) && (20..24).all(|i| removed.contains(&i)));
     qc.clip = ClipMode::Off;
-    assert!(clip_band(&f, &qc).is_empty());
+    assert!(clip_band(&f, &wl, &bw, &qc).is_empty());
+    // Deep-field density: 400 points 0.0005 µm apart with 0.02-µm filters (41 centred within
+    // half a width of any point) and two coincident glitches. They are neighbours, but 2 of 41
+    // is below clip_protect_fraction (0.25), so they go; counting neighbours only, they stay.
+    qc.clip = ClipMode::Runs;
+    let mut d: Vec<f64> = (0..400).map(ripple).collect();
+    d[200] += 35.0;
+    d[201] += 32.0;
+    let dw: Vec<f64> = (0..400).map(|i| 1.0 + 0.0005 * i as f64).collect();
+    assert_eq!(clip_band(&d, &dw, &[0.02; 400], &qc), vec![200, 201]);
+    qc.clip_protect_fraction = 0.0;
+    assert!(clip_band(&d, &dw, &[0.02; 400], &qc).is_empty());
     // Fewer points than the window: whole-band clip.
     let g = [10.0, 10.5, 9.5, 10.2, 9.8, 30.0, 10.1, 9.9];
-    qc.clip = ClipMode::Runs;
-    assert_eq!(clip_band(&g, &qc), vec![5]);
+    let gw: Vec<f64> = (0..8).map(|i| i as f64).collect();
+    assert_eq!(clip_band(&g, &gw, &[1.0; 8], &qc), vec![5]);
 }
 
 #[test]

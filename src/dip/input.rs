@@ -279,8 +279,12 @@ pub fn outliers(flux: &[f64], window: usize, nsigma: f64) -> Vec<i8> {
     out
 }
 
-/// Indices (into `flux`, sorted by wavelength) removed by the iterated clip.
-pub fn clip_band(flux: &[f64], qc: &QcConfig) -> Vec<usize> {
+/// Indices (into `flux`, sorted by wavelength `wl`, filter widths `bw`) removed by the iterated
+/// clip. In `runs` mode a run of same-side outliers is kept as an emission line when it has at
+/// least `clip_protect_run` points and at least `clip_protect_fraction` of the observations
+/// centred within half a filter width of it: a line lifts every observation whose filter covers
+/// it, while coincident glitches at deep-field density are 2 of the ~50 that see that wavelength.
+pub fn clip_band(flux: &[f64], wl: &[f64], bw: &[f64], qc: &QcConfig) -> Vec<usize> {
     if qc.clip == ClipMode::Off {
         return Vec::new();
     }
@@ -288,6 +292,7 @@ pub fn clip_band(flux: &[f64], qc: &QcConfig) -> Vec<usize> {
     let mut removed = Vec::new();
     for _ in 0..qc.clip_max_iter {
         let f: Vec<f64> = alive.iter().map(|&i| flux[i]).collect();
+        let w: Vec<f64> = alive.iter().map(|&i| wl[i]).collect();
         let state = outliers(&f, qc.clip_window, qc.clip_sigma);
         let mut drop = vec![false; f.len()];
         let mut k = 0;
@@ -302,7 +307,13 @@ pub fn clip_band(flux: &[f64], qc: &QcConfig) -> Vec<usize> {
                 e += 1;
             }
             let run = e - k + 1;
-            let protect = qc.clip == ClipMode::Runs && run >= qc.clip_protect_run.max(2);
+            let protect = qc.clip == ClipMode::Runs && run >= qc.clip_protect_run.max(2) && {
+                let half = 0.5 * alive[k..=e].iter().map(|&i| bw[i]).sum::<f64>() / run as f64;
+                let c = 0.5 * (w[k] + w[e]);
+                let seen =
+                    w.partition_point(|&x| x <= c + half) - w.partition_point(|&x| x < c - half);
+                run as f64 >= qc.clip_protect_fraction * seen as f64
+            };
             if !protect {
                 drop[k..=e].iter_mut().for_each(|d| *d = true);
             }
@@ -374,7 +385,9 @@ pub fn quality_control(
         }
         pts.sort_by(|a, b| a.obs.wavelength.total_cmp(&b.obs.wavelength));
         let flux: Vec<f64> = pts.iter().map(|r| r.obs.flux).collect();
-        let removed = clip_band(&flux, qc);
+        let wl: Vec<f64> = pts.iter().map(|r| r.obs.wavelength).collect();
+        let bw: Vec<f64> = pts.iter().map(|r| r.obs.bandwidth).collect();
+        let removed = clip_band(&flux, &wl, &bw, qc);
         bq.clipped = removed.len();
         let survivors: Vec<Observation> = pts
             .iter()

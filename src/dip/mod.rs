@@ -112,6 +112,7 @@ pub struct QcConfig {
     pub clip_window: usize,
     pub clip_max_iter: usize,
     pub clip_protect_run: usize,
+    pub clip_protect_fraction: f64,
     pub min_points_per_band: usize,
 }
 
