@@ -660,10 +660,10 @@ fn line_ratios(grid: &[f64], x: &[f64], c: &Config) -> Vec<f64> {
 
 /// End to end with every default (3000 px, U-Net depth 3 × 32 filters, Adam 1e-3, CWT weight
 /// 0.01, discrepancy stop at χ²/M = 1, simulated deep-field source with 1000 observations per
-/// band, through the CSV and QC). `cargo run --release --example dip_tune -- 3000 0.01 3` with
-/// DIP_TUNE_PER_BAND=1000 measured, seeds 1/2/3: stop at epoch 503/520/360 (80–115 s on the
-/// loaded 2-core box), χ²/M 1.000, relative RMS vs the truth smoothed to λ/R 2.0/2.1/2.4 %,
-/// line ratios 1.001 1.003 0.911 / 1.018 1.001 1.013 / 1.066 1.022 0.948. Stated bounds:
+/// band, through the CSV and QC). `cargo run --release --example dip_tune -- 3000 0.01 3`
+/// measured, seeds 1/2/3: stop at epoch 336/520/335 (61–304 s on the loaded 2-core box), χ²/M
+/// 1.000, relative RMS vs the truth smoothed to λ/R 2.2/2.1/2.4 %, line ratios 1.018 1.023 0.920 /
+/// 1.018 1.001 1.013 / 1.058 1.021 0.946 (Tikhonov: 2.1/2.0/2.1 %, worst line 0.937). Stated bounds:
 /// χ²/M in [0.5, 2], RMS < 4 %, every line within 15 %.
 #[test]
 fn dip_with_defaults_recovers_simulated_source() {
