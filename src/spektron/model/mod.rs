@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod experiment;
 pub mod finetune;
 pub mod heads;
 pub mod lora;
