@@ -774,3 +774,135 @@ fn cli_ttt_and_experiment_table_quick() {
     assert!(dir.path().join("e4/e4_synthetic.md").is_file());
     assert!(dir.path().join("e4/spx-config.toml").is_file());
 }
+
+#[test]
+fn moe_routing_top2_and_balance_loss_closed_form() {
+    let _rng = common::burn_rng_lock();
+    use spx::spektron::model::moe::{Moe, route};
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    let logits = [
+        [2.0f32, 1.0, 0.0, -1.0],
+        [0.0, 3.0, 0.0, 2.5],
+        [1.0, 0.0, 4.0, 0.5],
+    ];
+    let r = route(t2(logits.concat(), 3, 4), 2);
+    let probs: Vec<Vec<f64>> = logits
+        .iter()
+        .map(|row| {
+            let z: f64 = row.iter().map(|&v| f64::from(v).exp()).sum();
+            row.iter().map(|&v| f64::from(v).exp() / z).collect()
+        })
+        .collect();
+    let top = [[0usize, 1], [1, 3], [2, 0]];
+    let picked = to_vec(r.experts.clone().float());
+    assert_eq!(picked, vec![0.0, 1.0, 1.0, 3.0, 2.0, 0.0]);
+    let gates = to_vec(r.gates);
+    for (i, t) in top.iter().enumerate() {
+        let s = probs[i][t[0]] + probs[i][t[1]];
+        for e in 0..4 {
+            let want = if t.contains(&e) { probs[i][e] / s } else { 0.0 };
+            assert!((f64::from(gates[i * 4 + e]) - want).abs() < 1e-6, "gate {i},{e}");
+        }
+    }
+    // f = assignments per expert / (N·k) = [2, 2, 1, 1] / 6; P = mean probability.
+    let f = [2.0 / 6.0, 2.0 / 6.0, 1.0 / 6.0, 1.0 / 6.0];
+    let want: f64 = 4.0
+        * (0..4)
+            .map(|e| f[e] * probs.iter().map(|p| p[e]).sum::<f64>() / 3.0)
+            .sum::<f64>();
+    assert!((f64::from(s(r.balance)) - want).abs() < 1e-6);
+    // Equal logits → uniform probabilities, balance exactly 1 whatever the tie-break.
+    let u = route(t2(vec![0.5; 8], 2, 4), 2);
+    assert!((s(u.balance) - 1.0).abs() < 1e-6);
+
+    let moe = Moe::new(8, 4, 2, 16, &dev);
+    let x = tensor_from((0..80).map(|i| (i as f32 * 0.1).sin()).collect(), [2, 5, 8], &dev);
+    let (y, b) = moe.forward(x);
+    assert_eq!(y.dims(), [2, 5, 8]);
+    assert!(s(b).is_finite());
+    // In the model: the output carries the balance loss, shapes unchanged.
+    let mut cfg = tiny_model_cfg();
+    cfg.moe_experts = 4;
+    cfg.moe_d_expert = 16;
+    let mut rng = seeded(&dev, 2);
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let lay = cfg.layout();
+    let p = tensor_from(vec![0.1; 2 * lay.padded()], [2, lay.n_patches, lay.patch], &dev);
+    let o = m.forward(p, Tensor::<1, Int>::from_ints([0, 1], &dev), None);
+    assert_eq!(o.hidden.dims(), [2, lay.n_tokens, 32]);
+    assert!(o.balance.is_some());
+    cfg.moe_top_k = 5;
+    assert!(SpektronModel::new(&cfg, &mut rng, &dev).is_err());
+}
+
+#[test]
+fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
+    let _rng = common::burn_rng_lock();
+    use spx::spektron::model::fno::{FnoHead, SpectralConv};
+    let dev = DeviceSpec::Cpu.device().unwrap();
+    let _ = seeded(&dev, 12);
+    let (b, ci, co, l) = (2, 2, 3, 8);
+    for modes in [3, 5] {
+        let conv = SpectralConv::new(ci, co, modes, &dev);
+        let xv: Vec<f32> = (0..b * ci * l)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let y = to_vec(conv.forward(tensor_from(xv.clone(), [b, ci, l], &dev)));
+        let (wr, wi) = (to_vec(conv.w_re.val()), to_vec(conv.w_im.val()));
+        let pi2 = 2.0 * std::f64::consts::PI;
+        for bb in 0..b {
+            for o in 0..co {
+                // Y_k = Σ_c X_c,k · W_c,o,k with X_c,k = Σ_n x_c[n] e^{−2πikn/L}, k < modes.
+                let mut yk = vec![(0.0f64, 0.0f64); modes];
+                for (k, acc) in yk.iter_mut().enumerate() {
+                    for c in 0..ci {
+                        let (mut xr, mut xi) = (0.0, 0.0);
+                        for n in 0..l {
+                            let v = f64::from(xv[(bb * ci + c) * l + n]);
+                            xr += v * (pi2 * (k * n) as f64 / l as f64).cos();
+                            xi -= v * (pi2 * (k * n) as f64 / l as f64).sin();
+                        }
+                        let w = (c * co + o) * modes + k;
+                        let (a, bi) = (f64::from(wr[w]), f64::from(wi[w]));
+                        acc.0 += xr * a - xi * bi;
+                        acc.1 += xr * bi + xi * a;
+                    }
+                }
+                // Hermitian full spectrum, zero above the kept modes, inverse DFT, real part.
+                let mut z = vec![(0.0f64, 0.0f64); l];
+                for k in 0..modes {
+                    z[k] = yk[k];
+                    if k > 0 && l - k != k {
+                        z[l - k] = (yk[k].0, -yk[k].1);
+                    }
+                }
+                for n in 0..l {
+                    let re: f64 = (0..l)
+                        .map(|k| {
+                            let t = pi2 * (k * n) as f64 / l as f64;
+                            z[k].0 * t.cos() - z[k].1 * t.sin()
+                        })
+                        .sum::<f64>()
+                        / l as f64;
+                    let got = f64::from(y[(bb * co + o) * l + n]);
+                    assert!((got - re).abs() < 1e-5, "modes {modes} b{bb} o{o} n{n}: {got} vs {re}");
+                }
+            }
+        }
+    }
+    let head = FnoHead::new(4, 3, 2, 2, &dev);
+    let z = tensor_from((0..48).map(|i| i as f32 * 0.01).collect(), [3, 16], &dev);
+    assert_eq!(head.forward(z).dims(), [3, 2]);
+    let mut cfg = tiny_model_cfg();
+    cfg.head = spx::spektron::model::HeadKind::Fno;
+    cfg.fno_width = 4;
+    cfg.fno_modes = 4;
+    cfg.fno_layers = 2;
+    let mut rng = seeded(&dev, 2);
+    let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    assert!(m.heads.fno.is_some());
+    let lay = cfg.layout();
+    let p = tensor_from(vec![0.1; 3 * lay.padded()], [3, lay.n_patches, lay.patch], &dev);
+    let y = m.predict(p, Tensor::<1, Int>::from_ints([0, 1, 2], &dev));
+    assert_eq!(y.dims(), [3, 2]);
+}

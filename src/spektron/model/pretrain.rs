@@ -185,6 +185,9 @@ pub struct LossTerms {
     pub ot: f64,
     pub physics: f64,
     pub vib: f64,
+    /// MoE balance loss (mean of the two views; 0 without MoE).
+    #[serde(default)]
+    pub moe: f64,
 }
 
 /// Everything the loss needs besides the model; built once per run.
@@ -280,7 +283,12 @@ pub fn batch_loss(
         + losses::vib_kl(o1.inst.mu, o1.inst.logvar)
         + losses::vib_kl(o2.inst.mu, o2.inst.logvar))
         * lc.beta;
-    let total = msrp.clone() * lc.msrp
+    let moe = match (o1.balance, o2.balance) {
+        (Some(a), Some(b)) => (a + b) * 0.5,
+        _ => Tensor::<1>::zeros([1], &dev),
+    };
+    let total = moe.clone() * lc.moe
+        + msrp.clone() * lc.msrp
         + contrastive.clone() * lc.contrastive
         + denoise.clone() * lc.denoise
         + ot.clone() * lc.ot
@@ -295,6 +303,7 @@ pub fn batch_loss(
         ot: s(&ot),
         physics: s(&physics),
         vib: s(&vib),
+        moe: s(&moe),
     };
     (total, terms)
 }
@@ -439,6 +448,7 @@ pub fn validate(
         acc.ot += t.ot;
         acc.physics += t.physics;
         acc.vib += t.vib;
+        acc.moe += t.moe;
         nb += 1.0;
     }
     if nb > 0.0 {
@@ -450,6 +460,7 @@ pub fn validate(
             &mut acc.ot,
             &mut acc.physics,
             &mut acc.vib,
+            &mut acc.moe,
         ] {
             *v /= nb;
         }
