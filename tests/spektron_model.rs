@@ -388,6 +388,8 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     .unwrap();
     assert_eq!(rep2.start_step, 30);
     assert_eq!(rep2.log.len(), 33);
+    assert!(rep2.optimizer_restored);
+    assert!(rep.checkpoint.join("optimizer.bpk").is_file());
 }
 
 #[test]
@@ -905,4 +907,69 @@ fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
     let p = tensor_from(vec![0.1; 3 * lay.padded()], [3, lay.n_patches, lay.patch], &dev);
     let y = m.predict(p, Tensor::<1, Int>::from_ints([0, 1, 2], &dev));
     assert_eq!(y.dims(), [3, 2]);
+}
+
+#[test]
+fn adamw_state_checkpoint_resume_equals_uninterrupted() {
+    let _rng = common::burn_rng_lock();
+    use burn::module::Module;
+    use burn::optim::{AdamWConfig, GradientsParams};
+    use spx::spektron::model::{checkpoint, finetune, lora};
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let mut cfg = tiny_model_cfg();
+    cfg.layers = "mt".into();
+    let lay = cfg.layout();
+    let x: Vec<f32> = (0..4 * 2048)
+        .map(|j| ((j % 2048) as f32 * 0.01 * (1.0 + (j / 2048) as f32 * 0.2)).sin())
+        .collect();
+    let p = finetune::patches(&lay, &x, &[0, 1, 2, 3], &dev);
+    let d = Tensor::<1, Int>::from_ints([2, 2, 2, 2], &dev);
+    let y = tensor_from(vec![0.5, -0.2, 0.1, 0.3, -0.4, 0.2, 0.0, 0.6], [4, 2], &dev);
+    let new_opt = || AdamWConfig::new().with_weight_decay(0.01).init();
+    let step = |m: SpektronModel, o: &mut burn::optim::ModuleOptimizer| {
+        let loss = losses::mse(m.predict(p.clone(), d.clone()), y.clone());
+        let g = GradientsParams::from_grads(loss.backward(), &m);
+        o.step(1e-2, m, g)
+    };
+    let mut rng = seeded(&dev, 21);
+    let mut m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
+    let mut opt = new_opt();
+    for _ in 0..3 {
+        m = step(m, &mut opt);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ck = checkpoint::save_with_optimizer(dir.path(), &m, Some(&opt), 3, &[]).unwrap();
+    // Uninterrupted: 3 more steps.
+    let mut a = m;
+    for _ in 0..3 {
+        a = step(a, &mut opt);
+    }
+    // Resumed: a fresh model (other init) and a fresh optimizer, both loaded from disk.
+    let mut rng = seeded(&dev, 99);
+    let (mut b, st) =
+        checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
+    assert_eq!(st.step, 3);
+    let (mut opt_b, restored) = checkpoint::load_optimizer(&ck, new_opt()).unwrap();
+    assert!(restored);
+    // Control: the same resume with fresh moments.
+    let (mut c, _) = checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
+    let mut opt_c = new_opt();
+    for _ in 0..3 {
+        b = step(b, &mut opt_b);
+        c = step(c, &mut opt_c);
+    }
+    let (sa, sb, sc) = (
+        lora::snapshot(&a.valid()),
+        lora::snapshot(&b.valid()),
+        lora::snapshot(&c.valid()),
+    );
+    let maxdiff = |u: &std::collections::BTreeMap<String, Vec<f32>>,
+                   v: &std::collections::BTreeMap<String, Vec<f32>>| {
+        u.iter()
+            .flat_map(|(k, x)| x.iter().zip(&v[k]).map(|(p, q)| (p - q).abs()))
+            .fold(0.0f32, f32::max)
+    };
+    assert_eq!(sa.len(), sb.len());
+    assert!(maxdiff(&sa, &sb) < 1e-6, "resume differs: {}", maxdiff(&sa, &sb));
+    assert!(maxdiff(&sa, &sc) > 1e-4, "control: restarting the moments must change the path");
 }

@@ -326,6 +326,8 @@ pub struct PretrainReport {
     pub n_tokens: usize,
     /// Validation terms of the untrained model (fresh runs only).
     pub initial_val: Option<LossTerms>,
+    /// Whether `--resume` restored the AdamW moments (checkpoints without `optimizer.bpk` do not).
+    pub optimizer_restored: bool,
     pub log: Vec<LogEntry>,
     pub checkpoint: PathBuf,
 }
@@ -369,6 +371,10 @@ pub fn pretrain(
         .with_weight_decay(pc.weight_decay as f32)
         .with_grad_clipping(clip)
         .init();
+    let mut optimizer_restored = false;
+    if let Some(dir) = resume {
+        (opt, optimizer_restored) = checkpoint::load_optimizer(dir, opt)?;
+    }
     let ck_dir = out.join("checkpoints");
     let initial_val = if start == 0 {
         Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?)
@@ -401,7 +407,7 @@ pub fn pretrain(
         pb.inc(1);
         log.push(entry);
         if (pc.checkpoint_every > 0 && (step + 1) % pc.checkpoint_every == 0) || is_last {
-            last = checkpoint::save(&ck_dir, &model, step + 1, &log)?;
+            last = checkpoint::save_with_optimizer(&ck_dir, &model, Some(&opt), step + 1, &log)?;
         }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -415,6 +421,7 @@ pub fn pretrain(
             parameters,
             n_tokens: lay.n_tokens,
             initial_val,
+            optimizer_restored,
             log,
             checkpoint: last,
         },
