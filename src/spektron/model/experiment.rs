@@ -47,6 +47,7 @@ pub struct ExperimentConfig {
     pub transfer_epochs: usize,
     pub scratch_epochs: usize,
     pub full_lr: f64,
+    pub centre: bool,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -89,6 +90,49 @@ fn take(x: &[f32], rows: &[usize], p: usize) -> Vec<f32> {
     rows.iter()
         .flat_map(|&r| x[r * p..(r + 1) * p].iter().copied())
         .collect()
+}
+
+/// Centring of a calibration set, as PLS centres X: the mean spectrum and one RMS scale of the
+/// centred rows (the sample-to-sample differences that carry the property are ~1 % of an SNV
+/// spectrum; uncentred they are a small perturbation of one shared input).
+#[derive(Clone, Debug)]
+struct Centring {
+    mean: Vec<f32>,
+    scale: f32,
+}
+
+impl Centring {
+    fn fit(x: &[f32], p: usize) -> Self {
+        let n = (x.len() / p).max(1);
+        let mut mean = vec![0.0f64; p];
+        for row in x.chunks(p) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += f64::from(v) / n as f64;
+            }
+        }
+        let ss: f64 = x
+            .chunks(p)
+            .flat_map(|row| row.iter().zip(&mean).map(|(&v, m)| (f64::from(v) - m).powi(2)))
+            .sum();
+        let rms = (ss / x.len().max(1) as f64).sqrt();
+        Centring {
+            mean: mean.into_iter().map(|m| m as f32).collect(),
+            scale: if rms > 0.0 { rms as f32 } else { 1.0 },
+        }
+    }
+
+    fn identity(p: usize) -> Self {
+        Centring {
+            mean: vec![0.0; p],
+            scale: 1.0,
+        }
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        x.chunks(self.mean.len())
+            .flat_map(|row| row.iter().zip(&self.mean).map(|(v, m)| (v - m) / self.scale))
+            .collect()
+    }
 }
 
 /// Seed for one (repetition, arm, N) training run: burn's dropout draws from the global RNG,
@@ -185,7 +229,14 @@ pub fn run_model_arms(
         let (test, cal) = perm.split_at(n_test);
         let tperm = splits::permutation(1000 + s as u32, cal.len());
         let mods = |k: usize| vec![modality; k];
-        let xt_test = take(xt, test, p);
+        // Master-side centring (from the source calibration rows) for the master, TTT and LoRA
+        // arms, as the classical methods reuse the master PLS centring.
+        let cm = if ec.centre {
+            Centring::fit(&take(xs, cal, p), p)
+        } else {
+            Centring::identity(p)
+        };
+        let xt_test = cm.apply(&take(xt, test, p));
 
         on_progress(&format!("repetition {}: master calibration", s + 1));
         let ms = sub_seed(seed, s, 1, 0);
@@ -193,7 +244,7 @@ pub fn run_model_arms(
         if let Some(dir) = pretrained {
             base = checkpoint::load(dir, base)?.0;
         }
-        let (xc, yc) = (take(xs, cal, p), yv(cal));
+        let (xc, yc) = (cm.apply(&take(xs, cal, p)), yv(cal));
         let mcfg = FinetuneConfig {
             epochs: ec.master_epochs,
             ..full.clone()
@@ -223,7 +274,7 @@ pub fn run_model_arms(
         push(
             "spektron_master_on_master",
             0,
-            score(test, &pred(&master, &take(xs, test, p), &mrep)),
+            score(test, &pred(&master, &cm.apply(&take(xs, test, p)), &mrep)),
         );
 
         on_progress(&format!("repetition {}: test-time training", s + 1));
@@ -247,7 +298,8 @@ pub fn run_model_arms(
 
         for &k in ns {
             let tr: Vec<usize> = tperm[..k].iter().map(|&i| cal[i]).collect();
-            let (xtr, ytr) = (take(xt, &tr, p), yv(&tr));
+            let raw = take(xt, &tr, p);
+            let (xtr, ytr) = (cm.apply(&raw), yv(&tr));
             let data = Labelled {
                 x: &xtr,
                 y: &ytr,
@@ -273,9 +325,22 @@ pub fn run_model_arms(
                 epochs: ec.scratch_epochs,
                 ..full.clone()
             };
+            // From scratch: centred on its own N target spectra (as target-only PLS).
+            let cs = if ec.centre {
+                Centring::fit(&raw, p)
+            } else {
+                Centring::identity(p)
+            };
+            let xtr_s = cs.apply(&raw);
+            let data_s = Labelled {
+                x: &xtr_s,
+                y: &ytr,
+                modality: &mods(k),
+            };
             let m0 = fresh(ss)?;
-            let (m, rep) = finetune::finetune_scaled(m0, &lay, &data, &scfg, device, ss, None)?;
-            push("scratch", k, score(test, &pred(&m, &xt_test, &rep)));
+            let (m, rep) = finetune::finetune_scaled(m0, &lay, &data_s, &scfg, device, ss, None)?;
+            let xt_test_s = cs.apply(&take(xt, test, p));
+            push("scratch", k, score(test, &pred(&m, &xt_test_s, &rep)));
         }
     }
     Ok(acc
