@@ -578,10 +578,19 @@ fn selective_scan_equals_materialised_recurrence() {
         ));
         // Reference: materialised decays/inputs [B,L,di,ds], sequential recurrence, readout.
         let da = (dt.clone().reshape([b, l, di, 1]) * a.clone().reshape([1, 1, di, ds])).exp();
-        let dbx = (dt.clone() * x.clone()).reshape([b, l, di, 1]) * bm.clone().reshape([b, l, 1, ds]);
+        let dbx =
+            (dt.clone() * x.clone()).reshape([b, l, di, 1]) * bm.clone().reshape([b, l, 1, ds]);
         let hs = scan_sequential(da, dbx);
-        let want = to_vec((hs * cm.clone().reshape([b, l, 1, ds])).sum_dim(3).reshape([b, l, di]));
-        let err = y.iter().zip(&want).map(|(p, q)| (p - q).abs()).fold(0.0, f32::max);
+        let want = to_vec(
+            (hs * cm.clone().reshape([b, l, 1, ds]))
+                .sum_dim(3)
+                .reshape([b, l, di]),
+        );
+        let err = y
+            .iter()
+            .zip(&want)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
         assert!(err < 1e-5, "L={l}: {err}");
         // Literal host recurrence for batch 1, channel 2.
         let (dv, xv, av, bv, cv) = (to_vec(dt), to_vec(x), to_vec(a), to_vec(bm), to_vec(cm));
@@ -821,7 +830,10 @@ fn moe_routing_top2_and_balance_loss_closed_form() {
         let s = probs[i][t[0]] + probs[i][t[1]];
         for e in 0..4 {
             let want = if t.contains(&e) { probs[i][e] / s } else { 0.0 };
-            assert!((f64::from(gates[i * 4 + e]) - want).abs() < 1e-6, "gate {i},{e}");
+            assert!(
+                (f64::from(gates[i * 4 + e]) - want).abs() < 1e-6,
+                "gate {i},{e}"
+            );
         }
     }
     // f = assignments per expert / (N·k) = [2, 2, 1, 1] / 6; P = mean probability.
@@ -836,7 +848,11 @@ fn moe_routing_top2_and_balance_loss_closed_form() {
     assert!((s(u.balance) - 1.0).abs() < 1e-6);
 
     let moe = Moe::new(8, 4, 2, 16, &dev);
-    let x = tensor_from((0..80).map(|i| (i as f32 * 0.1).sin()).collect(), [2, 5, 8], &dev);
+    let x = tensor_from(
+        (0..80).map(|i| (i as f32 * 0.1).sin()).collect(),
+        [2, 5, 8],
+        &dev,
+    );
     let (y, b) = moe.forward(x);
     assert_eq!(y.dims(), [2, 5, 8]);
     assert!(s(b).is_finite());
@@ -847,7 +863,11 @@ fn moe_routing_top2_and_balance_loss_closed_form() {
     let mut rng = seeded(&dev, 2);
     let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
     let lay = cfg.layout();
-    let p = tensor_from(vec![0.1; 2 * lay.padded()], [2, lay.n_patches, lay.patch], &dev);
+    let p = tensor_from(
+        vec![0.1; 2 * lay.padded()],
+        [2, lay.n_patches, lay.patch],
+        &dev,
+    );
     let o = m.forward(p, Tensor::<1, Int>::from_ints([0, 1], &dev), None);
     assert_eq!(o.hidden.dims(), [2, lay.n_tokens, 32]);
     assert!(o.balance.is_some());
@@ -905,7 +925,10 @@ fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
                         .sum::<f64>()
                         / l as f64;
                     let got = f64::from(y[(bb * co + o) * l + n]);
-                    assert!((got - re).abs() < 1e-5, "modes {modes} b{bb} o{o} n{n}: {got} vs {re}");
+                    assert!(
+                        (got - re).abs() < 1e-5,
+                        "modes {modes} b{bb} o{o} n{n}: {got} vs {re}"
+                    );
                 }
             }
         }
@@ -922,7 +945,11 @@ fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
     let m = SpektronModel::new(&cfg, &mut rng, &dev).unwrap();
     assert!(m.heads.fno.is_some());
     let lay = cfg.layout();
-    let p = tensor_from(vec![0.1; 3 * lay.padded()], [3, lay.n_patches, lay.patch], &dev);
+    let p = tensor_from(
+        vec![0.1; 3 * lay.padded()],
+        [3, lay.n_patches, lay.patch],
+        &dev,
+    );
     let y = m.predict(p, Tensor::<1, Int>::from_ints([0, 1, 2], &dev));
     assert_eq!(y.dims(), [3, 2]);
 }
@@ -970,7 +997,8 @@ fn adamw_state_checkpoint_resume_equals_uninterrupted() {
     let (mut opt_b, restored) = checkpoint::load_optimizer(&ck, new_opt()).unwrap();
     assert!(restored);
     // Control: the same resume with fresh moments.
-    let (mut c, _) = checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
+    let (mut c, _) =
+        checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
     let mut opt_c = new_opt();
     for _ in 0..3 {
         b = step(b, &mut opt_b);
@@ -988,6 +1016,13 @@ fn adamw_state_checkpoint_resume_equals_uninterrupted() {
             .fold(0.0f32, f32::max)
     };
     assert_eq!(sa.len(), sb.len());
-    assert!(maxdiff(&sa, &sb) < 1e-6, "resume differs: {}", maxdiff(&sa, &sb));
-    assert!(maxdiff(&sa, &sc) > 1e-4, "control: restarting the moments must change the path");
+    assert!(
+        maxdiff(&sa, &sb) < 1e-6,
+        "resume differs: {}",
+        maxdiff(&sa, &sb)
+    );
+    assert!(
+        maxdiff(&sa, &sc) > 1e-4,
+        "control: restarting the moments must change the path"
+    );
 }

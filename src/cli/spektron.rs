@@ -948,68 +948,71 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
             };
             let rows: Vec<usize> = v["test_rows"]
                 .as_array()
-                .and_then(|a| {
-                    a.iter()
-                        .map(|r| r.as_u64().map(|r| r as usize))
-                        .collect()
-                })
+                .and_then(|a| a.iter().map(|r| r.as_u64().map(|r| r as usize)).collect())
                 .with_context(|| format!("{}: no integer array test_rows", f.display()))?;
             Some((nums("y_mean")?, nums("y_std")?, rows))
         }
         None => None,
     };
     // Unlabelled spectra (+ labels of the same rows when scoring).
-    let (x, modality, labels): (Vec<f32>, Vec<i8>, Option<Vec<f64>>) =
-        match (&a.corpus, &a.data) {
-            (Some(c), _) => {
-                let r = spx::io::hdf5::H5Reader::open(c)?;
-                let sh = r.shape("spectra")?;
-                if sh.len() != 2 || sh[1] != np {
-                    bail!(
-                        "{}: /spectra has shape {sh:?}, expected (N, {np}) (spektron.model.n_points)",
-                        c.display()
-                    );
-                }
-                let x: Vec<f32> = r.read::<f32>("spectra")?.iter().copied().collect();
-                let m: Vec<i8> = r.read::<i8>("modality")?.iter().copied().collect();
-                if m.len() != sh[0] {
-                    bail!("{}: /modality has {} rows, /spectra {}", c.display(), m.len(), sh[0]);
-                }
-                (x, m, None)
+    let (x, modality, labels): (Vec<f32>, Vec<i8>, Option<Vec<f64>>) = match (&a.corpus, &a.data) {
+        (Some(c), _) => {
+            let r = spx::io::hdf5::H5Reader::open(c)?;
+            let sh = r.shape("spectra")?;
+            if sh.len() != 2 || sh[1] != np {
+                bail!(
+                    "{}: /spectra has shape {sh:?}, expected (N, {np}) (spektron.model.n_points)",
+                    c.display()
+                );
             }
-            (None, Some(d)) => {
-                let t = a
-                    .target
-                    .as_deref()
-                    .context("--data needs --target (the instrument to adapt to)")?;
-                let pair = instruments::load_pair(d, t, t, &a.property)?;
-                let code = Modality::parse(&a.modality)
-                    .with_context(|| format!("--modality {}: unknown", a.modality))?
-                    .code();
-                let all = prepared_rows(
-                    d,
-                    &pair.axis,
-                    &pair.data.target,
-                    np,
-                    cfg.spektron.corpus.min_std,
-                )?;
-                let n = pair.data.y.len();
-                let rows: Vec<usize> = match &ft {
-                    Some((_, _, r)) => r.clone(),
-                    None => (0..n).collect(),
-                };
-                if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
-                    bail!("test row {bad} of --finetune-report is beyond the {n} samples of {}", d.display());
-                }
-                let x = rows
-                    .iter()
-                    .flat_map(|&r| all[r * np..(r + 1) * np].to_vec())
-                    .collect();
-                let y = rows.iter().map(|&r| pair.data.y[r]).collect();
-                (x, vec![code; rows.len()], Some(y))
+            let x: Vec<f32> = r.read::<f32>("spectra")?.iter().copied().collect();
+            let m: Vec<i8> = r.read::<i8>("modality")?.iter().copied().collect();
+            if m.len() != sh[0] {
+                bail!(
+                    "{}: /modality has {} rows, /spectra {}",
+                    c.display(),
+                    m.len(),
+                    sh[0]
+                );
             }
-            (None, None) => bail!("give the unlabelled target spectra with --corpus or --data"),
-        };
+            (x, m, None)
+        }
+        (None, Some(d)) => {
+            let t = a
+                .target
+                .as_deref()
+                .context("--data needs --target (the instrument to adapt to)")?;
+            let pair = instruments::load_pair(d, t, t, &a.property)?;
+            let code = Modality::parse(&a.modality)
+                .with_context(|| format!("--modality {}: unknown", a.modality))?
+                .code();
+            let all = prepared_rows(
+                d,
+                &pair.axis,
+                &pair.data.target,
+                np,
+                cfg.spektron.corpus.min_std,
+            )?;
+            let n = pair.data.y.len();
+            let rows: Vec<usize> = match &ft {
+                Some((_, _, r)) => r.clone(),
+                None => (0..n).collect(),
+            };
+            if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+                bail!(
+                    "test row {bad} of --finetune-report is beyond the {n} samples of {}",
+                    d.display()
+                );
+            }
+            let x = rows
+                .iter()
+                .flat_map(|&r| all[r * np..(r + 1) * np].to_vec())
+                .collect();
+            let y = rows.iter().map(|&r| pair.data.y[r]).collect();
+            (x, vec![code; rows.len()], Some(y))
+        }
+        (None, None) => bail!("give the unlabelled target spectra with --corpus or --data"),
+    };
     let dev = cfg
         .run
         .device
@@ -1248,12 +1251,8 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     let base = baselines::evaluate(&data, &bc, |_| {})
         .with_context(|| "classical baselines".to_string())?;
     let lay = cfg.spektron.model.layout();
-    let (xs, xt) = experiment::prepare_spectra(
-        &data,
-        &axis,
-        lay.n_points,
-        cfg.spektron.corpus.min_std,
-    )?;
+    let (xs, xt) =
+        experiment::prepare_spectra(&data, &axis, lay.n_points, cfg.spektron.corpus.min_std)?;
     let dev = cfg
         .run
         .device
@@ -1267,7 +1266,11 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     };
     let pb = g.progress().bar(
         (ec.repeats * (2 + 2 * ns.len())) as u64,
-        if table { "E4 table" } else { "E3 sample efficiency" },
+        if table {
+            "E4 table"
+        } else {
+            "E3 sample efficiency"
+        },
     );
     let t0 = std::time::Instant::now();
     let arms = experiment::run_model_arms(
@@ -1325,10 +1328,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
             "N transfer samples",
             "RMSEP",
         );
-        for m in METHODS[4..]
-            .iter()
-            .chain(&["spektron_lora", "scratch"])
-        {
+        for m in METHODS[4..].iter().chain(&["spektron_lora", "scratch"]) {
             let pts: Vec<(f64, f64)> = ns
                 .iter()
                 .filter_map(|&n| {
@@ -1377,7 +1377,12 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
         g.say(format!("wrote {}", f.display()));
     }
     let mut js = summary;
-    js["files"] = serde_json::json!(files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>());
+    js["files"] = serde_json::json!(
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+    );
     g.emit_json(&js)?;
     Ok(ExitCode::SUCCESS)
 }

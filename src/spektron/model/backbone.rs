@@ -8,11 +8,11 @@ use burn::tensor::{Device, Distribution, Int, Tensor};
 use rand::Rng;
 
 use super::fno::FnoHead;
-use super::moe::Moe;
-use super::{HeadKind, ModelConfig};
 use super::heads::{Gaussian, Heads};
 use super::mamba::{MambaBlock, MambaDims};
+use super::moe::Moe;
 use super::tokens::{N_SPECIAL, TokenLayout};
+use super::{HeadKind, ModelConfig};
 use crate::error::SpxError;
 use crate::spektron::data::Modality;
 

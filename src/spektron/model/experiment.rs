@@ -112,7 +112,11 @@ impl Centring {
         }
         let ss: f64 = x
             .chunks(p)
-            .flat_map(|row| row.iter().zip(&mean).map(|(&v, m)| (f64::from(v) - m).powi(2)))
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&mean)
+                    .map(|(&v, m)| (f64::from(v) - m).powi(2))
+            })
             .sum();
         let rms = (ss / x.len().max(1) as f64).sqrt();
         Centring {
@@ -130,7 +134,11 @@ impl Centring {
 
     fn apply(&self, x: &[f32]) -> Vec<f32> {
         x.chunks(self.mean.len())
-            .flat_map(|row| row.iter().zip(&self.mean).map(|(v, m)| (v - m) / self.scale))
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&self.mean)
+                    .map(|(v, m)| (v - m) / self.scale)
+            })
             .collect()
     }
 }

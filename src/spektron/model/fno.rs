@@ -87,7 +87,13 @@ pub struct FnoHead {
 }
 
 impl FnoHead {
-    pub fn new(width: usize, modes: usize, layers: usize, n_targets: usize, device: &Device) -> Self {
+    pub fn new(
+        width: usize,
+        modes: usize,
+        layers: usize,
+        n_targets: usize,
+        device: &Device,
+    ) -> Self {
         FnoHead {
             lift: LinearConfig::new(1, width).init(device),
             convs: (0..layers)

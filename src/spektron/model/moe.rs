@@ -56,7 +56,13 @@ pub fn route(logits: Tensor<2>, k: usize) -> Routing {
 }
 
 impl Moe {
-    pub fn new(d_model: usize, experts: usize, top_k: usize, d_expert: usize, device: &Device) -> Self {
+    pub fn new(
+        d_model: usize,
+        experts: usize,
+        top_k: usize,
+        d_expert: usize,
+        device: &Device,
+    ) -> Self {
         Moe {
             norm: LayerNormConfig::new(d_model).init(device),
             router: LinearConfig::new(d_model, experts)
