@@ -639,7 +639,43 @@ pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         &indicatif::ProgressBar::hidden(),
     )?;
     let (loss_json, loss_png) = write_loss_files(&pdir, &prep)?;
+    // Model arms on the same synthetic two-instrument set, from the checkpoint just written
+    // (one repetition, N = 20, short training).
+    let mut ex = sp.clone();
+    ex.baselines.n_test = 20;
+    ex.experiment.repeats = 1;
+    ex.experiment.master_epochs = 20;
+    ex.experiment.transfer_epochs = 20;
+    ex.experiment.scratch_epochs = 10;
+    ex.finetune.lr = 1e-3;
+    ex.ttt.steps = 3;
+    let (xs, xt) = spx::spektron::model::experiment::prepare_spectra(
+        &data,
+        &[],
+        ex.model.n_points,
+        ex.corpus.min_std,
+    )?;
+    let arms = spx::spektron::model::experiment::run_model_arms(
+        &xs,
+        &xt,
+        &data.y.to_vec(),
+        &[20],
+        &ex,
+        Some(&prep.checkpoint),
+        Modality::Nir.code(),
+        &dev,
+        cfg.run.seed,
+        |_| {},
+    )?;
+    let arm = |m: &str| {
+        arms.iter()
+            .find(|c| c.method == m)
+            .map_or(f64::NAN, |c| c.rmsep_mean)
+    };
     Ok(serde_json::json!({
+        "model_rmsep_no_transfer": arm("spektron_no_transfer"),
+        "model_rmsep_lora_n20": arm("spektron_lora"),
+        "model_rmsep_scratch_n20": arm("scratch"),
         "pretrain_val_msrp_initial": prep.initial_val.as_ref().map(|v| v.msrp),
         "pretrain_val_msrp_final": prep.log.last().and_then(|e| e.val.as_ref()).map(|v| v.msrp),
         "pretrain_spectra_per_s": prep.spectra_per_s,
