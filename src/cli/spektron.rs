@@ -1243,7 +1243,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     let cp = cfg.write_effective(&out)?;
     let modality = Modality::parse(&a.modality)
         .with_context(|| format!("--modality {}: unknown", a.modality))?;
-    let (data, axis, title, stem, property) = match &a.data {
+    let (data, axis, title, stem, property, short) = match &a.data {
         Some(d) => {
             let pair = instruments::load_pair(d, &a.source, &a.target, &a.property)?;
             let prop = pair.property.trim().to_string();
@@ -1252,7 +1252,8 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
                 pair.axis,
                 format!("{} → {}, {}", a.source, a.target, prop),
                 format!("{}_{}_{}", a.source, a.target, prop.to_ascii_lowercase()),
-                prop,
+                prop.clone(),
+                format!("{} → {}, {}", a.source, a.target, prop),
             )
         }
         None => {
@@ -1278,6 +1279,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
                 ),
                 "synthetic".to_string(),
                 "analyte 1".to_string(),
+                "synthetic".to_string(),
             )
         }
     };
@@ -1357,13 +1359,14 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
         };
         let mut lp = plot::LinePlot::new(
             format!(
-                "{title}; N=0: no transfer {:.3}, Spektron TTT {:.3}",
+                "{name} {short}; N=0: no transfer {:.3}, Spektron TTT {:.3}",
                 cell("no_transfer"),
                 cell("spektron_ttt")
             ),
             "N transfer samples",
             "RMSEP",
         );
+        lp.log_y = true;
         for m in METHODS[4..].iter().chain(&["spektron_lora", "scratch"]) {
             let pts: Vec<(f64, f64)> = ns
                 .iter()
