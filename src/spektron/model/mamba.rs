@@ -134,13 +134,21 @@ pub fn selective_scan(
     let a = a.reshape([1, di, ds]);
     let mut h = Tensor::<3>::zeros([b, di, ds], &dt.device());
     let mut ys = Vec::with_capacity(l);
-    for t in 0..l {
-        let da = (dt.clone().narrow(1, t, 1).reshape([b, di, 1]) * a.clone()).exp();
-        let bx = dtx.clone().narrow(1, t, 1).reshape([b, di, 1])
-            * bm.clone().narrow(1, t, 1).reshape([b, 1, ds]);
-        h = da * h + bx;
-        let y = (h.clone() * cm.clone().narrow(1, t, 1).reshape([b, 1, ds])).sum_dim(2);
-        ys.push(y.reshape([b, 1, di]));
+    // Two-level slicing (chunks of CHUNK steps, then steps within the chunk): a step slice's
+    // backward allocates a chunk-sized gradient instead of a whole-sequence one.
+    const CHUNK: usize = 8;
+    for c0 in (0..l).step_by(CHUNK) {
+        let n = CHUNK.min(l - c0);
+        let (dt_c, dtx_c) = (dt.clone().narrow(1, c0, n), dtx.clone().narrow(1, c0, n));
+        let (bm_c, cm_c) = (bm.clone().narrow(1, c0, n), cm.clone().narrow(1, c0, n));
+        for t in 0..n {
+            let da = (dt_c.clone().narrow(1, t, 1).reshape([b, di, 1]) * a.clone()).exp();
+            let bx = dtx_c.clone().narrow(1, t, 1).reshape([b, di, 1])
+                * bm_c.clone().narrow(1, t, 1).reshape([b, 1, ds]);
+            h = da * h + bx;
+            let y = (h.clone() * cm_c.clone().narrow(1, t, 1).reshape([b, 1, ds])).sum_dim(2);
+            ys.push(y.reshape([b, 1, di]));
+        }
     }
     Tensor::cat(ys, 1)
 }
