@@ -30,6 +30,82 @@ pub enum SpektronCmd {
     Pretrain(PretrainArgs),
     /// Fine-tune a pretrained checkpoint (LoRA or full) on N labelled target-instrument spectra.
     Finetune(FinetuneArgs),
+    /// Test-time training: adapt a checkpoint's normalisation layers to unlabelled target spectra.
+    Ttt(TttArgs),
+    /// Model arms beside the classical baselines on the same seeded splits (E3, E4).
+    #[command(subcommand)]
+    Experiment(ExperimentCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct TttArgs {
+    /// Checkpoint to adapt (pretrained, or OUT/checkpoints/last of `spektron finetune`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Unlabelled target spectra as a corpus HDF5 (`/spectra` (N, n_points), `/modality`).
+    #[arg(long, conflicts_with = "data")]
+    pub corpus: Option<PathBuf>,
+    /// …or an instrument file (corn.mat / corn CSV directory / tablets .mat) with --target.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Target instrument of --data (e.g. mp6).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Property of --data scored before and after (with --finetune-report); name or 1-based column.
+    #[arg(long, default_value = "1")]
+    pub property: String,
+    /// finetune.json of `spektron finetune`: TTT then runs on its test rows (unlabelled use) and
+    /// reports RMSEP/R² there before and after, with its target standardisation.
+    #[arg(long)]
+    pub finetune_report: Option<PathBuf>,
+    /// TTT steps (spektron.ttt.steps).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Modality of --data spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExperimentCmd {
+    /// E3: RMSEP vs N transfer samples, model arms and classical baselines (CSV, JSON, MD, PNG).
+    SampleEfficiency(ExperimentArgs),
+    /// E4: RMSEP/R² table at N = spektron.experiment.table_n plus the N = 0 rows (CSV, JSON, MD).
+    Table(ExperimentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// corn.mat / corn CSV directory / tablets .mat; without it, synthetic two-instrument data
+    /// (spektron.experiment.synth_*).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Source (master) instrument.
+    #[arg(long, default_value = "m5")]
+    pub source: String,
+    /// Target (slave) instrument.
+    #[arg(long, default_value = "mp6")]
+    pub target: String,
+    /// Property name or 1-based column.
+    #[arg(long, default_value = "moisture")]
+    pub property: String,
+    /// Pretrained checkpoint (same [spektron.model]); without it the model starts from random
+    /// weights.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Seeded repetitions (spektron.experiment.repeats).
+    #[arg(long)]
+    pub repeats: Option<usize>,
+    /// E3: the N values (spektron.experiment.n_transfer); E4: one value (spektron.experiment.table_n).
+    #[arg(long, value_delimiter = ',')]
+    pub n_transfer: Option<Vec<usize>>,
+    /// Modality of the spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
+    /// Small profile for a quick check: d_model 32, layers "mt", 1 repetition, N 5 and 20,
+    /// 20 epochs (keys given with --set win).
+    #[arg(long)]
+    pub quick: bool,
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +265,9 @@ pub fn run(g: &Global, cmd: &SpektronCmd) -> Result<ExitCode> {
         SpektronCmd::Baselines(a) => baselines_cmd(g, a),
         SpektronCmd::Pretrain(a) => pretrain_cmd(g, a),
         SpektronCmd::Finetune(a) => finetune_cmd(g, a),
+        SpektronCmd::Ttt(a) => ttt_cmd(g, a),
+        SpektronCmd::Experiment(ExperimentCmd::SampleEfficiency(a)) => experiment_cmd(g, a, false),
+        SpektronCmd::Experiment(ExperimentCmd::Table(a)) => experiment_cmd(g, a, true),
     }
 }
 
@@ -344,6 +423,11 @@ fn method_label(m: &str) -> &'static str {
         "cca" => "CCA in PCA space",
         "recentre" => "re-centring on N unlabelled target spectra",
         "dipls" => "di-PLS (N unlabelled target)",
+        "spektron_master_on_master" => "Spektron master model on master test spectra",
+        "spektron_no_transfer" => "Spektron master model on target (no transfer)",
+        "spektron_ttt" => "Spektron + TTT on the unlabelled target test spectra",
+        "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
+        "scratch" => "Spektron from scratch on N labelled target spectra",
         _ => "?",
     }
 }
@@ -555,7 +639,43 @@ pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         &indicatif::ProgressBar::hidden(),
     )?;
     let (loss_json, loss_png) = write_loss_files(&pdir, &prep)?;
+    // Model arms on the same synthetic two-instrument set, from the checkpoint just written
+    // (one repetition, N = 20, short training).
+    let mut ex = sp.clone();
+    ex.baselines.n_test = 20;
+    ex.experiment.repeats = 1;
+    ex.experiment.master_epochs = 20;
+    ex.experiment.transfer_epochs = 20;
+    ex.experiment.scratch_epochs = 10;
+    ex.finetune.lr = 1e-3;
+    ex.ttt.steps = 3;
+    let (xs, xt) = spx::spektron::model::experiment::prepare_spectra(
+        &data,
+        &[],
+        ex.model.n_points,
+        ex.corpus.min_std,
+    )?;
+    let arms = spx::spektron::model::experiment::run_model_arms(
+        &xs,
+        &xt,
+        &data.y.to_vec(),
+        &[20],
+        &ex,
+        Some(&prep.checkpoint),
+        Modality::Nir.code(),
+        &dev,
+        cfg.run.seed,
+        |_| {},
+    )?;
+    let arm = |m: &str| {
+        arms.iter()
+            .find(|c| c.method == m)
+            .map_or(f64::NAN, |c| c.rmsep_mean)
+    };
     Ok(serde_json::json!({
+        "model_rmsep_no_transfer": arm("spektron_no_transfer"),
+        "model_rmsep_lora_n20": arm("spektron_lora"),
+        "model_rmsep_scratch_n20": arm("scratch"),
         "pretrain_val_msrp_initial": prep.initial_val.as_ref().map(|v| v.msrp),
         "pretrain_val_msrp_final": prep.log.last().and_then(|e| e.val.as_ref()).map(|v| v.msrp),
         "pretrain_spectra_per_s": prep.spectra_per_s,
@@ -812,5 +932,496 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         cfg.spektron.finetune.mode, rep.trainable_params, a.n, a.target, te.len(), f.display()
     ));
     g.emit_json(&summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prepared_rows(
+    path: &Path,
+    axis: &[f64],
+    x: &ndarray::Array2<f64>,
+    n_points: usize,
+    min_std: f64,
+) -> Result<Vec<f32>> {
+    let (n, p) = x.dim();
+    let ax: Vec<f64> = if axis.len() == p {
+        axis.to_vec()
+    } else {
+        (0..p).map(|i| i as f64).collect()
+    };
+    let mut out = Vec::with_capacity(n * n_points);
+    for (i, row) in x.rows().into_iter().enumerate() {
+        let r = corpus::prepare(&ax, &row.to_vec(), n_points, min_std)
+            .map_err(|e| anyhow::anyhow!("{}: spectrum {i} rejected ({e:?})", path.display()))?;
+        out.extend(r);
+    }
+    Ok(out)
+}
+
+fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
+    use burn::module::Module;
+    use spx::spektron::model::{SpektronModel, checkpoint, finetune};
+    let mut extra = Vec::new();
+    if let Some(n) = a.steps {
+        extra.push(("spektron.ttt.steps", Value::Integer(n as i64), "--steps"));
+    }
+    let cfg = load(g, extra)?;
+    let out = cfg.run.out_dir.clone();
+    io::ensure_dir(&out)?;
+    let cp = cfg.write_effective(&out)?;
+    let lay = cfg.spektron.model.layout();
+    let np = lay.n_points;
+    // (mean, std, test rows) of a fine-tuning run, when given.
+    let ft: Option<(Vec<f64>, Vec<f64>, Vec<usize>)> = match &a.finetune_report {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| f.display().to_string())?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| f.display().to_string())?;
+            let nums = |key: &str| -> Result<Vec<f64>> {
+                v["report"][key]
+                    .as_array()
+                    .and_then(|a| a.iter().map(serde_json::Value::as_f64).collect())
+                    .with_context(|| format!("{}: no numeric array report.{key}", f.display()))
+            };
+            let rows: Vec<usize> = v["test_rows"]
+                .as_array()
+                .and_then(|a| a.iter().map(|r| r.as_u64().map(|r| r as usize)).collect())
+                .with_context(|| format!("{}: no integer array test_rows", f.display()))?;
+            Some((nums("y_mean")?, nums("y_std")?, rows))
+        }
+        None => None,
+    };
+    // Unlabelled spectra (+ labels of the same rows when scoring).
+    let (x, modality, labels): (Vec<f32>, Vec<i8>, Option<Vec<f64>>) = match (&a.corpus, &a.data) {
+        (Some(c), _) => {
+            let r = spx::io::hdf5::H5Reader::open(c)?;
+            let sh = r.shape("spectra")?;
+            if sh.len() != 2 || sh[1] != np {
+                bail!(
+                    "{}: /spectra has shape {sh:?}, expected (N, {np}) (spektron.model.n_points)",
+                    c.display()
+                );
+            }
+            let x: Vec<f32> = r.read::<f32>("spectra")?.iter().copied().collect();
+            let m: Vec<i8> = r.read::<i8>("modality")?.iter().copied().collect();
+            if m.len() != sh[0] {
+                bail!(
+                    "{}: /modality has {} rows, /spectra {}",
+                    c.display(),
+                    m.len(),
+                    sh[0]
+                );
+            }
+            (x, m, None)
+        }
+        (None, Some(d)) => {
+            let t = a
+                .target
+                .as_deref()
+                .context("--data needs --target (the instrument to adapt to)")?;
+            let pair = instruments::load_pair(d, t, t, &a.property)?;
+            let code = Modality::parse(&a.modality)
+                .with_context(|| format!("--modality {}: unknown", a.modality))?
+                .code();
+            let all = prepared_rows(
+                d,
+                &pair.axis,
+                &pair.data.target,
+                np,
+                cfg.spektron.corpus.min_std,
+            )?;
+            let n = pair.data.y.len();
+            let rows: Vec<usize> = match &ft {
+                Some((_, _, r)) => r.clone(),
+                None => (0..n).collect(),
+            };
+            if let Some(&bad) = rows.iter().find(|&&r| r >= n) {
+                bail!(
+                    "test row {bad} of --finetune-report is beyond the {n} samples of {}",
+                    d.display()
+                );
+            }
+            let x = rows
+                .iter()
+                .flat_map(|&r| all[r * np..(r + 1) * np].to_vec())
+                .collect();
+            let y = rows.iter().map(|&r| pair.data.y[r]).collect();
+            (x, vec![code; rows.len()], Some(y))
+        }
+        (None, None) => bail!("give the unlabelled target spectra with --corpus or --data"),
+    };
+    let dev = cfg
+        .run
+        .device
+        .parse::<spx::backend::DeviceSpec>()?
+        .autodiff_device()?;
+    let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
+    let mut mc = cfg.spektron.model.clone();
+    if let Some((m, _, _)) = &ft {
+        mc.n_targets = m.len();
+    }
+    let model = SpektronModel::new(&mc, &mut rng, &dev)?;
+    let (model, _) = checkpoint::load(&a.checkpoint, model)?;
+    let scale = ft.as_ref().map(|(m, s, _)| finetune::FinetuneReport {
+        epochs_run: 0,
+        best_epoch: 0,
+        best_val_loss: f64::NAN,
+        train_loss: vec![],
+        val_loss: vec![],
+        trainable_params: 0,
+        y_mean: m.clone(),
+        y_std: s.clone(),
+    });
+    let score = |m: &SpektronModel| -> Option<(f64, f64, Vec<f64>)> {
+        let (rep, y) = (scale.as_ref()?, labels.as_ref()?);
+        if rep.y_mean.len() != 1 {
+            return None;
+        }
+        let pred = finetune::predict(&m.valid(), &lay, &x, &modality, rep, &dev);
+        let yt = ndarray::ArrayView1::from(y.as_slice());
+        let yh = ndarray::ArrayView1::from(pred.as_slice());
+        Some((baselines::rmsep(yt, yh), baselines::r2(yt, yh), pred))
+    };
+    let before = score(&model);
+    let t0 = std::time::Instant::now();
+    let (model, hist) = finetune::ttt(
+        model,
+        &lay,
+        &x,
+        &modality,
+        &cfg.spektron.ttt,
+        cfg.spektron.loss.mask_block,
+        &dev,
+        cfg.run.seed,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let after = score(&model);
+    let ck = checkpoint::save(
+        &out.join("checkpoints"),
+        &model.valid(),
+        cfg.spektron.ttt.steps,
+        &[],
+    )?;
+    let summary = serde_json::json!({
+        "checkpoint_in": a.checkpoint.display().to_string(),
+        "checkpoint": ck.display().to_string(),
+        "config": cp.display().to_string(),
+        "spectra": modality.len(),
+        "steps": cfg.spektron.ttt.steps,
+        "seconds": secs,
+        "msrp_loss": hist,
+        "rmsep_before": before.as_ref().map(|b| b.0),
+        "r2_before": before.as_ref().map(|b| b.1),
+        "rmsep_after": after.as_ref().map(|b| b.0),
+        "r2_after": after.as_ref().map(|b| b.1),
+        "predictions_after": after.as_ref().map(|b| b.2.clone()),
+    });
+    let f = out.join("ttt.json");
+    let text = serde_json::to_vec_pretty(&summary)?;
+    io::write_atomic(&f, |w| w.write_all(&text))?;
+    let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
+    g.say(format!(
+        "test-time training: {} steps on {} unlabelled spectra ({secs:.1} s), masked-reconstruction loss {} → {}; RMSEP {} → {}\ncheckpoint {}\nreport {}",
+        hist.len(),
+        modality.len(),
+        fmt(hist.first().copied()),
+        fmt(hist.last().copied()),
+        fmt(before.as_ref().map(|b| b.0)),
+        fmt(after.as_ref().map(|b| b.0)),
+        ck.display(),
+        f.display()
+    ));
+    g.emit_json(&summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--quick` profile (keys the user set with `--set` are left alone).
+const QUICK: &[(&str, &str)] = &[
+    ("spektron.model.d_model", "32"),
+    ("spektron.model.n_heads", "4"),
+    ("spektron.model.d_ff", "64"),
+    ("spektron.model.layers", "\"mt\""),
+    ("spektron.model.d_state", "4"),
+    ("spektron.model.z_chem", "16"),
+    ("spektron.model.z_inst", "8"),
+    ("spektron.model.dropout", "0.0"),
+    ("spektron.experiment.repeats", "1"),
+    ("spektron.experiment.n_transfer", "[5, 20]"),
+    ("spektron.experiment.table_n", "20"),
+    ("spektron.experiment.master_epochs", "20"),
+    ("spektron.experiment.transfer_epochs", "20"),
+    ("spektron.experiment.scratch_epochs", "20"),
+    ("spektron.ttt.steps", "5"),
+];
+
+/// Rows = methods (classical, then model arms), columns = N; cells "RMSEP (R²)".
+fn experiment_markdown(title: &str, cells: &[baselines::Cell], ns: &[usize]) -> String {
+    use spx::spektron::model::experiment::ARMS;
+    let mut cols = vec![0usize];
+    cols.extend(ns.iter().copied());
+    let mut md = format!(
+        "### {title}\n\nRMSEP mean ± sd (R² mean) over the repetitions; N = labelled/paired target transfer samples.\n\n| method |"
+    );
+    for n in &cols {
+        let _ = write!(md, " N={n} |");
+    }
+    md.push_str("\n|---|");
+    for _ in &cols {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    for m in METHODS.iter().chain(ARMS) {
+        if !cells.iter().any(|c| c.method == *m) {
+            continue;
+        }
+        let _ = write!(md, "| {} |", method_label(m));
+        for &n in &cols {
+            match cells.iter().find(|c| c.method == *m && c.n_transfer == n) {
+                Some(c) => {
+                    let _ = write!(
+                        md,
+                        " {:.4} ± {:.4} ({:.2}) |",
+                        c.rmsep_mean, c.rmsep_std, c.r2_mean
+                    );
+                }
+                None => md.push_str(" – |"),
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCode> {
+    use burn::module::Module;
+    use spx::spektron::model::{SpektronModel, experiment};
+    let mut extra: Vec<(&str, Value, &str)> = Vec::new();
+    if a.quick {
+        for (k, v) in QUICK {
+            let pre = format!("{k}=");
+            if !g.sets.iter().any(|s| s.trim_start().starts_with(&pre)) {
+                let val: Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
+                    .expect("quick profile values are TOML")["v"]
+                    .clone();
+                extra.push((k, val, "--quick"));
+            }
+        }
+    }
+    if let Some(r) = a.repeats {
+        extra.push((
+            "spektron.experiment.repeats",
+            Value::Integer(r as i64),
+            "--repeats",
+        ));
+    }
+    if let Some(ns) = &a.n_transfer {
+        if table {
+            if ns.len() != 1 {
+                bail!("--n-transfer: the table takes one N (got {ns:?})");
+            }
+            extra.push((
+                "spektron.experiment.table_n",
+                Value::Integer(ns[0] as i64),
+                "--n-transfer",
+            ));
+        } else {
+            extra.push((
+                "spektron.experiment.n_transfer",
+                Value::Array(ns.iter().map(|&n| Value::Integer(n as i64)).collect()),
+                "--n-transfer",
+            ));
+        }
+    }
+    let cfg = load(g, extra)?;
+    let ec = &cfg.spektron.experiment;
+    let ns: Vec<usize> = if table {
+        vec![ec.table_n]
+    } else {
+        ec.n_transfer.clone()
+    };
+    let out = cfg.run.out_dir.clone();
+    io::ensure_dir(&out)?;
+    let cp = cfg.write_effective(&out)?;
+    let modality = Modality::parse(&a.modality)
+        .with_context(|| format!("--modality {}: unknown", a.modality))?;
+    let (data, axis, title, stem, property, short) = match &a.data {
+        Some(d) => {
+            let pair = instruments::load_pair(d, &a.source, &a.target, &a.property)?;
+            let prop = pair.property.trim().to_string();
+            (
+                pair.data,
+                pair.axis,
+                format!("{} → {}, {}", a.source, a.target, prop),
+                format!("{}_{}_{}", a.source, a.target, prop.to_ascii_lowercase()),
+                prop.clone(),
+                format!("{} → {}, {}", a.source, a.target, prop),
+            )
+        }
+        None => {
+            let (xm, xs, y) = synth::two_instrument(
+                cfg.run.seed,
+                ec.synth_samples,
+                ec.synth_channels,
+                ec.synth_shift,
+                ec.synth_gain,
+                ec.synth_offset,
+                ec.synth_noise,
+            );
+            (
+                TransferData {
+                    source: xm,
+                    target: xs,
+                    y,
+                },
+                Vec::new(),
+                format!(
+                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
+                    ec.synth_shift, ec.synth_gain, ec.synth_offset
+                ),
+                "synthetic".to_string(),
+                "analyte 1".to_string(),
+                "synthetic".to_string(),
+            )
+        }
+    };
+    let mut bc = cfg.spektron.baselines.clone();
+    bc.n_transfer = ns.clone();
+    bc.repeats = ec.repeats;
+    let base = baselines::evaluate(&data, &bc, |_| {})
+        .with_context(|| "classical baselines".to_string())?;
+    let lay = cfg.spektron.model.layout();
+    let (xs, xt) =
+        experiment::prepare_spectra(&data, &axis, lay.n_points, cfg.spektron.corpus.min_std)?;
+    let dev = cfg
+        .run
+        .device
+        .parse::<spx::backend::DeviceSpec>()?
+        .autodiff_device()?;
+    let params = {
+        let mut mc = cfg.spektron.model.clone();
+        mc.n_targets = 1;
+        let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
+        SpektronModel::new(&mc, &mut rng, &dev)?.num_params()
+    };
+    let pb = g.progress().bar(
+        (ec.repeats * (2 + 2 * ns.len())) as u64,
+        if table {
+            "E4 table"
+        } else {
+            "E3 sample efficiency"
+        },
+    );
+    let t0 = std::time::Instant::now();
+    let arms = experiment::run_model_arms(
+        &xs,
+        &xt,
+        &data.y.to_vec(),
+        &ns,
+        &cfg.spektron,
+        a.checkpoint.as_deref(),
+        modality.code(),
+        &dev,
+        cfg.run.seed,
+        |m| {
+            pb.set_message(m.to_string());
+            pb.inc(1);
+        },
+    )?;
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut cells = base.cells.clone();
+    cells.extend(arms);
+    let (tag, name) = if table { ("e4", "E4") } else { ("e3", "E3") };
+    let stem = format!("{tag}_{stem}");
+    let title = format!("{name}: {title}");
+    let mut files = Vec::new();
+    let p = out.join(format!("{stem}.csv"));
+    let mut csv = String::from("method,n_transfer,rmsep_mean,rmsep_std,r2_mean\n");
+    for c in &cells {
+        let _ = writeln!(
+            csv,
+            "{},{},{:.6},{:.6},{:.6}",
+            c.method, c.n_transfer, c.rmsep_mean, c.rmsep_std, c.r2_mean
+        );
+    }
+    io::write_atomic(&p, |w| w.write_all(csv.as_bytes()))?;
+    files.push(p);
+    let md = experiment_markdown(&title, &cells, &ns);
+    let p = out.join(format!("{stem}.md"));
+    io::write_atomic(&p, |w| w.write_all(md.as_bytes()))?;
+    files.push(p);
+    if !table {
+        let p = out.join(format!("{stem}.png"));
+        let cell = |m: &str| {
+            cells
+                .iter()
+                .find(|c| c.method == m && c.n_transfer == 0)
+                .map_or(f64::NAN, |c| c.rmsep_mean)
+        };
+        let mut lp = plot::LinePlot::new(
+            format!(
+                "{name} {short}; N=0: no transfer {:.3}, Spektron TTT {:.3}",
+                cell("no_transfer"),
+                cell("spektron_ttt")
+            ),
+            "N transfer samples",
+            "RMSEP",
+        );
+        lp.log_y = true;
+        for m in METHODS[4..].iter().chain(&["spektron_lora", "scratch"]) {
+            let pts: Vec<(f64, f64)> = ns
+                .iter()
+                .filter_map(|&n| {
+                    cells
+                        .iter()
+                        .find(|c| c.method == *m && c.n_transfer == n)
+                        .map(|c| (n as f64, c.rmsep_mean))
+                })
+                .collect();
+            if !pts.is_empty() {
+                lp.series.push(plot::Series::line(
+                    *m,
+                    pts.iter().map(|p| p.0).collect(),
+                    pts.iter().map(|p| p.1).collect(),
+                ));
+            }
+        }
+        plot::line_plot(&p, &lp)?;
+        files.push(p);
+    }
+    let summary = serde_json::json!({
+        "experiment": name,
+        "data": a.data.as_ref().map(|d| d.display().to_string()),
+        "source": a.source, "target": a.target, "property": property,
+        "pretrained": a.checkpoint.as_ref().map(|d| d.display().to_string()),
+        "repeats": ec.repeats, "n_test": bc.n_test, "n_transfer": ns,
+        "model_parameters": params, "model_seconds": secs,
+        "master_lvs": base.master_lvs,
+        "config": cp.display().to_string(),
+        "cells": cells,
+    });
+    let p = out.join(format!("{stem}.json"));
+    let text = serde_json::to_vec_pretty(&summary)?;
+    io::write_atomic(&p, |w| w.write_all(&text))?;
+    files.push(p);
+    g.say(md);
+    g.say(format!(
+        "model arms: {params} parameters, {secs:.1} s{}",
+        if a.checkpoint.is_none() {
+            " (no --checkpoint: the Spektron arms start from random weights)"
+        } else {
+            ""
+        }
+    ));
+    for f in &files {
+        g.say(format!("wrote {}", f.display()));
+    }
+    let mut js = summary;
+    js["files"] = serde_json::json!(
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    g.emit_json(&js)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@ pub struct SpektronConfig {
     pub pretrain: super::model::PretrainConfig,
     pub finetune: super::model::finetune::FinetuneConfig,
     pub ttt: super::model::finetune::TttConfig,
+    pub experiment: super::model::experiment::ExperimentConfig,
 }
 
 /// The built-in defaults, so a config file without a `[spektron]` section (e.g. one that only

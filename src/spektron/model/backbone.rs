@@ -7,10 +7,12 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::{Device, Distribution, Int, Tensor};
 use rand::Rng;
 
-use super::ModelConfig;
+use super::fno::FnoHead;
 use super::heads::{Gaussian, Heads};
 use super::mamba::{MambaBlock, MambaDims};
+use super::moe::Moe;
 use super::tokens::{N_SPECIAL, TokenLayout};
+use super::{HeadKind, ModelConfig};
 use crate::error::SpxError;
 use crate::spektron::data::Modality;
 
@@ -29,6 +31,8 @@ pub struct SpektronModel {
     pub mask_token: Param<Tensor<1>>,
     pub domain: Embedding,
     pub blocks: Vec<Block>,
+    /// Optional mixture-of-experts layer after the blocks (`spektron.model.moe_experts > 0`).
+    pub moe: Option<Moe>,
     pub norm: LayerNorm,
     pub heads: Heads,
     pub n_patches: usize,
@@ -47,6 +51,8 @@ pub struct ModelOutput {
     pub chem: Gaussian,
     /// `[B, z_inst]`.
     pub inst: Gaussian,
+    /// MoE balance loss when the model has an MoE layer.
+    pub balance: Option<Tensor<1>>,
 }
 
 impl SpektronModel {
@@ -65,6 +71,15 @@ impl SpektronModel {
         }
         if cfg.patch == 0 || cfg.n_points < 16 {
             return Err(bad("patch", "patch must be > 0 and n_points >= 16"));
+        }
+        if cfg.moe_experts > 0 && !(1..=cfg.moe_experts).contains(&cfg.moe_top_k) {
+            return Err(bad("moe_top_k", "must be in 1..=moe_experts"));
+        }
+        if cfg.moe_experts > 0 && cfg.moe_d_expert == 0 {
+            return Err(bad("moe_d_expert", "must be > 0"));
+        }
+        if cfg.head == HeadKind::Fno && (cfg.fno_width == 0 || cfg.fno_modes == 0) {
+            return Err(bad("fno_width", "fno_width and fno_modes must be > 0"));
         }
         let lay: TokenLayout = cfg.layout();
         let d = cfg.d_model;
@@ -93,6 +108,18 @@ impl SpektronModel {
                 },
             })
             .collect();
+        let mut heads = Heads::new(d, cfg.patch, cfg.z_chem, cfg.z_inst, cfg.n_targets, device);
+        if cfg.head == HeadKind::Fno {
+            heads.fno = Some(FnoHead::new(
+                cfg.fno_width,
+                cfg.fno_modes,
+                cfg.fno_layers,
+                cfg.n_targets,
+                device,
+            ));
+        }
+        let moe = (cfg.moe_experts > 0)
+            .then(|| Moe::new(d, cfg.moe_experts, cfg.moe_top_k, cfg.moe_d_expert, device));
         let small = |n: usize| Tensor::<1>::random([n], Distribution::Normal(0.0, 0.02), device);
         Ok(SpektronModel {
             patch_embed: LinearConfig::new(cfg.patch, d).init(device),
@@ -101,8 +128,9 @@ impl SpektronModel {
             mask_token: Param::from_tensor(small(d).reshape([d])),
             domain: EmbeddingConfig::new(Modality::ALL.len(), d).init(device),
             blocks,
+            moe,
             norm: LayerNormConfig::new(d).init(device),
-            heads: Heads::new(d, cfg.patch, cfg.z_chem, cfg.z_inst, cfg.n_targets, device),
+            heads,
             n_patches: lay.n_patches,
             patch: cfg.patch,
             d_model: d,
@@ -117,6 +145,16 @@ impl SpektronModel {
         domain: Tensor<1, Int>,
         mask: Option<Tensor<2>>,
     ) -> Tensor<3> {
+        self.encode_aux(patches, domain, mask).0
+    }
+
+    /// [`Self::encode`] plus the MoE balance loss (when the model has an MoE layer).
+    pub fn encode_aux(
+        &self,
+        patches: Tensor<3>,
+        domain: Tensor<1, Int>,
+        mask: Option<Tensor<2>>,
+    ) -> (Tensor<3>, Option<Tensor<1>>) {
         let [b, p, k] = patches.dims();
         assert_eq!((p, k), (self.n_patches, self.patch), "patch tensor shape");
         let d = self.d_model;
@@ -136,7 +174,13 @@ impl SpektronModel {
                 x = a.forward(x, None, None);
             }
         }
-        self.norm.forward(x)
+        let mut balance = None;
+        if let Some(moe) = &self.moe {
+            let (y, bl) = moe.forward(x);
+            x = y;
+            balance = Some(bl);
+        }
+        (self.norm.forward(x), balance)
     }
 
     /// Encode, then all heads.
@@ -146,7 +190,7 @@ impl SpektronModel {
         domain: Tensor<1, Int>,
         mask: Option<Tensor<2>>,
     ) -> ModelOutput {
-        let hidden = self.encode(patches, domain, mask);
+        let (hidden, balance) = self.encode_aux(patches, domain, mask);
         let [b, t, d] = hidden.dims();
         let cls = hidden.clone().narrow(1, 0, 1).reshape([b, d]);
         let dom = hidden.clone().narrow(1, 1, 1).reshape([b, d]);
@@ -159,12 +203,13 @@ impl SpektronModel {
             inst: self.heads.inst(dom),
             recon,
             hidden,
+            balance,
         }
     }
 
     /// Property prediction from the mean of z_chem: `[B, n_targets]`.
     pub fn predict(&self, patches: Tensor<3>, domain: Tensor<1, Int>) -> Tensor<2> {
         let out = self.forward(patches, domain, None);
-        self.heads.regress.forward(out.chem.mu)
+        self.heads.property(out.chem.mu)
     }
 }

@@ -127,6 +127,21 @@ pub fn finetune(
     device: &Device,
     seed: u64,
 ) -> Result<(SpektronModel, FinetuneReport), SpxError> {
+    finetune_scaled(model, lay, data, cfg, device, seed, None)
+}
+
+/// [`finetune`] with a given target standardisation `(mean, std)` instead of one estimated from
+/// the training rows: a transfer step on a few samples must keep the scale the regression head
+/// was trained with (a 5-sample standard deviation would rescale every prediction).
+pub fn finetune_scaled(
+    model: SpektronModel,
+    lay: &TokenLayout,
+    data: &Labelled,
+    cfg: &FinetuneConfig,
+    device: &Device,
+    seed: u64,
+    scale: Option<(&[f64], &[f64])>,
+) -> Result<(SpektronModel, FinetuneReport), SpxError> {
     let n = data.modality.len();
     if n == 0
         || data.x.len() != n * lay.n_points
@@ -171,6 +186,17 @@ pub fn finetune(
             .sqrt();
         y_mean[j] = m;
         y_std[j] = if s > 0.0 { s } else { 1.0 };
+    }
+    if let Some((m, s)) = scale {
+        if m.len() != k || s.len() != k {
+            return Err(SpxError::field(
+                "finetune",
+                "scale",
+                format!("{} / {} scale values for {k} targets", m.len(), s.len()),
+            ));
+        }
+        y_mean = m.to_vec();
+        y_std = s.to_vec();
     }
     let (ym, ysd) = (&y_mean, &y_std);
     let ys = |rows: &[usize]| -> Tensor<2> {

@@ -11,6 +11,8 @@ pub struct Heads {
     pub vib_inst: Linear,
     pub recon: Linear,
     pub regress: Linear,
+    /// FNO transfer head (`spektron.model.head = "fno"`), used instead of `regress`.
+    pub fno: Option<super::fno::FnoHead>,
     pub z_chem: usize,
     pub z_inst: usize,
 }
@@ -48,6 +50,7 @@ impl Heads {
             vib_inst: LinearConfig::new(d_model, 2 * z_inst).init(device),
             recon: LinearConfig::new(d_model, patch).init(device),
             regress: LinearConfig::new(z_chem, n_targets).init(device),
+            fno: None,
             z_chem,
             z_inst,
         }
@@ -64,6 +67,14 @@ impl Heads {
 
     pub fn chem(&self, cls: Tensor<2>) -> Gaussian {
         Self::gaussian(&self.vib_chem, cls, self.z_chem)
+    }
+
+    /// Properties `[B, n_targets]` from z_chem's mean.
+    pub fn property(&self, z: Tensor<2>) -> Tensor<2> {
+        match &self.fno {
+            Some(f) => f.forward(z),
+            None => self.regress.forward(z),
+        }
     }
 
     pub fn inst(&self, dom: Tensor<2>) -> Gaussian {

@@ -14,7 +14,7 @@ use crate::error::SpxError;
 /// Parameter paths LoRA adapts: the Q/K/V weights of every Transformer block.
 pub const LORA_TARGETS: &str = r"attn\.mha\.(query|key|value)\.weight$";
 /// Heads that stay trainable during LoRA fine-tuning (regression reads z_chem's mean).
-pub const LORA_TRAINABLE_HEADS: &str = r"^heads\.(regress|vib_chem)\.";
+pub const LORA_TRAINABLE_HEADS: &str = r"^heads\.(regress|vib_chem|fno)\.";
 /// Normalisation parameters (LayerNorm γ/β) updated by test-time training.
 pub const NORM_PARAMS: &str = r"(^|\.)norm(_[12])?\.(gamma|beta)$";
 

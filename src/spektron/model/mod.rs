@@ -3,11 +3,14 @@
 
 pub mod backbone;
 pub mod checkpoint;
+pub mod experiment;
 pub mod finetune;
+pub mod fno;
 pub mod heads;
 pub mod lora;
 pub mod losses;
 pub mod mamba;
+pub mod moe;
 pub mod pretrain;
 pub mod tokens;
 pub mod wavelet;
@@ -36,6 +39,21 @@ pub struct ModelConfig {
     pub z_chem: usize,
     pub z_inst: usize,
     pub n_targets: usize,
+    pub moe_experts: usize,
+    pub moe_top_k: usize,
+    pub moe_d_expert: usize,
+    pub head: HeadKind,
+    pub fno_width: usize,
+    pub fno_modes: usize,
+    pub fno_layers: usize,
+}
+
+/// Property head on z_chem's mean.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    Linear,
+    Fno,
 }
 
 impl ModelConfig {
@@ -62,6 +80,7 @@ pub struct LossConfig {
     pub derivative: f64,
     pub vib: f64,
     pub beta: f64,
+    pub moe: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -185,6 +185,9 @@ pub struct LossTerms {
     pub ot: f64,
     pub physics: f64,
     pub vib: f64,
+    /// MoE balance loss (mean of the two views; 0 without MoE).
+    #[serde(default)]
+    pub moe: f64,
 }
 
 /// Everything the loss needs besides the model; built once per run.
@@ -280,7 +283,12 @@ pub fn batch_loss(
         + losses::vib_kl(o1.inst.mu, o1.inst.logvar)
         + losses::vib_kl(o2.inst.mu, o2.inst.logvar))
         * lc.beta;
-    let total = msrp.clone() * lc.msrp
+    let moe = match (o1.balance, o2.balance) {
+        (Some(a), Some(b)) => (a + b) * 0.5,
+        _ => Tensor::<1>::zeros([1], &dev),
+    };
+    let total = moe.clone() * lc.moe
+        + msrp.clone() * lc.msrp
         + contrastive.clone() * lc.contrastive
         + denoise.clone() * lc.denoise
         + ot.clone() * lc.ot
@@ -295,6 +303,7 @@ pub fn batch_loss(
         ot: s(&ot),
         physics: s(&physics),
         vib: s(&vib),
+        moe: s(&moe),
     };
     (total, terms)
 }
@@ -317,6 +326,8 @@ pub struct PretrainReport {
     pub n_tokens: usize,
     /// Validation terms of the untrained model (fresh runs only).
     pub initial_val: Option<LossTerms>,
+    /// Whether `--resume` restored the AdamW moments (checkpoints without `optimizer.bpk` do not).
+    pub optimizer_restored: bool,
     pub log: Vec<LogEntry>,
     pub checkpoint: PathBuf,
 }
@@ -360,6 +371,10 @@ pub fn pretrain(
         .with_weight_decay(pc.weight_decay as f32)
         .with_grad_clipping(clip)
         .init();
+    let mut optimizer_restored = false;
+    if let Some(dir) = resume {
+        (opt, optimizer_restored) = checkpoint::load_optimizer(dir, opt)?;
+    }
     let ck_dir = out.join("checkpoints");
     let initial_val = if start == 0 {
         Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?)
@@ -392,7 +407,7 @@ pub fn pretrain(
         pb.inc(1);
         log.push(entry);
         if (pc.checkpoint_every > 0 && (step + 1) % pc.checkpoint_every == 0) || is_last {
-            last = checkpoint::save(&ck_dir, &model, step + 1, &log)?;
+            last = checkpoint::save_with_optimizer(&ck_dir, &model, Some(&opt), step + 1, &log)?;
         }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -406,6 +421,7 @@ pub fn pretrain(
             parameters,
             n_tokens: lay.n_tokens,
             initial_val,
+            optimizer_restored,
             log,
             checkpoint: last,
         },
@@ -439,6 +455,7 @@ pub fn validate(
         acc.ot += t.ot;
         acc.physics += t.physics;
         acc.vib += t.vib;
+        acc.moe += t.moe;
         nb += 1.0;
     }
     if nb > 0.0 {
@@ -450,6 +467,7 @@ pub fn validate(
             &mut acc.ot,
             &mut acc.physics,
             &mut acc.vib,
+            &mut acc.moe,
         ] {
             *v /= nb;
         }
