@@ -579,3 +579,66 @@ fn cli_train_infer_epie() {
     assert!(errs[4] < errs[0], "{errs:?}");
     assert!(d.join("epie/epie_recon.npz").exists());
 }
+
+/// `dose-study --quick` (shrunk further through `[ptycho.dose.quick]`): every file of the
+/// study is written, the 2×3 figure's six panels come from non-empty, non-constant arrays,
+/// and the metrics table has the four PINN arms plus ePIE at both doses.
+#[test]
+fn cli_quick_dose_study_files() {
+    let _rng = common::burn_rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("dose");
+    let q = |k: &str, v: &str| format!("ptycho.dose.quick.{k}={v}");
+    let sets = [
+        q("n", "16"),
+        q("object_size", "40"),
+        q("nlines", "30"),
+        q("buffer", "8"),
+        q("n_train", "64"),
+        q("n_test", "48"),
+        q("epochs", "1"),
+        q("filters_base", "8"),
+        q("border_filters", "4"),
+        q("stitch_crop", "8"),
+        "ptycho.dose.epie_iterations=3".into(),
+    ];
+    let mut args: Vec<&str> = vec![];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    args.extend(["ptycho", "dose-study", "--quick"]);
+    let j = spx(&d, &args);
+    let arms = j["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 6, "{j}");
+    assert!(d.join("dose_study.png").metadata().unwrap().len() > 10_000);
+    assert!(d.join("spx-config.toml").exists());
+    let csv = std::fs::read_to_string(d.join("dose_metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 7, "{csv}");
+    assert!(rows[0].starts_with("nphotons,method,loss,"));
+    for (dose, tag) in [(1e9, "1e9"), (1e4, "1e4")] {
+        let dir = d.join(tag);
+        // diffraction panel: the first test pattern
+        let mut t = spx::io::npz::NpzFile::open(&dir.join("test.npz")).unwrap();
+        let diff = t.real_f64("diff3d").unwrap();
+        assert!(diff.iter().any(|v| *v > 0.0));
+        for arm in ["mae", "nll"] {
+            let a = dir.join(arm);
+            for f in ["model.bpk", "history.json", "history.png", "pinn_recon.png"] {
+                assert!(a.join(f).exists(), "{tag}/{arm}/{f}");
+            }
+            let mut f = spx::io::npz::NpzFile::open(&a.join("pinn_recon.npz")).unwrap();
+            let amp: Vec<f64> = f.c64("object").unwrap().iter().map(|z| z.norm()).collect();
+            let (lo, hi) = amp
+                .iter()
+                .fold((f64::MAX, f64::MIN), |m, v| (m.0.min(*v), m.1.max(*v)));
+            assert!(amp.iter().all(|v| v.is_finite()) && hi > lo, "{tag}/{arm}");
+        }
+        assert!(dir.join("epie/epie_recon.npz").exists());
+        let n = rows
+            .iter()
+            .filter(|r| r.starts_with(&format!("{dose:e},")))
+            .count();
+        assert_eq!(n, 3, "{csv}");
+    }
+}

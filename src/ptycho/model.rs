@@ -201,12 +201,22 @@ impl PtychoPinn {
 
     /// The object patches `[B,C,N,N]` for network input `x` = `s·X_full`.
     pub fn object_patches(&self, x: Tensor<4>) -> Cplx<4> {
-        let [_, _, n, _] = x.dims();
-        let dev = x.device();
+        let n = x.dims()[2];
+        self.decode(self.encode(x), n)
+    }
+
+    /// Encoder features `[B, F, 8, 8]` of the network input `x` = `s·X_full`.
+    pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = x / self.scale4();
         for b in &self.encoder {
             h = self.pool.forward(b.forward(h));
         }
+        h
+    }
+
+    /// Both decoders and heads: encoder features → complex object patches `[B,C,N,N]`.
+    pub fn decode(&self, h: Tensor<4>, n: usize) -> Cplx<4> {
+        let dev = h.device();
         let mask = border_mask(n, &dev);
         let q = n / 4;
         let pad = |t: Tensor<4>| t.pad([(0, 0), (0, 0), (q, q), (q, q)], 0.0);
