@@ -1,7 +1,8 @@
 //! Where one PtychoPINN training step spends its time (N = 64, C = 4, batch 16, reference
 //! 2.34M-parameter network, CPU flex backend). Times each piece forward-only and forward +
 //! backward, then the whole step:
-//! `cargo run --release --example ptycho_profile [-- reps]`.
+//! `cargo run --release --example ptycho_profile [-- reps [N filters_base border_filters]]`
+//! (the quick dose-study network: `-- 5 32 16 16`).
 
 use std::time::Instant;
 
@@ -39,7 +40,11 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
-    let (b, ch, n) = (16usize, 4usize, 64usize);
+    let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<usize>().ok());
+    let (b, ch, n) = (16usize, 4usize, arg(2).unwrap_or(64));
+    let mut mc = PtychoConfig::default().pinn.model;
+    mc.filters_base = arg(3).unwrap_or(0);
+    mc.border_filters = arg(4).unwrap_or(0);
     println!(
         "rayon threads: {}, batch {b}, C {ch}, N {n}",
         rayon::current_num_threads()
@@ -51,7 +56,7 @@ fn main() {
                 .collect()
         })
         .collect();
-    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    let shape = ModelShape::new(&mc, n, 2, 1e9);
     for (label, dev) in [
         ("forward only", Device::flex()),
         ("forward + backward", Device::flex().autodiff()),

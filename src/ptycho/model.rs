@@ -5,7 +5,7 @@
 //! Tensors are NCHW: diffraction `[B, C, N, N]` with C = gridsize² channels.
 
 use burn::module::{Module, Param};
-use burn::nn::PaddingConfig2d;
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::activation::{relu, sigmoid, silu, tanh};
@@ -75,10 +75,15 @@ impl ModelShape {
     }
 }
 
+/// 3×3 "same" conv initialised like the reference's Keras layers (glorot-uniform kernel,
+/// zero bias) rather than burn's default (Kaiming-uniform, gain 1/√3, on kernel and bias).
 fn conv(cin: usize, cout: usize, dev: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3])
+    let mut c = Conv2dConfig::new([cin, cout], [3, 3])
         .with_padding(PaddingConfig2d::Same)
-        .init(dev)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(dev);
+    c.bias = Some(Param::from_tensor(Tensor::zeros([cout], dev)));
+    c
 }
 
 /// 2 × (conv3×3 + ReLU).
