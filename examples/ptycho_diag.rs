@@ -66,13 +66,26 @@ fn main() {
         println!("trained model {dir}: {:.6e}", l);
         let o = m.object_patches(x.clone());
         let oc = Cplx::new(o.re.clone() * centre.clone(), o.im.clone() * centre.clone());
-        let a = physics::forward_amplitude(&probe, geo.merge_extract(oc).1) * m.log_scale.val().exp().into_scalar::<f32>() as f64;
+        let a = physics::forward_amplitude(&probe, geo.merge_extract(oc).1)
+            * m.log_scale.val().exp().into_scalar::<f32>() as f64;
         let l: f32 = losses::poisson_nll(a, x.clone()).into_scalar();
         println!("trained model, border branch zeroed: {:.6e}", l);
         let a = to_vec(o.clone().abs2().sqrt());
         let nn = n * n;
-        println!("patch 0 amp centre row: {:?}", &a[nn / 2 + n / 4..nn / 2 + 3 * n / 4].iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>());
+        println!(
+            "patch 0 amp centre row: {:?}",
+            &a[nn / 2 + n / 4..nn / 2 + 3 * n / 4]
+                .iter()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
         let ph = to_vec(o.im.clone().atan2(o.re.clone()));
-        println!("patch 0 phase centre row: {:?}", &ph[nn / 2 + n / 4..nn / 2 + 3 * n / 4].iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>());
+        println!(
+            "patch 0 phase centre row: {:?}",
+            &ph[nn / 2 + n / 4..nn / 2 + 3 * n / 4]
+                .iter()
+                .map(|v| (v * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -40,7 +40,11 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(3);
-    let arg = |i: usize| std::env::args().nth(i).and_then(|a| a.parse::<usize>().ok());
+    let arg = |i: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse::<usize>().ok())
+    };
     let (b, ch, n) = (16usize, 4usize, arg(2).unwrap_or(64));
     let mut mc = PtychoConfig::default().pinn.model;
     mc.filters_base = arg(3).unwrap_or(0);

@@ -313,9 +313,10 @@ fn forward_shapes_training_and_checkpoint() {
     assert!(a.1.iter().all(|w| w.iter().all(|v| *v == 0.0 || *v == 1.0)));
 }
 
-/// A short training run on a small simulated scan (N = 32, the `--quick` network) learns
-/// the object: the stitched reconstruction of the trained network beats the same network at
-/// its random initialisation on amplitude SSIM against objectGuess, and the loss drops.
+/// A short training run on a small simulated scan (N = 32, the `--quick` network, 16 epochs of
+/// 15 steps) learns the object: the loss drops, and the stitched reconstruction beats the same
+/// network at its random initialisation on amplitude SSIM against objectGuess (measured here:
+/// 0.40 vs 0.15; correlation of |O| with the truth 0.92 vs −0.43).
 #[test]
 fn training_beats_random_init_on_ssim() {
     use burn::module::Module;
@@ -324,9 +325,9 @@ fn training_beats_random_init_on_ssim() {
     let mut pc = PtychoConfig::default();
     let s = &mut pc.simulate;
     s.n = 32;
-    s.object_size = OBJ;
-    s.nlines = NLINES;
-    s.n_positions = NPOS;
+    s.object_size = 64;
+    s.nlines = 25;
+    s.n_positions = 256;
     s.buffer = 10.0;
     s.nphotons = 1e9;
     let sim = spx::ptycho::simulate::simulate(&pc.simulate, 11, &indicatif::ProgressBar::hidden())
@@ -337,29 +338,38 @@ fn training_beats_random_init_on_ssim() {
     cfg.stitch_crop = 12;
     cfg.model.filters_base = 16;
     cfg.model.border_filters = 16;
-    cfg.train.epochs = EPOCHS;
+    cfg.train.epochs = 16;
     cfg.train.early_stop_patience = 0;
     let ad = dev.clone().autodiff();
     let pb = indicatif::ProgressBar::hidden();
     let t = train::train(&cfg, &data, &sim.raw.probe, &ad, 3, &pb).unwrap();
     let h = &t.history;
     assert!(h.last().unwrap().loss < h[0].loss);
+    // (amplitude SSIM, Pearson correlation of |O| with |O_true|) on the covered square
     let score = |m: &PtychoPinn| {
         let r = spx::ptycho::dose::reconstruct(m, &t.shape, &data, &sim.raw, &cfg, 64, &dev, &pb);
         assert!(r.covered >= 24, "covered square {}", r.covered);
-        r.metrics.unwrap().amp_ssim
+        let k = r.covered;
+        let crop = |a: &Array2<num_complex::Complex32>| {
+            let o = (a.nrows() - k) / 2;
+            a.slice(ndarray::s![o..o + k, o..o + k])
+                .mapv(|z| z.norm() as f64)
+        };
+        let (p, g) = (crop(&r.object), crop(r.truth.as_ref().unwrap()));
+        let (dp, dg) = (&p - p.mean().unwrap(), &g - g.mean().unwrap());
+        let corr = (&dp * &dg).sum() / ((&dp * &dp).sum() * (&dg * &dg).sum()).sqrt();
+        (r.metrics.unwrap().amp_ssim, corr)
     };
-    let (trained, fresh) = (score(&t.model.valid()), score(&PtychoPinn::new(&t.shape, &dev)));
-    eprintln!("amp SSIM: trained {trained:.3}, random init {fresh:.3}");
+    let (trained, fresh) = (
+        score(&t.model.valid()),
+        score(&PtychoPinn::new(&t.shape, &dev)),
+    );
+    eprintln!("amp (SSIM, corr): trained {trained:.3?}, random init {fresh:.3?}");
     assert!(
-        trained > fresh + 0.15,
-        "amp SSIM: trained {trained} vs random init {fresh}"
+        trained.0 > fresh.0 + 0.15 && trained.1 > 0.7,
+        "amp (SSIM, corr): trained {trained:?} vs random init {fresh:?}"
     );
 }
-const OBJ: usize = 64;
-const NLINES: usize = 25;
-const NPOS: usize = 256;
-const EPOCHS: usize = 12;
 
 // ---------------------------------------------------------------------------------------------
 // metrics, stitching, ePIE
@@ -676,7 +686,12 @@ fn cli_quick_dose_study_files() {
                 assert!(a.join(f).exists(), "{tag}/{arm}/{f}");
             }
             let mut f = spx::io::npz::NpzFile::open(&a.join("pinn_recon.npz")).unwrap();
-            let amp: Vec<f64> = f.c64("object").unwrap().iter().map(|z| z.norm() as f64).collect();
+            let amp: Vec<f64> = f
+                .c64("object")
+                .unwrap()
+                .iter()
+                .map(|z| z.norm() as f64)
+                .collect();
             let (lo, hi) = amp
                 .iter()
                 .fold((f64::MAX, f64::MIN), |m, v| (m.0.min(*v), m.1.max(*v)));

@@ -70,8 +70,8 @@ pub struct EpieArgs {
 
 #[derive(Args, Debug)]
 pub struct DoseArgs {
-    /// Small run: N=32, 512 train / 128 test positions on a 96² object, 8 epochs, narrow net,
-    /// stitch crop 12.
+    /// Small run with the sizes of `[ptycho.dose.quick]` (default: N=32, 512 train / 256 test
+    /// positions on a 96² object, 20 epochs, narrow net, stitch crop 12).
     #[arg(long)]
     pub quick: bool,
 }

@@ -256,12 +256,11 @@ pub fn epie_reconstruct(
         let ((x0, x1), (y0, y1)) = (span(&x), span(&y));
         (
             ((x0 + x1) / 2.0, (y0 + y1) / 2.0),
-                (((x1 - x0).min(y1 - y0)) as usize / 2) * 2,
+            (((x1 - x0).min(y1 - y0)) as usize / 2) * 2,
         )
     });
-    let to32 = |a: Array2<num_complex::Complex64>| {
-        a.mapv(|z| Complex32::new(z.re as f32, z.im as f32))
-    };
+    let to32 =
+        |a: Array2<num_complex::Complex64>| a.mapv(|z| Complex32::new(z.re as f32, z.im as f32));
     let crop = to32(extract_patch(&r.object, cx, cy, side));
     let truth = raw
         .object

@@ -5,9 +5,9 @@
 //! Tensors are NCHW: diffraction `[B, C, N, N]` with C = gridsize² channels.
 
 use burn::module::{Module, Param};
-use burn::nn::{Initializer, PaddingConfig2d};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::{relu, sigmoid, silu, tanh};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
