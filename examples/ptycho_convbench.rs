@@ -1,4 +1,8 @@
-//! Conv 3×3 "same" on flex: burn's conv2d vs an im2col + batched-matmul formulation.
+//! Conv 3×3 "same" on flex at the three heaviest PtychoPINN layer sizes (batch 16): burn's conv2d vs the
+//! same conv written as pad + 9 slices + cat + one broadcast matmul (autodiff through
+//! matmul/slice). Measured on the shared 2-core CPU: the matmul form was 1.2–2.4× slower
+//! forward and not consistently faster forward + backward, so the model keeps burn's conv.
+//! `cargo run --release --example ptycho_convbench`.
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::tensor::{Device, Tensor};
