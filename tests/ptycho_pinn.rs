@@ -147,7 +147,8 @@ fn losses_on_hand_made_cases() {
 }
 
 /// Integer and half-pixel shift matrices; merging one patch at zero offset and re-extracting
-/// returns the patch (centre region, divided by 1 + 1e-3); shifted channels land shifted.
+/// returns the patch (centre region, divided by 1 + 1e-3), so do four copies at zero offsets;
+/// shifted channels land shifted.
 #[test]
 fn merge_and_extract_geometry() {
     let _rng = common::burn_rng_lock();
@@ -174,6 +175,25 @@ fn merge_and_extract_geometry() {
         for c in n / 4..3 * n / 4 {
             let v = t[r * n + c] as f64;
             assert!((v - o[[r, c]].re / 1.001).abs() < 1e-5);
+        }
+    }
+    // C = 4 copies at zero offsets: the region is 4·O/(4 + 1e-3) in the centre, and the
+    // re-extracted patches equal the trimmed region
+    let geo = GroupGeometry::new(&[vec![(0.0, 0.0); 4]], n, physics::padded_size(n, 2), &dev);
+    let four = Cplx::new(
+        to_cplx(&o, &dev).re.repeat_dim(1, 4),
+        to_cplx(&o, &dev).im.repeat_dim(1, 4),
+    );
+    let (trim, patches) = geo.merge_extract(four);
+    let t = to_vec(trim.im);
+    let p = to_vec(patches.im);
+    for k in 0..4 {
+        assert_eq!(&p[k * n * n..(k + 1) * n * n], &t[..]);
+    }
+    for r in n / 4..3 * n / 4 {
+        for c in n / 4..3 * n / 4 {
+            let v = t[r * n + c] as f64;
+            assert!((v - o[[r, c]].im * 4.0 / 4.001).abs() < 1e-5);
         }
     }
     // two groups in one batch stay separate: group 1 shifted by (dx, dy) = (1, 2)
