@@ -191,19 +191,34 @@ pub fn dose_figure(path: &Path, rows: &[FigureRow<'_>]) -> Result<(), SpxError> 
         ),
         None => format!("{} |O|", a.loss),
     };
+    // one colour scale for all diffraction panels, so the doses compare directly
+    let dmax = rows
+        .iter()
+        .flat_map(|r| r.1.iter())
+        .cloned()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
     for (nph, diff, mae_r, nll_r, mae_a, nll_a) in rows {
-        panels.push(Panel::new(
+        let mut p = Panel::new(
             format!("log10(diffraction+1), {nph:.0e} photons"),
             diff.clone(),
             ColorMap::Viridis,
-        ));
+        );
+        p.limits = Some((0.0, dmax.max(1e-12)));
+        panels.push(p);
         for (r, a) in [(mae_r, mae_a), (nll_r, nll_a)] {
             let k = r.object.nrows().min(128);
-            panels.push(Panel::new(
-                label(a),
-                centre_crop(&r.object, k).mapv(|z| z.norm() as f64),
-                ColorMap::Gray,
-            ));
+            let amp = centre_crop(&r.object, k).mapv(|z| z.norm() as f64);
+            // grey scale over the stitched pixels only (uncovered pixels are exactly 0)
+            let (lo, hi) = amp
+                .iter()
+                .filter(|v| **v > 0.0)
+                .fold((f64::MAX, f64::MIN), |m, v| (m.0.min(*v), m.1.max(*v)));
+            let mut p = Panel::new(label(a), amp, ColorMap::Gray);
+            if lo < hi {
+                p.limits = Some((lo, hi));
+            }
+            panels.push(p);
         }
     }
     image_grid(
