@@ -1,6 +1,7 @@
 //! PtychoPINN hot paths at the reference size (N = 64, gridsize 2, batch 16): the
 //! differentiable forward model alone, and one full training step (forward + backward + Adam)
-//! of the 2.34M-parameter network on the CPU (flex) backend.
+//! of the 2.34M-parameter network on the CPU (flex) backend, and inference (forward only).
+//! Patterns per second = 64 / time (16 groups × C 4).
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -44,8 +45,20 @@ fn bench(c: &mut Criterion) {
             physics::forward_amplitude(&probe, p).into_data()
         })
     });
-    let ad = dev.autodiff();
     let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    // inference: the whole network + physics without autodiff, batch 16 groups = 64 patterns
+    let plain = PtychoPinn::new(&shape, &dev);
+    let x0 = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev);
+    g.bench_function("infer_b16_c4_n64", |bch| {
+        bch.iter(|| {
+            plain
+                .forward(x0.clone(), &geo, &probe)
+                .object
+                .re
+                .into_data()
+        })
+    });
+    let ad = dev.autodiff();
     let mut model = PtychoPinn::new(&shape, &ad);
     let mut opt = AdamConfig::new().init();
     let x = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &ad);

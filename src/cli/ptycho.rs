@@ -70,8 +70,8 @@ pub struct EpieArgs {
 
 #[derive(Args, Debug)]
 pub struct DoseArgs {
-    /// Small run: N=32, 512 train / 128 test positions on a 96² object, 8 epochs, narrow net,
-    /// stitch crop 12.
+    /// Small run with the sizes of `[ptycho.dose.quick]` (default: N=32, 512 train / 256 test
+    /// positions on a 96² object, 20 epochs, narrow net, stitch crop 12).
     #[arg(long)]
     pub quick: bool,
 }
@@ -448,59 +448,14 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
     let raw = RawData::load(&a.data)?;
     let t0 = std::time::Instant::now();
-    let shape = match &raw.object {
-        Some(o) => o.dim(),
-        None => {
-            let n = raw.n();
-            let mx = raw.xcoords.iter().cloned().fold(0.0, f64::max);
-            let my = raw.ycoords.iter().cloned().fold(0.0, f64::max);
-            ((my.ceil() as usize) + n, (mx.ceil() as usize) + n)
-        }
-    };
     let ec = ptycho::epie::EpieConfig {
         iterations: a.iterations,
         alpha: a.alpha,
         beta: a.beta,
     };
     let pb = g.progress().bar(a.iterations as u64, "ePIE");
-    let r = ptycho::epie::epie(
-        raw.diffraction.view(),
-        raw.xcoords.as_slice().context("xcoords not contiguous")?,
-        raw.ycoords.as_slice().context("ycoords not contiguous")?,
-        &raw.probe,
-        shape,
-        &ec,
-        cfg.run.seed,
-        &pb,
-    )?;
+    let (rec, r) = ptycho::dose::epie_reconstruct(&raw, &ec, None, cfg.run.seed, &pb)?;
     pb.finish_and_clear();
-    // score on the scanned bounding box
-    let (x0, x1) = raw
-        .xcoords
-        .iter()
-        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let (y0, y1) = raw
-        .ycoords
-        .iter()
-        .fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let (cx, cy) = ((x0 + x1) / 2.0, (y0 + y1) / 2.0);
-    let side = (((x1 - x0).min(y1 - y0)) as usize / 2) * 2;
-    let crop = ptycho::simulate::extract_patch(&r.object, cx, cy, side)
-        .mapv(|z| num_complex::Complex32::new(z.re as f32, z.im as f32));
-    let truth = raw.object.as_ref().map(|o| {
-        ptycho::simulate::extract_patch(o, cx, cy, side)
-            .mapv(|z| num_complex::Complex32::new(z.re as f32, z.im as f32))
-    });
-    let metrics = truth
-        .as_ref()
-        .and_then(|t| (side > 11).then(|| ptycho::metrics::evaluate(&crop, t, 2)));
-    let rec = ptycho::dose::Recon {
-        object: crop,
-        centre: (cx, cy),
-        truth,
-        metrics,
-        covered: side,
-    };
     let out = &cfg.run.out_dir;
     let files = write_recon(out, "epie_recon", &rec)?;
     cfg.write_effective(out)?;
@@ -524,20 +479,22 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Apply the `--quick` sizes.
+/// Apply the `--quick` sizes of `[ptycho.dose.quick]`.
 fn quick(cfg: &mut Config) {
+    let q = cfg.ptycho.dose.quick.clone();
     let s = &mut cfg.ptycho.simulate;
-    s.n = 32;
-    s.object_size = 96;
-    s.nlines = 60;
-    s.buffer = 10.0;
-    s.probe_scale = 0.7 * 2.0;
+    s.n = q.n;
+    s.object_size = q.object_size;
+    s.nlines = q.nlines;
+    s.buffer = q.buffer;
+    s.probe_scale = q.probe_scale;
     let p = &mut cfg.ptycho.pinn;
-    // inside the constraint-map-normalised N/2 centre of each group estimate
-    p.stitch_crop = 12;
-    p.model.filters_base = 16;
-    p.model.border_filters = 16;
-    p.train.epochs = 8;
+    p.stitch_crop = q.stitch_crop;
+    p.model.filters_base = q.filters_base;
+    p.model.border_filters = q.border_filters;
+    p.train.epochs = q.epochs;
+    cfg.ptycho.dose.n_train = q.n_train;
+    cfg.ptycho.dose.n_test = q.n_test;
 }
 
 fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
@@ -545,25 +502,20 @@ fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
     if a.quick {
         quick(&mut cfg);
     }
-    let (n_train, n_test) = if a.quick { (512, 128) } else { (2000, 128) };
-    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone(), n_train, n_test)?;
+    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone())?;
     g.emit_json(&summary)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The four-arm study into `out`; returns the JSON summary.
-fn dose_study(
-    g: &Global,
-    cfg: &Config,
-    out: &Path,
-    n_train: usize,
-    n_test: usize,
-) -> Result<serde_json::Value> {
+fn dose_study(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
+    let (n_train, n_test) = (cfg.ptycho.dose.n_train, cfg.ptycho.dose.n_test);
     use ptycho::dose::{Arm, Recon};
     let t0 = std::time::Instant::now();
     let cpu0 = cpu_seconds();
     io::ensure_dir(out)?;
     let mut rows_data: Vec<(f64, ndarray::Array2<f64>, Recon, Recon, Arm, Arm)> = vec![];
+    let mut epie_arms: Vec<Arm> = vec![];
     let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
     for nph in [1e9, 1e4] {
         let tag = format!("{nph:.0e}");
@@ -606,6 +558,7 @@ fn dose_study(
             write_recon(&dir, "pinn_recon", &r)?;
             let arm = Arm {
                 nphotons: nph,
+                method: "PINN".into(),
                 loss: loss.to_uppercase(),
                 epochs_run: s.epochs_run,
                 final_loss: s.final_loss,
@@ -632,9 +585,41 @@ fn dose_study(
             .diffraction
             .index_axis(ndarray::Axis(0), 0)
             .mapv(|v| {
-                ((v as f64) * tr.photon_scale.max(1e-300)).powi(2).ln_1p() / std::f64::consts::LN_10
+                ((v as f64) * te.photon_scale.max(1e-300)).powi(2).ln_1p() / std::f64::consts::LN_10
             });
         let (nll, mae) = (arms.pop().expect("nll arm"), arms.pop().expect("mae arm"));
+        let iters = cfg.ptycho.dose.epie_iterations;
+        if iters > 0 {
+            // scored on the NLL arm's covered square, so all arms see the same pixels
+            let ec = ptycho::epie::EpieConfig {
+                iterations: iters,
+                alpha: 1.0,
+                beta: 0.0,
+            };
+            let t1 = std::time::Instant::now();
+            let pb = g.progress().bar(iters as u64, "ePIE");
+            let region = (nll.0.covered > 11).then_some((nll.0.centre, nll.0.covered));
+            let (rec, r) = ptycho::dose::epie_reconstruct(&test_raw, &ec, region, c.run.seed, &pb)?;
+            pb.finish_and_clear();
+            write_recon(&out.join(&tag).join("epie"), "epie_recon", &rec)?;
+            let arm = Arm {
+                nphotons: nph,
+                method: "ePIE".into(),
+                loss: "-".into(),
+                epochs_run: iters,
+                final_loss: r.errors.last().copied().unwrap_or(f64::NAN),
+                train_seconds: t1.elapsed().as_secs_f64(),
+                metrics: rec.metrics.clone(),
+            };
+            g.say(format!(
+                "{tag} ePIE: {iters} iterations in {:.1} s; amp SSIM {}",
+                arm.train_seconds,
+                rec.metrics
+                    .as_ref()
+                    .map_or("-".into(), |m| format!("{:.3}", m.amp_ssim)),
+            ));
+            epie_arms.push(arm);
+        }
         rows_data.push((nph, d0, mae.0, nll.0, mae.1, nll.1));
     }
     let fig = out.join("dose_study.png");
@@ -643,9 +628,14 @@ fn dose_study(
         .map(|(n, d, rm, rn, am, an)| (*n, d.clone(), rm, rn, am, an))
         .collect();
     ptycho::dose::dose_figure(&fig, &rows)?;
-    let arms: Vec<&Arm> = rows_data.iter().flat_map(|r| [&r.4, &r.5]).collect();
+    let mut arms: Vec<&Arm> = rows_data.iter().flat_map(|r| [&r.4, &r.5]).collect();
+    arms.extend(epie_arms.iter());
+    let csv = out.join("dose_metrics.csv");
+    let text = ptycho::dose::metrics_csv(&arms);
+    io::write_atomic(&csv, |w| std::io::Write::write_all(w, text.as_bytes()))?;
     let summary = serde_json::json!({
         "figure": fig.display().to_string(),
+        "metrics_csv": csv.display().to_string(),
         "arms": arms,
         "wall_seconds": t0.elapsed().as_secs_f64(),
         "cpu_seconds": cpu_seconds() - cpu0,
@@ -657,7 +647,12 @@ fn dose_study(
     let j = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&p, |w| std::io::Write::write_all(w, &j))?;
     cfg.write_effective(out)?;
-    g.say(format!("wrote {} and {}", fig.display(), p.display()));
+    g.say(format!(
+        "wrote {}, {} and {}",
+        fig.display(),
+        p.display(),
+        csv.display()
+    ));
     Ok(summary)
 }
 

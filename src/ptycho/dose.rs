@@ -9,9 +9,10 @@ use ndarray::Array2;
 use num_complex::Complex32;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::data::RawData;
+use super::epie::{EpieConfig, EpieResult, epie};
 use super::grouping::{GroupConfig, group};
 use super::metrics::{self, Metrics};
 use super::model::{ModelShape, PtychoPinn};
@@ -20,6 +21,34 @@ use super::stitch::stitch;
 use super::train::{PinnConfig, PinnData, predict_objects};
 use crate::error::SpxError;
 use crate::io::plot::{ColorMap, ImageGrid, Panel, image_grid};
+
+/// `[ptycho.dose]`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DoseConfig {
+    pub n_train: usize,
+    pub n_test: usize,
+    /// ePIE iterations on each test scan; 0 = no ePIE arm.
+    pub epie_iterations: usize,
+    pub quick: QuickConfig,
+}
+
+/// `[ptycho.dose.quick]`: the `--quick` sizes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuickConfig {
+    pub n: usize,
+    pub object_size: usize,
+    pub nlines: usize,
+    pub buffer: f64,
+    pub probe_scale: f64,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub epochs: usize,
+    pub filters_base: usize,
+    pub border_filters: usize,
+    pub stitch_crop: usize,
+}
 
 /// Group a raw scan for the network.
 pub fn prepare(raw: &RawData, gc: &GroupConfig, seed: u64) -> Result<PinnData, SpxError> {
@@ -108,11 +137,45 @@ pub fn reconstruct(
 #[derive(Clone, Debug, Serialize)]
 pub struct Arm {
     pub nphotons: f64,
+    /// "PINN" or "ePIE".
+    pub method: String,
+    /// "MAE" / "NLL" for the PINN; "-" for ePIE.
     pub loss: String,
+    /// Epochs (PINN) or iterations (ePIE).
     pub epochs_run: usize,
+    /// Final training loss (PINN) or normalised Fourier error (ePIE).
     pub final_loss: f64,
     pub train_seconds: f64,
     pub metrics: Option<Metrics>,
+}
+
+/// The metrics table as CSV text, one row per arm (empty metric cells where there is no
+/// ground truth).
+pub fn metrics_csv(arms: &[&Arm]) -> String {
+    let mut s = String::from(
+        "nphotons,method,loss,epochs_run,final_loss,train_seconds,amp_mae,amp_psnr_max,\
+         amp_psnr_255,amp_ssim,amp_frc50,phase_mae,phase_ssim,phase_frc50\n",
+    );
+    for a in arms {
+        let m = a.metrics.as_ref().map_or(",,,,,,,".to_string(), |m| {
+            format!(
+                "{},{},{},{},{},{},{},{}",
+                m.amp_mae,
+                m.amp_psnr_max,
+                m.amp_psnr_255,
+                m.amp_ssim,
+                m.amp_frc50,
+                m.phase_mae,
+                m.phase_ssim,
+                m.phase_frc50
+            )
+        });
+        s += &format!(
+            "{:e},{},{},{},{},{},{m}\n",
+            a.nphotons, a.method, a.loss, a.epochs_run, a.final_loss, a.train_seconds
+        );
+    }
+    s
 }
 
 /// One figure row: dose, log10 diffraction, MAE and NLL reconstructions with their arms.
@@ -128,19 +191,34 @@ pub fn dose_figure(path: &Path, rows: &[FigureRow<'_>]) -> Result<(), SpxError> 
         ),
         None => format!("{} |O|", a.loss),
     };
+    // one colour scale for all diffraction panels, so the doses compare directly
+    let dmax = rows
+        .iter()
+        .flat_map(|r| r.1.iter())
+        .cloned()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
     for (nph, diff, mae_r, nll_r, mae_a, nll_a) in rows {
-        panels.push(Panel::new(
+        let mut p = Panel::new(
             format!("log10(diffraction+1), {nph:.0e} photons"),
             diff.clone(),
             ColorMap::Viridis,
-        ));
+        );
+        p.limits = Some((0.0, dmax.max(1e-12)));
+        panels.push(p);
         for (r, a) in [(mae_r, mae_a), (nll_r, nll_a)] {
             let k = r.object.nrows().min(128);
-            panels.push(Panel::new(
-                label(a),
-                centre_crop(&r.object, k).mapv(|z| z.norm() as f64),
-                ColorMap::Gray,
-            ));
+            let amp = centre_crop(&r.object, k).mapv(|z| z.norm() as f64);
+            // grey scale over the stitched pixels only (uncovered pixels are exactly 0)
+            let (lo, hi) = amp
+                .iter()
+                .filter(|v| **v > 0.0)
+                .fold((f64::MAX, f64::MIN), |m, v| (m.0.min(*v), m.1.max(*v)));
+            let mut p = Panel::new(label(a), amp, ColorMap::Gray);
+            if lo < hi {
+                p.limits = Some((lo, hi));
+            }
+            panels.push(p);
         }
     }
     image_grid(
@@ -152,4 +230,66 @@ pub fn dose_figure(path: &Path, rows: &[FigureRow<'_>]) -> Result<(), SpxError> 
             cell: (520, 460),
         },
     )
+}
+
+/// ePIE on `raw` (known probe), cropped to a square for scoring: `region` = (centre (x, y),
+/// side) when given (e.g. the PINN's covered square, so both are scored on the same pixels),
+/// else the largest square inside the scanned bounding box.
+pub fn epie_reconstruct(
+    raw: &RawData,
+    cfg: &EpieConfig,
+    region: Option<((f64, f64), usize)>,
+    seed: u64,
+    pb: &ProgressBar,
+) -> Result<(Recon, EpieResult), SpxError> {
+    let shape = match &raw.object {
+        Some(o) => o.dim(),
+        None => {
+            let n = raw.n();
+            let mx = raw.xcoords.iter().cloned().fold(0.0, f64::max);
+            let my = raw.ycoords.iter().cloned().fold(0.0, f64::max);
+            ((my.ceil() as usize) + n, (mx.ceil() as usize) + n)
+        }
+    };
+    let x = raw.xcoords.to_vec();
+    let y = raw.ycoords.to_vec();
+    let r = epie(
+        raw.diffraction.view(),
+        &x,
+        &y,
+        &raw.probe,
+        shape,
+        cfg,
+        seed,
+        pb,
+    )?;
+    let ((cx, cy), side) = region.unwrap_or_else(|| {
+        let span = |v: &[f64]| {
+            v.iter()
+                .fold((f64::MAX, f64::MIN), |a, &t| (a.0.min(t), a.1.max(t)))
+        };
+        let ((x0, x1), (y0, y1)) = (span(&x), span(&y));
+        (
+            ((x0 + x1) / 2.0, (y0 + y1) / 2.0),
+            (((x1 - x0).min(y1 - y0)) as usize / 2) * 2,
+        )
+    });
+    let to32 =
+        |a: Array2<num_complex::Complex64>| a.mapv(|z| Complex32::new(z.re as f32, z.im as f32));
+    let crop = to32(extract_patch(&r.object, cx, cy, side));
+    let truth = raw
+        .object
+        .as_ref()
+        .map(|o| to32(extract_patch(o, cx, cy, side)));
+    let metrics = truth
+        .as_ref()
+        .and_then(|t| (side > 11).then(|| metrics::evaluate(&crop, t, 2)));
+    let rec = Recon {
+        object: crop,
+        centre: (cx, cy),
+        truth,
+        metrics,
+        covered: side,
+    };
+    Ok((rec, r))
 }

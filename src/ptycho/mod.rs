@@ -33,6 +33,7 @@ pub struct PtychoConfig {
     pub group: GroupConfig,
     pub simulate: SimConfig,
     pub pinn: train::PinnConfig,
+    pub dose: dose::DoseConfig,
 }
 
 /// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`

@@ -5,9 +5,9 @@
 //! Tensors are NCHW: diffraction `[B, C, N, N]` with C = gridsize² channels.
 
 use burn::module::{Module, Param};
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::{relu, sigmoid, silu, tanh};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -75,10 +75,15 @@ impl ModelShape {
     }
 }
 
+/// 3×3 "same" conv initialised like the reference's Keras layers (glorot-uniform kernel,
+/// zero bias) rather than burn's default (Kaiming-uniform, gain 1/√3, on kernel and bias).
 fn conv(cin: usize, cout: usize, dev: &Device) -> Conv2d {
-    Conv2dConfig::new([cin, cout], [3, 3])
+    let mut c = Conv2dConfig::new([cin, cout], [3, 3])
         .with_padding(PaddingConfig2d::Same)
-        .init(dev)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(dev);
+    c.bias = Some(Param::from_tensor(Tensor::zeros([cout], dev)));
+    c
 }
 
 /// 2 × (conv3×3 + ReLU).
@@ -201,12 +206,22 @@ impl PtychoPinn {
 
     /// The object patches `[B,C,N,N]` for network input `x` = `s·X_full`.
     pub fn object_patches(&self, x: Tensor<4>) -> Cplx<4> {
-        let [_, _, n, _] = x.dims();
-        let dev = x.device();
+        let n = x.dims()[2];
+        self.decode(self.encode(x), n)
+    }
+
+    /// Encoder features `[B, F, 8, 8]` of the network input `x` = `s·X_full`.
+    pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = x / self.scale4();
         for b in &self.encoder {
             h = self.pool.forward(b.forward(h));
         }
+        h
+    }
+
+    /// Both decoders and heads: encoder features → complex object patches `[B,C,N,N]`.
+    pub fn decode(&self, h: Tensor<4>, n: usize) -> Cplx<4> {
+        let dev = h.device();
         let mask = border_mask(n, &dev);
         let q = n / 4;
         let pad = |t: Tensor<4>| t.pad([(0, 0), (0, 0), (q, q), (q, q)], 0.0);
