@@ -759,3 +759,81 @@ fn kaiming_init_keeps_the_input_signal_through_the_unet() {
         "PyTorch init: output ~independent of z ({pdep})"
     );
 }
+
+/// `--truth`: the reported error and line fluxes equal a direct computation from the written
+/// spectrum and the simulator's truth; a truth file without a `flux` column is a one-line error
+/// naming the file and the column, with no outputs.
+#[test]
+fn cli_recon_scores_against_truth() {
+    let _rng = common::burn_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = spx(&["dip", "simulate", "--out", d, "--seed", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let csv = dir.path().join("simulated.csv");
+    let truth_csv = dir.path().join("truth.csv");
+    let out = dir.path().join("r");
+    let (code, stdout, err) = spx(&[
+        "dip",
+        "recon",
+        csv.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--solver",
+        "tikhonov",
+        "--truth",
+        truth_csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let t = &v["truth"];
+    // Direct: the spectrum as written, the truth from the simulator's formula.
+    let c = cfg();
+    let spec = std::fs::read_to_string(out.join("spectrum.csv")).unwrap();
+    // The exact grid (the CSV's 6-decimal wavelengths would shift the λ/R windows).
+    let grid = linspace(0.75, 5.0, 3000);
+    let flux: Vec<f64> = spec
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+        .collect();
+    assert_eq!(flux.len(), grid.len());
+    let truth: Vec<f64> = grid
+        .iter()
+        .map(|&l| truth_flux(l, &c.dip.simulate))
+        .collect();
+    let rms = relative_rms(&grid, &flux, &truth, 0.8, 4.95);
+    let got = t["relative_rms"].as_f64().unwrap();
+    assert!((got - rms).abs() < 1e-3 * rms, "{got} vs {rms}");
+    assert!(got < 0.04, "Tikhonov error {got}");
+    let lines = t["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), LINES.len());
+    for (i, l) in lines.iter().enumerate() {
+        let want = measure_line(&grid, &flux, LINES[i].0) / measure_line(&grid, &truth, LINES[i].0);
+        let ratio = l["ratio"].as_f64().unwrap();
+        assert!((ratio - want).abs() < 1e-3, "line {i}: {ratio} vs {want}");
+        assert!((ratio - 1.0).abs() < 0.15, "line {i}: {ratio}");
+    }
+    // A truth file without `flux`.
+    let bad = write(dir.path(), "bad_truth.csv", "wavelength,f\n0.7,1\n5.1,1\n");
+    let out2 = dir.path().join("r2");
+    let (code, _, err) = spx(&[
+        "dip",
+        "recon",
+        csv.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+        "--solver",
+        "tikhonov",
+        "--truth",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad_truth.csv") && err.contains("flux"),
+        "{err}"
+    );
+    assert!(!out2.exists());
+}

@@ -32,6 +32,8 @@ pub struct Summary {
     pub dip: Option<DipRun>,
     pub tikhonov: Option<super::tikhonov::TikhonovResult>,
     pub qc: QcReport,
+    /// Accuracy against `--truth` when given.
+    pub truth: Option<super::recon::TruthScore>,
     pub files: Vec<String>,
 }
 

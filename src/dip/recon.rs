@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use super::forward::{Operator, chi2};
 use super::grid::linspace;
+use super::input::split_csv_line;
 use super::input::{self, Observation};
 use super::output::{self, DipRun, PlotInput, Summary};
-use super::simulate::{SimRow, truth_flux};
+use super::simulate::{LINES, SimRow, measure_line, relative_rms, truth_flux};
 use super::train::{self, Problem};
 use super::{SimulateConfig, Solver, tikhonov};
 use crate::backend::DeviceSpec;
@@ -28,7 +29,116 @@ pub struct Reconstruction {
     pub obs: Vec<Observation>,
     pub op: Operator,
     pub histories: Vec<Vec<train::EpochLoss>>,
+    /// A known spectrum on the grid (`--truth`), drawn on the plot.
+    pub truth: Option<Vec<f64>>,
     pub summary: Summary,
+}
+
+/// Accuracy against a known spectrum (`spx dip recon --truth`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TruthScore {
+    pub file: String,
+    /// Relative RMS of reconstruction − truth, both smoothed to one resolution element λ/R,
+    /// over the grid less 0.05 µm at each end.
+    pub relative_rms: f64,
+    /// The emission lines of `spx dip simulate` that fall on the grid.
+    pub lines: Vec<LineScore>,
+}
+
+/// Integrated line flux (µJy·µm, above a straight continuum fitted 2–4 resolution elements out).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LineScore {
+    pub wavelength: f64,
+    pub truth: f64,
+    pub recovered: f64,
+    pub ratio: f64,
+}
+
+/// Read columns `wavelength` (µm, increasing) and `flux` (µJy) of a CSV such as the `truth.csv`
+/// of `spx dip simulate`, linearly interpolated onto `grid`.
+pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Vec<f64>, SpxError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let (_, header) = lines
+        .next()
+        .ok_or_else(|| SpxError::file(path, "empty file (no header)"))?;
+    let header = split_csv_line(header).map_err(|e| SpxError::file(path, e))?;
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| SpxError::field(path, name, "missing column"))
+    };
+    let (cw, cf) = (col("wavelength")?, col("flux")?);
+    let (mut wl, mut fl) = (Vec::new(), Vec::new());
+    for (i, line) in lines {
+        let f = split_csv_line(line)
+            .map_err(|e| SpxError::file(path, format!("line {}: {e}", i + 1)))?;
+        let num = |c: usize, name: &str| -> Result<f64, SpxError> {
+            f.get(c)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    SpxError::field(path, name, format!("line {}: not a finite number", i + 1))
+                })
+        };
+        let w = num(cw, "wavelength")?;
+        if wl.last().is_some_and(|&p| w <= p) {
+            return Err(SpxError::field(
+                path,
+                "wavelength",
+                format!("line {}: not increasing", i + 1),
+            ));
+        }
+        wl.push(w);
+        fl.push(num(cf, "flux")?);
+    }
+    let (lo, hi) = (grid[0], grid[grid.len() - 1]);
+    if wl.len() < 2 || wl[0] > lo + 1e-9 || wl[wl.len() - 1] < hi - 1e-9 {
+        return Err(SpxError::field(
+            path,
+            "wavelength",
+            format!("does not cover the grid {lo}–{hi} µm"),
+        ));
+    }
+    Ok(grid
+        .iter()
+        .map(|&g| {
+            let k = wl.partition_point(|&w| w < g).clamp(1, wl.len() - 1);
+            let t = ((g - wl[k - 1]) / (wl[k] - wl[k - 1])).clamp(0.0, 1.0);
+            fl[k - 1] + t * (fl[k] - fl[k - 1])
+        })
+        .collect())
+}
+
+/// Score `r` against `truth` (on `r.grid`, read by [`read_truth`] from `path`); sets `r.truth`
+/// and `r.summary.truth`.
+pub fn score_against(r: &mut Reconstruction, path: &Path, truth: Vec<f64>) {
+    let (lo, hi) = (r.grid[0], r.grid[r.grid.len() - 1]);
+    let lines = LINES
+        .iter()
+        .filter(|l| l.0 - 4.0 * super::grid::resolution_width(l.0) > lo)
+        .filter(|l| l.0 + 4.0 * super::grid::resolution_width(l.0) < hi)
+        .map(|l| {
+            let t = measure_line(&r.grid, &truth, l.0);
+            let x = measure_line(&r.grid, &r.flux, l.0);
+            LineScore {
+                wavelength: l.0,
+                truth: t,
+                recovered: x,
+                ratio: x / t,
+            }
+        })
+        .collect();
+    r.summary.truth = Some(TruthScore {
+        file: path.display().to_string(),
+        relative_rms: relative_rms(&r.grid, &r.flux, &truth, lo + 0.05, hi - 0.05),
+        lines,
+    });
+    r.truth = Some(truth);
 }
 
 /// Run the configured solver on the photometry CSV at `input` (no files written).
@@ -161,6 +271,7 @@ pub fn reconstruct(
         dip,
         tikhonov: base.clone(),
         qc,
+        truth: None,
         files: Vec::new(),
     };
     Ok(Reconstruction {
@@ -171,6 +282,7 @@ pub fn reconstruct(
         obs,
         op,
         histories,
+        truth: None,
         summary,
     })
 }
@@ -222,7 +334,7 @@ pub fn write_outputs(
             } else {
                 None
             },
-            truth: None,
+            truth: r.truth.as_deref(),
         },
     )?;
     files.push(p);
