@@ -772,19 +772,22 @@ fn cli_recon_scores_against_truth() {
     assert_eq!(code, 0, "{err}");
     let csv = dir.path().join("simulated.csv");
     let truth_csv = dir.path().join("truth.csv");
+    let recon = |truth: &Path, out: &Path| {
+        spx(&[
+            "dip",
+            "recon",
+            csv.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--solver",
+            "tikhonov",
+            "--truth",
+            truth.to_str().unwrap(),
+            "--json",
+        ])
+    };
     let out = dir.path().join("r");
-    let (code, stdout, err) = spx(&[
-        "dip",
-        "recon",
-        csv.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--solver",
-        "tikhonov",
-        "--truth",
-        truth_csv.to_str().unwrap(),
-        "--json",
-    ]);
+    let (code, stdout, err) = recon(&truth_csv, &out);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let t = &v["truth"];
@@ -818,17 +821,7 @@ fn cli_recon_scores_against_truth() {
     // A truth file without `flux`.
     let bad = write(dir.path(), "bad_truth.csv", "wavelength,f\n0.7,1\n5.1,1\n");
     let out2 = dir.path().join("r2");
-    let (code, _, err) = spx(&[
-        "dip",
-        "recon",
-        csv.to_str().unwrap(),
-        "--out",
-        out2.to_str().unwrap(),
-        "--solver",
-        "tikhonov",
-        "--truth",
-        bad.to_str().unwrap(),
-    ]);
+    let (code, _, err) = recon(&bad, &out2);
     assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(

@@ -505,16 +505,7 @@ fn ttt_updates_only_norm_layers() {
 fn cli_pretrain_writes_log_curve_and_checkpoint() {
     let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_spx");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(bin)
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        o
-    };
+    let run = |args: &[&str]| common::spx_ok_in(dir.path(), args);
     run(&[
         "-q",
         "--set",
@@ -698,16 +689,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
 fn cli_ttt_and_experiment_table_quick() {
     let _rng = common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_spx");
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new(bin)
-            .args(args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        o
-    };
+    let run = |args: &[&str]| common::spx_ok_in(dir.path(), args);
     run(&[
         "-q",
         "--set",

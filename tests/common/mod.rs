@@ -16,6 +16,19 @@ pub fn spx(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Run the `spx` binary in `dir`, asserting success (stderr in the failure message); returns
+/// its output.
+#[allow(dead_code)]
+pub fn spx_ok_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let o = Command::new(env!("CARGO_BIN_EXE_spx"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
 static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// burn's device seed is process-global: tests that seed it and then initialise a model hold

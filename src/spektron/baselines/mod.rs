@@ -63,6 +63,24 @@ pub struct Cell {
     pub rmsep: Vec<f64>,
 }
 
+impl Cell {
+    /// Mean/std (n − 1) of RMSEP and mean R² over repetitions `v` = [(rmsep, r2)].
+    pub fn aggregate(method: &str, n_transfer: usize, v: &[(f64, f64)]) -> Cell {
+        let r: Vec<f64> = v.iter().map(|e| e.0).collect();
+        let mean = r.iter().sum::<f64>() / r.len() as f64;
+        let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+            / (r.len().saturating_sub(1).max(1)) as f64;
+        Cell {
+            method: method.to_string(),
+            n_transfer,
+            rmsep_mean: mean,
+            rmsep_std: var.sqrt(),
+            r2_mean: v.iter().map(|e| e.1).sum::<f64>() / v.len() as f64,
+            rmsep: r,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BaselineReport {
     pub cells: Vec<Cell>,
@@ -231,20 +249,7 @@ pub fn evaluate(
     }
     let cells = acc
         .into_iter()
-        .map(|(m, k, v)| {
-            let r: Vec<f64> = v.iter().map(|e| e.0).collect();
-            let mean = r.iter().sum::<f64>() / r.len() as f64;
-            let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-                / (r.len().saturating_sub(1).max(1)) as f64;
-            Cell {
-                method: m.to_string(),
-                n_transfer: k,
-                rmsep_mean: mean,
-                rmsep_std: var.sqrt(),
-                r2_mean: v.iter().map(|e| e.1).sum::<f64>() / v.len() as f64,
-                rmsep: r,
-            }
-        })
+        .map(|(m, k, v)| Cell::aggregate(&m, k, &v))
         .collect();
     Ok(BaselineReport { cells, master_lvs })
 }

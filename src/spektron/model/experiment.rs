@@ -353,19 +353,6 @@ pub fn run_model_arms(
     }
     Ok(acc
         .into_iter()
-        .map(|(m, k, v)| {
-            let r: Vec<f64> = v.iter().map(|e| e.0).collect();
-            let mean = r.iter().sum::<f64>() / r.len() as f64;
-            let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-                / (r.len().saturating_sub(1).max(1)) as f64;
-            Cell {
-                method: m.to_string(),
-                n_transfer: k,
-                rmsep_mean: mean,
-                rmsep_std: var.sqrt(),
-                r2_mean: v.iter().map(|e| e.1).sum::<f64>() / v.len() as f64,
-                rmsep: r,
-            }
-        })
+        .map(|(m, k, v)| Cell::aggregate(&m, k, &v))
         .collect())
 }
