@@ -249,7 +249,7 @@ pub fn evaluate(
     }
     let cells = acc
         .into_iter()
-        .map(|(m, k, v)| Cell::aggregate(&m, k, &v))
+        .map(|(m, k, v)| Cell::aggregate(m, k, &v))
         .collect();
     Ok(BaselineReport { cells, master_lvs })
 }

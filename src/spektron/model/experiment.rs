@@ -353,6 +353,6 @@ pub fn run_model_arms(
     }
     Ok(acc
         .into_iter()
-        .map(|(m, k, v)| Cell::aggregate(&m, k, &v))
+        .map(|(m, k, v)| Cell::aggregate(m, k, &v))
         .collect())
 }
