@@ -30,6 +30,21 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// `spx dip recon INPUT --out OUT --solver tikhonov EXTRA…` (exit code, stdout, stderr).
+fn recon_tikhonov(input: &Path, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "dip",
+        "recon",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--solver",
+        "tikhonov",
+    ];
+    args.extend_from_slice(extra);
+    spx(&args)
+}
+
 #[test]
 fn ricker_equals_closed_form() {
     let _rng = common::burn_rng_lock();
@@ -349,15 +364,7 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
     for (name, text, col) in cases {
         let p = write(dir.path(), name, &text);
         let out = dir.path().join(format!("out-{name}"));
-        let (code, stdout, err) = spx(&[
-            "dip",
-            "recon",
-            p.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--solver",
-            "tikhonov",
-        ]);
+        let (code, stdout, err) = recon_tikhonov(&p, &out, &[]);
         assert_eq!(code, 2, "{name}: {stdout}{err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
         assert!(
@@ -567,16 +574,7 @@ fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
         1 + 102
     );
     let out = dir.path().join("r");
-    let (code, stdout, err) = spx(&[
-        "dip",
-        "recon",
-        csv.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--solver",
-        "tikhonov",
-        "--json",
-    ]);
+    let (code, stdout, err) = recon_tikhonov(&csv, &out, &["--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let c2 = v["chi2_per_obs"].as_f64().unwrap();
@@ -773,18 +771,7 @@ fn cli_recon_scores_against_truth() {
     let csv = dir.path().join("simulated.csv");
     let truth_csv = dir.path().join("truth.csv");
     let recon = |truth: &Path, out: &Path| {
-        spx(&[
-            "dip",
-            "recon",
-            csv.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--solver",
-            "tikhonov",
-            "--truth",
-            truth.to_str().unwrap(),
-            "--json",
-        ])
+        recon_tikhonov(&csv, out, &["--truth", truth.to_str().unwrap(), "--json"])
     };
     let out = dir.path().join("r");
     let (code, stdout, err) = recon(&truth_csv, &out);

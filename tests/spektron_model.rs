@@ -113,11 +113,7 @@ fn wavelet_perfect_reconstruction() {
     for (n, level) in [(2048, 4), (1000, 4), (37, 2), (9, 1)] {
         let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
         let y = wavelet::waverec(&wavelet::wavedec(&x, level), n);
-        let err = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let err = common::max_abs_diff(&x, &y);
         assert!(err < 1e-10, "n={n} level={level} err={err}");
     }
     let lay = TokenLayout::new(2048, 4, 32);
@@ -128,11 +124,7 @@ fn wavelet_perfect_reconstruction() {
     assert_eq!(p.len(), 65 * 32);
     assert!(p[2074..].iter().all(|&v| v == 0.0), "padding is zero");
     let y = lay.decode(&p);
-    let err = x
-        .iter()
-        .zip(&y)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
+    let err = common::max_abs_diff(&x, &y);
     assert!(err < 1e-4, "{err}");
 }
 
@@ -457,11 +449,7 @@ fn lora_step_changes_only_adapters_and_heads_and_merges() {
     let merged = ft.valid().materialize();
     assert!(!lora::snapshot(&merged).keys().any(|k| k.contains(".lora.")));
     let b = to_vec(merged.forward(p, d, None).recon);
-    let err = a
-        .iter()
-        .zip(&b)
-        .map(|(u, v)| (u - v).abs())
-        .fold(0.0, f32::max);
+    let err = common::max_abs_diff(&a, &b);
     assert!(err < 1e-4, "{err}");
 }
 
@@ -577,11 +565,7 @@ fn selective_scan_equals_materialised_recurrence() {
                 .sum_dim(3)
                 .reshape([b, l, di]),
         );
-        let err = y
-            .iter()
-            .zip(&want)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f32::max);
+        let err = common::max_abs_diff(&y, &want);
         assert!(err < 1e-5, "L={l}: {err}");
         // Literal host recurrence for batch 1, channel 2.
         let (dv, xv, av, bv, cv) = (to_vec(dt), to_vec(x), to_vec(a), to_vec(bm), to_vec(cm));

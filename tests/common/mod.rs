@@ -29,6 +29,16 @@ pub fn spx_ok_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     o
 }
 
+/// Largest |a_i − b_i| (f32 or f64 slices of the same length).
+#[allow(dead_code)]
+pub fn max_abs_diff<T: Copy + Into<f64>>(a: &[T], b: &[T]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(&u, &v)| (u.into() - v.into()).abs())
+        .fold(0.0, f64::max)
+}
+
 static BURN_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// burn's device seed is process-global: tests that seed it and then initialise a model hold
