@@ -114,9 +114,53 @@ fn write_spx_files(dir: &Path) {
         w.dataset("group/probe", probe().view(), &hdf5::Layout::contiguous())?;
         w.strings("source_files", &names())?;
         w.attr_i64("/", "n_points", 64)?;
+        w.attr_f64("spectra", "scale", 0.25)?;
         w.attr_str("/", "creator", "spx")
     })
     .unwrap();
+    // Corpora written by the binary: synthetic, and built from two-column CSV files.
+    let csv_dir = dir.join("csv");
+    std::fs::create_dir_all(&csv_dir).unwrap();
+    for k in 0..3 {
+        let rows: String = (0..400)
+            .map(|i| {
+                let x = 400.0 + i as f64 * 2.0;
+                let y = ((x - 600.0 - 50.0 * k as f64) / 30.0).powi(2);
+                format!("{x},{}\n", (-y).exp() + 0.01 * (i % 7) as f64)
+            })
+            .collect();
+        std::fs::write(csv_dir.join(format!("s{k}.csv")), rows).unwrap();
+    }
+    for args in [
+        vec![
+            "spektron".into(),
+            "corpus".into(),
+            "synth".into(),
+            "--n".into(),
+            "150".into(),
+            "--out".into(),
+            dir.join("cli_synth.h5").display().to_string(),
+        ],
+        vec![
+            "spektron".into(),
+            "corpus".into(),
+            "build".into(),
+            csv_dir.display().to_string(),
+            "--out".into(),
+            dir.join("cli_build.h5").display().to_string(),
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_spx"))
+            .args(["--out", &dir.join("runs").display().to_string(), "-q"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "spx {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 fn read_reference_files(dir: &Path) {
@@ -143,19 +187,47 @@ fn read_reference_files(dir: &Path) {
     assert_eq!(z.f32("cube").unwrap(), cube());
     assert_eq!(z.c64("probeGuess").unwrap(), probe());
 
-    let h = hdf5::H5Reader::open(&dir.join("ref.h5")).unwrap();
-    assert_eq!(h.shape("spectra").unwrap(), vec![300, 64]);
-    assert!(h.is_deflated("spectra").unwrap());
-    assert_eq!(
-        h.read_rows::<f32>("spectra", 130, 40).unwrap(),
-        spectra(130..170)
-    );
-    let m = h.read::<i8>("modality").unwrap();
-    assert_eq!(m[[7]], 2);
-    assert_eq!(h.read::<Complex32>("group/probe").unwrap(), probe());
-    assert_eq!(h.strings("source_files").unwrap(), names());
-    assert_eq!(h.attr_i64("/", "n_points").unwrap(), 64);
-    assert_eq!(h.attr_str("/", "creator").unwrap(), "h5py");
+    for file in ["ref.h5", "ref_latest.h5"] {
+        let h = hdf5::H5Reader::open(&dir.join(file)).unwrap();
+        let all = spectra(0..300).into_dyn();
+        for (name, chunk, deflated) in [
+            ("spectra", Some(vec![64, 64]), true),
+            ("spectra_contiguous", None, false),
+            ("spectra_fixed", Some(vec![50, 64]), true),
+        ] {
+            assert_eq!(h.shape(name).unwrap(), vec![300, 64], "{file} {name}");
+            assert_eq!(h.chunk(name).unwrap(), chunk, "{file} {name}");
+            assert_eq!(h.is_deflated(name).unwrap(), deflated, "{file} {name}");
+            assert_eq!(h.read::<f32>(name).unwrap(), all, "{file} {name}");
+            assert_eq!(
+                h.read_rows::<f32>(name, 130, 40).unwrap(),
+                spectra(130..170),
+                "{file} {name}"
+            );
+        }
+        // Big-endian f64 converts to f64; f64 is never narrowed to f32 silently.
+        assert_eq!(
+            h.read::<f64>("spectra_be").unwrap(),
+            all.mapv(f64::from),
+            "{file}"
+        );
+        assert!(h.read::<f32>("spectra_be").is_err(), "{file}");
+        let m = h.read::<i8>("modality").unwrap();
+        assert_eq!(m[[7]], 2);
+        assert_eq!(h.read::<i64>("modality").unwrap()[[9]], 4);
+        assert_eq!(h.read::<Complex32>("group/probe").unwrap(), probe());
+        assert!(h.read::<Complex32>("spectra").is_err(), "{file}");
+        assert_eq!(h.strings("source_files").unwrap(), names());
+        assert_eq!(h.attr_i64("/", "n_points").unwrap(), 64, "{file}");
+        assert_eq!(h.attr_str("/", "creator").unwrap(), "h5py", "{file}");
+        assert_eq!(h.attr_str("/", "fixed").unwrap(), "ascii", "{file}");
+        assert_eq!(h.attr_f64("/", "ratio").unwrap(), 1.5, "{file}");
+        assert_eq!(h.attr_i64("/", "big").unwrap(), -7, "{file}");
+        assert_eq!(h.attr_i64("/", "extra_11").unwrap(), 110, "{file}");
+        assert_eq!(h.attr_f64("spectra", "scale").unwrap(), 0.25, "{file}");
+        let err = h.attr_i64("/", "creator").unwrap_err().to_string();
+        assert!(err.contains(file) && err.contains("creator"), "{err}");
+    }
 }
 
 #[test]

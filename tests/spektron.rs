@@ -660,16 +660,20 @@ fn cli_synth_info_and_rerun() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("s.h5");
     let fs = f.to_str().unwrap();
-    for _ in 0..2 {
-        // Rerun-safe: the second run replaces the file atomically.
+    let mut bytes = Vec::new();
+    for target in [fs.to_string(), format!("{fs}.copy.h5"), fs.to_string()] {
+        // Rerun-safe: the third run replaces the first file atomically.
         let (code, out, err) = spx(&[
-            "-q", "--json", "--out", fs, "spektron", "corpus", "synth", "--n", "40", "--points",
-            "256",
+            "-q", "--json", "--out", &target, "spektron", "corpus", "synth", "--n", "40",
+            "--points", "256",
         ]);
         assert_eq!(code, 0, "{err}");
         let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(v["spectra"], 40);
+        bytes.push(std::fs::read(&target).unwrap());
     }
+    // No timestamps in the file: same input and seed, same bytes, whatever the path.
+    assert!(bytes[0] == bytes[1] && bytes[1] == bytes[2]);
     assert!(dir.path().join("spx-config.toml").exists());
     let (code, out, err) = spx(&["--json", "spektron", "corpus", "info", fs]);
     assert_eq!(code, 0, "{err}");
