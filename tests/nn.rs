@@ -45,7 +45,8 @@ type Case = (
 );
 
 /// The networks' convs: PINN 3×3 "same" zeros at 4→F, F→F, F→2F, 2F→F, F−4→4, F→4 (batch > 1);
-/// DIP (as h = 1) k-tap reflect with k/2 padding at 1→F, F→F, 3F→F, and the 1×1 head F→1.
+/// DIP (as h = 1) k-tap reflect with k/2 padding at 1→F, F→F, 3F→F, and the 1×1 head F→1; and
+/// two sizes large enough to be cut into several cache tiles per sample.
 fn cases() -> Vec<Case> {
     use PadMode::{Reflect, Zero};
     vec![
@@ -62,6 +63,9 @@ fn cases() -> Vec<Case> {
         (1, 15, 1, 20, 5, [1, 3], [0, 0, 1, 1], Reflect),
         (1, 5, 1, 40, 1, [1, 1], [0, 0, 0, 0], Zero),
         (2, 3, 1, 17, 4, [1, 3], [0, 0, 1, 1], Reflect),
+        // several cache tiles per sample, tiles starting mid-row
+        (2, 64, 13, 15, 3, [3, 3], [1, 1, 1, 1], Zero),
+        (1, 40, 1, 700, 3, [1, 3], [0, 0, 1, 1], Reflect),
     ]
 }
 

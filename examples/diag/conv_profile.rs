@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,7 +23,7 @@ use rand_distr::StandardNormal;
 use spx::backend::{tensor_from, to_vec};
 use spx::dip::NetInit;
 use spx::dip::unet::{UNet, UNetSpec};
-use spx::nn::kernels::{self, ConvGeom, Need, PadMode};
+use spx::nn::kernels::{self, ConvGeom, Mat, Need, PadMode};
 use spx::nn::ConvImpl;
 use spx::ptycho::PtychoConfig;
 use spx::ptycho::losses;
@@ -141,6 +141,19 @@ fn layers(net: &str) {
     );
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut rv = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    // the GEMM's own rate on this machine now, for scale
+    for m in [256usize, 1024] {
+        let (a, b) = (rv(m * m), rv(m * m));
+        let mut c = vec![0f32; m * m];
+        let (_, cs) = time(|| {
+            let (am, bm) = (Mat::row_major(&a, m), Mat::row_major(&b, m));
+            kernels::gemm(m, m, m, &mut c, false, am, bm)
+        });
+        println!(
+            "gemm {m}³: {:.1} GFLOP per CPU-s",
+            2.0 * (m * m * m) as f64 / cs / 1e9
+        );
+    }
     let (mut flops, mut cpu) = ([0f64; 3], [0f64; 3]);
     for (count, g) in list {
         let x = rv(g.batch * g.cin * g.h * g.w);

@@ -1,17 +1,19 @@
 //! f32 stride-1 convolution kernels on contiguous NCHW slices: im2col (zero or reflect padding
-//! fused into the gather) + one GEMM with the batch folded into the GEMM's N dimension, and the
-//! backward as one GEMM for the weight gradient and one GEMM + col2im for the input gradient.
+//! fused into the gather) + GEMM, tiled over output pixels so each im2col tile stays in cache.
 //!
 //! A 1-D conv is the 2-D one with `h = 1`, `kh = 1` and no vertical padding.
 //!
 //! Layouts (all row-major):
 //! - `x` `[n, cin, h, w]`, `weight` `[cout, cin, kh, kw]`, output `[n, cout, ho, wo]`;
-//! - `cols` `[cin·kh·kw, n·ho·wo]`: row `(c, ky, kx)`, column `(b, oy, ox)` holds the padded
-//!   input at `(b, c, oy + ky − pt, ox + kx − pl)`.
+//! - an im2col tile of output pixels `p0..p1` of sample `b` is `[cin·kh·kw, p1 − p0]`: row
+//!   `(c, ky, kx)`, column `p = (oy, ox)` holds the padded input at `(b, c, oy + ky − pt,
+//!   ox + kx − pl)`.
 //!
-//! Forward `out[co, (b,p)] = W[co, :] · cols[:, (b,p)]`; weight gradient
-//! `dW = G[co, (b,p)] · colsᵀ`; input gradient `dcols = Wᵀ · G`, then col2im adds every entry of
-//! `dcols` back to the input pixel it was gathered from (for reflect padding, the mirrored pixel).
+//! Forward: `out[b, :, p0..p1] = W[cout, k] · tile` (one strided GEMM per tile, tiles in
+//! parallel). Weight gradient: `dW = Σ_tiles G[b, :, p0..p1] · tileᵀ` (per-thread partial sums).
+//! Input gradient: the transposed conv written as a forward conv of `G` with the flipped,
+//! channel-swapped kernel ("full" padding); for reflect padding it yields the gradient of the
+//! padded input, whose border is added back onto the pixels it mirrors.
 
 use rayon::prelude::*;
 
@@ -74,6 +76,12 @@ impl ConvGeom {
                 self.w + pl + pr
             ));
         }
+        if pt.max(pb) >= self.kh || pl.max(pr) >= self.kw {
+            return Err(format!(
+                "padding {:?} not below the kernel {}×{}",
+                self.pad, self.kh, self.kw
+            ));
+        }
         if self.mode == PadMode::Reflect
             && (pt.max(pb) >= self.h.max(1) || pl.max(pr) >= self.w.max(1))
         {
@@ -85,9 +93,6 @@ impl ConvGeom {
         Ok(())
     }
 
-    fn is_identity_gather(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.pad == [0; 4] && self.batch == 1
-    }
 }
 
 /// For one kernel offset along one axis: the input index each output index reads, `None` where
@@ -143,69 +148,51 @@ impl Maps {
     }
 }
 
-/// Fill `cols` `[k, batch·l]` from `x` `[batch, cin, h, w]`; rows in parallel.
-pub fn im2col(x: &[f32], g: &ConvGeom, cols: &mut [f32]) {
-    let (l, wo, hw) = (g.l(), g.wo(), g.h * g.w);
-    assert_eq!(x.len(), g.batch * g.cin * hw, "im2col: input size");
-    assert_eq!(cols.len(), g.k() * g.batch * l, "im2col: cols size");
-    let maps = Maps::new(g);
+/// Gather the im2col tile of output pixels `[p0, p1)` of one sample: `tile` `[k, p1 − p0]`,
+/// row `(c, ky, kx)`, from `xs` `[cin, h, w]` (that sample's planes).
+fn gather_tile(xs: &[f32], g: &ConvGeom, maps: &Maps, p0: usize, p1: usize, tile: &mut [f32]) {
+    let (wo, hw, np) = (g.wo(), g.h * g.w, p1 - p0);
     let khw = g.kh * g.kw;
-    cols.par_chunks_mut(g.batch * l)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let (c, ky, kx) = (r / khw, (r % khw) / g.kw, r % g.kw);
-            let (my, mx) = (&maps.y[ky], &maps.x[kx]);
-            for b in 0..g.batch {
-                let plane = &x[(b * g.cin + c) * hw..][..hw];
-                let dst = &mut row[b * l..][..l];
-                for (oy, d) in dst.chunks_exact_mut(wo).enumerate() {
-                    let Some(iy) = my.src[oy] else {
-                        d.fill(0.0);
-                        continue;
-                    };
+    for (r, row) in tile.chunks_exact_mut(np).enumerate() {
+        let (c, ky, kx) = (r / khw, (r % khw) / g.kw, r % g.kw);
+        let (my, mx) = (&maps.y[ky], &maps.x[kx]);
+        let plane = &xs[c * hw..][..hw];
+        let mut p = p0;
+        while p < p1 {
+            let (oy, ox0) = (p / wo, p % wo);
+            let ox1 = wo.min(ox0 + (p1 - p));
+            let d = &mut row[p - p0..][..ox1 - ox0];
+            match my.src[oy] {
+                None => d.fill(0.0),
+                Some(iy) => {
                     let srow = &plane[iy * g.w..][..g.w];
-                    for ox in (0..mx.lo).chain(mx.hi..wo) {
-                        d[ox] = mx.src[ox].map_or(0.0, |ix| srow[ix]);
+                    let a = ox0.max(mx.lo).min(ox1);
+                    let b = ox1.min(mx.hi).max(a);
+                    for ox in (ox0..a).chain(b..ox1) {
+                        d[ox - ox0] = mx.src[ox].map_or(0.0, |ix| srow[ix]);
                     }
-                    let n = mx.hi - mx.lo;
-                    d[mx.lo..mx.hi].copy_from_slice(&srow[mx.base..mx.base + n]);
+                    if b > a {
+                        let s0 = mx.base + (a - mx.lo);
+                        d[a - ox0..b - ox0].copy_from_slice(&srow[s0..s0 + (b - a)]);
+                    }
                 }
             }
-        });
+            p += ox1 - ox0;
+        }
+    }
 }
 
-/// Add `dcols` `[k, batch·l]` back into `dx` `[batch, cin, h, w]` (overwritten); one task per
-/// input plane, so no two tasks write the same pixel.
-pub fn col2im(dcols: &[f32], g: &ConvGeom, dx: &mut [f32]) {
-    let (l, wo, hw) = (g.l(), g.wo(), g.h * g.w);
-    assert_eq!(dx.len(), g.batch * g.cin * hw, "col2im: input size");
-    assert_eq!(dcols.len(), g.k() * g.batch * l, "col2im: cols size");
-    let maps = Maps::new(g);
-    let nl = g.batch * l;
-    dx.par_chunks_mut(hw).enumerate().for_each(|(bc, plane)| {
-        let (b, c) = (bc / g.cin, bc % g.cin);
-        plane.fill(0.0);
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let r = (c * g.kh + ky) * g.kw + kx;
-                let src = &dcols[r * nl + b * l..][..l];
-                let (my, mx) = (&maps.y[ky], &maps.x[kx]);
-                for (oy, s) in src.chunks_exact(wo).enumerate() {
-                    let Some(iy) = my.src[oy] else { continue };
-                    let drow = &mut plane[iy * g.w..][..g.w];
-                    for ox in (0..mx.lo).chain(mx.hi..wo) {
-                        if let Some(ix) = mx.src[ox] {
-                            drow[ix] += s[ox];
-                        }
-                    }
-                    let n = mx.hi - mx.lo;
-                    for (d, v) in drow[mx.base..mx.base + n].iter_mut().zip(&s[mx.lo..mx.hi]) {
-                        *d += v;
-                    }
-                }
-            }
-        }
-    });
+/// Output pixels per tile: the tile `[k, P]` stays near 256 KiB (cache-resident), P ≥ 128.
+fn tile_len(g: &ConvGeom) -> usize {
+    (65536 / g.k().max(1)).clamp(128, 4096).min(g.l().max(1))
+}
+
+/// (sample, p0, p1) of every tile.
+fn tiles(g: &ConvGeom) -> Vec<(usize, usize, usize)> {
+    let (l, p) = (g.l(), tile_len(g));
+    (0..g.batch)
+        .flat_map(|b| (0..l).step_by(p).map(move |p0| (b, p0, (p0 + p).min(l))))
+        .collect()
 }
 
 /// A strided f32 matrix operand: element `(i, j)` at `data[i·rs + j·cs]`.
@@ -237,37 +224,43 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] · rhs[k, n]` with the `gemm`
-/// crate; multithreaded through rayon when the product is large enough to pay for it.
-pub fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
-    assert!(dst.len() >= m * n, "gemm: dst too small");
+/// `dst[i·dst_rs + j] = (accumulate ? dst : 0) + Σ_k lhs[i, k]·rhs[k, j]` with the `gemm`
+/// crate, on the calling thread or on rayon's pool.
+///
+/// # Safety
+/// `dst` must be valid for writes at every `i·dst_rs + j` (i < m, j < n), not aliased by `lhs`
+/// or `rhs`, and written by nobody else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    parallel: bool,
+) {
     assert!(lhs.fits(m, k) && rhs.fits(k, n), "gemm: operand too small");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
+    if m == 0 || n == 0 || k == 0 {
         return;
     }
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 48 * 48 * 48 {
+    let par = if parallel && threads > 1 && m * n * k >= 48 * 48 * 48 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every index the product touches is in bounds (checked above: dst holds m·n
-    // row-major, lhs/rhs hold their largest strided index) and dst does not alias lhs or rhs
-    // (it is a distinct &mut borrow).
+    // SAFETY: operands are in bounds (asserted); dst is the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -285,41 +278,73 @@ pub fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs
     }
 }
 
+/// `dst[m, n] (row-major) = (accumulate ? dst : 0) + lhs[m, k] · rhs[k, n]`, multithreaded
+/// through rayon when large enough to pay for it.
+pub fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat) {
+    assert!(dst.len() >= m * n, "gemm: dst too small");
+    if k == 0 && !accumulate {
+        dst[..m * n].fill(0.0);
+    }
+    // SAFETY: dst holds m·n row-major and is a unique borrow.
+    unsafe { gemm_raw(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, true) }
+}
+
+/// A raw output pointer shared by tiles that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: only used to hand disjoint regions of one live buffer to rayon tasks.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
 /// Forward: `out` `[batch, cout, ho, wo]` from `x`, `weight` `[cout, k]` and `bias` `[cout]`.
+///
+/// Tiles of output pixels run in parallel; each gathers its im2col tile (padding fused into the
+/// gather) into a cache-resident buffer and multiplies it by the weight into its own columns of
+/// the output (`out[b, :, p0..p1]`, one strided GEMM per tile).
 pub fn conv_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
     let (k, l, co) = (g.k(), g.l(), g.cout);
+    let chw = g.cin * g.h * g.w;
+    assert_eq!(x.len(), g.batch * chw, "conv_forward: input size");
     assert_eq!(weight.len(), co * k, "conv_forward: weight size");
-    let owned;
-    let cols: &[f32] = if g.is_identity_gather() {
-        x
-    } else {
-        owned = {
-            let mut c = vec![0.0; k * g.batch * l];
-            im2col(x, g, &mut c);
-            c
-        };
-        &owned
-    };
-    let nl = g.batch * l;
-    let wmat = Mat::row_major(weight, k);
-    let cmat = Mat::row_major(cols, nl);
-    if g.batch == 1 {
-        let mut out = match bias {
-            Some(b) => b.iter().flat_map(|&v| std::iter::repeat_n(v, l)).collect(),
-            None => vec![0.0; co * l],
-        };
-        gemm(co, l, k, &mut out, bias.is_some(), wmat, cmat);
-        return out;
+    let mut out = vec![0f32; g.batch * co * l];
+    if let Some(b) = bias {
+        assert_eq!(b.len(), co, "conv_forward: bias size");
+        out.par_chunks_mut(l)
+            .enumerate()
+            .for_each(|(i, o)| o.fill(b[i % co]));
     }
-    let mut tmp = vec![0.0; co * nl];
-    gemm(co, nl, k, &mut tmp, false, wmat, cmat);
-    let mut out = vec![0.0; g.batch * co * l];
-    out.par_chunks_mut(l).enumerate().for_each(|(bc, o)| {
-        let (b, c) = (bc / co, bc % co);
-        let s = &tmp[c * nl + b * l..][..l];
-        let bv = bias.map_or(0.0, |bb| bb[c]);
-        for (d, v) in o.iter_mut().zip(s) {
-            *d = v + bv;
+    let maps = Maps::new(g);
+    let dst = Out(out.as_mut_ptr());
+    let wmat = Mat::row_major(weight, k);
+    let identity = g.kh == 1 && g.kw == 1 && g.pad == [0; 4];
+    tiles(g).into_par_iter().for_each_init(Vec::new, |buf, (b, p0, p1)| {
+        let np = p1 - p0;
+        let xs = &x[b * chw..][..chw];
+        let rhs = if identity {
+            Mat {
+                data: &xs[p0..],
+                rs: l,
+                cs: 1,
+            }
+        } else {
+            buf.resize(k * np, 0.0);
+            gather_tile(xs, g, &maps, p0, p1, buf);
+            Mat::row_major(buf, np)
+        };
+        // SAFETY: this tile alone writes rows 0..co, columns p0..p1 of sample b.
+        unsafe {
+            let d = dst;
+            gemm_raw(
+                co,
+                np,
+                k,
+                d.0.add(b * co * l + p0),
+                l,
+                bias.is_some(),
+                wmat,
+                rhs,
+                false,
+            );
         }
     });
     out
@@ -340,64 +365,144 @@ pub struct Need {
     pub bias: bool,
 }
 
-/// Backward of [`conv_forward`] for the output gradient `gout` `[batch, cout, ho, wo]`.
-pub fn conv_backward(x: &[f32], weight: &[f32], gout: &[f32], g: &ConvGeom, need: Need) -> ConvGrads {
+/// `dW[co, k] = Σ_tiles G[b, co, p0..p1] · tileᵀ`: per-thread partial sums, then added.
+fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (k, l, co) = (g.k(), g.l(), g.cout);
-    let nl = g.batch * l;
-    assert_eq!(gout.len(), co * nl, "conv_backward: output gradient size");
-    assert_eq!(weight.len(), co * k, "conv_backward: weight size");
-    // G as [cout, batch·l]
-    let owned_g;
-    let gm: &[f32] = if g.batch == 1 {
-        gout
-    } else {
-        let mut t = vec![0.0; co * nl];
-        t.par_chunks_mut(nl).enumerate().for_each(|(c, row)| {
-            for (b, d) in row.chunks_exact_mut(l).enumerate() {
-                d.copy_from_slice(&gout[(b * co + c) * l..][..l]);
+    let chw = g.cin * g.h * g.w;
+    let maps = Maps::new(g);
+    let identity = g.kh == 1 && g.kw == 1 && g.pad == [0; 4];
+    tiles(g)
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; co * k], Vec::new()),
+            |(mut dw, mut buf), (b, p0, p1)| {
+                let np = p1 - p0;
+                let xs = &x[b * chw..][..chw];
+                let cols = if identity {
+                    Mat {
+                        data: &xs[p0..],
+                        rs: 1,
+                        cs: l,
+                    }
+                } else {
+                    buf.resize(k * np, 0.0);
+                    gather_tile(xs, g, &maps, p0, p1, &mut buf);
+                    Mat::transposed(&buf, np)
+                };
+                let gt = Mat {
+                    data: &gout[b * co * l + p0..],
+                    rs: l,
+                    cs: 1,
+                };
+                // SAFETY: dw is this fold's own co·k buffer.
+                unsafe { gemm_raw(co, k, np, dw.as_mut_ptr(), k, true, gt, cols, false) };
+                (dw, buf)
+            },
+        )
+        .map(|(dw, _)| dw)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(u, v)| *u += v);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; co * k])
+}
+
+/// `dx`: the transposed conv, computed as a forward conv of `gout` with the flipped,
+/// channel-swapped kernel. Zero padding: "full" padding `k − 1 − pad` gives `dx` directly.
+/// Reflect padding: the gradient of the padded input (padding `k − 1`), whose border is then
+/// added onto the pixels it mirrors.
+fn input_grad(weight: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let (kh, kw, co, ci) = (g.kh, g.kw, g.cout, g.cin);
+    let mut wt = vec![0f32; co * g.k()];
+    wt.par_chunks_mut(co * kh * kw).enumerate().for_each(|(c, rows)| {
+        for o in 0..co {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    rows[(o * kh + ky) * kw + kx] =
+                        weight[((o * ci + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
+                }
+            }
+        }
+    });
+    let [pt, pb, pl, pr] = g.pad;
+    let back = |pad: [usize; 4]| ConvGeom {
+        batch: g.batch,
+        cin: co,
+        h: g.ho(),
+        w: g.wo(),
+        cout: ci,
+        kh,
+        kw,
+        pad,
+        mode: PadMode::Zero,
+    };
+    if g.mode == PadMode::Zero || g.pad == [0; 4] {
+        let full = [kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr];
+        return conv_forward(gout, &wt, None, &back(full));
+    }
+    let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
+    let dxp = conv_forward(gout, &wt, None, &back([kh - 1, kh - 1, kw - 1, kw - 1]));
+    let fy: Vec<usize> = (0..hp).map(|i| reflect(i, pt, g.h)).collect();
+    let fx: Vec<usize> = (0..wp).map(|i| reflect(i, pl, g.w)).collect();
+    let mut dx = vec![0f32; g.batch * ci * g.h * g.w];
+    dx.par_chunks_mut(g.h * g.w)
+        .zip(dxp.par_chunks(hp * wp))
+        .for_each(|(d, s)| {
+            for (py, srow) in s.chunks_exact(wp).enumerate() {
+                let drow = &mut d[fy[py] * g.w..][..g.w];
+                for (px, v) in srow.iter().enumerate() {
+                    drow[fx[px]] += v;
+                }
             }
         });
-        owned_g = t;
-        &owned_g
+    dx
+}
+
+/// The input index that padded index `i` (padding `pad` before an axis of `n`) reads under
+/// reflect padding.
+fn reflect(i: usize, pad: usize, n: usize) -> usize {
+    let j = i as isize - pad as isize;
+    let n = n as isize;
+    let r = if j < 0 {
+        -j
+    } else if j >= n {
+        2 * (n - 1) - j
+    } else {
+        j
     };
+    r.clamp(0, n - 1) as usize
+}
+
+/// Backward of [`conv_forward`] for the output gradient `gout` `[batch, cout, ho, wo]`.
+pub fn conv_backward(
+    x: &[f32],
+    weight: &[f32],
+    gout: &[f32],
+    g: &ConvGeom,
+    need: Need,
+) -> ConvGrads {
+    let (k, l, co) = (g.k(), g.l(), g.cout);
+    assert_eq!(gout.len(), g.batch * co * l, "conv_backward: output gradient size");
+    assert_eq!(weight.len(), co * k, "conv_backward: weight size");
+    assert_eq!(x.len(), g.batch * g.cin * g.h * g.w, "conv_backward: input size");
     let bias = need.bias.then(|| {
-        gm.par_chunks(nl)
-            .map(|r| r.iter().map(|&v| v as f64).sum::<f64>() as f32)
+        (0..co)
+            .into_par_iter()
+            .map(|c| {
+                (0..g.batch)
+                    .map(|b| {
+                        gout[(b * co + c) * l..][..l]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32
+            })
             .collect()
     });
-    let gmat = Mat::row_major(gm, nl);
-    let weight_grad = need.weight.then(|| {
-        let owned;
-        let cols: &[f32] = if g.is_identity_gather() {
-            x
-        } else {
-            owned = {
-                let mut c = vec![0.0; k * nl];
-                im2col(x, g, &mut c);
-                c
-            };
-            &owned
-        };
-        let mut dw = vec![0.0; co * k];
-        gemm(co, k, nl, &mut dw, false, gmat, Mat::transposed(cols, nl));
-        dw
-    });
-    let x_grad = need.x.then(|| {
-        let wt = Mat::transposed(weight, k);
-        if g.is_identity_gather() {
-            let mut dx = vec![0.0; k * nl];
-            gemm(k, nl, co, &mut dx, false, wt, gmat);
-            return dx;
-        }
-        let mut dcols = vec![0.0; k * nl];
-        gemm(k, nl, co, &mut dcols, false, wt, gmat);
-        let mut dx = vec![0.0; g.batch * g.cin * g.h * g.w];
-        col2im(&dcols, g, &mut dx);
-        dx
-    });
     ConvGrads {
-        x: x_grad,
-        weight: weight_grad,
+        x: need.x.then(|| input_grad(weight, gout, g)),
+        weight: need.weight.then(|| weight_grad(x, gout, g)),
         bias,
     }
 }
@@ -464,6 +569,10 @@ mod tests {
             (1, 5, 1, 8, 1, 1, 1, [0, 0, 0, 0], PadMode::Zero),
             (2, 3, 4, 5, 2, 2, 3, [0, 1, 2, 0], PadMode::Zero),
             (2, 2, 3, 4, 3, 3, 3, [1, 1, 2, 2], PadMode::Reflect),
+            // several tiles per sample (tile_len 128 here), starting mid-row
+            (2, 64, 11, 13, 3, 3, 3, [1, 1, 1, 1], PadMode::Zero),
+            (1, 200, 1, 400, 2, 1, 3, [0, 0, 1, 1], PadMode::Reflect),
+            (1, 300, 1, 300, 2, 1, 1, [0, 0, 0, 0], PadMode::Zero),
         ] {
             v.push(ConvGeom {
                 batch,
@@ -485,6 +594,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         for g in geoms() {
             g.check().unwrap();
+            let t = tiles(&g);
+            assert_eq!(t.iter().map(|(_, a, b)| b - a).sum::<usize>(), g.batch * g.l());
             let x = rand_vec(&mut rng, g.batch * g.cin * g.h * g.w);
             let w = rand_vec(&mut rng, g.cout * g.k());
             let b = rand_vec(&mut rng, g.cout);
@@ -492,7 +603,7 @@ mod tests {
             let want = naive(&x, &w, &b, &g);
             assert_eq!(got.len(), want.len());
             for (a, e) in got.iter().zip(&want) {
-                assert!((*a as f64 - e).abs() < 1e-5, "{g:?}: {a} vs {e}");
+                assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?}: {a} vs {e}");
             }
         }
     }
@@ -534,7 +645,7 @@ mod tests {
 
     #[test]
     fn reflect_padding_mirrors_without_repeating_the_edge() {
-        // x = [1, 2, 3], k = 3 all-ones, reflect pad 1 → padded [2,1,2,3,2]
+        // x = [1, 2, 3], k = 3 all-ones, reflect pad 1 → padded [2, 1, 2, 3, 2]
         let g = ConvGeom {
             batch: 1,
             cin: 1,
@@ -547,7 +658,7 @@ mod tests {
             mode: PadMode::Reflect,
         };
         let y = conv_forward(&[1.0, 2.0, 3.0], &[1.0; 3], None, &g);
-        assert_eq!(y, vec![5.0, 6.0, 8.0]);
+        assert_eq!(y, vec![5.0, 6.0, 7.0]);
         let gr = conv_backward(
             &[1.0, 2.0, 3.0],
             &[1.0; 3],
@@ -559,8 +670,8 @@ mod tests {
                 bias: false,
             },
         );
-        // padded column 0 (x[1]) feeds output 0; padded 4 (x[1]) feeds output 2
-        assert_eq!(gr.x.unwrap(), vec![1.0, 4.0, 1.0]);
+        // padded sample j feeds 1, 2, 3, 2, 1 outputs; j = 0, 2, 4 are x[1], j = 1 x[0], j = 3 x[2]
+        assert_eq!(gr.x.unwrap(), vec![2.0, 5.0, 2.0]);
         // dW[kx] = Σ_o padded[o + kx] = [2+1+2, 1+2+3, 2+3+2]
         assert_eq!(gr.weight.unwrap(), vec![5.0, 6.0, 7.0]);
     }

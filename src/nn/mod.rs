@@ -4,8 +4,8 @@
 //! gradient as a forward conv whose kernel is the whole output-gradient image and the input
 //! gradient through `conv_transpose`. This module registers one backend-extension op
 //! (`spx_conv`, see [`kernels`]) for `Flex` and `Autodiff<Flex>`: forward as im2col (zero or
-//! reflect padding fused into the gather) + one GEMM with the batch folded into N; backward as
-//! one GEMM for the weight gradient and one GEMM + col2im for the input gradient.
+//! reflect padding fused into the gather) + GEMM over cache-sized tiles of output pixels; weight
+//! gradient as the same tiles' GEMMs summed; input gradient as the transposed conv.
 //!
 //! [`conv1d`] / [`conv2d`] take burn's own `Conv1d` / `Conv2d` modules, so parameters, their
 //! initialisation and their record names are burn's; only how the conv is computed changes.
