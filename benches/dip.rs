@@ -3,6 +3,7 @@
 //! QC; 3000-pixel grid), plus the Tikhonov baseline solve.
 //! The full run takes minutes on CPU and is timed once when SPX_BENCH_DIP_FULL=1 is set.
 
+use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
 use indicatif::ProgressBar;
@@ -15,7 +16,6 @@ use spx::dip::train::{self, Problem};
 use spx::dip::unet::{UNet, UNetSpec};
 use spx::dip::{NetInit, Weighting, input, simulate, tikhonov};
 use spx::nn::ConvImpl;
-use burn::optim::{AdamConfig, GradientsParams};
 
 fn bench(c: &mut Criterion) {
     let cfg = Config::default();

@@ -109,7 +109,10 @@ fn case_data(case: &Case, rng: &mut ChaCha8Rng) -> [Vec<f32>; 4] {
 fn forward_and_gradients_equal_burns_stock_conv() {
     let dev = Device::flex().autodiff();
     let probe = Tensor::<4>::zeros([1, 1, 1, 1], &dev);
-    assert!(nn::uses_spx_kernels(&probe), "autodiff flex f32 routes to spx's op");
+    assert!(
+        nn::uses_spx_kernels(&probe),
+        "autodiff flex f32 routes to spx's op"
+    );
     assert!(nn::uses_spx_kernels(&probe.to_device(&Device::flex())));
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for case in cases() {
@@ -137,7 +140,10 @@ fn gradients_pass_finite_differences() {
         let a = run(&case, &data, ConvImpl::Spx, &dev);
         let loss = |d: &[Vec<f32>; 4]| -> f64 {
             let y = run(&case, d, ConvImpl::Spx, &dev).y;
-            y.iter().zip(&d[3]).map(|(v, r)| (*v as f64).powi(2) * *r as f64).sum()
+            y.iter()
+                .zip(&d[3])
+                .map(|(v, r)| (*v as f64).powi(2) * *r as f64)
+                .sum()
         };
         // the loss is quadratic in each input, so a central difference is exact up to rounding
         let eps = 0.05f32;
@@ -181,7 +187,13 @@ fn inference_forward_equals_stock_and_modules_keep_their_parameters() {
     let s = to_vec(c1.forward(x.clone()));
     assert!(rel(&a, &s) < 1e-5);
     let v = Conv1dConfig::new(3, 2, 5).init(&dev);
-    let a = to_vec(nn::conv1d(&v, x.clone(), 2, PadMode::Reflect, ConvImpl::Spx));
+    let a = to_vec(nn::conv1d(
+        &v,
+        x.clone(),
+        2,
+        PadMode::Reflect,
+        ConvImpl::Spx,
+    ));
     let s = to_vec(v.forward(x.pad([(2, 2)], burn::tensor::ops::PadMode::Reflect)));
     assert!(rel(&a, &s) < 1e-5);
     assert_eq!(a.len(), 2 * 2 * 11);

@@ -58,7 +58,10 @@ impl ConvBlock {
     }
 
     fn conv(&self, c: &Conv1d, x: Tensor<3>, imp: ConvImpl) -> Tensor<3> {
-        leaky_relu(nn::conv1d(c, x, self.pad, PadMode::Reflect, imp), self.slope)
+        leaky_relu(
+            nn::conv1d(c, x, self.pad, PadMode::Reflect, imp),
+            self.slope,
+        )
     }
 
     fn forward(&self, x: Tensor<3>, imp: ConvImpl) -> Tensor<3> {

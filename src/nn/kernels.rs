@@ -92,7 +92,6 @@ impl ConvGeom {
         }
         Ok(())
     }
-
 }
 
 /// For one kernel offset along one axis: the input index each output index reads, `None` where
@@ -105,7 +104,13 @@ struct AxisMap {
     base: usize,
 }
 
-fn axis_maps(len_in: usize, pad_lo: usize, k: usize, len_out: usize, mode: PadMode) -> Vec<AxisMap> {
+fn axis_maps(
+    len_in: usize,
+    pad_lo: usize,
+    k: usize,
+    len_out: usize,
+    mode: PadMode,
+) -> Vec<AxisMap> {
     (0..k)
         .map(|kk| {
             let src: Vec<Option<usize>> = (0..len_out)
@@ -317,36 +322,38 @@ pub fn conv_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeo
     let dst = Out(out.as_mut_ptr());
     let wmat = Mat::row_major(weight, k);
     let identity = g.kh == 1 && g.kw == 1 && g.pad == [0; 4];
-    tiles(g).into_par_iter().for_each_init(Vec::new, |buf, (b, p0, p1)| {
-        let np = p1 - p0;
-        let xs = &x[b * chw..][..chw];
-        let rhs = if identity {
-            Mat {
-                data: &xs[p0..],
-                rs: l,
-                cs: 1,
+    tiles(g)
+        .into_par_iter()
+        .for_each_init(Vec::new, |buf, (b, p0, p1)| {
+            let np = p1 - p0;
+            let xs = &x[b * chw..][..chw];
+            let rhs = if identity {
+                Mat {
+                    data: &xs[p0..],
+                    rs: l,
+                    cs: 1,
+                }
+            } else {
+                buf.resize(k * np, 0.0);
+                gather_tile(xs, g, &maps, p0, p1, buf);
+                Mat::row_major(buf, np)
+            };
+            // SAFETY: this tile alone writes rows 0..co, columns p0..p1 of sample b.
+            unsafe {
+                let d = dst;
+                gemm_raw(
+                    co,
+                    np,
+                    k,
+                    d.0.add(b * co * l + p0),
+                    l,
+                    bias.is_some(),
+                    wmat,
+                    rhs,
+                    false,
+                );
             }
-        } else {
-            buf.resize(k * np, 0.0);
-            gather_tile(xs, g, &maps, p0, p1, buf);
-            Mat::row_major(buf, np)
-        };
-        // SAFETY: this tile alone writes rows 0..co, columns p0..p1 of sample b.
-        unsafe {
-            let d = dst;
-            gemm_raw(
-                co,
-                np,
-                k,
-                d.0.add(b * co * l + p0),
-                l,
-                bias.is_some(),
-                wmat,
-                rhs,
-                false,
-            );
-        }
-    });
+        });
     out
 }
 
@@ -414,16 +421,18 @@ fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
 fn input_grad(weight: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let (kh, kw, co, ci) = (g.kh, g.kw, g.cout, g.cin);
     let mut wt = vec![0f32; co * g.k()];
-    wt.par_chunks_mut(co * kh * kw).enumerate().for_each(|(c, rows)| {
-        for o in 0..co {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    rows[(o * kh + ky) * kw + kx] =
-                        weight[((o * ci + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
+    wt.par_chunks_mut(co * kh * kw)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            for o in 0..co {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        rows[(o * kh + ky) * kw + kx] =
+                            weight[((o * ci + c) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)];
+                    }
                 }
             }
-        }
-    });
+        });
     let [pt, pb, pl, pr] = g.pad;
     let back = |pad: [usize; 4]| ConvGeom {
         batch: g.batch,
@@ -482,9 +491,17 @@ pub fn conv_backward(
     need: Need,
 ) -> ConvGrads {
     let (k, l, co) = (g.k(), g.l(), g.cout);
-    assert_eq!(gout.len(), g.batch * co * l, "conv_backward: output gradient size");
+    assert_eq!(
+        gout.len(),
+        g.batch * co * l,
+        "conv_backward: output gradient size"
+    );
     assert_eq!(weight.len(), co * k, "conv_backward: weight size");
-    assert_eq!(x.len(), g.batch * g.cin * g.h * g.w, "conv_backward: input size");
+    assert_eq!(
+        x.len(),
+        g.batch * g.cin * g.h * g.w,
+        "conv_backward: input size"
+    );
     let bias = need.bias.then(|| {
         (0..co)
             .into_par_iter()
@@ -595,7 +612,10 @@ mod tests {
         for g in geoms() {
             g.check().unwrap();
             let t = tiles(&g);
-            assert_eq!(t.iter().map(|(_, a, b)| b - a).sum::<usize>(), g.batch * g.l());
+            assert_eq!(
+                t.iter().map(|(_, a, b)| b - a).sum::<usize>(),
+                g.batch * g.l()
+            );
             let x = rand_vec(&mut rng, g.batch * g.cin * g.h * g.w);
             let w = rand_vec(&mut rng, g.cout * g.k());
             let b = rand_vec(&mut rng, g.cout);
@@ -603,7 +623,10 @@ mod tests {
             let want = naive(&x, &w, &b, &g);
             assert_eq!(got.len(), want.len());
             for (a, e) in got.iter().zip(&want) {
-                assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?}: {a} vs {e}");
+                assert!(
+                    (*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
+                    "{g:?}: {a} vs {e}"
+                );
             }
         }
     }
@@ -618,7 +641,11 @@ mod tests {
             let w = rand_vec(&mut rng, g.cout * g.k());
             let gout = rand_vec(&mut rng, g.batch * g.cout * g.l());
             let y = conv_forward(&x, &w, None, &g);
-            let lhs: f64 = y.iter().zip(&gout).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let lhs: f64 = y
+                .iter()
+                .zip(&gout)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum();
             let need = Need {
                 x: true,
                 weight: true,
@@ -630,8 +657,14 @@ mod tests {
             };
             let via_x = dot(gr.x.as_ref().unwrap(), &x);
             let via_w = dot(gr.weight.as_ref().unwrap(), &w);
-            assert!((lhs - via_x).abs() < 1e-4 * (1.0 + lhs.abs()), "{g:?} {lhs} {via_x}");
-            assert!((lhs - via_w).abs() < 1e-4 * (1.0 + lhs.abs()), "{g:?} {lhs} {via_w}");
+            assert!(
+                (lhs - via_x).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{g:?} {lhs} {via_x}"
+            );
+            assert!(
+                (lhs - via_w).abs() < 1e-4 * (1.0 + lhs.abs()),
+                "{g:?} {lhs} {via_w}"
+            );
             let gb = gr.bias.unwrap();
             for c in 0..g.cout {
                 let s: f64 = (0..g.batch)
