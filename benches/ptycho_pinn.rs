@@ -1,6 +1,7 @@
 //! PtychoPINN hot paths at the reference size (N = 64, gridsize 2, batch 16): the
 //! differentiable forward model alone, and one full training step (forward + backward + Adam)
 //! of the 2.34M-parameter network on the CPU (flex) backend, and inference (forward only).
+//! The training step is timed with spx's conv kernels and with burn's stock conv.
 //! Patterns per second = 64 / time (16 groups × C 4).
 
 use burn::module::Module;
@@ -8,6 +9,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use criterion::{Criterion, criterion_group, criterion_main};
 use spx::backend::tensor_from;
+use spx::nn::ConvImpl;
 use spx::ptycho::PtychoConfig;
 use spx::ptycho::losses;
 use spx::ptycho::model::{ModelShape, PtychoPinn};
@@ -73,6 +75,17 @@ fn bench(c: &mut Criterion) {
             let loss = losses::poisson_nll(out.pred_amp, x.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = opt.step(1e-3, model.clone(), grads);
+        })
+    });
+    // the same step with burn's stock conv (spx's conv kernels off), for the before/after ratio
+    let mut stock = PtychoPinn::new(&shape, &ad).with_convs(ConvImpl::Stock);
+    let mut opt_s = AdamConfig::new().init();
+    g.bench_function("train_step_b16_c4_n64_stock_conv", |bch| {
+        bch.iter(|| {
+            let out = stock.forward(x.clone(), &geo_ad, &probe_ad);
+            let loss = losses::poisson_nll(out.pred_amp, x.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &stock);
+            stock = opt_s.step(1e-3, stock.clone(), grads);
         })
     });
     g.finish();

@@ -11,6 +11,7 @@ pub mod dip;
 pub mod error;
 pub mod io;
 pub mod logging;
+pub mod nn;
 pub mod ptycho;
 pub mod spektron;
 

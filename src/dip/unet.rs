@@ -2,8 +2,9 @@
 //!
 //! Stage 0: two k-tap convs 1→F→F; `depth` down stages (max-pool 2, C→2C→2C); `depth` up stages
 //! (linear ×2 upsampling with aligned corners, concat the skip, 3C→C→C); 1×1 head; Softplus when
-//! `positivity`. Every conv is reflect-padded (burn's Conv1d has no reflect mode, so the input is
-//! padded explicitly and the conv is `Valid`) and followed by LeakyReLU.
+//! `positivity`. Every conv is reflect-padded (burn's Conv1d has no reflect mode: its padding is
+//! `Valid` and spx's conv ([`crate::nn::conv1d`]) fuses the reflection into its gather) and
+//! followed by LeakyReLU.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -11,10 +12,10 @@ use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::interpolate::{Interpolate1d, Interpolate1dConfig, InterpolateMode};
 use burn::nn::pool::{MaxPool1d, MaxPool1dConfig};
 use burn::tensor::activation::{leaky_relu, softplus};
-use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
 use super::NetInit;
+use crate::nn::{self, ConvImpl, PadMode};
 
 /// A k-tap conv `cin → cout`; `gain` is the He gain of the nonlinearity that follows.
 fn conv(cin: usize, cout: usize, k: usize, init: NetInit, gain: f64, device: &Device) -> Conv1d {
@@ -56,18 +57,16 @@ impl ConvBlock {
         }
     }
 
-    fn conv(&self, c: &Conv1d, x: Tensor<3>) -> Tensor<3> {
-        let x = if self.pad > 0 {
-            x.pad([(self.pad, self.pad)], PadMode::Reflect)
-        } else {
-            x
-        };
-        leaky_relu(c.forward(x), self.slope)
+    fn conv(&self, c: &Conv1d, x: Tensor<3>, imp: ConvImpl) -> Tensor<3> {
+        leaky_relu(
+            nn::conv1d(c, x, self.pad, PadMode::Reflect, imp),
+            self.slope,
+        )
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.conv(&self.c1, x);
-        self.conv(&self.c2, x)
+    fn forward(&self, x: Tensor<3>, imp: ConvImpl) -> Tensor<3> {
+        let x = self.conv(&self.c1, x, imp);
+        self.conv(&self.c2, x, imp)
     }
 }
 
@@ -81,6 +80,8 @@ pub struct UNet {
     head: Conv1d,
     #[module(skip)]
     positivity: bool,
+    #[module(skip)]
+    convs: ConvImpl,
 }
 
 /// Architecture settings of [`UNet`].
@@ -127,22 +128,30 @@ impl UNet {
             pool: MaxPool1dConfig::new(2).init(),
             head: conv(f, 1, 1, spec.init, 1.0, device),
             positivity: spec.positivity,
+            convs: ConvImpl::Spx,
         }
+    }
+
+    /// The same network computing its convs with `imp` (burn's stock conv for comparisons).
+    pub fn with_convs(mut self, imp: ConvImpl) -> Self {
+        self.convs = imp;
+        self
     }
 
     /// z: [1, 1, L] → spectrum [1, 1, L].
     pub fn forward(&self, z: Tensor<3>) -> Tensor<3> {
-        let mut x = self.inc.forward(z);
+        let imp = self.convs;
+        let mut x = self.inc.forward(z, imp);
         let mut skips = Vec::with_capacity(self.downs.len());
         for d in &self.downs {
             skips.push(x.clone());
-            x = d.forward(self.pool.forward(x));
+            x = d.forward(self.pool.forward(x), imp);
         }
         for (u, up) in self.ups.iter().zip(&self.upsample) {
             let skip = skips.pop().expect("one skip per level");
-            x = u.forward(Tensor::cat(vec![up.forward(x), skip], 1));
+            x = u.forward(Tensor::cat(vec![up.forward(x), skip], 1), imp);
         }
-        let out = self.head.forward(x);
+        let out = nn::conv1d(&self.head, x, 0, PadMode::Zero, imp);
         if self.positivity {
             softplus(out, 1.0)
         } else {

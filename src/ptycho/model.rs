@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::physics::{self, Cplx, GroupGeometry};
 use crate::backend::tensor_from;
+use crate::nn::{self, ConvImpl, PadMode};
 
 /// Architecture settings (`[ptycho.pinn.model]`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -100,9 +101,15 @@ impl DoubleConv {
             b: conv(cout, cout, dev),
         }
     }
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        relu(self.b.forward(relu(self.a.forward(x))))
+    fn forward(&self, x: Tensor<4>, imp: ConvImpl) -> Tensor<4> {
+        let h = relu(conv2d(&self.a, x, imp));
+        relu(conv2d(&self.b, h, imp))
     }
+}
+
+/// A 3×3 "same" conv through spx's kernels (burn's stock conv off the CPU, or when `imp` says).
+fn conv2d(c: &Conv2d, x: Tensor<4>, imp: ConvImpl) -> Tensor<4> {
+    nn::conv2d(c, x, PadMode::Zero, imp)
 }
 
 /// Nearest-neighbour ×2 upsampling.
@@ -146,16 +153,27 @@ impl Decoder {
     }
 
     /// Returns (central pre-activation `[B,C,N/2,N/2]`, border output `[B,C,N,N]` already masked).
-    fn forward(&self, mut x: Tensor<4>, border_mask: &Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    fn forward(
+        &self,
+        mut x: Tensor<4>,
+        border_mask: &Tensor<4>,
+        imp: ConvImpl,
+    ) -> (Tensor<4>, Tensor<4>) {
         for b in &self.blocks {
-            x = up2(b.forward(x));
+            x = up2(b.forward(x, imp));
         }
         let [bs, ch, h, w] = x.dims();
-        let centre = self
-            .centre
-            .forward(x.clone().slice([0..bs, 0..ch - 4, 0..h, 0..w]));
+        let centre = conv2d(
+            &self.centre,
+            x.clone().slice([0..bs, 0..ch - 4, 0..h, 0..w]),
+            imp,
+        );
         let last = x.slice([0..bs, ch - 4..ch, 0..h, 0..w]);
-        let border = silu(self.border.forward(up2(self.border_block.forward(last))));
+        let border = silu(conv2d(
+            &self.border,
+            up2(self.border_block.forward(last, imp)),
+            imp,
+        ));
         (centre, border * border_mask.clone())
     }
 }
@@ -168,6 +186,8 @@ pub struct PtychoPinn {
     amp: Decoder,
     phase: Decoder,
     pub log_scale: Param<Tensor<1>>,
+    #[module(skip)]
+    convs: ConvImpl,
 }
 
 /// What one forward pass yields.
@@ -197,7 +217,14 @@ impl PtychoPinn {
                 [1],
                 dev,
             )),
+            convs: ConvImpl::Spx,
         }
+    }
+
+    /// The same network computing its convs with `imp` (burn's stock conv for comparisons).
+    pub fn with_convs(mut self, imp: ConvImpl) -> Self {
+        self.convs = imp;
+        self
     }
 
     fn scale4(&self) -> Tensor<4> {
@@ -214,7 +241,7 @@ impl PtychoPinn {
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = x / self.scale4();
         for b in &self.encoder {
-            h = self.pool.forward(b.forward(h));
+            h = self.pool.forward(b.forward(h, self.convs));
         }
         h
     }
@@ -225,8 +252,8 @@ impl PtychoPinn {
         let mask = border_mask(n, &dev);
         let q = n / 4;
         let pad = |t: Tensor<4>| t.pad([(0, 0), (0, 0), (q, q), (q, q)], 0.0);
-        let (ac, ab) = self.amp.forward(h.clone(), &mask);
-        let (pc, pb) = self.phase.forward(h, &mask);
+        let (ac, ab) = self.amp.forward(h.clone(), &mask, self.convs);
+        let (pc, pb) = self.phase.forward(h, &mask, self.convs);
         let amp = pad(sigmoid(ac)) + ab;
         let phase = pad(tanh(pc) * std::f64::consts::PI) + pb;
         Cplx::from_polar(amp, phase)

@@ -1,0 +1,338 @@
+//! Conv profile and training-step timer for spx's conv kernels (`spx::nn`).
+//!
+//! `conv_profile layers [pinn|dip] [reps]`: every conv of the PtychoPINN network (batch 16, N 64,
+//! C 4, default config) or of the DIP U-Net (3000 px, 32 filters, depth 3, k 3) timed alone:
+//! forward, input gradient and weight gradient, in GFLOP per CPU-second (process CPU time, so the
+//! number is honest on a shared machine), then the totals.
+//!
+//! `conv_profile step pinn|dip [steps] [stock]`: whole training steps (forward + backward + Adam)
+//! of the network, after 2 warm-up steps; prints one JSON line with wall and CPU milliseconds per
+//! step and the parameter count. `stock` computes the convs with burn's own conv instead.
+//! Threads: `RAYON_NUM_THREADS`. The PyTorch twins in `benches/peers/` print the same line.
+//!
+//! `cargo run --release --example conv_profile -- layers pinn`
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use spx::backend::{tensor_from, to_vec};
+use spx::dip::NetInit;
+use spx::dip::unet::{UNet, UNetSpec};
+use spx::nn::ConvImpl;
+use spx::nn::kernels::{self, ConvGeom, Mat, Need, PadMode};
+use spx::ptycho::PtychoConfig;
+use spx::ptycho::losses;
+use spx::ptycho::model::{ModelShape, PtychoPinn};
+use spx::ptycho::physics::{self, Cplx, GroupGeometry};
+
+/// CPU seconds used by this process (all threads), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // fields after the parenthesised command name; utime and stime are fields 14 and 15
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// (wall s, cpu s) per call, over enough calls for ≥ 0.3 CPU-s (the tick is 10 ms).
+fn time(mut f: impl FnMut()) -> (f64, f64) {
+    f();
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    let mut reps = 0;
+    while reps < 2 || cpu_seconds() - c0 < 0.3 {
+        f();
+        reps += 1;
+    }
+    let r = reps as f64;
+    (w0.elapsed().as_secs_f64() / r, (cpu_seconds() - c0) / r)
+}
+
+const PINN: (usize, usize, usize) = (16, 4, 64);
+const DIP: (usize, usize, usize, usize) = (3000, 32, 3, 3);
+
+/// (count, geometry) of every conv of the network.
+fn pinn_layers() -> Vec<(usize, ConvGeom)> {
+    let (b, ch, n) = PINN;
+    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    let g = |cin, cout, s| ConvGeom {
+        batch: b,
+        cin,
+        h: s,
+        w: s,
+        cout,
+        kh: 3,
+        kw: 3,
+        pad: [1; 4],
+        mode: PadMode::Zero,
+    };
+    let mut v = vec![];
+    let (mut cin, mut s) = (ch, n);
+    for &f in &shape.encoder {
+        v.push((1, g(cin, f, s)));
+        v.push((1, g(f, f, s)));
+        cin = f;
+        s /= 2;
+    }
+    for &f in &shape.decoder {
+        v.push((2, g(cin, f, s)));
+        v.push((2, g(f, f, s)));
+        cin = f;
+        s *= 2;
+    }
+    let bf = shape.border_filters;
+    v.push((2, g(cin - 4, ch, s)));
+    v.push((2, g(4, bf, s)));
+    v.push((2, g(bf, bf, s)));
+    v.push((2, g(bf, ch, 2 * s)));
+    v
+}
+
+fn dip_layers() -> Vec<(usize, ConvGeom)> {
+    let (l, f, depth, k) = DIP;
+    let g = |cin, cout, len, k: usize| ConvGeom {
+        batch: 1,
+        cin,
+        h: 1,
+        w: len,
+        cout,
+        kh: 1,
+        kw: k,
+        pad: [0, 0, k / 2, k / 2],
+        mode: if k > 1 {
+            PadMode::Reflect
+        } else {
+            PadMode::Zero
+        },
+    };
+    let mut v = vec![(1, g(1, f, l, k)), (1, g(f, f, l, k))];
+    for i in 1..=depth {
+        v.push((1, g(f << (i - 1), f << i, l >> i, k)));
+        v.push((1, g(f << i, f << i, l >> i, k)));
+    }
+    for i in 0..depth {
+        let c = f << (depth - 1 - i);
+        let len = l >> (depth - 1 - i);
+        v.push((1, g(3 * c, c, len, k)));
+        v.push((1, g(c, c, len, k)));
+    }
+    v.push((1, g(f, 1, l, 1)));
+    v
+}
+
+fn layers(net: &str) {
+    let list = if net == "dip" {
+        dip_layers()
+    } else {
+        pinn_layers()
+    };
+    println!(
+        "{net}: rayon threads {}; GFLOP per CPU-second (ms CPU per call)",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:>5} {:>4}→{:<4} {:>5}  {:>16} {:>16} {:>16}",
+        "count", "cin", "cout", "size", "forward", "input grad", "weight grad"
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rv = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    // the GEMM's own rate on this machine now, for scale
+    for m in [256usize, 1024] {
+        let (a, b) = (rv(m * m), rv(m * m));
+        let mut c = vec![0f32; m * m];
+        let (_, cs) = time(|| {
+            let (am, bm) = (Mat::row_major(&a, m), Mat::row_major(&b, m));
+            kernels::gemm(m, m, m, &mut c, false, am, bm)
+        });
+        println!(
+            "gemm {m}³: {:.1} GFLOP per CPU-s",
+            2.0 * (m * m * m) as f64 / cs / 1e9
+        );
+    }
+    let (mut flops, mut cpu) = ([0f64; 3], [0f64; 3]);
+    for (count, g) in list {
+        let x = rv(g.batch * g.cin * g.h * g.w);
+        let w = rv(g.cout * g.k());
+        let bias = rv(g.cout);
+        let gout = rv(g.batch * g.cout * g.l());
+        let fl = 2.0 * g.macs() as f64 * count as f64;
+        let only = |x: bool, weight: bool| Need {
+            x,
+            weight,
+            bias: weight,
+        };
+        let t = [
+            time(|| drop(kernels::conv_forward(&x, &w, Some(&bias), &g))),
+            time(|| drop(kernels::conv_backward(&x, &w, &gout, &g, only(true, false)))),
+            time(|| drop(kernels::conv_backward(&x, &w, &gout, &g, only(false, true)))),
+        ];
+        let cell = |i: usize| {
+            let c = t[i].1 * count as f64;
+            format!("{:7.1} ({:6.1})", fl / c.max(1e-9) / 1e9, c * 1e3)
+        };
+        println!(
+            "{count:>5} {:>4}→{:<4} {:>5}  {} {} {}",
+            g.cin,
+            g.cout,
+            if g.h == 1 {
+                format!("{}", g.w)
+            } else {
+                format!("{}²", g.h)
+            },
+            cell(0),
+            cell(1),
+            cell(2)
+        );
+        for i in 0..3 {
+            flops[i] += fl;
+            cpu[i] += t[i].1 * count as f64;
+        }
+    }
+    let names = ["forward", "input grad", "weight grad"];
+    for i in 0..3 {
+        println!(
+            "total {:<12} {:7.1} GFLOP per CPU-s, {:7.1} ms CPU",
+            names[i],
+            flops[i] / cpu[i] / 1e9,
+            cpu[i] * 1e3
+        );
+    }
+    let (f, c) = (flops.iter().sum::<f64>(), cpu.iter().sum::<f64>());
+    println!(
+        "total fwd+bwd      {:7.1} GFLOP per CPU-s, {:7.1} ms CPU per step",
+        f / c / 1e9,
+        c * 1e3
+    );
+}
+
+fn report(net: &str, imp: ConvImpl, params: usize, steps: usize, wall: f64, cpu: f64, loss: f32) {
+    println!(
+        "{{\"impl\": \"spx{}\", \"net\": \"{net}\", \"threads\": {}, \"params\": {params}, \"steps\": {steps}, \"ms_per_step\": {:.2}, \"cpu_ms_per_step\": {:.2}, \"last_loss\": {loss}}}",
+        if imp == ConvImpl::Stock { "-stock" } else { "" },
+        rayon::current_num_threads(),
+        1e3 * wall / steps as f64,
+        1e3 * cpu / steps as f64,
+    );
+}
+
+fn step_pinn(steps: usize, imp: ConvImpl) {
+    let (b, ch, n) = PINN;
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let vals = |k: usize, s: f32| -> Vec<f32> {
+        (0..k)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0) * s)
+            .collect()
+    };
+    let probe = Cplx::new(
+        tensor_from(vals(n * n, 1.0), [1, 1, n, n], &dev),
+        tensor_from(vec![0.0; n * n], [1, 1, n, n], &dev),
+    );
+    let rel: Vec<Vec<(f64, f64)>> = (0..b)
+        .map(|i| {
+            (0..ch)
+                .map(|k| ((k as f64 - 1.5) * 2.0, (i % 3) as f64 - 1.0))
+                .collect()
+        })
+        .collect();
+    let geo = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
+    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    let mut model = PtychoPinn::new(&shape, &dev).with_convs(imp);
+    let params = model.num_params();
+    let mut opt = AdamConfig::new().init();
+    let x = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev);
+    let mut loss_v = 0.0;
+    let mut one = |model: PtychoPinn| -> PtychoPinn {
+        let out = model.forward(x.clone(), &geo, &probe);
+        let loss = losses::poisson_nll(out.pred_amp, x.clone());
+        loss_v = to_vec(loss.clone())[0];
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        opt.step(1e-3, model, grads)
+    };
+    for _ in 0..2 {
+        model = one(model);
+    }
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    for _ in 0..steps {
+        model = one(model);
+    }
+    let (w, c) = (w0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    report("pinn", imp, params, steps, w, c, loss_v);
+}
+
+fn step_dip(steps: usize, imp: ConvImpl) {
+    let (l, f, depth, k) = DIP;
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let spec = UNetSpec {
+        length: l,
+        depth,
+        filters: f,
+        kernel_size: k,
+        leaky_slope: 0.2,
+        init: NetInit::Pytorch,
+        positivity: true,
+    };
+    let mut net = UNet::new(&spec, &dev).with_convs(imp);
+    let params = net.num_params();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let z: Vec<f32> = (0..l)
+        .map(|_| 0.1 * rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let z = tensor_from(z, [1, 1, l], &dev);
+    let y: Vec<f32> = (0..l)
+        .map(|i| 1.0 + 0.5 * (i as f32 * 0.01).sin())
+        .collect();
+    let y = tensor_from(y, [1, 1, l], &dev);
+    let mut opt = AdamConfig::new().init();
+    let mut loss_v = 0.0;
+    let mut one = |net: UNet| -> UNet {
+        let loss = (net.forward(z.clone()) - y.clone()).powi_scalar(2).mean();
+        loss_v = to_vec(loss.clone())[0];
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        opt.step(1e-3, net, grads)
+    };
+    for _ in 0..2 {
+        net = one(net);
+    }
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    for _ in 0..steps {
+        net = one(net);
+    }
+    let (w, c) = (w0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    report("dip", imp, params, steps, w, c, loss_v);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let usage = "usage: conv_profile layers [pinn|dip] | step pinn|dip [steps] [stock]";
+    match (arg(0), arg(1)) {
+        (Some("layers"), net) => layers(net.unwrap_or("pinn")),
+        (Some("step"), Some(net @ ("pinn" | "dip"))) => {
+            let Some(steps) = arg(2).map_or(Some(5), |s| s.parse::<usize>().ok()) else {
+                eprintln!("{usage}");
+                std::process::exit(2);
+            };
+            let imp = if arg(3) == Some("stock") {
+                ConvImpl::Stock
+            } else {
+                ConvImpl::Spx
+            };
+            if net == "pinn" {
+                step_pinn(steps.max(1), imp)
+            } else {
+                step_dip(steps.max(1), imp)
+            }
+        }
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    }
+}

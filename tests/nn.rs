@@ -1,0 +1,303 @@
+//! spx's conv kernels (`spx::nn`) against burn's stock conv and finite differences, on every
+//! stride/padding/kernel/channel combination the DIP U-Net and the PtychoPINN network use, and
+//! the two networks' training losses over 20 Adam steps with either conv.
+//!
+//! The spx conv is an opaque backend-extension op: burn's autodiff cannot differentiate through
+//! it, so every gradient these tests read for its inputs comes from spx's hand-written backward.
+
+mod common;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
+use burn::nn::{PaddingConfig1d, PaddingConfig2d};
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use spx::backend::{tensor_from, to_vec};
+use spx::dip::NetInit;
+use spx::dip::unet::{UNet, UNetSpec};
+use spx::nn::{self, ConvImpl, PadMode};
+use spx::ptycho::losses;
+use spx::ptycho::model::{ModelConfig, ModelShape, PtychoPinn};
+use spx::ptycho::physics::{self, Cplx, GroupGeometry};
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// max |a − b| / max |b|.
+fn rel(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    common::max_abs_diff(a, b) / scale.max(1e-12)
+}
+
+/// One 2-D case: batch, cin, h, w, cout, kernel (kh, kw), padding (t, b, l, r), mode.
+type Case = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 4],
+    PadMode,
+);
+
+/// The networks' convs: PINN 3×3 "same" zeros at 4→F, F→F, F→2F, 2F→F, F−4→4, F→4 (batch > 1);
+/// DIP (as h = 1) k-tap reflect with k/2 padding at 1→F, F→F, 3F→F, and the 1×1 head F→1; and
+/// two sizes large enough to be cut into several cache tiles per sample.
+fn cases() -> Vec<Case> {
+    use PadMode::{Reflect, Zero};
+    vec![
+        (3, 4, 8, 8, 6, [3, 3], [1, 1, 1, 1], Zero),
+        (3, 6, 8, 8, 6, [3, 3], [1, 1, 1, 1], Zero),
+        (2, 6, 4, 4, 12, [3, 3], [1, 1, 1, 1], Zero),
+        (2, 12, 4, 4, 6, [3, 3], [1, 1, 1, 1], Zero),
+        (2, 5, 8, 8, 4, [3, 3], [1, 1, 1, 1], Zero),
+        (2, 6, 16, 16, 4, [3, 3], [1, 1, 1, 1], Zero),
+        (1, 4, 8, 8, 5, [3, 3], [1, 1, 1, 1], Zero),
+        (1, 1, 1, 40, 5, [1, 3], [0, 0, 1, 1], Reflect),
+        (1, 5, 1, 40, 5, [1, 5], [0, 0, 2, 2], Reflect),
+        (1, 5, 1, 20, 10, [1, 7], [0, 0, 3, 3], Reflect),
+        (1, 15, 1, 20, 5, [1, 3], [0, 0, 1, 1], Reflect),
+        (1, 5, 1, 40, 1, [1, 1], [0, 0, 0, 0], Zero),
+        (2, 3, 1, 17, 4, [1, 3], [0, 0, 1, 1], Reflect),
+        // several cache tiles per sample, tiles starting mid-row
+        (2, 64, 13, 15, 3, [3, 3], [1, 1, 1, 1], Zero),
+        (1, 40, 1, 700, 3, [1, 3], [0, 0, 1, 1], Reflect),
+    ]
+}
+
+struct Run {
+    y: Vec<f32>,
+    gx: Vec<f32>,
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+}
+
+/// loss = Σ r·y² for the conv of (x, w, b); returns y and the three gradients.
+fn run(case: &Case, data: &[Vec<f32>; 4], imp: ConvImpl, dev: &Device) -> Run {
+    let &(n, ci, h, w, co, [kh, kw], pad, mode) = case;
+    let x = tensor_from(data[0].clone(), [n, ci, h, w], dev).require_grad();
+    let wt = tensor_from(data[1].clone(), [co, ci, kh, kw], dev).require_grad();
+    let b = tensor_from(data[2].clone(), [co], dev).require_grad();
+    let y = nn::conv2d_with(x.clone(), wt.clone(), Some(b.clone()), pad, mode, imp);
+    let r = tensor_from(data[3].clone(), y.dims(), dev);
+    let loss = (y.clone().powi_scalar(2) * r).sum();
+    let g = loss.backward();
+    Run {
+        y: to_vec(y),
+        gx: to_vec(x.grad(&g).expect("x grad")),
+        gw: to_vec(wt.grad(&g).expect("w grad")),
+        gb: to_vec(b.grad(&g).expect("b grad")),
+    }
+}
+
+fn case_data(case: &Case, rng: &mut ChaCha8Rng) -> [Vec<f32>; 4] {
+    let &(n, ci, h, w, co, [kh, kw], pad, _) = case;
+    let (ho, wo) = (h + pad[0] + pad[1] + 1 - kh, w + pad[2] + pad[3] + 1 - kw);
+    [
+        rand_vec(rng, n * ci * h * w),
+        rand_vec(rng, co * ci * kh * kw),
+        rand_vec(rng, co),
+        rand_vec(rng, n * co * ho * wo),
+    ]
+}
+
+#[test]
+fn forward_and_gradients_equal_burns_stock_conv() {
+    let dev = Device::flex().autodiff();
+    let probe = Tensor::<4>::zeros([1, 1, 1, 1], &dev);
+    assert!(
+        nn::uses_spx_kernels(&probe),
+        "autodiff flex f32 routes to spx's op"
+    );
+    assert!(nn::uses_spx_kernels(&probe.to_device(&Device::flex())));
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for case in cases() {
+        let data = case_data(&case, &mut rng);
+        let a = run(&case, &data, ConvImpl::Spx, &dev);
+        let s = run(&case, &data, ConvImpl::Stock, &dev);
+        for (name, got, want) in [
+            ("y", &a.y, &s.y),
+            ("dx", &a.gx, &s.gx),
+            ("dw", &a.gw, &s.gw),
+            ("db", &a.gb, &s.gb),
+        ] {
+            let e = rel(got, want);
+            assert!(e < 1e-4, "{case:?} {name}: relative difference {e:e}");
+        }
+    }
+}
+
+#[test]
+fn gradients_pass_finite_differences() {
+    let dev = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    for case in cases() {
+        let data = case_data(&case, &mut rng);
+        let a = run(&case, &data, ConvImpl::Spx, &dev);
+        let loss = |d: &[Vec<f32>; 4]| -> f64 {
+            let y = run(&case, d, ConvImpl::Spx, &dev).y;
+            y.iter()
+                .zip(&d[3])
+                .map(|(v, r)| (*v as f64).powi(2) * *r as f64)
+                .sum()
+        };
+        // the loss is quadratic in each input, so a central difference is exact up to rounding
+        let eps = 0.05f32;
+        for (t, grad) in [(0, &a.gx), (1, &a.gw), (2, &a.gb)] {
+            let scale = grad.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+            for _ in 0..12 {
+                let i = rng.random_range(0..grad.len());
+                let mut p = data.clone();
+                p[t][i] += eps;
+                let mut m = data.clone();
+                m[t][i] -= eps;
+                let fd = (loss(&p) - loss(&m)) / (2.0 * eps as f64);
+                assert!(
+                    (fd - grad[i] as f64).abs() < 2e-3 * scale.max(1.0),
+                    "{case:?} input {t} [{i}]: finite difference {fd} vs backward {}",
+                    grad[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn inference_forward_equals_stock_and_modules_keep_their_parameters() {
+    let dev = Device::flex();
+    let _rng = common::burn_rng_lock();
+    dev.seed(3);
+    let c2 = Conv2dConfig::new([4, 6], [3, 3])
+        .with_padding(PaddingConfig2d::Same)
+        .init(&dev);
+    let x = Tensor::<4>::random([2, 4, 9, 7], burn::tensor::Distribution::Default, &dev);
+    let a = to_vec(nn::conv2d(&c2, x.clone(), PadMode::Zero, ConvImpl::Spx));
+    let s = to_vec(c2.forward(x));
+    assert!(rel(&a, &s) < 1e-5);
+    // a 1-D module with its own `Same` padding and one with reflect padding added
+    let c1 = Conv1dConfig::new(3, 2, 5)
+        .with_padding(PaddingConfig1d::Same)
+        .init(&dev);
+    let x = Tensor::<3>::random([2, 3, 11], burn::tensor::Distribution::Default, &dev);
+    let a = to_vec(nn::conv1d(&c1, x.clone(), 0, PadMode::Zero, ConvImpl::Spx));
+    let s = to_vec(c1.forward(x.clone()));
+    assert!(rel(&a, &s) < 1e-5);
+    let v = Conv1dConfig::new(3, 2, 5).init(&dev);
+    let a = to_vec(nn::conv1d(
+        &v,
+        x.clone(),
+        2,
+        PadMode::Reflect,
+        ConvImpl::Spx,
+    ));
+    let s = to_vec(v.forward(x.pad([(2, 2)], burn::tensor::ops::PadMode::Reflect)));
+    assert!(rel(&a, &s) < 1e-5);
+    assert_eq!(a.len(), 2 * 2 * 11);
+}
+
+/// Relative difference of two loss curves.
+fn curves_agree(a: &[f32], b: &[f32], what: &str) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = ((x - y) / y.abs().max(1e-12)).abs();
+        assert!(d < 1e-4, "{what} step {i}: spx {x} vs stock {y} ({d:e})");
+    }
+}
+
+#[test]
+fn dip_training_losses_match_the_stock_conv() {
+    let dev = Device::flex().autodiff();
+    let l = 200;
+    let _rng = common::burn_rng_lock();
+    dev.seed(11);
+    let spec = UNetSpec {
+        length: l,
+        depth: 3,
+        filters: 6,
+        kernel_size: 5,
+        leaky_slope: 0.2,
+        init: NetInit::Pytorch,
+        positivity: true,
+    };
+    let net = UNet::new(&spec, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let z = tensor_from(rand_vec(&mut rng, l), [1, 1, l], &dev);
+    let target: Vec<f32> = (0..l).map(|i| 1.0 + (i as f32 * 0.05).sin()).collect();
+    let target = tensor_from(target, [1, 1, l], &dev);
+    let train = |imp: ConvImpl| -> Vec<f32> {
+        let mut net = net.clone().with_convs(imp);
+        let mut opt = AdamConfig::new().init();
+        (0..20)
+            .map(|_| {
+                let loss = (net.forward(z.clone()) - target.clone())
+                    .powi_scalar(2)
+                    .mean();
+                let v = to_vec(loss.clone())[0];
+                let g = GradientsParams::from_grads(loss.backward(), &net);
+                net = opt.step(2e-3, net.clone(), g);
+                v
+            })
+            .collect()
+    };
+    let (a, s) = (train(ConvImpl::Spx), train(ConvImpl::Stock));
+    assert!(a[19] < a[0], "training lowers the loss: {a:?}");
+    curves_agree(&a, &s, "DIP");
+}
+
+#[test]
+fn pinn_training_losses_match_the_stock_conv() {
+    let dev = Device::flex().autodiff();
+    let (b, n) = (2usize, 32usize);
+    let _rng = common::burn_rng_lock();
+    dev.seed(13);
+    let cfg = ModelConfig {
+        n_filters_scale: 1,
+        filters_base: 8,
+        border_filters: 6,
+    };
+    let shape = ModelShape::new(&cfg, n, 2, 1e6);
+    let ch = shape.channels();
+    let model = PtychoPinn::new(&shape, &dev);
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let x = tensor_from(
+        rand_vec(&mut rng, b * ch * n * n)
+            .iter()
+            .map(|v| v.abs() * 3.0)
+            .collect(),
+        [b, ch, n, n],
+        &dev,
+    );
+    let probe = Cplx::new(
+        tensor_from(rand_vec(&mut rng, n * n), [1, 1, n, n], &dev),
+        tensor_from(rand_vec(&mut rng, n * n), [1, 1, n, n], &dev),
+    );
+    let rel_pos: Vec<Vec<(f64, f64)>> = (0..b)
+        .map(|i| {
+            (0..ch)
+                .map(|k| ((k as f64 - 1.5) * 2.0, i as f64 - 0.5))
+                .collect()
+        })
+        .collect();
+    let geo = GroupGeometry::new(&rel_pos, n, physics::padded_size(n, 2), &dev);
+    let train = |imp: ConvImpl| -> Vec<f32> {
+        let mut m = model.clone().with_convs(imp);
+        let mut opt = AdamConfig::new().init();
+        (0..20)
+            .map(|_| {
+                let out = m.forward(x.clone(), &geo, &probe);
+                let loss = losses::poisson_nll(out.pred_amp, x.clone());
+                let v = to_vec(loss.clone())[0];
+                let g = GradientsParams::from_grads(loss.backward(), &m);
+                m = opt.step(1e-3, m.clone(), g);
+                v
+            })
+            .collect()
+    };
+    let (a, s) = (train(ConvImpl::Spx), train(ConvImpl::Stock));
+    assert!(a[19] < a[0], "training lowers the loss: {a:?}");
+    curves_agree(&a, &s, "PINN");
+    let _ = model.num_params();
+}
