@@ -260,8 +260,16 @@ impl Range {
 
     pub fn contains(&self, v: f64) -> bool {
         v.is_finite()
-            && (if self.lo_open { v > self.lo } else { v >= self.lo })
-            && (if self.hi_open { v < self.hi } else { v <= self.hi })
+            && (if self.lo_open {
+                v > self.lo
+            } else {
+                v >= self.lo
+            })
+            && (if self.hi_open {
+                v < self.hi
+            } else {
+                v <= self.hi
+            })
     }
 }
 
@@ -503,7 +511,10 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
 }
 
 fn range_of(key: &str) -> Option<Range> {
-    ranges().into_iter().find(|(k, _)| *k == key).map(|(_, r)| r)
+    ranges()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, r)| r)
 }
 
 /// Every number in `table` (arrays element by element) is finite and inside its key's stated
@@ -538,7 +549,9 @@ fn check_ranges(table: &Table, prefix: &str, source: &str) -> Result<(), SpxErro
         let Some(range) = range_of(&full) else {
             return Err(SpxError::ConfigKey {
                 source_name: source.to_string(),
-                message: format!("key `{full}`: no stated range (internal: add it to config::ranges)"),
+                message: format!(
+                    "key `{full}`: no stated range (internal: add it to config::ranges)"
+                ),
             });
         };
         if let Some(bad) = numbers.iter().find(|v| !range.contains(**v)) {
@@ -713,7 +726,9 @@ mod tests {
         for (key, _) in ranges() {
             let mut v = &Value::Table(t.clone());
             for part in key.split('.') {
-                v = v.get(part).unwrap_or_else(|| panic!("range for unknown key {key}"));
+                v = v
+                    .get(part)
+                    .unwrap_or_else(|| panic!("range for unknown key {key}"));
             }
         }
     }
@@ -724,12 +739,24 @@ mod tests {
         assert!(!r.contains(0.0) && r.contains(1.0) && !r.contains(f64::NAN));
         let r = Range::open_hi(0.0, 1.0);
         assert!(r.contains(0.0) && !r.contains(1.0) && !r.contains(f64::INFINITY));
-        let err = load(None, &["dip.depth=64".into()], &[]).unwrap_err().to_string();
-        assert!(err.contains("dip.depth") && err.contains("--set dip.depth=64"), "{err}");
-        let err = load(None, &["spektron.pretrain.lr=nan".into()], &[]).unwrap_err().to_string();
+        let err = load(None, &["dip.depth=64".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dip.depth") && err.contains("--set dip.depth=64"),
+            "{err}"
+        );
+        let err = load(None, &["spektron.pretrain.lr=nan".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a finite number"), "{err}");
-        let err = load(None, &["run.threads=100000".into()], &[]).unwrap_err().to_string();
-        assert!(err.contains("run.threads") && err.contains("[0, 1024]"), "{err}");
+        let err = load(None, &["run.threads=100000".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run.threads") && err.contains("[0, 1024]"),
+            "{err}"
+        );
     }
 
     #[test]

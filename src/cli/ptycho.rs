@@ -79,6 +79,10 @@ pub struct DoseArgs {
     /// positions on a 96² object, 20 epochs, narrow net, stitch crop 12).
     #[arg(long)]
     pub quick: bool,
+    /// Continue each training arm from its OUT/<dose>/<loss>/checkpoint (written after every
+    /// epoch) instead of restarting it; finished arms are not retrained.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -340,12 +344,11 @@ fn train_into(
 
 /// What a `ptycho train` checkpoint must agree with to be resumed: the data file's content and
 /// every setting that shapes training except the epoch count (and the device string).
-fn train_fingerprint(cfg: &Config, data: &Path) -> Result<String> {
+fn train_fingerprint(cfg: &Config, data_id: &str) -> Result<String> {
     let mut p = cfg.ptycho.pinn.clone();
     p.train.epochs = 0;
     Ok(format!(
-        "data {} seed {} pinn {} group {}",
-        io::atomic::file_checksum(data)?,
+        "data {data_id} seed {} pinn {} group {}",
         cfg.run.seed,
         serde_json::to_string(&p)?,
         serde_json::to_string(&cfg.ptycho.group)?
@@ -378,7 +381,7 @@ fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
         .map_err(|e| spx::SpxError::field(&a.data, raw.diffraction_key.as_str(), e))?;
     let ck = ptycho::train::Checkpointing {
         dir: out.join("checkpoint"),
-        fingerprint: train_fingerprint(&cfg, &a.data)?,
+        fingerprint: train_fingerprint(&cfg, &io::atomic::file_checksum(&a.data)?)?,
         resume: a.resume,
     };
     let (_, _, mut s) = train_into(g, &cfg, &raw, stage.dir(), Some(&ck))?;
@@ -458,11 +461,10 @@ fn write_recon(out: &Path, stem: &str, r: &ptycho::dose::Recon) -> Result<Vec<St
 
 fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
-    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?
-        .inputs([
-            a.data.as_path(),
-            a.model.join(ptycho::train::WEIGHTS).as_path(),
-        ]);
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([
+        a.data.as_path(),
+        a.model.join(ptycho::train::WEIGHTS).as_path(),
+    ]);
     let t0 = std::time::Instant::now();
     let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
     let dev = spec.device()?;
@@ -568,13 +570,13 @@ fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
     if a.quick {
         quick(&mut cfg);
     }
-    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone())?;
+    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone(), a.resume)?;
     g.emit_json(&summary)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The four-arm study into `out`; returns the JSON summary.
-fn dose_study(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
+fn dose_study(g: &Global, cfg: &Config, out: &Path, resume: bool) -> Result<serde_json::Value> {
     let (n_train, n_test) = (cfg.ptycho.dose.n_train, cfg.ptycho.dose.n_test);
     use ptycho::dose::{Arm, Recon};
     let t0 = std::time::Instant::now();
@@ -605,7 +607,20 @@ fn dose_study(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value>
             ca.ptycho.pinn.train.nll_weight = wn;
             ca.ptycho.pinn.train.mae_weight = wm;
             let dir = out.join(&tag).join(loss);
-            let (t, _, s) = train_into(g, &ca, &train_raw, &dir, None)?;
+            let ck = ptycho::train::Checkpointing {
+                dir: dir.join("checkpoint"),
+                // the training scan is re-simulated: identify it by how it was made
+                fingerprint: train_fingerprint(
+                    &ca,
+                    &format!(
+                        "simulated {} seed {}",
+                        serde_json::to_string(&ct.ptycho.simulate)?,
+                        ct.run.seed
+                    ),
+                )?,
+                resume,
+            };
+            let (t, _, s) = train_into(g, &ca, &train_raw, &dir, Some(&ck))?;
             let dev = spec.device()?;
             let model = burn::module::Module::valid(&t.model);
             let test = ptycho::dose::prepare(&test_raw, &ca.ptycho.group, ca.run.seed)?;

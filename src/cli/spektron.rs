@@ -322,7 +322,9 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
     }
     let (dir, file) = corpus_path(&cfg, "corpus.h5")?;
     let stage = io::atomic::Stage::begin(&dir)?.inputs(a.inputs.iter().map(PathBuf::as_path));
-    let staged = stage.dir().join(file.file_name().context("corpus file name")?);
+    let staged = stage
+        .dir()
+        .join(file.file_name().context("corpus file name")?);
     let pb = g.progress().bar(0, "corpus build");
     let t0 = std::time::Instant::now();
     let r = corpus::build(&a.inputs, &staged, &cfg.spektron.corpus, &pb)?;
@@ -367,7 +369,9 @@ fn synth_cmd(g: &Global, a: &SynthArgs) -> Result<ExitCode> {
     let cfg = load(g, extra)?;
     let (dir, file) = corpus_path(&cfg, "synth.h5")?;
     let stage = io::atomic::Stage::begin(&dir)?;
-    let staged = stage.dir().join(file.file_name().context("corpus file name")?);
+    let staged = stage
+        .dir()
+        .join(file.file_name().context("corpus file name")?);
     let pb = g.progress().bar(0, "synthetic corpus");
     let r = synth::write_synth_corpus(
         &staged,
@@ -378,7 +382,10 @@ fn synth_cmd(g: &Global, a: &SynthArgs) -> Result<ExitCode> {
     )?;
     pb.finish_and_clear();
     if r.spectra == 0 {
-        bail!("spektron.synth: no spectrum was generated (n = {})", cfg.spektron.synth.n);
+        bail!(
+            "spektron.synth: no spectrum was generated (n = {})",
+            cfg.spektron.synth.n
+        );
     }
     cfg.write_effective(stage.dir())?;
     stage.commit()?;
@@ -566,10 +573,7 @@ fn baselines_cmd(g: &Global, a: &BaselinesArgs) -> Result<ExitCode> {
     pb.finish_and_clear();
     let prop = pair.property.to_ascii_lowercase();
     // The property label comes from the data file: it must not steer the output path.
-    let stem = io::atomic::safe_component(&format!(
-        "baselines_{}_{}_{}",
-        a.source, a.target, prop
-    ));
+    let stem = io::atomic::safe_component(&format!("baselines_{}_{}_{}", a.source, a.target, prop));
     let title = format!("{} → {}, {} (RMSEP)", a.source, a.target, pair.property);
     let staged = write_report(stage.dir(), &stem, &title, &report, &bc.n_transfer)?;
     let md = std::fs::read_to_string(&staged[1]).unwrap_or_default();
@@ -1022,6 +1026,7 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
                     c.display()
                 );
             }
+            pretrain::check_rows_fit(c, sh[0])?;
             let x: Vec<f32> = r.read::<f32>("spectra")?.iter().copied().collect();
             let m: Vec<i8> = r.read::<i8>("modality")?.iter().copied().collect();
             pretrain::check_modality_codes(c, &m)?;

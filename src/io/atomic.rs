@@ -402,7 +402,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // pid 0 is never a user process: /proc/0 does not exist.
         let dead = d.path().join(".a.csv.0.AbCd12.part.csv");
-        let mine = d.path().join(format!(".b.csv.{}.AbCd12.part.csv", std::process::id()));
+        let mine = d
+            .path()
+            .join(format!(".b.csv.{}.AbCd12.part.csv", std::process::id()));
         let user = d.path().join(".user.part.txt");
         for p in [&dead, &mine, &user] {
             std::fs::write(p, b"x").unwrap();
@@ -431,7 +433,11 @@ mod tests {
         std::fs::write(s.dir().join("a.txt"), b"a").unwrap();
         let files = s.commit().unwrap();
         assert_eq!(files, vec![out.join("a.txt"), out.join("sub/b.txt")]);
-        let names: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 

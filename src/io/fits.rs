@@ -379,7 +379,9 @@ impl FitsReader {
             return Err(SpxError::field(
                 &self.path,
                 format!("{hdu}:NAXIS2"),
-                format!("header declares {rows} rows but the file has {len} bytes: truncated or corrupt"),
+                format!(
+                    "header declares {rows} rows but the file has {len} bytes: truncated or corrupt"
+                ),
             ));
         }
         Ok(())

@@ -108,7 +108,10 @@ fn npy_header(mut r: impl std::io::Read) -> Result<(Vec<u64>, u64, u64), String>
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .map(|d| d.parse::<u64>().map_err(|_| format!("bad dimension `{d}` in .npy shape")))
+        .map(|d| {
+            d.parse::<u64>()
+                .map_err(|_| format!("bad dimension `{d}` in .npy shape"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((dims, item, pre_len + hlen))
 }
@@ -130,8 +133,7 @@ fn check_member_size(path: &Path, name: &str) -> Result<(), SpxError> {
         zip::CompressionMethod::Stored => 1,
         _ => MAX_DEFLATE_RATIO,
     };
-    let (dims, item, header) =
-        npy_header(m).map_err(|e| SpxError::field(path, name, e))?;
+    let (dims, item, header) = npy_header(m).map_err(|e| SpxError::field(path, name, e))?;
     let bytes = dims
         .iter()
         .try_fold(item, |a, &d| a.checked_mul(d))

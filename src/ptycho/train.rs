@@ -265,9 +265,10 @@ fn load_epoch(dir: &Path, fingerprint: &str) -> Result<Option<EpochState>, SpxEr
     }
     for f in [WEIGHTS, CK_OPT] {
         let p = dir.join(f);
-        let want = st.checksum.get(f).ok_or_else(|| {
-            SpxError::field(&sp, "checksum", format!("no hash recorded for {f}"))
-        })?;
+        let want = st
+            .checksum
+            .get(f)
+            .ok_or_else(|| SpxError::field(&sp, "checksum", format!("no hash recorded for {f}")))?;
         if &io::atomic::file_checksum(&p)? != want {
             return Err(SpxError::file(
                 &p,
@@ -340,12 +341,12 @@ pub fn train_with(
         && ck.resume
         && let Some(st) = load_epoch(&ck.dir, &ck.fingerprint)?
     {
-        model = model
-            .try_load_file(ck.dir.join(WEIGHTS))
-            .map_err(|e| SpxError::file(ck.dir.join(WEIGHTS), format!("loading checkpoint: {e}")))?;
-        opt = opt
-            .load(ck.dir.join(CK_OPT))
-            .map_err(|e| SpxError::file(ck.dir.join(CK_OPT), format!("loading optimizer state: {e}")))?;
+        model = model.try_load_file(ck.dir.join(WEIGHTS)).map_err(|e| {
+            SpxError::file(ck.dir.join(WEIGHTS), format!("loading checkpoint: {e}"))
+        })?;
+        opt = opt.load(ck.dir.join(CK_OPT)).map_err(|e| {
+            SpxError::file(ck.dir.join(CK_OPT), format!("loading optimizer state: {e}"))
+        })?;
         start = st.epochs_done;
         // Replay the per-epoch shuffles so the batches continue as without the interruption.
         for _ in 0..start {

@@ -201,10 +201,11 @@ fn check_data(d: &TransferData) -> Result<(), SpxError> {
             )));
         }
     }
-    let (lo, hi) = d
-        .y
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) =
+        d.y.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
     if d.y.is_empty() || lo == hi {
         return Err(SpxError::Config(format!(
             "the property is constant ({lo}) over all {} samples: nothing to calibrate",

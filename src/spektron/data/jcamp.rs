@@ -470,10 +470,14 @@ mod tests {
         let err = decode_xydata(&[(1, "0 1V99999999")], MAX_POINTS).unwrap_err();
         assert!(err.contains("DUP count"), "{err}");
         let text = "##TITLE=bomb\n##NPOINTS=4\n##FIRSTX=0\n##LASTX=3\n##XYDATA=(X++(Y..Y))\n0 1V99999999\n##END=\n";
-        let err = parse_jcamp(Path::new("b.jdx"), text).unwrap_err().to_string();
+        let err = parse_jcamp(Path::new("b.jdx"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("b.jdx: field `XYDATA`"), "{err}");
         let text = "##TITLE=t\n##NPOINTS=1e12\n##XYDATA=(X++(Y..Y))\n0 1 2\n##END=\n";
-        let err = parse_jcamp(Path::new("c.jdx"), text).unwrap_err().to_string();
+        let err = parse_jcamp(Path::new("c.jdx"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("field `NPOINTS`"), "{err}");
     }
 }

@@ -215,7 +215,9 @@ fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
 
 fn parse_matrix_at(d: &[u8], le: bool, depth: usize) -> R<(String, MatValue)> {
     if depth > MAX_DEPTH {
-        return Err(format!("cells/structs nested deeper than {MAX_DEPTH} levels"));
+        return Err(format!(
+            "cells/structs nested deeper than {MAX_DEPTH} levels"
+        ));
     }
     if d.is_empty() {
         return Ok((
@@ -237,7 +239,10 @@ fn parse_matrix_at(d: &[u8], le: bool, depth: usize) -> R<(String, MatValue)> {
     }
     let (dt, dims) = c.element()?;
     let dims: Vec<f64> = numbers(dt, dims, le)?;
-    if let Some(bad) = dims.iter().find(|v| !(**v >= 0.0 && **v <= u32::MAX as f64)) {
+    if let Some(bad) = dims
+        .iter()
+        .find(|v| !(**v >= 0.0 && **v <= u32::MAX as f64))
+    {
         return Err(format!("dimension {bad} is not a valid array size"));
     }
     let dims: Vec<usize> = dims.iter().map(|&v| v as usize).collect();

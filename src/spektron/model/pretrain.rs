@@ -93,6 +93,7 @@ impl CorpusStream {
             ));
         }
         let n_rows = shape[0];
+        check_rows_fit(path, n_rows)?;
         if n_rows < 2 {
             return Err(SpxError::field(path, "/spectra", "need at least 2 spectra"));
         }
@@ -181,6 +182,23 @@ impl CorpusStream {
     }
 }
 
+/// A corpus header may declare far more rows than were ever written (unwritten HDF5 chunks
+/// take no space). Every real row takes at least one byte on disk even compressed, so more
+/// rows than the file has bytes is a corrupt file, refused before anything is sized from it.
+pub fn check_rows_fit(path: &Path, n_rows: usize) -> Result<(), SpxError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| SpxError::io(path, e))?
+        .len();
+    if n_rows as u64 > len {
+        return Err(SpxError::field(
+            path,
+            "/spectra",
+            format!("declares {n_rows} rows but the file has {len} bytes: unwritten or corrupt"),
+        ));
+    }
+    Ok(())
+}
+
 /// Modality codes index the model's per-modality embeddings: a code outside the five known
 /// ones (IR 0 … UNKNOWN 4) is an error naming the row, not an index panic later.
 pub fn check_modality_codes(path: &Path, codes: &[i8]) -> Result<(), SpxError> {
@@ -189,14 +207,22 @@ pub fn check_modality_codes(path: &Path, codes: &[i8]) -> Result<(), SpxError> {
         return Err(SpxError::field(
             path,
             "/modality",
-            format!("code {c} at row {row} is not a modality (0 = IR … {} = UNKNOWN)", n - 1),
+            format!(
+                "code {c} at row {row} is not a modality (0 = IR … {} = UNKNOWN)",
+                n - 1
+            ),
         ));
     }
     Ok(())
 }
 
 /// NaN or infinite values in spectra read for training would turn every weight into NaN.
-fn check_finite(path: &Path, rows: &[f32], first_row: usize, n_points: usize) -> Result<(), SpxError> {
+fn check_finite(
+    path: &Path,
+    rows: &[f32],
+    first_row: usize,
+    n_points: usize,
+) -> Result<(), SpxError> {
     if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
         return Err(SpxError::field(
             path,
