@@ -327,6 +327,45 @@ fn ok(cwd: &Path, args: &[&str]) -> Run {
     r
 }
 
+/// `spx spektron corpus synth` of 40 spectra into `dir/c.h5`.
+fn synth_corpus(dir: &Path) {
+    ok(
+        dir,
+        &[
+            "-q",
+            "--set",
+            "spektron.synth.n=40",
+            "--out",
+            "c.h5",
+            "spektron",
+            "corpus",
+            "synth",
+        ],
+    );
+}
+
+/// A synthetic corpus edited by the h5py statement `edit` (on the open file `f`) must stop a
+/// tiny pretraining run with a refusal naming `names`. Skipped without python + h5py.
+fn pretrain_on_edited_corpus(edit: &str, names: &[&str]) {
+    let Some(py) = python() else {
+        eprintln!("no python with h5py: corpus editing skipped");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    synth_corpus(d.path());
+    let script = format!("import h5py, sys\nwith h5py.File(sys.argv[1], 'r+') as f:\n    {edit}\n");
+    let st = Command::new(&py)
+        .args(["-c", &script, s(&d.path().join("c.h5"))])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut args = with_sets(TINY_MODEL, &[]);
+    args.extend([
+        "spektron", "pretrain", "--corpus", "c.h5", "--steps", "2", "--batch", "4",
+    ]);
+    refused(d.path(), &d.path().join("run"), &args, names);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Class 1: sizes trusted from headers and config
 
@@ -581,41 +620,8 @@ fn c2_ptycho_train_on_a_size_simulate_accepts() {
 
 #[test]
 fn c2_corpus_modality_code_outside_0_4() {
-    let Some(py) = python() else {
-        eprintln!("no python with h5py: corpus editing skipped");
-        return;
-    };
-    let d = tempfile::tempdir().unwrap();
-    ok(
-        d.path(),
-        &[
-            "-q",
-            "--set",
-            "spektron.synth.n=40",
-            "--out",
-            "c.h5",
-            "spektron",
-            "corpus",
-            "synth",
-        ],
-    );
-    let st = Command::new(&py)
-        .args([
-            "-c",
-            "import h5py,sys\nwith h5py.File(sys.argv[1],'r+') as f: f['modality'][3] = 7",
-            s(&d.path().join("c.h5")),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut args = with_sets(TINY_MODEL, &[]);
-    args.extend([
-        "spektron", "pretrain", "--corpus", "c.h5", "--steps", "2", "--batch", "4",
-    ]);
-    refused(
-        d.path(),
-        &d.path().join("run"),
-        &args,
+    pretrain_on_edited_corpus(
+        "f['modality'][3] = 7",
         &["c.h5", "/modality", "code 7 at row 3"],
     );
 }
@@ -704,41 +710,8 @@ fn c3_corpus_build_with_nothing_usable_exits_non_zero() {
 
 #[test]
 fn c3_nan_spectra_in_a_corpus_stop_pretraining() {
-    let Some(py) = python() else {
-        eprintln!("no python with h5py: corpus editing skipped");
-        return;
-    };
-    let d = tempfile::tempdir().unwrap();
-    ok(
-        d.path(),
-        &[
-            "-q",
-            "--set",
-            "spektron.synth.n=40",
-            "--out",
-            "c.h5",
-            "spektron",
-            "corpus",
-            "synth",
-        ],
-    );
-    let st = Command::new(&py)
-        .args([
-            "-c",
-            "import h5py,sys\nwith h5py.File(sys.argv[1],'r+') as f:\n  s=f['spectra'][...]\n  s[:,5]=float('nan')\n  f['spectra'][...]=s",
-            s(&d.path().join("c.h5")),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut args = with_sets(TINY_MODEL, &[]);
-    args.extend([
-        "spektron", "pretrain", "--corpus", "c.h5", "--steps", "2", "--batch", "4",
-    ]);
-    refused(
-        d.path(),
-        &d.path().join("run"),
-        &args,
+    pretrain_on_edited_corpus(
+        "s = f['spectra'][...]; s[:, 5] = float('nan'); f['spectra'][...] = s",
         &["c.h5", "/spectra", "non-finite"],
     );
 }
@@ -819,19 +792,7 @@ fn c4_unwritable_out_fails_before_computing_and_stale_parts_are_cleaned() {
 fn c5_torn_checkpoint_and_missing_optimizer_are_refused() {
     let _rng = common::burn_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    ok(
-        d.path(),
-        &[
-            "-q",
-            "--set",
-            "spektron.synth.n=40",
-            "--out",
-            "c.h5",
-            "spektron",
-            "corpus",
-            "synth",
-        ],
-    );
+    synth_corpus(d.path());
     let mut args = with_sets(TINY_MODEL, &["-q", "--out", "run"]);
     args.extend([
         "spektron", "pretrain", "--corpus", "c.h5", "--steps", "2", "--batch", "4",
@@ -1221,19 +1182,7 @@ fn c10_baselines_bytes_do_not_depend_on_threads() {
 fn c10_checkpoint_bytes_do_not_depend_on_the_output_path() {
     let _rng = common::burn_rng_lock();
     let d = tempfile::tempdir().unwrap();
-    ok(
-        d.path(),
-        &[
-            "-q",
-            "--set",
-            "spektron.synth.n=40",
-            "--out",
-            "c.h5",
-            "spektron",
-            "corpus",
-            "synth",
-        ],
-    );
+    synth_corpus(d.path());
     for o in ["r1", "somewhere/else/r2"] {
         let mut args = with_sets(TINY_MODEL, &["-q", "--threads", "1", "--out", o]);
         args.extend([

@@ -463,10 +463,10 @@ mod tests {
 
     #[test]
     fn dup_bomb_is_refused_before_expansion() {
-        // `V99999999` repeats the previous value 10^8 times: capped by NPOINTS before any
+        // DUP `V` is 4, so `V99999999` is a count of 499999999: capped by NPOINTS before any
         // allocation, and by MAX_POINTS without NPOINTS.
         let err = decode_xydata(&[(1, "0 1V99999999")], 10).unwrap_err();
-        assert!(err.contains("DUP count 99999999"), "{err}");
+        assert!(err.contains("DUP count 499999999"), "{err}");
         let err = decode_xydata(&[(1, "0 1V99999999")], MAX_POINTS).unwrap_err();
         assert!(err.contains("DUP count"), "{err}");
         let text = "##TITLE=bomb\n##NPOINTS=4\n##FIRSTX=0\n##LASTX=3\n##XYDATA=(X++(Y..Y))\n0 1V99999999\n##END=\n";
