@@ -226,7 +226,10 @@ fn mat_matrix(class: u32, dims: &[i64]) -> Vec<u8> {
 
 /// Corn-layout CSV directory: `corn_m5spec.csv`, `corn_mp6spec.csv` (40 samples × 30
 /// channels, header of wavelengths) and `corn_propvals.csv` with `props` columns.
-fn corn_dir(dir: &Path, props: &[(&str, Box<dyn Fn(usize) -> f64>)], bom: bool) {
+/// A property column: name and value of sample i.
+type Prop<'a> = (&'a str, fn(usize) -> f64);
+
+fn corn_dir(dir: &Path, props: &[Prop], bom: bool) {
     std::fs::create_dir_all(dir).unwrap();
     let n = 40;
     let head: Vec<String> = (0..30).map(|j| format!("{}", 1100 + 2 * j)).collect();
@@ -490,13 +493,7 @@ fn c1_fits_naxis2_beyond_the_file_is_refused() {
     .unwrap();
     // Patch the FLUX header's NAXIS2 card to 10^9 (the file stays a few kB).
     let mut bytes = std::fs::read(&f).unwrap();
-    let hdr2 = bytes
-        .windows(8)
-        .enumerate()
-        .filter(|(_, w)| *w == b"NAXIS2  ")
-        .map(|(i, _)| i)
-        .last()
-        .unwrap();
+    let hdr2 = bytes.windows(8).rposition(|w| w == b"NAXIS2  ").unwrap();
     let card = format!("{:<8}= {:>20}", "NAXIS2", 1_000_000_000);
     bytes[hdr2..hdr2 + card.len()].copy_from_slice(card.as_bytes());
     std::fs::write(&f, &bytes).unwrap();
@@ -544,14 +541,7 @@ fn c2_mat_small_element_overrun_and_dims_overflow() {
 fn c2_baselines_constant_property_and_n_test_zero() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("corn");
-    corn_dir(
-        &data,
-        &[
-            ("moisture", Box::new(moisture)),
-            ("flat", Box::new(|_| 3.0)),
-        ],
-        false,
-    );
+    corn_dir(&data, &[("moisture", moisture), ("flat", |_| 3.0)], false);
     let out = d.path().join("out");
     refused(
         d.path(),
@@ -999,7 +989,7 @@ fn c7_outputs_never_replace_inputs_or_escape_out() {
 
     // A property label from the data file cannot steer the output path.
     let data = d.path().join("corn");
-    corn_dir(&data, &[("../../x", Box::new(moisture))], false);
+    corn_dir(&data, &[("../../x", moisture)], false);
     let o2 = d.path().join("o2");
     ok(
         d.path(),
@@ -1124,7 +1114,7 @@ fn c9_messages_name_the_field_once() {
     // A UTF-8 BOM before the header is not part of the first column's name; a duplicated
     // column is refused by name.
     let data = d.path().join("corn");
-    corn_dir(&data, &[("moisture", Box::new(moisture))], true);
+    corn_dir(&data, &[("moisture", moisture)], true);
     ok(
         d.path(),
         &[
@@ -1136,10 +1126,7 @@ fn c9_messages_name_the_field_once() {
     let data2 = d.path().join("corn2");
     corn_dir(
         &data2,
-        &[
-            ("moisture", Box::new(moisture)),
-            ("moisture", Box::new(moisture)),
-        ],
+        &[("moisture", moisture), ("moisture", moisture)],
         false,
     );
     refused(
@@ -1157,7 +1144,7 @@ fn c9_messages_name_the_field_once() {
 fn c10_baselines_bytes_do_not_depend_on_threads() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("corn");
-    corn_dir(&data, &[("moisture", Box::new(moisture))], false);
+    corn_dir(&data, &[("moisture", moisture)], false);
     for (t, o) in [("1", "t1"), ("2", "t2")] {
         ok(
             d.path(),

@@ -855,9 +855,12 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         extra.push(("spektron.finetune.mode", Value::String(m.clone()), "--mode"));
     }
     let cfg = load(g, extra)?;
-    let out = cfg.run.out_dir.clone();
-    io::atomic::Stage::begin(&out)?; // fails now, not after training, if OUT is unwritable
-    let cp = out.join(spx::config::EFFECTIVE_CONFIG_NAME);
+    // Outputs (checkpoint, report, config) are staged and appear together at the end; an
+    // unwritable OUT fails here, before training.
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?
+        .inputs([a.checkpoint.join("model.bpk").as_path()]);
+    let out = stage.dir().to_path_buf();
+    let cp = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
     let modality = Modality::parse(&a.modality)
         .with_context(|| format!("--modality {}: unknown", a.modality))?;
     let pair = instruments::load_pair(&a.data, &a.source, &a.target, &a.property)?;
@@ -945,13 +948,15 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         "n_transfer": a.n, "n_test": te.len(), "mode": cfg.spektron.finetune.mode,
         "rmsep": rmsep, "r2": r2, "trainable_params": rep.trainable_params,
         "epochs_run": rep.epochs_run, "best_epoch": rep.best_epoch,
-        "checkpoint": ck.display().to_string(), "config": cp.display().to_string(),
+        "checkpoint": stage.final_path(&ck).display().to_string(), "config": cp.display().to_string(),
         "report": rep, "test_rows": te, "predictions": pred,
     });
     let f = out.join("finetune.json");
     let text = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&f, |w| w.write_all(&text))?;
     cfg.write_effective(&out)?;
+    let f = stage.final_path(&f);
+    stage.commit()?;
     g.say(format!(
         "fine-tuned ({:?}, {} trainable parameters) on {} {} spectra: RMSEP {rmsep:.4}, R² {r2:.3} on {} test spectra\nreport {}",
         cfg.spektron.finetune.mode, rep.trainable_params, a.n, a.target, te.len(), f.display()
@@ -990,9 +995,12 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
         extra.push(("spektron.ttt.steps", Value::Integer(n as i64), "--steps"));
     }
     let cfg = load(g, extra)?;
-    let out = cfg.run.out_dir.clone();
-    io::atomic::Stage::begin(&out)?; // fails now, not after training, if OUT is unwritable
-    let cp = out.join(spx::config::EFFECTIVE_CONFIG_NAME);
+    // Outputs (checkpoint, report, config) are staged and appear together at the end; an
+    // unwritable OUT fails here, before training.
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?
+        .inputs([a.checkpoint.join("model.bpk").as_path()]);
+    let out = stage.dir().to_path_buf();
+    let cp = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
     let lay = cfg.spektron.model.layout();
     let np = lay.n_points;
     // (mean, std, test rows) of a fine-tuning run, when given.
@@ -1130,7 +1138,7 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
     )?;
     let summary = serde_json::json!({
         "checkpoint_in": a.checkpoint.display().to_string(),
-        "checkpoint": ck.display().to_string(),
+        "checkpoint": stage.final_path(&ck).display().to_string(),
         "config": cp.display().to_string(),
         "spectra": modality.len(),
         "steps": cfg.spektron.ttt.steps,
@@ -1146,6 +1154,8 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
     let text = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&f, |w| w.write_all(&text))?;
     cfg.write_effective(&out)?;
+    let (f, ck) = (stage.final_path(&f), stage.final_path(&ck));
+    stage.commit()?;
     let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
     g.say(format!(
         "test-time training: {} steps on {} unlabelled spectra ({secs:.1} s), masked-reconstruction loss {} → {}; RMSEP {} → {}\ncheckpoint {}\nreport {}",

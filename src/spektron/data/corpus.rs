@@ -242,7 +242,10 @@ pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, SpxError> {
 /// (same device and inode) are not entered twice, and anything that is not a regular file
 /// (FIFO, socket, device, dangling link) is skipped instead of opened, since reading a FIFO
 /// blocks forever.
-pub fn walk_listing(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, &'static str)>), SpxError> {
+/// Files to read, and (path, reason) of each entry passed over.
+pub type Listing = (Vec<PathBuf>, Vec<(PathBuf, &'static str)>);
+
+pub fn walk_listing(dir: &Path) -> Result<Listing, SpxError> {
     let meta = std::fs::metadata(dir).map_err(|e| SpxError::io(dir, e))?;
     if meta.is_file() {
         return Ok((vec![dir.to_path_buf()], Vec::new()));
@@ -279,11 +282,8 @@ pub fn walk_listing(dir: &Path) -> Result<(Vec<PathBuf>, Vec<(PathBuf, &'static 
                     Ok(m) if m.is_dir() => {
                         skipped.push((p, "symbolic link to a directory (not followed)"))
                     }
-                    Ok(m) if m.is_file() => {
-                        if spectrum_file {
-                            out.push(p);
-                        }
-                    }
+                    Ok(m) if m.is_file() && spectrum_file => out.push(p),
+                    Ok(m) if m.is_file() => {}
                     Ok(_) if spectrum_file => {
                         skipped.push((p, "link to something that is not a regular file"))
                     }
