@@ -46,6 +46,32 @@ pub struct RunConfig {
     pub threads: usize,
 }
 
+impl RunConfig {
+    /// `run.device` names a backend compiled into this binary. Commands that make no tensors
+    /// check it too, so no summary ever reports a device the run could not have used.
+    pub fn check_device(&self) -> Result<(), SpxError> {
+        let spec: crate::backend::DeviceSpec = self.device.parse()?;
+        let name = match spec {
+            crate::backend::DeviceSpec::Cpu => "cpu",
+            crate::backend::DeviceSpec::Wgpu(_) => "wgpu",
+            crate::backend::DeviceSpec::Cuda(_) => "cuda",
+        };
+        if crate::backend::compiled_backends().contains(&name) {
+            Ok(())
+        } else {
+            Err(SpxError::ConfigKey {
+                source_name: "run.device".into(),
+                message: format!(
+                    "device `{}` is not compiled into this binary (compiled: {}); rebuild with \
+                     `cargo build --release --features {name}`",
+                    self.device,
+                    crate::backend::compiled_backends().join(", ")
+                ),
+            })
+        }
+    }
+}
+
 /// The effective configuration of a run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -187,11 +213,360 @@ impl ConfigBuilder {
 }
 
 fn deserialize(table: &Table, source: &str) -> Result<Config, SpxError> {
+    check_ranges(table, "", source)?;
     let value = Value::Table(table.clone());
     serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| SpxError::ConfigKey {
         source_name: source.to_string(),
         message: format!("key `{}`: {}", e.path(), e.inner()),
     })
+}
+
+/// A closed or half-open interval for one numeric key (array keys: for every element).
+#[derive(Clone, Copy, Debug)]
+pub struct Range {
+    pub lo: f64,
+    /// `lo` itself is excluded (`lr > 0`).
+    pub lo_open: bool,
+    pub hi: f64,
+    /// `hi` itself is excluded (`dropout < 1`).
+    pub hi_open: bool,
+}
+
+impl Range {
+    const fn closed(lo: f64, hi: f64) -> Self {
+        Range {
+            lo,
+            lo_open: false,
+            hi,
+            hi_open: false,
+        }
+    }
+    const fn open_lo(lo: f64, hi: f64) -> Self {
+        Range {
+            lo,
+            lo_open: true,
+            hi,
+            hi_open: false,
+        }
+    }
+    const fn open_hi(lo: f64, hi: f64) -> Self {
+        Range {
+            lo,
+            lo_open: false,
+            hi,
+            hi_open: true,
+        }
+    }
+
+    pub fn contains(&self, v: f64) -> bool {
+        v.is_finite()
+            && (if self.lo_open {
+                v > self.lo
+            } else {
+                v >= self.lo
+            })
+            && (if self.hi_open {
+                v < self.hi
+            } else {
+                v <= self.hi
+            })
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}{}, {}{}",
+            if self.lo_open { "(" } else { "[" },
+            self.lo,
+            self.hi,
+            if self.hi_open { ")" } else { "]" }
+        )
+    }
+}
+
+const C: fn(f64, f64) -> Range = Range::closed;
+const GT: fn(f64, f64) -> Range = Range::open_lo;
+const LT: fn(f64, f64) -> Range = Range::open_hi;
+/// Largest finite value a "no upper limit" float key may take.
+const BIG: f64 = 1e300;
+/// Cap on counts of things that are allocated (points, samples, positions): keeps every
+/// allocation a config can ask for far below the memory of the machine.
+const COUNT: f64 = 1e7;
+
+/// The stated range of every numeric config key. Every float must also be finite; sizes are
+/// capped so that no config value can ask for more memory or threads than a run can use.
+/// `ranges_cover_every_numeric_default` keeps this list and `configs/*.toml` in step.
+pub fn ranges() -> Vec<(&'static str, Range)> {
+    vec![
+        ("run.seed", C(0.0, i64::MAX as f64)),
+        ("run.threads", C(0.0, 1024.0)),
+        // spektron
+        ("spektron.corpus.target_points", C(8.0, 65536.0)),
+        ("spektron.corpus.min_std", C(0.0, BIG)),
+        ("spektron.corpus.chunk_rows", C(1.0, 65536.0)),
+        ("spektron.corpus.deflate", C(0.0, 9.0)),
+        ("spektron.synth.n", C(1.0, COUNT)),
+        ("spektron.synth.bands_min", C(1.0, 1000.0)),
+        ("spektron.synth.bands_max", C(1.0, 1000.0)),
+        ("spektron.synth.noise", C(0.0, 100.0)),
+        ("spektron.synth.baseline", C(0.0, 100.0)),
+        ("spektron.baselines.n_transfer", C(1.0, COUNT)),
+        ("spektron.baselines.repeats", C(1.0, 10000.0)),
+        ("spektron.baselines.n_test", C(1.0, COUNT)),
+        ("spektron.baselines.cv_folds", C(2.0, 1000.0)),
+        ("spektron.baselines.max_lv", C(1.0, 1000.0)),
+        ("spektron.baselines.pds_half_window", C(0.0, 1000.0)),
+        ("spektron.baselines.pds_variance", GT(0.0, 1.0)),
+        ("spektron.baselines.cca_max_components", C(1.0, 1000.0)),
+        ("spektron.baselines.dipls_lambda", C(0.0, BIG)),
+        ("spektron.model.n_points", C(8.0, 65536.0)),
+        ("spektron.model.level", C(1.0, 12.0)),
+        ("spektron.model.patch", C(1.0, 4096.0)),
+        ("spektron.model.d_model", C(1.0, 4096.0)),
+        ("spektron.model.n_heads", C(1.0, 256.0)),
+        ("spektron.model.d_ff", C(1.0, 65536.0)),
+        ("spektron.model.dropout", LT(0.0, 1.0)),
+        ("spektron.model.d_state", C(1.0, 1024.0)),
+        ("spektron.model.d_conv", C(1.0, 64.0)),
+        ("spektron.model.expand", C(1.0, 16.0)),
+        ("spektron.model.dt_min", GT(0.0, 1.0)),
+        ("spektron.model.dt_max", GT(0.0, 1000.0)),
+        ("spektron.model.z_chem", C(1.0, 4096.0)),
+        ("spektron.model.z_inst", C(1.0, 4096.0)),
+        ("spektron.model.n_targets", C(1.0, 1024.0)),
+        ("spektron.model.moe_experts", C(0.0, 256.0)),
+        ("spektron.model.moe_top_k", C(1.0, 256.0)),
+        ("spektron.model.moe_d_expert", C(1.0, 65536.0)),
+        ("spektron.model.fno_width", C(1.0, 4096.0)),
+        ("spektron.model.fno_modes", C(1.0, 65536.0)),
+        ("spektron.model.fno_layers", C(0.0, 64.0)),
+        ("spektron.loss.mask_ratio", LT(0.0, 1.0)),
+        ("spektron.loss.mask_block", C(1.0, 65536.0)),
+        ("spektron.loss.msrp", C(0.0, 1e6)),
+        ("spektron.loss.contrastive", C(0.0, 1e6)),
+        ("spektron.loss.temperature", GT(0.0, 1e6)),
+        ("spektron.loss.denoise", C(0.0, 1e6)),
+        ("spektron.loss.ot", C(0.0, 1e6)),
+        ("spektron.loss.ot_reg", GT(0.0, 1e6)),
+        ("spektron.loss.ot_iters", C(1.0, 1e6)),
+        ("spektron.loss.physics", C(0.0, 1e6)),
+        ("spektron.loss.smoothness", C(0.0, 1e6)),
+        ("spektron.loss.nonneg", C(0.0, 1e6)),
+        ("spektron.loss.derivative", C(0.0, 1e6)),
+        ("spektron.loss.vib", C(0.0, 1e6)),
+        ("spektron.loss.beta", C(0.0, 1e6)),
+        ("spektron.loss.moe", C(0.0, 1e6)),
+        ("spektron.pretrain.batch", C(2.0, 65536.0)),
+        ("spektron.pretrain.steps", C(1.0, 1e9)),
+        ("spektron.pretrain.lr", GT(0.0, 10.0)),
+        ("spektron.pretrain.weight_decay", C(0.0, 10.0)),
+        ("spektron.pretrain.warmup", C(0.0, 1e9)),
+        ("spektron.pretrain.clip", C(0.0, 1e6)),
+        ("spektron.pretrain.val_fraction", LT(0.0, 1.0)),
+        ("spektron.pretrain.val_every", C(0.0, 1e9)),
+        ("spektron.pretrain.val_batches", C(1.0, 1e6)),
+        ("spektron.pretrain.checkpoint_every", C(0.0, 1e9)),
+        ("spektron.pretrain.aug_noise", C(0.0, 100.0)),
+        ("spektron.pretrain.aug_drift", C(0.0, 100.0)),
+        ("spektron.pretrain.aug_shift", C(0.0, 65536.0)),
+        ("spektron.pretrain.aug_intensity", C(0.0, 100.0)),
+        ("spektron.finetune.lora_rank", C(1.0, 4096.0)),
+        ("spektron.finetune.lora_alpha", GT(0.0, 1e6)),
+        ("spektron.finetune.lr", GT(0.0, 10.0)),
+        ("spektron.finetune.weight_decay", C(0.0, 10.0)),
+        ("spektron.finetune.epochs", C(1.0, 1e7)),
+        ("spektron.finetune.batch", C(1.0, 65536.0)),
+        ("spektron.finetune.patience", C(0.0, 1e7)),
+        ("spektron.finetune.val_fraction", LT(0.0, 1.0)),
+        ("spektron.ttt.steps", C(0.0, 1e7)),
+        ("spektron.ttt.lr", GT(0.0, 10.0)),
+        ("spektron.ttt.mask_ratio", LT(0.0, 1.0)),
+        ("spektron.ttt.batch", C(1.0, 65536.0)),
+        ("spektron.experiment.n_transfer", C(1.0, COUNT)),
+        ("spektron.experiment.table_n", C(1.0, COUNT)),
+        ("spektron.experiment.repeats", C(1.0, 10000.0)),
+        ("spektron.experiment.master_epochs", C(0.0, 1e7)),
+        ("spektron.experiment.transfer_epochs", C(0.0, 1e7)),
+        ("spektron.experiment.scratch_epochs", C(0.0, 1e7)),
+        ("spektron.experiment.full_lr", GT(0.0, 10.0)),
+        ("spektron.experiment.synth_samples", C(2.0, 1e6)),
+        ("spektron.experiment.synth_channels", C(8.0, 65536.0)),
+        ("spektron.experiment.synth_shift", C(-1e4, 1e4)),
+        ("spektron.experiment.synth_gain", GT(0.0, 1e6)),
+        ("spektron.experiment.synth_offset", C(-1e6, 1e6)),
+        ("spektron.experiment.synth_noise", C(0.0, 100.0)),
+        // ptycho
+        ("ptycho.group.gridsize", C(1.0, 16.0)),
+        ("ptycho.group.neighbor_count", C(1.0, 1000.0)),
+        ("ptycho.group.n_groups", C(0.0, COUNT)),
+        ("ptycho.simulate.n", C(2.0, 1024.0)),
+        ("ptycho.simulate.object_size", C(4.0, 16384.0)),
+        ("ptycho.simulate.nlines", C(0.0, 1e6)),
+        ("ptycho.simulate.object_phase", C(-100.0, 100.0)),
+        ("ptycho.simulate.probe_scale", GT(0.0, 1000.0)),
+        ("ptycho.simulate.n_positions", C(1.0, 1e6)),
+        ("ptycho.simulate.buffer", C(0.0, 16384.0)),
+        ("ptycho.simulate.nphotons", GT(0.0, 1e18)),
+        ("ptycho.pinn.nphotons", GT(0.0, 1e18)),
+        ("ptycho.pinn.probe_scale", GT(0.0, 1e6)),
+        ("ptycho.pinn.stitch_crop", C(1.0, 1024.0)),
+        ("ptycho.pinn.model.n_filters_scale", C(1.0, 64.0)),
+        ("ptycho.pinn.model.filters_base", C(0.0, 4096.0)),
+        ("ptycho.pinn.model.border_filters", C(0.0, 4096.0)),
+        ("ptycho.pinn.train.nll_weight", C(0.0, 1e6)),
+        ("ptycho.pinn.train.mae_weight", C(0.0, 1e6)),
+        ("ptycho.pinn.train.lr", GT(0.0, 10.0)),
+        ("ptycho.pinn.train.batch_size", C(1.0, 65536.0)),
+        ("ptycho.pinn.train.epochs", C(1.0, 1e6)),
+        ("ptycho.pinn.train.val_fraction", LT(0.0, 1.0)),
+        ("ptycho.pinn.train.plateau_factor", GT(0.0, 1.0)),
+        ("ptycho.pinn.train.plateau_patience", C(0.0, 1e6)),
+        ("ptycho.pinn.train.min_lr", C(0.0, 10.0)),
+        ("ptycho.pinn.train.early_stop_patience", C(0.0, 1e6)),
+        ("ptycho.dose.n_train", C(1.0, 1e6)),
+        ("ptycho.dose.n_test", C(1.0, 1e6)),
+        ("ptycho.dose.epie_iterations", C(0.0, 1e6)),
+        ("ptycho.dose.quick.n", C(8.0, 1024.0)),
+        ("ptycho.dose.quick.object_size", C(4.0, 16384.0)),
+        ("ptycho.dose.quick.nlines", C(0.0, 1e6)),
+        ("ptycho.dose.quick.buffer", C(0.0, 16384.0)),
+        ("ptycho.dose.quick.probe_scale", GT(0.0, 1000.0)),
+        ("ptycho.dose.quick.n_train", C(1.0, 1e6)),
+        ("ptycho.dose.quick.n_test", C(1.0, 1e6)),
+        ("ptycho.dose.quick.epochs", C(1.0, 1e6)),
+        ("ptycho.dose.quick.filters_base", C(0.0, 4096.0)),
+        ("ptycho.dose.quick.border_filters", C(0.0, 4096.0)),
+        ("ptycho.dose.quick.stitch_crop", C(1.0, 1024.0)),
+        // crr
+        ("crr.pixel_scale", C(0.05, 10.0)),
+        ("crr.grid_size", C(0.0, 200.0)),
+        ("crr.lambda", C(0.0, 1e6)),
+        ("crr.sv_cutoff", C(0.0, 1.0)),
+        ("crr.kernel_radius", GT(0.0, 100.0)),
+        ("crr.fit_radius", GT(0.0, 100.0)),
+        ("crr.fiber_diameter", GT(0.0, 100.0)),
+        ("crr.seeing_ref_wave", GT(0.0, 1e6)),
+        ("crr.shepard_sigma", GT(0.0, 100.0)),
+        ("crr.shepard_rlim", GT(0.0, 100.0)),
+        ("crr.corr_threshold", C(0.0, 1.0)),
+        ("crr.reuse_tolerance", C(0.0, 10.0)),
+        ("crr.simulate.nfiber", C(7.0, 127.0)),
+        ("crr.simulate.nexp", C(1.0, 1000.0)),
+        ("crr.simulate.nwave", C(1.0, 100000.0)),
+        ("crr.simulate.seeing", GT(0.0, 100.0)),
+        ("crr.simulate.seeing_jitter", C(0.0, 10.0)),
+        ("crr.simulate.airmass", C(1.0, 100.0)),
+        ("crr.simulate.dither_jitter", C(0.0, 100.0)),
+        ("crr.simulate.point_flux", C(-1e30, 1e30)),
+        ("crr.simulate.point_x", C(-1000.0, 1000.0)),
+        ("crr.simulate.point_y", C(-1000.0, 1000.0)),
+        ("crr.simulate.blob_flux", C(-1e30, 1e30)),
+        ("crr.simulate.blob_sigma", GT(0.0, 100.0)),
+        ("crr.simulate.blob_x", C(-1000.0, 1000.0)),
+        ("crr.simulate.blob_y", C(-1000.0, 1000.0)),
+        ("crr.simulate.sky", C(-1e30, 1e30)),
+        ("crr.simulate.snr", C(0.0, 1e12)),
+        ("crr.simulate.dead_fibers", C(0.0, 127.0)),
+        ("crr.simulate.reject_fraction", C(0.0, 1.0)),
+        // dip
+        ("dip.wavelength_min", GT(0.0, 1000.0)),
+        ("dip.wavelength_max", GT(0.0, 1000.0)),
+        ("dip.resolution", C(16.0, 1e6)),
+        ("dip.epsilon_weight", C(0.0, BIG)),
+        ("dip.regularization_weight", C(0.0, 1e6)),
+        ("dip.cwt_scales", GT(0.0, 1e4)),
+        ("dip.depth", C(1.0, 10.0)),
+        ("dip.filters", C(1.0, 1024.0)),
+        ("dip.kernel_size", C(1.0, 63.0)),
+        ("dip.leaky_slope", C(0.0, 1.0)),
+        ("dip.noise_std", C(0.0, 1e3)),
+        ("dip.epochs", C(1.0, 1e7)),
+        ("dip.lr", GT(0.0, 10.0)),
+        ("dip.stop_chi2", C(0.0, 1e12)),
+        ("dip.early_stop_patience", C(0.0, 1e9)),
+        ("dip.early_stop_min_delta", C(0.0, 1.0)),
+        ("dip.ensemble", C(1.0, 1000.0)),
+        ("dip.qc.bad_flag_bits", C(0.0, 62.0)),
+        ("dip.qc.snr_min", C(-1e6, 1e6)),
+        ("dip.qc.clip_sigma", GT(0.0, 1e6)),
+        ("dip.qc.clip_window", C(3.0, 1e6)),
+        ("dip.qc.clip_max_iter", C(0.0, 1e6)),
+        ("dip.qc.clip_protect_run", C(1.0, 1e6)),
+        ("dip.qc.clip_protect_fraction", C(0.0, 1.0)),
+        ("dip.qc.min_points_per_band", C(0.0, 1e9)),
+        ("dip.tikhonov.lambda", C(0.0, BIG)),
+        ("dip.tikhonov.target_chi2", GT(0.0, 1e12)),
+        ("dip.simulate.per_band", C(1.0, 1e6)),
+        ("dip.simulate.continuum_ujy", C(0.0, 1e12)),
+        ("dip.simulate.alpha", C(-20.0, 20.0)),
+        ("dip.simulate.line_scale", C(0.0, 1e6)),
+        ("dip.simulate.pah_scale", C(0.0, 1e6)),
+        ("dip.simulate.ice_scale", C(0.0, 1e6)),
+        ("dip.simulate.noise_ujy", GT(0.0, 1e12)),
+        ("dip.simulate.bad_flag_fraction", C(0.0, 1.0)),
+        ("dip.simulate.glitch_fraction", C(0.0, 1.0)),
+    ]
+}
+
+fn range_of(key: &str) -> Option<Range> {
+    ranges()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, r)| r)
+}
+
+/// Every number in `table` (arrays element by element) is finite and inside its key's stated
+/// range; a numeric key without a range is itself an error, so no knob escapes the check.
+fn check_ranges(table: &Table, prefix: &str, source: &str) -> Result<(), SpxError> {
+    for (key, value) in table {
+        let full = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let numbers: Vec<f64> = match value {
+            Value::Table(t) => {
+                check_ranges(t, &full, source)?;
+                continue;
+            }
+            Value::Integer(i) => vec![*i as f64],
+            Value::Float(f) => vec![*f],
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Integer(i) => Some(*i as f64),
+                    Value::Float(f) => Some(*f),
+                    _ => None,
+                })
+                .collect(),
+            _ => continue,
+        };
+        if numbers.is_empty() {
+            continue;
+        }
+        let Some(range) = range_of(&full) else {
+            return Err(SpxError::ConfigKey {
+                source_name: source.to_string(),
+                message: format!(
+                    "key `{full}`: no stated range (internal: add it to config::ranges)"
+                ),
+            });
+        };
+        if let Some(bad) = numbers.iter().find(|v| !range.contains(**v)) {
+            let what = if bad.is_finite() {
+                "out of range"
+            } else {
+                "not a finite number"
+            };
+            return Err(SpxError::ConfigKey {
+                source_name: source.to_string(),
+                message: format!("key `{full}`: {bad} is {what}; allowed {range}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn parse_value(raw: &str) -> Value {
@@ -337,6 +712,50 @@ mod tests {
         assert_eq!(
             parse_value("[1, 2]"),
             Value::Array(vec![Value::Integer(1), Value::Integer(2)])
+        );
+    }
+
+    #[test]
+    fn ranges_cover_every_numeric_default() {
+        // Every default is inside its range (check_ranges also fails on a key without one) ...
+        let b = ConfigBuilder::new().unwrap();
+        check_ranges(&b.defaults, "", "built-in").unwrap();
+        // ... and every range names a key that exists.
+        let c = Config::default().to_toml(None).unwrap();
+        let t: Table = c.parse().unwrap();
+        for (key, _) in ranges() {
+            let mut v = &Value::Table(t.clone());
+            for part in key.split('.') {
+                v = v
+                    .get(part)
+                    .unwrap_or_else(|| panic!("range for unknown key {key}"));
+            }
+        }
+    }
+
+    #[test]
+    fn range_bounds_and_non_finite() {
+        let r = Range::open_lo(0.0, 1.0);
+        assert!(!r.contains(0.0) && r.contains(1.0) && !r.contains(f64::NAN));
+        let r = Range::open_hi(0.0, 1.0);
+        assert!(r.contains(0.0) && !r.contains(1.0) && !r.contains(f64::INFINITY));
+        let err = load(None, &["dip.depth=64".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dip.depth") && err.contains("--set dip.depth=64"),
+            "{err}"
+        );
+        let err = load(None, &["spektron.pretrain.lr=nan".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a finite number"), "{err}");
+        let err = load(None, &["run.threads=100000".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("run.threads") && err.contains("[0, 1024]"),
+            "{err}"
         );
     }
 

@@ -25,11 +25,12 @@ pub enum SpxError {
         feature: &'static str,
     },
 
-    #[error("{path}: {source}")]
+    /// The OS error is part of this message and deliberately not a `source()`: error chains
+    /// (`{:#}`) would print it a second time.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{path}: field `{field}`: {message}")]
@@ -50,7 +51,7 @@ impl SpxError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         SpxError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -35,8 +35,8 @@ pub struct Global {
     /// Output directory (overrides run.out_dir).
     #[arg(long = "out", global = true, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// CPU worker threads, 0 = all cores (overrides run.threads).
-    #[arg(long, global = true)]
+    /// CPU worker threads, 0 = all cores (overrides run.threads; at most 1024).
+    #[arg(long, global = true, allow_negative_numbers = true, value_parser = count)]
     pub threads: Option<usize>,
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -49,9 +49,17 @@ pub struct Global {
     pub json: bool,
 }
 
+/// Value parser for counts (`--epochs`, `--threads`, …): a negative or fractional number gets
+/// a message saying what is expected, instead of clap's "unexpected argument '-5'".
+pub fn count(s: &str) -> std::result::Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("`{s}` is not a count (expected a whole number >= 0)"))
+}
+
 impl Global {
-    /// The effective config: defaults < --config < --set < explicit flags.
-    pub fn load_config(&self) -> Result<Config> {
+    /// The global flags as config layers (`--device`, `--seed`, `--out`, `--threads`).
+    pub fn flags(&self) -> Result<Vec<(&'static str, Value, &'static str)>> {
         let mut flags: Vec<(&str, Value, &str)> = Vec::new();
         if let Some(d) = &self.device {
             flags.push(("run.device", Value::String(d.clone()), "--device"));
@@ -68,15 +76,27 @@ impl Global {
             ));
         }
         if let Some(t) = self.threads {
-            flags.push(("run.threads", Value::Integer(t as i64), "--threads"));
+            flags.push((
+                "run.threads",
+                Value::Integer(i64::try_from(t).unwrap_or(i64::MAX)),
+                "--threads",
+            ));
         }
+        Ok(flags)
+    }
+
+    /// The effective config: defaults < --config < --set < explicit flags.
+    pub fn load_config(&self) -> Result<Config> {
+        let flags = self.flags()?;
         let cfg = spx::config::load(self.config.as_deref(), &self.sets, &flags)?;
         Ok(cfg)
     }
 
-    /// Load the config and apply process-wide settings (thread pool).
+    /// Load the config and apply process-wide settings (thread pool). The device must be one
+    /// this binary has, even for commands that make no tensors (their summaries name it).
     pub fn setup(&self) -> Result<Config> {
         let cfg = self.load_config()?;
+        cfg.run.check_device()?;
         if cfg.run.threads > 0 {
             // Only the first call in a process takes effect; the CLI calls it once.
             let _ = rayon::ThreadPoolBuilder::new()

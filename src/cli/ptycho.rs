@@ -38,11 +38,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub nphotons: Option<f64>,
     /// Epochs (ptycho.pinn.train.epochs).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub epochs: Option<usize>,
     /// Loss: "nll" or "mae" (sets the two weights to 1/0).
     #[arg(long)]
     pub loss: Option<String>,
+    /// Continue from OUT/checkpoint (written after every epoch) when it holds a checkpoint of
+    /// the same data and settings; the result equals an uninterrupted run. Also extends a
+    /// finished run to a larger --epochs.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -59,12 +64,12 @@ pub struct InferArgs {
 pub struct EpieArgs {
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = super::count)]
     pub iterations: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub alpha: f64,
     /// Probe step (0 = fixed probe).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub beta: f64,
 }
 
@@ -74,6 +79,10 @@ pub struct DoseArgs {
     /// positions on a 96² object, 20 epochs, narrow net, stitch crop 12).
     #[arg(long)]
     pub quick: bool,
+    /// Continue each training arm from its OUT/<dose>/<loss>/checkpoint (written after every
+    /// epoch) instead of restarting it; finished arms are not retrained.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Args, Debug)]
@@ -82,10 +91,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub nphotons: Option<f64>,
     /// Number of scan positions (overrides ptycho.simulate.n_positions).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub positions: Option<usize>,
     /// Pattern/probe size N (overrides ptycho.simulate.n).
-    #[arg(long = "size")]
+    #[arg(long = "size", allow_negative_numbers = true, value_parser = super::count)]
     pub n: Option<usize>,
     /// Output NPZ name inside the output directory.
     #[arg(long, default_value = "ptycho_sim.npz")]
@@ -181,8 +190,16 @@ fn simulate(g: &Global, a: &SimulateArgs) -> Result<ExitCode> {
     if let Some(v) = a.n {
         flags.push(("ptycho.simulate.n", Value::Integer(v as i64), "--size"));
     }
+    io::atomic::check_file_name(&a.name, "--name")?;
     let cfg = with_flags(g.setup()?, &flags)?;
-    let s = simulate_into(g, &cfg, &cfg.run.out_dir, &a.name)?;
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?;
+    let mut s = simulate_into(g, &cfg, stage.dir(), &a.name)?;
+    s.npz = stage.final_path(Path::new(&s.npz)).display().to_string();
+    s.png = s
+        .png
+        .map(|p| stage.final_path(Path::new(&p)).display().to_string());
+    s.config = stage.final_path(Path::new(&s.config)).display().to_string();
+    stage.commit()?;
     g.say(format!(
         "simulated {} patterns of {}×{} in {:.2} s; mean counts/pattern {:.6e} (target {:.3e})",
         s.n_positions, s.n, s.n, s.seconds, s.mean_counts_per_pattern, s.nphotons
@@ -261,17 +278,27 @@ fn train_into(
     cfg: &Config,
     raw: &RawData,
     out: &Path,
+    ck: Option<&ptycho::train::Checkpointing>,
 ) -> Result<(
     ptycho::train::Trained,
     ptycho::train::PinnData,
     TrainSummary,
 )> {
     let t0 = std::time::Instant::now();
+    ptycho::train::check_pattern_size(raw.n())?;
     let data = ptycho::dose::prepare(raw, &cfg.ptycho.group, cfg.run.seed)?;
     let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
     let dev = spec.autodiff_device()?;
     let pb = g.progress().bar(1, "training PtychoPINN");
-    let t = ptycho::train::train(&cfg.ptycho.pinn, &data, &raw.probe, &dev, cfg.run.seed, &pb)?;
+    let t = ptycho::train::train_with(
+        &cfg.ptycho.pinn,
+        &data,
+        &raw.probe,
+        &dev,
+        cfg.run.seed,
+        &pb,
+        ck,
+    )?;
     pb.finish_and_clear();
     ptycho::train::save_model(&t.model, &t.shape, out)?;
     let hist = serde_json::to_vec_pretty(&t.history)?;
@@ -315,6 +342,19 @@ fn train_into(
     Ok((t, data, s))
 }
 
+/// What a `ptycho train` checkpoint must agree with to be resumed: the data file's content and
+/// every setting that shapes training except the epoch count (and the device string).
+fn train_fingerprint(cfg: &Config, data_id: &str) -> Result<String> {
+    let mut p = cfg.ptycho.pinn.clone();
+    p.train.epochs = 0;
+    Ok(format!(
+        "data {data_id} seed {} pinn {} group {}",
+        cfg.run.seed,
+        serde_json::to_string(&p)?,
+        serde_json::to_string(&cfg.ptycho.group)?
+    ))
+}
+
 fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
     let mut flags: Vec<(&str, Value, &str)> = Vec::new();
     let nph = a.nphotons.or_else(|| npz_nphotons(&a.data));
@@ -334,14 +374,33 @@ fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
         flags.push(("ptycho.pinn.train.mae_weight", Value::Float(m), "--loss"));
     }
     let cfg = with_flags(g.setup()?, &flags)?;
+    let out = cfg.run.out_dir.clone();
+    let stage = io::atomic::Stage::begin(&out)?.inputs([a.data.as_path()]);
     let raw = RawData::load(&a.data)?;
-    let (_, _, s) = train_into(g, &cfg, &raw, &cfg.run.out_dir)?;
+    ptycho::train::check_pattern_size(raw.n())
+        .map_err(|e| spx::SpxError::field(&a.data, raw.diffraction_key.as_str(), e))?;
+    let ck = ptycho::train::Checkpointing {
+        dir: out.join("checkpoint"),
+        fingerprint: train_fingerprint(&cfg, &io::atomic::file_checksum(&a.data)?)?,
+        resume: a.resume,
+    };
+    let (_, _, mut s) = train_into(g, &cfg, &raw, stage.dir(), Some(&ck))?;
+    s.model_dir = out.display().to_string();
+    stage.commit()?;
     g.say(format!(
         "trained on {} groups, {} epochs in {:.1} s; final loss {:.6e}; model in {}",
         s.groups, s.epochs_run, s.seconds, s.final_loss, s.model_dir
     ));
     g.emit_json(&s)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Final names of staged files (for messages and the JSON summary).
+fn final_names(stage: &io::atomic::Stage, files: Vec<String>) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| stage.final_path(Path::new(f)).display().to_string())
+        .collect()
 }
 
 /// Write the reconstruction NPZ + PNG (+ metrics JSON) into `out` with file stem `stem`.
@@ -402,6 +461,10 @@ fn write_recon(out: &Path, stem: &str, r: &ptycho::dose::Recon) -> Result<Vec<St
 
 fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([
+        a.data.as_path(),
+        a.model.join(ptycho::train::WEIGHTS).as_path(),
+    ]);
     let t0 = std::time::Instant::now();
     let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
     let dev = spec.device()?;
@@ -423,9 +486,10 @@ fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     let pb = g.progress().bar(data.len() as u64, "inferring");
     let r = ptycho::dose::reconstruct(&model, &shape, &data, &raw, &cfg.ptycho.pinn, 64, &dev, &pb);
     pb.finish_and_clear();
-    let out = &cfg.run.out_dir;
-    let files = write_recon(out, "pinn_recon", &r)?;
-    cfg.write_effective(out)?;
+    let files = write_recon(stage.dir(), "pinn_recon", &r)?;
+    cfg.write_effective(stage.dir())?;
+    let files = final_names(&stage, files);
+    stage.commit()?;
     let secs = t0.elapsed().as_secs_f64();
     g.say(format!(
         "reconstructed {} groups in {secs:.2} s",
@@ -446,6 +510,7 @@ fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
 
 fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([a.data.as_path()]);
     let raw = RawData::load(&a.data)?;
     let t0 = std::time::Instant::now();
     let ec = ptycho::epie::EpieConfig {
@@ -454,11 +519,13 @@ fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
         beta: a.beta,
     };
     let pb = g.progress().bar(a.iterations as u64, "ePIE");
-    let (rec, r) = ptycho::dose::epie_reconstruct(&raw, &ec, None, cfg.run.seed, &pb)?;
+    let (rec, r) = ptycho::dose::epie_reconstruct(&raw, &ec, None, cfg.run.seed, &pb)
+        .with_context(|| a.data.display().to_string())?;
     pb.finish_and_clear();
-    let out = &cfg.run.out_dir;
-    let files = write_recon(out, "epie_recon", &rec)?;
-    cfg.write_effective(out)?;
+    let files = write_recon(stage.dir(), "epie_recon", &rec)?;
+    cfg.write_effective(stage.dir())?;
+    let files = final_names(&stage, files);
+    stage.commit()?;
     let secs = t0.elapsed().as_secs_f64();
     g.say(format!(
         "ePIE {} iterations in {secs:.2} s; Fourier error {:.3e} → {:.3e}",
@@ -499,16 +566,17 @@ fn quick(cfg: &mut Config) {
 
 fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
     let mut cfg = g.setup()?;
+    io::atomic::Stage::begin(&cfg.run.out_dir)?; // an unwritable OUT fails now, not after hours
     if a.quick {
         quick(&mut cfg);
     }
-    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone())?;
+    let summary = dose_study(g, &cfg, &cfg.run.out_dir.clone(), a.resume)?;
     g.emit_json(&summary)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// The four-arm study into `out`; returns the JSON summary.
-fn dose_study(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
+fn dose_study(g: &Global, cfg: &Config, out: &Path, resume: bool) -> Result<serde_json::Value> {
     let (n_train, n_test) = (cfg.ptycho.dose.n_train, cfg.ptycho.dose.n_test);
     use ptycho::dose::{Arm, Recon};
     let t0 = std::time::Instant::now();
@@ -539,7 +607,20 @@ fn dose_study(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value>
             ca.ptycho.pinn.train.nll_weight = wn;
             ca.ptycho.pinn.train.mae_weight = wm;
             let dir = out.join(&tag).join(loss);
-            let (t, _, s) = train_into(g, &ca, &train_raw, &dir)?;
+            let ck = ptycho::train::Checkpointing {
+                dir: dir.join("checkpoint"),
+                // the training scan is re-simulated: identify it by how it was made
+                fingerprint: train_fingerprint(
+                    &ca,
+                    &format!(
+                        "simulated {} seed {}",
+                        serde_json::to_string(&ct.ptycho.simulate)?,
+                        ct.run.seed
+                    ),
+                )?,
+                resume,
+            };
+            let (t, _, s) = train_into(g, &ca, &train_raw, &dir, Some(&ck))?;
             let dev = spec.device()?;
             let model = burn::module::Module::valid(&t.model);
             let test = ptycho::dose::prepare(&test_raw, &ca.ptycho.group, ca.run.seed)?;
@@ -690,7 +771,7 @@ fn demo_pinn(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> 
     p.train.epochs = 4;
     let sim = simulate_into(g, &c, out, "sim.npz")?;
     let raw = RawData::load(Path::new(&sim.npz))?;
-    let (t, _, ts) = train_into(g, &c, &raw, &out.join("model"))?;
+    let (t, _, ts) = train_into(g, &c, &raw, &out.join("model"), None)?;
     let spec: spx::backend::DeviceSpec = c.run.device.parse()?;
     let dev = spec.device()?;
     let model = burn::module::Module::valid(&t.model);

@@ -59,7 +59,7 @@ pub struct TttArgs {
     #[arg(long)]
     pub finetune_report: Option<PathBuf>,
     /// TTT steps (spektron.ttt.steps).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub steps: Option<usize>,
     /// Modality of --data spectra (ir, raman, nir, ftir, unknown).
     #[arg(long, default_value = "nir")]
@@ -94,7 +94,7 @@ pub struct ExperimentArgs {
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
     /// Seeded repetitions (spektron.experiment.repeats).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub repeats: Option<usize>,
     /// E3: the N values (spektron.experiment.n_transfer); E4: one value (spektron.experiment.table_n).
     #[arg(long, value_delimiter = ',')]
@@ -145,11 +145,15 @@ pub struct PretrainArgs {
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Total optimisation steps (spektron.pretrain.steps).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub steps: Option<usize>,
     /// Batch size (spektron.pretrain.batch).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub batch: Option<usize>,
+    /// Accept a --resume checkpoint without optimizer state (AdamW restarts its moments);
+    /// without this flag such a checkpoint is refused.
+    #[arg(long, requires = "resume")]
+    pub reset_optimizer: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,7 +175,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub modality: Option<String>,
     /// Points per resampled spectrum (spektron.corpus.target_points).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub points: Option<usize>,
 }
 
@@ -184,10 +188,10 @@ pub struct InfoArgs {
 #[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Number of spectra (spektron.synth.n).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub n: Option<usize>,
     /// Points per resampled spectrum (spektron.corpus.target_points).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub points: Option<usize>,
 }
 
@@ -209,31 +213,14 @@ pub struct BaselinesArgs {
     #[arg(long, value_delimiter = ',')]
     pub n_transfer: Option<Vec<usize>>,
     /// Seeded repetitions (spektron.baselines.repeats).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
     pub repeats: Option<usize>,
 }
 
 /// Effective config with this command's flags on top of the global ones.
 fn load(g: &Global, extra: Vec<(&str, Value, &str)>) -> Result<Config> {
     g.setup()?; // thread pool + validation of the global layers
-    let mut flags: Vec<(&str, Value, &str)> = Vec::new();
-    if let Some(d) = &g.device {
-        flags.push(("run.device", Value::String(d.clone()), "--device"));
-    }
-    if let Some(s) = g.seed {
-        let s = i64::try_from(s).context("--seed must be below 2^63")?;
-        flags.push(("run.seed", Value::Integer(s), "--seed"));
-    }
-    if let Some(o) = &g.out_dir {
-        flags.push((
-            "run.out_dir",
-            Value::String(o.display().to_string()),
-            "--out",
-        ));
-    }
-    if let Some(t) = g.threads {
-        flags.push(("run.threads", Value::Integer(t as i64), "--threads"));
-    }
+    let mut flags: Vec<(&str, Value, &str)> = g.flags()?;
     flags.extend(extra);
     Ok(spx::config::load(g.config.as_deref(), &g.sets, &flags)?)
 }
@@ -334,16 +321,35 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
         }
     }
     let (dir, file) = corpus_path(&cfg, "corpus.h5")?;
+    let stage = io::atomic::Stage::begin(&dir)?.inputs(a.inputs.iter().map(PathBuf::as_path));
+    let staged = stage
+        .dir()
+        .join(file.file_name().context("corpus file name")?);
     let pb = g.progress().bar(0, "corpus build");
     let t0 = std::time::Instant::now();
-    let r = corpus::build(&a.inputs, &file, &cfg.spektron.corpus, &pb)?;
+    let r = corpus::build(&a.inputs, &staged, &cfg.spektron.corpus, &pb)?;
     pb.finish_and_clear();
     tracing::info!(
         "{} spectra in {:.2} s",
         r.spectra,
         t0.elapsed().as_secs_f64()
     );
-    let cp = cfg.write_effective(&dir)?;
+    if r.spectra == 0 {
+        let why = r
+            .files_failed
+            .first()
+            .map_or_else(String::new, |(f, e)| format!("; first failure {f}: {e}"));
+        bail!(
+            "{}: no usable spectrum ({} files read, {} failed, {} rejected){why}",
+            a.inputs[0].display(),
+            r.files_read,
+            r.files_failed.len(),
+            r.rejected_flat + r.rejected_nan + r.rejected_short
+        );
+    }
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    let cp = dir.join(spx::config::EFFECTIVE_CONFIG_NAME);
     report_corpus(g, &file, &cp, &r)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -362,16 +368,28 @@ fn synth_cmd(g: &Global, a: &SynthArgs) -> Result<ExitCode> {
     }
     let cfg = load(g, extra)?;
     let (dir, file) = corpus_path(&cfg, "synth.h5")?;
+    let stage = io::atomic::Stage::begin(&dir)?;
+    let staged = stage
+        .dir()
+        .join(file.file_name().context("corpus file name")?);
     let pb = g.progress().bar(0, "synthetic corpus");
     let r = synth::write_synth_corpus(
-        &file,
+        &staged,
         cfg.run.seed,
         &cfg.spektron.synth,
         &cfg.spektron.corpus,
         &pb,
     )?;
     pb.finish_and_clear();
-    let cp = cfg.write_effective(&dir)?;
+    if r.spectra == 0 {
+        bail!(
+            "spektron.synth: no spectrum was generated (n = {})",
+            cfg.spektron.synth.n
+        );
+    }
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    let cp = dir.join(spx::config::EFFECTIVE_CONFIG_NAME);
     report_corpus(g, &file, &cp, &r)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -546,20 +564,22 @@ fn baselines_cmd(g: &Global, a: &BaselinesArgs) -> Result<ExitCode> {
         ));
     }
     let cfg = load(g, extra)?;
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([a.data.as_path()]);
     let pair = instruments::load_pair(&a.data, &a.source, &a.target, &a.property)?;
     let bc = &cfg.spektron.baselines;
-    let dir = cfg.run.out_dir.clone();
-    io::ensure_dir(&dir)?;
     let pb = g.progress().bar(bc.repeats as u64, "baselines");
     let report = baselines::evaluate(&pair.data, bc, |_| pb.inc(1))
         .with_context(|| format!("{}", a.data.display()))?;
     pb.finish_and_clear();
     let prop = pair.property.to_ascii_lowercase();
-    let stem = format!("baselines_{}_{}_{}", a.source, a.target, prop);
+    // The property label comes from the data file: it must not steer the output path.
+    let stem = io::atomic::safe_component(&format!("baselines_{}_{}_{}", a.source, a.target, prop));
     let title = format!("{} → {}, {} (RMSEP)", a.source, a.target, pair.property);
-    let mut files = write_report(&dir, &stem, &title, &report, &bc.n_transfer)?;
-    files.push(cfg.write_effective(&dir)?);
-    let md = std::fs::read_to_string(&files[1]).unwrap_or_default();
+    let staged = write_report(stage.dir(), &stem, &title, &report, &bc.n_transfer)?;
+    let md = std::fs::read_to_string(&staged[1]).unwrap_or_default();
+    let mut files: Vec<PathBuf> = staged.iter().map(|f| stage.final_path(f)).collect();
+    files.push(stage.final_path(&cfg.write_effective(stage.dir())?));
+    stage.commit()?;
     g.say(md);
     g.say(format!(
         "master LVs (CV) per repetition: {:?}",
@@ -763,8 +783,9 @@ fn pretrain_cmd(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
     }
     let cfg = load(g, extra)?;
     let out = cfg.run.out_dir.clone();
-    io::ensure_dir(&out)?;
-    let cp = cfg.write_effective(&out)?;
+    // Checkpoints go straight to OUT/checkpoints (all or nothing each, and needed by --resume
+    // while the run goes on); the loss log, curve and config appear together at the end.
+    let stage = io::atomic::Stage::begin(&out)?.inputs([a.corpus.as_path()]);
     let dev = cfg
         .run
         .device
@@ -773,18 +794,21 @@ fn pretrain_cmd(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
     let pb = g
         .progress()
         .bar(cfg.spektron.pretrain.steps as u64, "pretraining");
-    let (_, rep) = pretrain::pretrain(
+    let (_, rep) = pretrain::pretrain_with(
         &a.corpus,
         &out,
         &cfg.spektron,
         &dev,
         cfg.run.seed,
         a.resume.as_deref(),
+        a.reset_optimizer,
         &pb,
-    )
-    .with_context(|| format!("pretraining on {}", a.corpus.display()))?;
+    )?;
     pb.finish_and_clear();
-    let (json, png) = write_loss_files(&out, &rep)?;
+    let (json, png) = write_loss_files(stage.dir(), &rep)?;
+    let (json, png) = (stage.final_path(&json), stage.final_path(&png));
+    let cp = stage.final_path(&cfg.write_effective(stage.dir())?);
+    stage.commit()?;
     let final_val = rep
         .log
         .iter()
@@ -831,9 +855,12 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         extra.push(("spektron.finetune.mode", Value::String(m.clone()), "--mode"));
     }
     let cfg = load(g, extra)?;
-    let out = cfg.run.out_dir.clone();
-    io::ensure_dir(&out)?;
-    let cp = cfg.write_effective(&out)?;
+    // Outputs (checkpoint, report, config) are staged and appear together at the end; an
+    // unwritable OUT fails here, before training.
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?
+        .inputs([a.checkpoint.join("model.bpk").as_path()]);
+    let out = stage.dir().to_path_buf();
+    let cp = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
     let modality = Modality::parse(&a.modality)
         .with_context(|| format!("--modality {}: unknown", a.modality))?;
     let pair = instruments::load_pair(&a.data, &a.source, &a.target, &a.property)?;
@@ -921,12 +948,15 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         "n_transfer": a.n, "n_test": te.len(), "mode": cfg.spektron.finetune.mode,
         "rmsep": rmsep, "r2": r2, "trainable_params": rep.trainable_params,
         "epochs_run": rep.epochs_run, "best_epoch": rep.best_epoch,
-        "checkpoint": ck.display().to_string(), "config": cp.display().to_string(),
+        "checkpoint": stage.final_path(&ck).display().to_string(), "config": cp.display().to_string(),
         "report": rep, "test_rows": te, "predictions": pred,
     });
     let f = out.join("finetune.json");
     let text = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&f, |w| w.write_all(&text))?;
+    cfg.write_effective(&out)?;
+    let f = stage.final_path(&f);
+    stage.commit()?;
     g.say(format!(
         "fine-tuned ({:?}, {} trainable parameters) on {} {} spectra: RMSEP {rmsep:.4}, R² {r2:.3} on {} test spectra\nreport {}",
         cfg.spektron.finetune.mode, rep.trainable_params, a.n, a.target, te.len(), f.display()
@@ -965,9 +995,12 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
         extra.push(("spektron.ttt.steps", Value::Integer(n as i64), "--steps"));
     }
     let cfg = load(g, extra)?;
-    let out = cfg.run.out_dir.clone();
-    io::ensure_dir(&out)?;
-    let cp = cfg.write_effective(&out)?;
+    // Outputs (checkpoint, report, config) are staged and appear together at the end; an
+    // unwritable OUT fails here, before training.
+    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?
+        .inputs([a.checkpoint.join("model.bpk").as_path()]);
+    let out = stage.dir().to_path_buf();
+    let cp = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
     let lay = cfg.spektron.model.layout();
     let np = lay.n_points;
     // (mean, std, test rows) of a fine-tuning run, when given.
@@ -1001,8 +1034,10 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
                     c.display()
                 );
             }
+            pretrain::check_rows_fit(c, sh[0])?;
             let x: Vec<f32> = r.read::<f32>("spectra")?.iter().copied().collect();
             let m: Vec<i8> = r.read::<i8>("modality")?.iter().copied().collect();
+            pretrain::check_modality_codes(c, &m)?;
             if m.len() != sh[0] {
                 bail!(
                     "{}: /modality has {} rows, /spectra {}",
@@ -1103,7 +1138,7 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
     )?;
     let summary = serde_json::json!({
         "checkpoint_in": a.checkpoint.display().to_string(),
-        "checkpoint": ck.display().to_string(),
+        "checkpoint": stage.final_path(&ck).display().to_string(),
         "config": cp.display().to_string(),
         "spectra": modality.len(),
         "steps": cfg.spektron.ttt.steps,
@@ -1118,6 +1153,9 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
     let f = out.join("ttt.json");
     let text = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&f, |w| w.write_all(&text))?;
+    cfg.write_effective(&out)?;
+    let (f, ck) = (stage.final_path(&f), stage.final_path(&ck));
+    stage.commit()?;
     let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.4}"));
     g.say(format!(
         "test-time training: {} steps on {} unlabelled spectra ({secs:.1} s), masked-reconstruction loss {} → {}; RMSEP {} → {}\ncheckpoint {}\nreport {}",
@@ -1239,8 +1277,8 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
         ec.n_transfer.clone()
     };
     let out = cfg.run.out_dir.clone();
-    io::ensure_dir(&out)?;
-    let cp = cfg.write_effective(&out)?;
+    io::atomic::Stage::begin(&out)?; // fails now, not after training, if OUT is unwritable
+    let cp = out.join(spx::config::EFFECTIVE_CONFIG_NAME);
     let modality = Modality::parse(&a.modality)
         .with_context(|| format!("--modality {}: unknown", a.modality))?;
     let (data, axis, title, stem, property, short) = match &a.data {
@@ -1331,7 +1369,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     let mut cells = base.cells.clone();
     cells.extend(arms);
     let (tag, name) = if table { ("e4", "E4") } else { ("e3", "E3") };
-    let stem = format!("{tag}_{stem}");
+    let stem = io::atomic::safe_component(&format!("{tag}_{stem}"));
     let title = format!("{name}: {title}");
     let mut files = Vec::new();
     let p = out.join(format!("{stem}.csv"));
@@ -1403,6 +1441,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     let text = serde_json::to_vec_pretty(&summary)?;
     io::write_atomic(&p, |w| w.write_all(&text))?;
     files.push(p);
+    cfg.write_effective(&out)?;
     g.say(md);
     g.say(format!(
         "model arms: {params} parameters, {secs:.1} s{}",

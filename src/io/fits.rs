@@ -313,12 +313,78 @@ impl FitsReader {
         Vec<T>: fitsio::images::ReadImage,
     {
         let shape = self.image_shape(name)?;
+        self.check_image_size(name, &shape)?;
         let hdu = self.hdu(name)?;
         let flat: Vec<T> = hdu
             .read_image(&mut self.file)
             .map_err(|e| SpxError::field(&self.path, name, e))?;
         ArrayD::from_shape_vec(IxDyn(&shape), flat)
             .map_err(|e| SpxError::field(&self.path, name, e))
+    }
+
+    fn file_len(&self) -> Result<u64, SpxError> {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len())
+            .map_err(|e| SpxError::io(&self.path, e))
+    }
+
+    /// The header's NAXISn against the file's real length, before anything is allocated for
+    /// the data: a header may declare 10⁹ rows in a file of a few kilobytes. Tile-compressed
+    /// images (ZIMAGE = T) may hold up to 1032× their stored size.
+    fn check_image_size(&mut self, name: &str, shape: &[usize]) -> Result<(), SpxError> {
+        let bytes_per = match self.hdu(name)?.info {
+            HduInfo::ImageInfo { image_type, .. } => match image_type {
+                ImageType::UnsignedByte | ImageType::Byte => 1u64,
+                ImageType::Short | ImageType::UnsignedShort => 2,
+                ImageType::Long | ImageType::UnsignedLong | ImageType::Float => 4,
+                ImageType::LongLong | ImageType::Double => 8,
+            },
+            _ => return Err(SpxError::field(&self.path, name, "HDU is not an image")),
+        };
+        let hdu = self.hdu(name)?;
+        let compressed = hdu
+            .read_key::<String>(&mut self.file, "ZIMAGE")
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("T"));
+        let len = self.file_len()?;
+        let limit = if compressed {
+            len.saturating_mul(1032)
+        } else {
+            len
+        };
+        let bytes = shape
+            .iter()
+            .try_fold(bytes_per, |a, &d| a.checked_mul(d as u64));
+        match bytes {
+            Some(b) if b <= limit => Ok(()),
+            _ => Err(SpxError::field(
+                &self.path,
+                format!("{name}:NAXIS"),
+                format!(
+                    "header declares an image of shape {shape:?} ({} bytes) but the file has \
+                     {len} bytes: truncated or corrupt",
+                    bytes.map_or("more than 2^64".into(), |b| b.to_string())
+                ),
+            )),
+        }
+    }
+
+    /// NAXIS2 of a table against the file's real length (each row takes at least one byte).
+    fn check_table_rows(&mut self, hdu: &str) -> Result<(), SpxError> {
+        let rows = match self.hdu(hdu)?.info {
+            HduInfo::TableInfo { num_rows, .. } => num_rows as u64,
+            _ => return Err(SpxError::field(&self.path, hdu, "HDU is not a table")),
+        };
+        let len = self.file_len()?;
+        if rows > len {
+            return Err(SpxError::field(
+                &self.path,
+                format!("{hdu}:NAXIS2"),
+                format!(
+                    "header declares {rows} rows but the file has {len} bytes: truncated or corrupt"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Read an image HDU as f32 (cfitsio converts from the stored type).
@@ -368,6 +434,7 @@ impl FitsReader {
         hdu: &str,
         col: &str,
     ) -> Result<Vec<T>, SpxError> {
+        self.check_table_rows(hdu)?;
         let h = self.hdu(hdu)?;
         h.read_col::<T>(&mut self.file, col)
             .map_err(|e| SpxError::field(&self.path, format!("{hdu}.{col}"), e))

@@ -46,6 +46,114 @@ pub fn write_npz(
     })
 }
 
+/// Deflate cannot expand data by more than ~1032:1; with this factor a member's real (compressed)
+/// length bounds what its `.npy` header may honestly declare.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// The (shape, item size) a `.npy` header declares, read from its first bytes only.
+fn npy_header(mut r: impl std::io::Read) -> Result<(Vec<u64>, u64, u64), String> {
+    let mut pre = [0u8; 10];
+    r.read_exact(&mut pre)
+        .map_err(|e| format!("truncated .npy header: {e}"))?;
+    if &pre[..6] != b"\x93NUMPY" {
+        return Err("not a .npy array (bad magic)".into());
+    }
+    let (hlen, pre_len) = match pre[6] {
+        1 => (u64::from(u16::from_le_bytes([pre[8], pre[9]])), 10u64),
+        2 | 3 => {
+            let mut more = [0u8; 2];
+            r.read_exact(&mut more)
+                .map_err(|e| format!("truncated .npy header: {e}"))?;
+            (
+                u64::from(u32::from_le_bytes([pre[8], pre[9], more[0], more[1]])),
+                12,
+            )
+        }
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    if hlen > 1 << 20 {
+        return Err(format!(".npy header of {hlen} bytes"));
+    }
+    let mut text = vec![0u8; hlen as usize];
+    r.read_exact(&mut text)
+        .map_err(|e| format!("truncated .npy header: {e}"))?;
+    let text = String::from_utf8_lossy(&text);
+    let field = |key: &str| -> Result<String, String> {
+        let at = text
+            .find(&format!("'{key}'"))
+            .ok_or_else(|| format!(".npy header has no '{key}'"))?;
+        Ok(text[at + key.len() + 2..]
+            .trim_start()
+            .trim_start_matches(':')
+            .trim_start()
+            .to_string())
+    };
+    let descr = field("descr")?;
+    let descr: String = descr
+        .trim_start_matches(['\'', '"'])
+        .chars()
+        .take_while(|c| *c != '\'' && *c != '"')
+        .collect();
+    let item: u64 = descr
+        .trim_start_matches(['<', '>', '|', '='])
+        .get(1..)
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(1);
+    let shape = field("shape")?;
+    let inner = shape
+        .strip_prefix('(')
+        .and_then(|s| s.split(')').next())
+        .ok_or("unreadable 'shape' in .npy header")?;
+    let dims = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.parse::<u64>()
+                .map_err(|_| format!("bad dimension `{d}` in .npy shape"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((dims, item, pre_len + hlen))
+}
+
+/// Check the shape a member's `.npy` header declares against what the archive really holds,
+/// before ndarray-npy allocates for it: a 100-byte file declaring (1e9, 64, 64) is refused
+/// here instead of aborting the process.
+fn check_member_size(path: &Path, name: &str) -> Result<(), SpxError> {
+    let f = File::open(path).map_err(|e| SpxError::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| SpxError::io(path, e))?.len();
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| SpxError::file(path, format!("not a valid .npz archive: {e}")))?;
+    let member = format!("{name}.npy");
+    let Ok(m) = zip.by_name(&member) else {
+        return Ok(()); // ndarray-npy reports the missing member itself
+    };
+    let (stored, declared) = (m.compressed_size(), m.size());
+    let ratio = match m.compression() {
+        zip::CompressionMethod::Stored => 1,
+        _ => MAX_DEFLATE_RATIO,
+    };
+    let (dims, item, header) = npy_header(m).map_err(|e| SpxError::field(path, name, e))?;
+    let bytes = dims
+        .iter()
+        .try_fold(item, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| SpxError::field(path, name, format!("shape {dims:?} overflows")))?;
+    let limit = declared
+        .min(stored.min(file_len).saturating_mul(ratio))
+        .saturating_sub(header);
+    if bytes > limit {
+        return Err(SpxError::field(
+            path,
+            name,
+            format!(
+                "header declares shape {dims:?} ({bytes} bytes) but the archive holds at most \
+                 {limit} bytes for it (file of {file_len} bytes): truncated or corrupt"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An open `.npz` archive; every error names the file and the key.
 pub struct NpzFile {
     reader: NpzReader<File>,
@@ -83,7 +191,7 @@ impl NpzFile {
 
     fn require(&self, name: &str) -> Result<(), SpxError> {
         if self.contains(name) {
-            Ok(())
+            check_member_size(&self.path, name)
         } else {
             Err(SpxError::field(
                 &self.path,

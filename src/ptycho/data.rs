@@ -22,6 +22,10 @@ use num_complex::{Complex32, Complex64};
 use crate::error::SpxError;
 use crate::io::npz::{NpzArray, NpzFile, write_npz};
 
+/// Largest |coordinate| (pixels) accepted: scans span hundreds to a few thousand pixels, and
+/// the ePIE object and stitching canvas are sized from the coordinates.
+pub const MAX_COORD: f64 = 16384.0;
+
 /// One scan: positions, diffraction amplitudes (n, H, W), probe and optional object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawData {
@@ -201,6 +205,15 @@ impl Archive {
         if let Some(i) = v.iter().position(|c| !c.is_finite()) {
             return Err(self.err(key, format!("non-finite value {} at index {i}", v[i])));
         }
+        if let Some(i) = v.iter().position(|c| c.abs() > MAX_COORD) {
+            return Err(self.err(
+                key,
+                format!(
+                    "value {} at index {i} is beyond ±{MAX_COORD} pixels (objects and canvases are sized from it)",
+                    v[i]
+                ),
+            ));
+        }
         Ok(v)
     }
 
@@ -313,6 +326,9 @@ impl Archive {
     }
 }
 
+/// Most bytes read from `_metadata.npy` (PtychoPINN writes a few KiB of JSON).
+const MAX_METADATA_BYTES: u64 = 16 << 20;
+
 /// The JSON string inside numpy's pickled 0-d object array `_metadata.npy`, without running the
 /// pickle: scan for unicode-string opcodes and keep the first payload that parses as a JSON
 /// object. Any failure yields `None`, since metadata is informational.
@@ -320,7 +336,21 @@ fn read_metadata(path: &Path) -> Option<serde_json::Value> {
     let f = File::open(path).ok()?;
     let mut z = zip::ZipArchive::new(f).ok()?;
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut z.by_name("_metadata.npy").ok()?, &mut bytes).ok()?;
+    // Capped: the entry is informational, and a small deflate bomb must not fill memory.
+    let entry = z.by_name("_metadata.npy").ok()?;
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(entry, MAX_METADATA_BYTES + 1),
+        &mut bytes,
+    )
+    .ok()?;
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        tracing::warn!(
+            "{}: `_metadata` inflates past {} MiB; ignored",
+            path.display(),
+            MAX_METADATA_BYTES >> 20
+        );
+        return None;
+    }
     pickled_json(&bytes)
 }
 

@@ -248,7 +248,9 @@ pub fn epie_reconstruct(
             let n = raw.n();
             let mx = raw.xcoords.iter().cloned().fold(0.0, f64::max);
             let my = raw.ycoords.iter().cloned().fold(0.0, f64::max);
-            ((my.ceil() as usize) + n, (mx.ceil() as usize) + n)
+            // Saturating: a corrupt 1e30 coordinate gives a huge shape that epie refuses.
+            let side = |m: f64| (m.ceil().min(1e12) as usize).saturating_add(n);
+            (side(my), side(mx))
         }
     };
     let x = raw.xcoords.to_vec();

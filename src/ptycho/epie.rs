@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::fft::Fft2;
 use crate::error::SpxError;
 
+/// Largest object (pixels) ePIE reconstructs: 4096², 256 MiB as complex128. Bigger is not a
+/// scan spx simulates or a real one fits in; it is a corrupt coordinate.
+pub const MAX_OBJECT_PIXELS: usize = 1 << 24;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EpieConfig {
     pub iterations: usize,
@@ -52,7 +56,34 @@ pub fn epie(
             y.len()
         )));
     }
+    if !(cfg.alpha.is_finite() && cfg.alpha > 0.0 && cfg.alpha <= 2.0) {
+        return Err(SpxError::Config(format!(
+            "epie: --alpha {} must be a finite step in (0, 2]",
+            cfg.alpha
+        )));
+    }
+    if !(cfg.beta.is_finite() && (0.0..=2.0).contains(&cfg.beta)) {
+        return Err(SpxError::Config(format!(
+            "epie: --beta {} must be a finite step in [0, 2]",
+            cfg.beta
+        )));
+    }
+    if let Some(v) = x.iter().chain(y).find(|v| !v.is_finite()) {
+        return Err(SpxError::Config(format!(
+            "epie: scan position {v} is not finite"
+        )));
+    }
     let (h, w) = shape;
+    if h < n || w < n {
+        return Err(SpxError::Config(format!(
+            "epie: object {h}×{w} is smaller than the {n}×{n} probe (objectGuess too small for the scan)"
+        )));
+    }
+    if h.saturating_mul(w) > MAX_OBJECT_PIXELS {
+        return Err(SpxError::Config(format!(
+            "epie: object {h}×{w} exceeds {MAX_OBJECT_PIXELS} pixels (scan positions out of range?)"
+        )));
+    }
     // top-left corner of each patch, clamped into the object
     let corners: Vec<(usize, usize)> = x
         .iter()

@@ -184,16 +184,137 @@ pub fn train(
     seed: u64,
     pb: &ProgressBar,
 ) -> Result<Trained, SpxError> {
+    train_with(cfg, data, probe, dev, seed, pb, None)
+}
+
+/// Per-epoch checkpointing of [`train_with`].
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    /// Directory replaced (all or nothing) after every epoch.
+    pub dir: std::path::PathBuf,
+    /// Identifies the data and every setting that shapes the run except the epoch count: a
+    /// checkpoint with another fingerprint is refused on resume.
+    pub fingerprint: String,
+    /// Continue from `dir` when it holds a checkpoint.
+    pub resume: bool,
+}
+
+/// The training state after an epoch. Floats are stored as their bits, so a resumed run
+/// continues from exactly the values an uninterrupted one holds (JSON text would round, and
+/// has no NaN or infinity).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct EpochState {
+    fingerprint: String,
+    epochs_done: usize,
+    stopped_early: bool,
+    lr: u64,
+    best_val: u64,
+    plateau: usize,
+    best_loss: u64,
+    stall: usize,
+    /// (epoch, loss, val_loss, lr, intensity_scale, seconds), floats as bits.
+    history: Vec<(usize, u64, u64, u64, u64, u64)>,
+    /// CRC-32 checksum and length of model.bpk and optimizer.bpk.
+    checksum: std::collections::BTreeMap<String, String>,
+}
+
+const CK_STATE: &str = "state.json";
+const CK_OPT: &str = "optimizer.bpk";
+
+fn save_epoch(
+    dir: &Path,
+    model: &PtychoPinn,
+    opt: &burn::optim::ModuleOptimizer,
+    st: &mut EpochState,
+) -> Result<(), SpxError> {
+    io::atomic::write_dir_atomic(dir, |tmp| {
+        let wp = tmp.join(WEIGHTS);
+        model
+            .clone()
+            .save_file(&wp)
+            .map_err(|e| SpxError::file(&wp, format!("saving checkpoint: {e}")))?;
+        let op = tmp.join(CK_OPT);
+        opt.save(&op)
+            .map_err(|e| SpxError::file(&op, format!("saving optimizer state: {e}")))?;
+        st.checksum.clear();
+        for f in [WEIGHTS, CK_OPT] {
+            st.checksum
+                .insert(f.to_string(), io::atomic::file_checksum(&tmp.join(f))?);
+        }
+        let json = serde_json::to_vec_pretty(st).expect("state serialises");
+        io::write_atomic(&tmp.join(CK_STATE), |w| w.write_all(&json))
+    })
+}
+
+/// The checkpoint in `dir`, verified (fingerprint and hashes); `None` when there is none.
+fn load_epoch(dir: &Path, fingerprint: &str) -> Result<Option<EpochState>, SpxError> {
+    let sp = dir.join(CK_STATE);
+    if !sp.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&sp).map_err(|e| SpxError::io(&sp, e))?;
+    let st: EpochState =
+        serde_json::from_slice(&text).map_err(|e| SpxError::file(&sp, format!("{e}")))?;
+    if st.fingerprint != fingerprint {
+        return Err(SpxError::field(
+            &sp,
+            "fingerprint",
+            "checkpoint of another run (different data, seed or settings); \
+             remove it or choose another --out",
+        ));
+    }
+    for f in [WEIGHTS, CK_OPT] {
+        let p = dir.join(f);
+        let want = st
+            .checksum
+            .get(f)
+            .ok_or_else(|| SpxError::field(&sp, "checksum", format!("no hash recorded for {f}")))?;
+        if &io::atomic::file_checksum(&p)? != want {
+            return Err(SpxError::file(
+                &p,
+                format!(
+                    "content does not match {CK_STATE} (epoch {}): torn or corrupt checkpoint",
+                    st.epochs_done
+                ),
+            ));
+        }
+    }
+    Ok(Some(st))
+}
+
+/// [`train`], writing a checkpoint after every epoch and optionally resuming from one. A
+/// resumed run gives the same weights and history as an uninterrupted one: the host random
+/// stream is replayed to the epoch reached, and the Adam moments, learning rate and
+/// plateau/early-stopping counters are restored.
+#[allow(clippy::too_many_arguments)]
+pub fn train_with(
+    cfg: &PinnConfig,
+    data: &PinnData,
+    probe: &Array2<Complex32>,
+    dev: &Device,
+    seed: u64,
+    pb: &ProgressBar,
+    ck: Option<&Checkpointing>,
+) -> Result<Trained, SpxError> {
     let tc = &cfg.train;
     if data.len() < 2 {
         return Err(SpxError::Config(
             "ptycho.pinn: need at least 2 groups to train".into(),
         ));
     }
+    check_pattern_size(data.n)?;
+    if !(tc.lr.is_finite() && tc.lr > 0.0) {
+        return Err(SpxError::Config(format!(
+            "ptycho.pinn.train.lr = {} must be finite and > 0",
+            tc.lr
+        )));
+    }
     let gs = (data.c as f64).sqrt().round() as usize;
     let shape = ModelShape::new(&cfg.model, data.n, gs, cfg.nphotons);
     let mut rng = seeded(dev, seed);
-    let mut model = PtychoPinn::new(&shape, dev);
+    // Deterministic parameter ids: same weights, same model.bpk bytes.
+    let mut model =
+        crate::spektron::model::checkpoint::renumber_params(PtychoPinn::new(&shape, dev));
     let probe_t = model_probe(probe, cfg.probe_scale, dev);
     let s = shape.intensity_scale;
 
@@ -208,9 +329,52 @@ pub fn train(
     let (mut best_loss, mut stall) = (f64::INFINITY, 0usize);
     let mut history = vec![];
     let mut stopped_early = false;
-    let bs = tc.batch_size.max(1);
+    if tc.batch_size == 0 {
+        return Err(SpxError::Config(
+            "ptycho.pinn.train.batch_size must be >= 1".into(),
+        ));
+    }
+    let bs = tc.batch_size;
     pb.set_length((tc.epochs * tr.len().div_ceil(bs)) as u64);
-    for epoch in 0..tc.epochs {
+    let mut start = 0;
+    if let Some(ck) = ck
+        && ck.resume
+        && let Some(st) = load_epoch(&ck.dir, &ck.fingerprint)?
+    {
+        model = model.try_load_file(ck.dir.join(WEIGHTS)).map_err(|e| {
+            SpxError::file(ck.dir.join(WEIGHTS), format!("loading checkpoint: {e}"))
+        })?;
+        opt = opt.load(ck.dir.join(CK_OPT)).map_err(|e| {
+            SpxError::file(ck.dir.join(CK_OPT), format!("loading optimizer state: {e}"))
+        })?;
+        start = st.epochs_done;
+        // Replay the per-epoch shuffles so the batches continue as without the interruption.
+        for _ in 0..start {
+            tr.shuffle(&mut rng);
+        }
+        lr = f64::from_bits(st.lr);
+        best_val = f64::from_bits(st.best_val);
+        plateau = st.plateau;
+        best_loss = f64::from_bits(st.best_loss);
+        stall = st.stall;
+        stopped_early = st.stopped_early;
+        history = st
+            .history
+            .iter()
+            .map(|&(epoch, l, v, r, i, sec)| EpochRecord {
+                epoch,
+                loss: f64::from_bits(l),
+                val_loss: f64::from_bits(v),
+                lr: f64::from_bits(r),
+                intensity_scale: f64::from_bits(i),
+                seconds: f64::from_bits(sec),
+            })
+            .collect();
+        tracing::info!("resuming PtychoPINN training after epoch {start}");
+        pb.set_position((start * tr.len().div_ceil(bs)) as u64);
+    }
+    let first = if stopped_early { tc.epochs } else { start };
+    for epoch in first..tc.epochs {
         let t0 = Instant::now();
         tr.shuffle(&mut rng);
         let (mut sum, mut count) = (0.0f64, 0usize);
@@ -268,8 +432,37 @@ pub fn train(
             stall += 1;
             if tc.early_stop_patience > 0 && stall >= tc.early_stop_patience {
                 stopped_early = true;
-                break;
             }
+        }
+        if let Some(ck) = ck {
+            let mut st = EpochState {
+                fingerprint: ck.fingerprint.clone(),
+                epochs_done: epoch + 1,
+                stopped_early,
+                lr: lr.to_bits(),
+                best_val: best_val.to_bits(),
+                plateau,
+                best_loss: best_loss.to_bits(),
+                stall,
+                history: history
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.epoch,
+                            r.loss.to_bits(),
+                            r.val_loss.to_bits(),
+                            r.lr.to_bits(),
+                            r.intensity_scale.to_bits(),
+                            r.seconds.to_bits(),
+                        )
+                    })
+                    .collect(),
+                checksum: Default::default(),
+            };
+            save_epoch(&ck.dir, &model, &opt, &mut st)?;
+        }
+        if stopped_early {
+            break;
         }
     }
     Ok(Trained {
@@ -278,6 +471,19 @@ pub fn train(
         history,
         stopped_early,
     })
+}
+
+/// The network halves the pattern down to 8 px and mirrors it back: N must be a power of two
+/// of at least 8 (`ptycho simulate` also accepts other sizes, for ePIE).
+pub fn check_pattern_size(n: usize) -> Result<(), SpxError> {
+    if n.is_power_of_two() && n >= 8 {
+        Ok(())
+    } else {
+        Err(SpxError::Config(format!(
+            "PtychoPINN needs N×N patterns with N a power of two >= 8, got N = {n} \
+             (ePIE, `spx ptycho epie`, takes any size)"
+        )))
+    }
 }
 
 /// File names inside a model directory.
@@ -305,6 +511,25 @@ pub fn load_model(dir: &Path, dev: &Device) -> Result<(PtychoPinn, ModelShape), 
     let text = std::fs::read(&sp).map_err(|e| SpxError::io(&sp, e))?;
     let shape: ModelShape =
         serde_json::from_slice(&text).map_err(|e| SpxError::file(&sp, format!("{e}")))?;
+    // The sizes build the network before any weight is read: check them first.
+    check_pattern_size(shape.n).map_err(|e| SpxError::field(&sp, "n", e))?;
+    let filters_ok = |v: &[usize]| v.iter().all(|&f| (1..=4096).contains(&f));
+    if shape.n > 1024
+        || !(1..=16).contains(&shape.gridsize)
+        || shape.encoder.is_empty()
+        || shape.encoder.len() > 8
+        || shape.decoder.len() + 1 != shape.encoder.len()
+        || !filters_ok(&shape.encoder)
+        || !filters_ok(&shape.decoder)
+        || !(1..=4096).contains(&shape.border_filters)
+        || !(shape.intensity_scale.is_finite() && shape.intensity_scale > 0.0)
+    {
+        return Err(SpxError::field(
+            &sp,
+            "encoder/decoder/gridsize",
+            "sizes out of range (N ≤ 1024, gridsize 1..=16, 1..=4096 filters per level)",
+        ));
+    }
     let wp = dir.join(WEIGHTS);
     let model = PtychoPinn::new(&shape, dev)
         .try_load_file(&wp)

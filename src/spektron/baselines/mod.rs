@@ -173,7 +173,49 @@ fn predict_all(
 /// The note's protocol: repetition s splits with `RandomState(s).permutation(n)` (test = first
 /// `n_test`), transfer subsets = first N of `RandomState(1000+s).permutation(n_cal)`, master LVs
 /// by `KFold(cv_folds, shuffle, random_state=s)`.
+///
+/// The SVDs and eigendecompositions (faer) run on a one-thread pool: their blocking follows the
+/// pool's size, so this keeps the report bit-identical whatever `--threads` is.
 pub fn evaluate(
+    d: &TransferData,
+    cfg: &BaselinesConfig,
+    on_repeat: impl FnMut(usize) + Send,
+) -> Result<BaselineReport, SpxError> {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(|| evaluate_seq(d, cfg, on_repeat)),
+        Err(_) => evaluate_seq(d, cfg, on_repeat),
+    }
+}
+
+/// Property values and spectra must be finite, and the property must vary: PLS on a constant
+/// property has nothing to fit and every R² would be 0/0.
+fn check_data(d: &TransferData) -> Result<(), SpxError> {
+    for (what, bad) in [
+        ("source spectra", d.source.iter().any(|v| !v.is_finite())),
+        ("target spectra", d.target.iter().any(|v| !v.is_finite())),
+        ("property values", d.y.iter().any(|v| !v.is_finite())),
+    ] {
+        if bad {
+            return Err(SpxError::Config(format!(
+                "{what} contain NaN or infinite values"
+            )));
+        }
+    }
+    let (lo, hi) =
+        d.y.iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+    if d.y.is_empty() || lo == hi {
+        return Err(SpxError::Config(format!(
+            "the property is constant ({lo}) over all {} samples: nothing to calibrate",
+            d.y.len()
+        )));
+    }
+    Ok(())
+}
+
+fn evaluate_seq(
     d: &TransferData,
     cfg: &BaselinesConfig,
     mut on_repeat: impl FnMut(usize),
@@ -186,6 +228,12 @@ pub fn evaluate(
             d.target.dim(),
             n
         )));
+    }
+    check_data(d)?;
+    if cfg.n_test == 0 {
+        return Err(SpxError::Config(
+            "spektron.baselines.n_test must be >= 1 (the test set scores every method)".into(),
+        ));
     }
     let n_cal = n
         .checked_sub(cfg.n_test)

@@ -32,10 +32,14 @@ impl Pls {
         let xc = centre(x, x_mean.view());
         let yc = y.mapv(|v| v - y_mean);
         let a_max = a_max.min(x.nrows().saturating_sub(1)).min(x.ncols()).max(1);
-        let coefs = match alg {
+        let mut coefs = match alg {
             PlsAlgorithm::Nipals => nipals(xc, yc, a_max),
             PlsAlgorithm::Kernel => kernel(xc.view(), yc.view(), a_max),
         };
+        if coefs.is_empty() {
+            // y (or X) has no variance left to explain: the model is the mean of y.
+            coefs.push(Array1::zeros(x.ncols()));
+        }
         Pls {
             x_mean,
             y_mean,

@@ -234,24 +234,85 @@ impl CorpusWriter {
 
 /// Spectrum files under `dir` (recursive, sorted so builds are reproducible).
 pub fn walk(dir: &Path) -> Result<Vec<PathBuf>, SpxError> {
-    if dir.is_file() {
-        return Ok(vec![dir.to_path_buf()]);
+    walk_listing(dir).map(|(files, _)| files)
+}
+
+/// [`walk`] plus what was passed over and why: symbolic links to directories are not followed
+/// (a link to `.` or to an ancestor would repeat files or never end), directories already seen
+/// (same device and inode) are not entered twice, and anything that is not a regular file
+/// (FIFO, socket, device, dangling link) is skipped instead of opened, since reading a FIFO
+/// blocks forever.
+/// Files to read, and (path, reason) of each entry passed over.
+pub type Listing = (Vec<PathBuf>, Vec<(PathBuf, &'static str)>);
+
+pub fn walk_listing(dir: &Path) -> Result<Listing, SpxError> {
+    let meta = std::fs::metadata(dir).map_err(|e| SpxError::io(dir, e))?;
+    if meta.is_file() {
+        return Ok((vec![dir.to_path_buf()], Vec::new()));
+    }
+    if !meta.is_dir() {
+        return Err(SpxError::file(
+            dir,
+            "not a regular file or directory (FIFO, socket or device?)",
+        ));
     }
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
+        if let Some(id) = dir_id(&d)
+            && !seen.insert(id)
+        {
+            skipped.push((d, "directory already walked"));
+            continue;
+        }
         let rd = std::fs::read_dir(&d).map_err(|e| SpxError::io(&d, e))?;
         for e in rd {
-            let p = e.map_err(|e| SpxError::io(&d, e))?.path();
-            if p.is_dir() {
+            let e = e.map_err(|e| SpxError::io(&d, e))?;
+            let p = e.path();
+            let ft = e.file_type().map_err(|err| SpxError::io(&p, err))?;
+            if ft.is_dir() {
                 stack.push(p);
-            } else if super::FileKind::of(&p).is_some() {
+                continue;
+            }
+            let spectrum_file = super::FileKind::of(&p).is_some();
+            if ft.is_symlink() {
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_dir() => {
+                        skipped.push((p, "symbolic link to a directory (not followed)"))
+                    }
+                    Ok(m) if m.is_file() && spectrum_file => out.push(p),
+                    Ok(m) if m.is_file() => {}
+                    Ok(_) if spectrum_file => {
+                        skipped.push((p, "link to something that is not a regular file"))
+                    }
+                    Err(_) if spectrum_file => skipped.push((p, "dangling symbolic link")),
+                    _ => {}
+                }
+            } else if !spectrum_file {
+                continue;
+            } else if ft.is_file() {
                 out.push(p);
+            } else {
+                skipped.push((p, "not a regular file (FIFO, socket or device)"));
             }
         }
     }
     out.sort();
-    Ok(out)
+    skipped.sort();
+    Ok((out, skipped))
+}
+
+#[cfg(unix)]
+fn dir_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn dir_id(_p: &Path) -> Option<(u64, u64)> {
+    None
 }
 
 /// Build a corpus from input directories (or files): input i becomes source_id i. Files that
@@ -268,13 +329,24 @@ pub fn build(
         ));
     }
     let mut lists = Vec::new();
+    let mut passed_over = Vec::new();
     for d in inputs {
-        lists.push(walk(d)?);
+        let (files, skipped) = walk_listing(d)?;
+        for (p, why) in &skipped {
+            tracing::info!("skipping {}: {why}", p.display());
+        }
+        passed_over.extend(skipped);
+        lists.push(files);
     }
     pb.set_length(lists.iter().map(Vec::len).sum::<usize>() as u64);
     type Parsed = Result<Vec<(Spectrum, Result<Vec<f32>, Reject>)>, SpxError>;
     write_h5(out, |w| {
         let mut cw = CorpusWriter::new(w, cfg)?;
+        cw.report.files_failed.extend(
+            passed_over
+                .iter()
+                .map(|(p, why)| (p.display().to_string(), why.to_string())),
+        );
         let mut files = Vec::new();
         for (src, list) in lists.iter().enumerate() {
             // Parse and resample a batch in parallel, write it in file order: only one batch
@@ -307,7 +379,9 @@ pub fn build(
                                         Reject::Flat => "flat (std below min_std)",
                                         Reject::Short => "fewer than 2 distinct x values",
                                     };
-                                    tracing::warn!(
+                                    // Listed in the report; info, so a failing run's first
+                                    // stderr line is its error.
+                                    tracing::info!(
                                         "{}: spectrum `{}` rejected: {why}",
                                         path.display(),
                                         s.name
@@ -323,7 +397,7 @@ pub fn build(
                             }
                         }
                         Err(e) => {
-                            tracing::warn!("skipping {}: {e}", path.display());
+                            tracing::info!("skipping {}: {e}", path.display());
                             cw.report
                                 .files_failed
                                 .push((path.display().to_string(), e.to_string()));

@@ -11,7 +11,9 @@ use crate::error::SpxError;
 
 fn read_text(path: &Path) -> Result<String, SpxError> {
     let bytes = std::fs::read(path).map_err(|e| SpxError::io(path, e))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    // A UTF-8 byte-order mark (Excel's "CSV UTF-8") is not part of the first header name.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
 /// A two-column spectrum; leading non-numeric lines (a header) are skipped, `#` lines too.
@@ -82,7 +84,22 @@ pub fn parse_table(path: &Path, text: &str) -> Result<Table, SpxError> {
         .next()
         .ok_or_else(|| SpxError::file(path, "empty table"))?;
     let sep = if head.contains('\t') { '\t' } else { ',' };
+    let head = head.strip_prefix('\u{feff}').unwrap_or(head);
     let header: Vec<String> = head.split(sep).map(|s| s.trim().to_string()).collect();
+    let mut seen = std::collections::HashMap::with_capacity(header.len());
+    for (k, h) in header.iter().enumerate() {
+        if let Some(first) = seen.insert(h.as_str(), k) {
+            return Err(SpxError::field(
+                path,
+                format!("column `{h}`"),
+                format!(
+                    "appears twice in the header (columns {} and {})",
+                    first + 1,
+                    k + 1
+                ),
+            ));
+        }
+    }
     let mut vals = Vec::new();
     let mut rows = 0;
     for (i, l) in lines {

@@ -109,9 +109,14 @@ fn tokenize(line: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
-/// Expand DUP counts; returns (values, was-the-value-a-DIF).
-fn expand(tokens: &[Tok]) -> Result<Vec<(Tok, bool)>, String> {
-    let mut out: Vec<(Tok, bool)> = Vec::with_capacity(tokens.len());
+/// Most ordinates one data table may decode to when NPOINTS does not say (16 Mi points, 128 MiB
+/// of f64): far above any real spectrum, far below what a DUP count could ask for.
+pub const MAX_POINTS: usize = 1 << 24;
+
+/// Expand DUP counts; returns (values, was-the-value-a-DIF). At most `room` values: a DUP
+/// count that would expand past it is an error before anything is allocated for it.
+fn expand(tokens: &[Tok], room: usize) -> Result<Vec<(Tok, bool)>, String> {
+    let mut out: Vec<(Tok, bool)> = Vec::with_capacity(tokens.len().min(room));
     for t in tokens {
         match *t {
             Tok::Dup(n) => {
@@ -119,11 +124,24 @@ fn expand(tokens: &[Tok]) -> Result<Vec<(Tok, bool)>, String> {
                 if n == 0 {
                     return Err("DUP count 0".into());
                 }
+                if out.len().saturating_add(n - 1) > room {
+                    return Err(format!(
+                        "DUP count {n} expands past the {room} points the table may hold \
+                         (NPOINTS, or at most {MAX_POINTS})"
+                    ));
+                }
                 for _ in 1..n {
                     out.push(last);
                 }
             }
-            other => out.push((other, matches!(other, Tok::Dif(_)))),
+            other => {
+                if out.len() >= room {
+                    return Err(format!(
+                        "more than the {room} points the table may hold (NPOINTS, or at most {MAX_POINTS})"
+                    ));
+                }
+                out.push((other, matches!(other, Tok::Dif(_))))
+            }
         }
     }
     Ok(out)
@@ -134,7 +152,7 @@ fn expand(tokens: &[Tok]) -> Result<Vec<(Tok, bool)>, String> {
 /// Ordinates and the (X checkpoint, index of its ordinate) of each line.
 type Decoded = (Vec<f64>, Vec<(f64, usize)>);
 
-fn decode_xydata(lines: &[(usize, &str)]) -> Result<Decoded, String> {
+fn decode_xydata(lines: &[(usize, &str)], max_points: usize) -> Result<Decoded, String> {
     let mut ys: Vec<f64> = Vec::new();
     let mut checkpoints = Vec::new();
     let mut prev_ended_dif = false;
@@ -147,7 +165,9 @@ fn decode_xydata(lines: &[(usize, &str)]) -> Result<Decoded, String> {
             Tok::Abs(v) => v,
             _ => return Err(format!("line {lineno}: does not start with an X value")),
         };
-        let vals = expand(&toks[1..]).map_err(|e| format!("line {lineno}: {e}"))?;
+        // +1: a line may open with the Y-check repeat of the previous line's last ordinate.
+        let room = (max_points + 1).saturating_sub(ys.len());
+        let vals = expand(&toks[1..], room).map_err(|e| format!("line {lineno}: {e}"))?;
         let mut first = true;
         let mut last_dif = false;
         for (tok, is_dif) in vals {
@@ -216,10 +236,20 @@ fn block_to_spectrum(path: &Path, b: &Block, index: usize) -> Result<Spectrum, S
         .collect();
     let form = b.table_form.replace(' ', "").to_ascii_uppercase();
     let (x, y) = if label == "XYDATA" && form.starts_with("(X++(Y..Y))") {
-        let (raw, checkpoints) =
-            decode_xydata(&lines).map_err(|e| SpxError::field(path, "XYDATA", e))?;
-        let n = raw.len();
         let npoints = num(path, b, "NPOINTS")?;
+        if let Some(np) = npoints
+            && !(np >= 0.0 && np <= MAX_POINTS as f64 && np.fract() == 0.0)
+        {
+            return Err(SpxError::field(
+                path,
+                "NPOINTS",
+                format!("{np} is not a point count in 0..={MAX_POINTS}"),
+            ));
+        }
+        let max_points = npoints.map_or(MAX_POINTS, |np| np as usize);
+        let (raw, checkpoints) =
+            decode_xydata(&lines, max_points).map_err(|e| SpxError::field(path, "XYDATA", e))?;
+        let n = raw.len();
         if let Some(np) = npoints
             && np as usize != n
         {
@@ -424,10 +454,30 @@ mod tests {
     #[test]
     fn dif_dup_and_ycheck() {
         // 1, 2, 3, 4 then the next line repeats 4 as its Y-check.
-        let (y, cp) = decode_xydata(&[(1, "0 A J U"), (2, "3 D J")]).unwrap();
+        let (y, cp) = decode_xydata(&[(1, "0 A J U"), (2, "3 D J")], MAX_POINTS).unwrap();
         assert_eq!(y, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(cp, vec![(0.0, 0), (3.0, 3)]);
-        let err = decode_xydata(&[(1, "0 A J"), (2, "2 E J")]).unwrap_err();
+        let err = decode_xydata(&[(1, "0 A J"), (2, "2 E J")], MAX_POINTS).unwrap_err();
         assert!(err.contains("Y-check"), "{err}");
+    }
+
+    #[test]
+    fn dup_bomb_is_refused_before_expansion() {
+        // DUP `V` is 4, so `V99999999` is a count of 499999999: capped by NPOINTS before any
+        // allocation, and by MAX_POINTS without NPOINTS.
+        let err = decode_xydata(&[(1, "0 1V99999999")], 10).unwrap_err();
+        assert!(err.contains("DUP count 499999999"), "{err}");
+        let err = decode_xydata(&[(1, "0 1V99999999")], MAX_POINTS).unwrap_err();
+        assert!(err.contains("DUP count"), "{err}");
+        let text = "##TITLE=bomb\n##NPOINTS=4\n##FIRSTX=0\n##LASTX=3\n##XYDATA=(X++(Y..Y))\n0 1V99999999\n##END=\n";
+        let err = parse_jcamp(Path::new("b.jdx"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("b.jdx: field `XYDATA`"), "{err}");
+        let text = "##TITLE=t\n##NPOINTS=1e12\n##XYDATA=(X++(Y..Y))\n0 1 2\n##END=\n";
+        let err = parse_jcamp(Path::new("c.jdx"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `NPOINTS`"), "{err}");
     }
 }

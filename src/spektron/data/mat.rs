@@ -140,15 +140,18 @@ impl<'a> Cursor<'a> {
             if n > 4 {
                 return Err("bad small data element".into());
             }
-            let data = &self.b[self.pos + 4..self.pos + 4 + n];
+            let data = self
+                .b
+                .get(self.pos + 4..self.pos + 4 + n)
+                .ok_or("small data element runs past the end of the data")?;
             self.pos += 8;
             return Ok((t & 0xffff, data));
         }
         let n = self.u32_at(self.pos + 4)? as usize;
         let start = self.pos + 8;
-        let data = self
-            .b
-            .get(start..start + n)
+        let data = start
+            .checked_add(n)
+            .and_then(|end| self.b.get(start..end))
             .ok_or_else(|| format!("element of {n} bytes runs past the end of the file"))?;
         // Compressed elements are not padded (scipy and MATLAB both write them back to back).
         self.pos = if t == 15 {
@@ -197,8 +200,25 @@ fn ascii(d: &[u8]) -> String {
         .collect()
 }
 
+/// Deepest nesting of cells/structs accepted (real files use 2-3; a crafted file could
+/// otherwise recurse until the stack overflows).
+const MAX_DEPTH: usize = 32;
+
+/// Largest decompressed size of one compressed element (the corn and tablet files inflate to a
+/// few MiB); a zlib bomb stops here instead of filling memory.
+pub const MAX_INFLATED: u64 = 256 << 20;
+
 /// Parse one miMATRIX payload.
 fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
+    parse_matrix_at(d, le, 0)
+}
+
+fn parse_matrix_at(d: &[u8], le: bool, depth: usize) -> R<(String, MatValue)> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "cells/structs nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
     if d.is_empty() {
         return Ok((
             String::new(),
@@ -218,10 +238,28 @@ fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
         return Ok((String::new(), MatValue::Unsupported { class }));
     }
     let (dt, dims) = c.element()?;
-    let dims: Vec<usize> = numbers(dt, dims, le)?.iter().map(|&v| v as usize).collect();
+    let dims: Vec<f64> = numbers(dt, dims, le)?;
+    if let Some(bad) = dims
+        .iter()
+        .find(|v| !(**v >= 0.0 && **v <= u32::MAX as f64))
+    {
+        return Err(format!("dimension {bad} is not a valid array size"));
+    }
+    let dims: Vec<usize> = dims.iter().map(|&v| v as usize).collect();
     let (_, name) = c.element()?;
     let name = ascii(name);
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("`{name}`: dimensions {dims:?} overflow"))?;
+    // Every cell or struct element is a tagged element of at least 8 bytes: the remaining
+    // payload bounds the count before anything is allocated for it.
+    let remaining = d.len().saturating_sub(c.pos);
+    if matches!(class, 1..=3) && count > remaining / 8 {
+        return Err(format!(
+            "`{name}`: dimensions {dims:?} declare {count} elements but only {remaining} bytes follow"
+        ));
+    }
     let value = match class {
         1 => {
             let mut items = Vec::with_capacity(count);
@@ -230,7 +268,7 @@ fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
                 if t != 14 {
                     return Err(format!("cell element of type {t}, expected miMATRIX"));
                 }
-                items.push(parse_matrix(sub, le)?.1);
+                items.push(parse_matrix_at(sub, le, depth + 1)?.1);
             }
             MatValue::Cell { dims, items }
         }
@@ -249,6 +287,12 @@ fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
                 return Err("field-name length 0".into());
             }
             let fields: Vec<String> = names.chunks(len).map(ascii).collect();
+            if count.saturating_mul(fields.len()) > d.len().saturating_sub(c.pos) / 8 {
+                return Err(format!(
+                    "`{name}`: {count} elements × {} fields do not fit in the payload",
+                    fields.len()
+                ));
+            }
             let mut values = Vec::with_capacity(count);
             for _ in 0..count {
                 let mut row = Vec::with_capacity(fields.len());
@@ -257,7 +301,7 @@ fn parse_matrix(d: &[u8], le: bool) -> R<(String, MatValue)> {
                     if t != 14 {
                         return Err(format!("struct field of type {t}, expected miMATRIX"));
                     }
-                    row.push(parse_matrix(sub, le)?.1);
+                    row.push(parse_matrix_at(sub, le, depth + 1)?.1);
                 }
                 values.push(row);
             }
@@ -334,8 +378,19 @@ pub fn parse_mat(path: &Path, bytes: &[u8]) -> Result<Vec<(String, MatValue)>, S
             15 => {
                 let mut inflated = Vec::new();
                 flate2::read::ZlibDecoder::new(d)
+                    .take(MAX_INFLATED + 1)
                     .read_to_end(&mut inflated)
                     .map_err(|e| SpxError::field(path, format!("element at byte {at}"), e))?;
+                if inflated.len() as u64 > MAX_INFLATED {
+                    return Err(SpxError::field(
+                        path,
+                        format!("element at byte {at}"),
+                        format!(
+                            "compressed element inflates past {} MiB",
+                            MAX_INFLATED >> 20
+                        ),
+                    ));
+                }
                 let mut ic = Cursor {
                     b: &inflated,
                     pos: 0,

@@ -62,6 +62,7 @@ pub fn augment(x: &mut [f32], cfg: &PretrainConfig, rng: &mut impl Rng) {
 /// bounded for corpora larger than RAM. Validation rows are excluded from training.
 pub struct CorpusStream {
     reader: H5Reader,
+    path: PathBuf,
     pub n_rows: usize,
     pub n_points: usize,
     modality: Vec<i8>,
@@ -92,6 +93,7 @@ impl CorpusStream {
             ));
         }
         let n_rows = shape[0];
+        check_rows_fit(path, n_rows)?;
         if n_rows < 2 {
             return Err(SpxError::field(path, "/spectra", "need at least 2 spectra"));
         }
@@ -103,6 +105,7 @@ impl CorpusStream {
                 format!("length {} ≠ {n_rows} spectra", modality.len()),
             ));
         }
+        check_modality_codes(path, &modality)?;
         let n_val = ((cfg.val_fraction * n_rows as f64).round() as usize)
             .min(cfg.val_batches * cfg.batch)
             .min(n_rows - 1);
@@ -112,6 +115,7 @@ impl CorpusStream {
         val_rows.sort_unstable();
         Ok(CorpusStream {
             reader,
+            path: path.to_path_buf(),
             n_rows,
             n_points,
             modality,
@@ -130,6 +134,7 @@ impl CorpusStream {
             .reader
             .read_rows::<f32>("spectra", start, self.window)?;
         self.buf_data = rows.iter().copied().collect();
+        check_finite(&self.path, &self.buf_data, start, self.n_points)?;
         self.buf_start = start;
         self.buf = (start..start + self.window)
             .filter(|r| !self.val_set.contains(r))
@@ -163,16 +168,74 @@ impl CorpusStream {
         let mut x = Vec::new();
         let mut m = Vec::new();
         for &r in self.val_rows.iter().skip(i * batch).take(batch) {
-            x.extend(
-                self.reader
-                    .read_rows::<f32>("spectra", r, 1)?
-                    .iter()
-                    .copied(),
-            );
+            let row: Vec<f32> = self
+                .reader
+                .read_rows::<f32>("spectra", r, 1)?
+                .iter()
+                .copied()
+                .collect();
+            check_finite(&self.path, &row, r, self.n_points)?;
+            x.extend(row);
             m.push(self.modality[r]);
         }
         Ok((x, m))
     }
+}
+
+/// A corpus header may declare far more rows than were ever written (unwritten HDF5 chunks
+/// take no space). Every real row takes at least one byte on disk even compressed, so more
+/// rows than the file has bytes is a corrupt file, refused before anything is sized from it.
+pub fn check_rows_fit(path: &Path, n_rows: usize) -> Result<(), SpxError> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| SpxError::io(path, e))?
+        .len();
+    if n_rows as u64 > len {
+        return Err(SpxError::field(
+            path,
+            "/spectra",
+            format!("declares {n_rows} rows but the file has {len} bytes: unwritten or corrupt"),
+        ));
+    }
+    Ok(())
+}
+
+/// Modality codes index the model's per-modality embeddings: a code outside the five known
+/// ones (IR 0 … UNKNOWN 4) is an error naming the row, not an index panic later.
+pub fn check_modality_codes(path: &Path, codes: &[i8]) -> Result<(), SpxError> {
+    let n = crate::spektron::data::Modality::ALL.len() as i8;
+    if let Some((row, c)) = codes.iter().enumerate().find(|(_, c)| !(0..n).contains(*c)) {
+        return Err(SpxError::field(
+            path,
+            "/modality",
+            format!(
+                "code {c} at row {row} is not a modality (0 = IR … {} = UNKNOWN)",
+                n - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// NaN or infinite values in spectra read for training would turn every weight into NaN.
+fn check_finite(
+    path: &Path,
+    rows: &[f32],
+    first_row: usize,
+    n_points: usize,
+) -> Result<(), SpxError> {
+    if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+        return Err(SpxError::field(
+            path,
+            "/spectra",
+            format!(
+                "row {} has a non-finite value ({}) at point {}",
+                first_row + i / n_points.max(1),
+                rows[i],
+                i % n_points.max(1)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Loss terms of one step (already weighted sum in `total`).
@@ -332,7 +395,8 @@ pub struct PretrainReport {
     pub checkpoint: PathBuf,
 }
 
-/// Run (or resume) pretraining; writes checkpoints under `out/checkpoints/`.
+/// Run (or resume) pretraining; writes checkpoints under `out/checkpoints/`. A resume from a
+/// checkpoint without optimizer state is refused (see [`pretrain_with`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain(
     corpus: &Path,
@@ -341,6 +405,22 @@ pub fn pretrain(
     device: &Device,
     seed: u64,
     resume: Option<&Path>,
+    pb: &ProgressBar,
+) -> Result<(SpektronModel, PretrainReport), SpxError> {
+    pretrain_with(corpus, out, cfg, device, seed, resume, false, pb)
+}
+
+/// [`pretrain`]; `reset_optimizer` allows resuming from a checkpoint that has no optimizer
+/// state (fresh AdamW moments), which would otherwise be refused.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_with(
+    corpus: &Path,
+    out: &Path,
+    cfg: &SpektronConfig,
+    device: &Device,
+    seed: u64,
+    resume: Option<&Path>,
+    reset_optimizer: bool,
     pb: &ProgressBar,
 ) -> Result<(SpektronModel, PretrainReport), SpxError> {
     let pc = &cfg.pretrain;
@@ -352,10 +432,24 @@ pub fn pretrain(
         ));
     }
     let mut rng: ChaCha8Rng = seeded(device, seed);
-    let mut model = SpektronModel::new(&cfg.model, &mut rng, device)?;
+    if !(pc.lr.is_finite() && pc.lr > 0.0) {
+        return Err(SpxError::field(
+            "config",
+            "spektron.pretrain.lr",
+            format!("{} is not a finite positive learning rate", pc.lr),
+        ));
+    }
+    let mut model = checkpoint::renumber_params(SpektronModel::new(&cfg.model, &mut rng, device)?);
     let mut log: Vec<LogEntry> = Vec::new();
     let mut start = 0;
     if let Some(dir) = resume {
+        if !checkpoint::has_optimizer(dir) && !reset_optimizer {
+            return Err(SpxError::file(
+                dir.join("optimizer.bpk"),
+                "checkpoint has no optimizer state; resuming would restart the AdamW moments \
+                 (pass --reset-optimizer to accept that)",
+            ));
+        }
         let st = checkpoint::load(dir, model)?;
         model = st.0;
         start = st.1.step;
@@ -376,6 +470,7 @@ pub fn pretrain(
         (opt, optimizer_restored) = checkpoint::load_optimizer(dir, opt)?;
     }
     let ck_dir = out.join("checkpoints");
+    crate::io::atomic::clean_stale(&ck_dir);
     let initial_val = if start == 0 {
         Some(validate(&model.valid(), &ctx, &stream, cfg, seed)?)
     } else {
@@ -389,6 +484,18 @@ pub fn pretrain(
     for step in start..pc.steps {
         let (x, m) = stream.next_batch(pc.batch, &mut rng)?;
         let (loss, terms) = batch_loss(&model, &ctx, &x, &m, &cfg.loss, pc, &mut rng);
+        if !terms.total.is_finite() {
+            return Err(SpxError::field(
+                corpus,
+                "/spectra",
+                format!(
+                    "training loss became {} at step {}; no checkpoint written for it \
+                     (lower spektron.pretrain.lr or check the corpus)",
+                    terms.total,
+                    step + 1
+                ),
+            ));
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = lr_at(step, pc);
         model = opt.step(lr, model, grads);
