@@ -10,10 +10,13 @@ use std::process::Command;
 use ndarray::{Array2, Array3, Ix2, Ix3};
 use spx::config::Config;
 use spx::crr::cube::{self, Builder, Part};
+use spx::crr::logcube;
 use spx::crr::kernel::{KernelModel, KernelTable};
 use spx::crr::rss::Rss;
 use spx::crr::shard::{self, Shard};
-use spx::crr::weights::{crr_weights, crr_weights_literal, design_matrix};
+use spx::crr::weights::{
+    Workspace, crr_weights_gram, crr_weights_literal, crr_weights_svd, design_matrix,
+};
 use spx::crr::{CrrConfig, KernelConvention, Method, cubebits, quality, simulate};
 use spx::io::fits::{self, Column, FitsReader};
 
@@ -60,23 +63,35 @@ fn fast_weights_equal_literal_formula() {
         assert!(good.iter().any(|g| !g), "case must contain bad samples");
         let fit = b.grid.pixels_near(&xs, &ys, c.fit_radius);
         let na = design_matrix(&b.table, &b.grid, &fit, &xs, &ys, &b.seeing_rows(1), &good);
-        let fast = crr_weights(na.as_ref(), &good, lambda, c.sv_cutoff).unwrap();
+        let fast = crr_weights_svd(na.as_ref(), &good, lambda, c.sv_cutoff).unwrap();
+        let gram = crr_weights_gram(
+            na.as_ref(),
+            &good,
+            lambda,
+            c.sv_cutoff,
+            &mut Workspace::default(),
+        )
+        .unwrap();
         let lit = crr_weights_literal(na.as_ref(), &good, lambda, c.sv_cutoff).unwrap();
         let d = max_abs_diff(fast.as_ref(), lit.as_ref());
+        let dg = max_abs_diff(gram.as_ref(), lit.as_ref());
         let scale = max_abs_diff(
             lit.as_ref(),
             faer::Mat::<f64>::zeros(lit.nrows(), lit.ncols()).as_ref(),
         );
         eprintln!(
-            "λ={lambda} p={pix}: W {}×{}, max|ΔW| = {d:.2e} (max|W| {scale:.3})",
+            "λ={lambda} p={pix}: W {}×{}, max|ΔW| SVD {d:.2e}, Gram {dg:.2e} (max|W| {scale:.3})",
             fast.nrows(),
             fast.ncols()
         );
         assert!(d < 1e-10, "fast vs literal differ by {d}");
+        assert!(dg < 1e-7 * scale, "Gram vs literal differ by {dg}");
         // Bad samples get zero weight.
-        for (i, g) in good.iter().enumerate() {
-            if !g {
-                assert!((0..fast.nrows()).all(|j| fast[(j, i)] == 0.0));
+        for w in [&fast, &gram] {
+            for (i, g) in good.iter().enumerate() {
+                if !g {
+                    assert!((0..w.nrows()).all(|j| w[(j, i)] == 0.0));
+                }
             }
         }
     }
@@ -335,7 +350,7 @@ fn cube_fits_layout_round_trips_and_opens_in_astropy() {
     let b = Builder::new(&rss, &c).unwrap();
     let part = b.build_range(0, 12, &hidden());
     let p = dir.path().join("rt-CRR-LOGCUBE.fits");
-    let s = cube::write_cube(&p, &b, &part, "[crr]\nmethod = \"crr\"\n").unwrap();
+    let s = logcube::write_cube(&p, &b, &part).unwrap();
     assert_eq!(s.bands.len(), 4);
     let mut f = FitsReader::open(&p).unwrap();
     let names = f.hdu_names();
@@ -431,7 +446,7 @@ fn sharded_build_and_merge_equal_one_shot_and_resume_skips() {
     let rss = sim(dir.path(), "sh-LOGRSS.fits", &c, 4);
     let b = Builder::new(&rss, &c).unwrap();
     let whole = b.build_range(0, 13, &hidden());
-    let stem = cube::output_stem(&rss.path, c.method);
+    let stem = logcube::output_stem(&rss.path, c.method);
     assert_eq!(stem, "sh-CRR");
     let n = 3;
     // Shards in scrambled order; part files, then merge.
@@ -448,8 +463,8 @@ fn sharded_build_and_merge_equal_one_shot_and_resume_skips() {
     assert_parts_equal(&merged, &whole);
     // The written files are identical too.
     let (a, bb) = (dir.path().join("one.fits"), dir.path().join("merged.fits"));
-    cube::write_cube(&a, &b, &whole, "x").unwrap();
-    cube::write_cube(&bb, &b, &merged, "x").unwrap();
+    logcube::write_cube(&a, &b, &whole).unwrap();
+    logcube::write_cube(&bb, &b, &merged).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&bb).unwrap());
 
     // Different settings: the old parts are stale and must not be merged.
@@ -689,7 +704,7 @@ fn reads_dr15_disp_predisp_names() {
     let r = Rss::read(&p).unwrap();
     assert_eq!(r.lsf, Some((post, pre)));
     assert_eq!((r.nexp, r.nfiber, r.nwave()), (9, 19, 4));
-    assert!(r.specres.is_none());
+    assert!(r.resolution.is_empty());
     let b = Builder::new(&r, &c).unwrap();
     let part = b.build_range(0, 4, &hidden());
     let (lp, _) = part.lsf.as_ref().unwrap();

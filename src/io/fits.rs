@@ -54,7 +54,7 @@ pub enum Column {
 }
 
 impl Column {
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         match self {
             Column::F64(n, _)
             | Column::F32(n, _)
@@ -63,7 +63,7 @@ impl Column {
             | Column::Str(n, _) => n,
         }
     }
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Column::F64(_, v) => v.len(),
             Column::F32(_, v) => v.len(),
@@ -313,6 +313,20 @@ impl FitsReader {
         Vec<T>: fitsio::images::ReadImage,
     {
         let shape = self.image_shape(name)?;
+        // A corrupt NAXISn must not size an allocation: the data cannot hold more elements
+        // than the file has bytes.
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        let n = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .filter(|&n| n <= len);
+        if n.is_none() {
+            return Err(SpxError::field(
+                &self.path,
+                name,
+                format!("NAXISn {shape:?} exceed the file's {len} bytes (corrupt header)"),
+            ));
+        }
         let hdu = self.hdu(name)?;
         let flat: Vec<T> = hdu
             .read_image(&mut self.file)
@@ -363,12 +377,47 @@ impl FitsReader {
         }
     }
 
+    /// Column names of a table HDU with their stored kind: 'I' integer, 'F' float, 'A' text,
+    /// '?' other (logical, complex, bit).
+    pub fn column_kinds(&mut self, hdu: &str) -> Result<Vec<(String, char)>, SpxError> {
+        use fitsio::tables::ColumnDataType as T;
+        match self.hdu(hdu)?.info {
+            HduInfo::TableInfo {
+                column_descriptions,
+                ..
+            } => Ok(column_descriptions
+                .into_iter()
+                .map(|c| {
+                    let k = match c.data_type.typ {
+                        T::Byte | T::Short | T::Int | T::Long | T::LongLong | T::UnsignedShort
+                        | T::UnsignedLong | T::UnsignedLongLong | T::SignedByte => 'I',
+                        T::Float | T::Double => 'F',
+                        T::String | T::Text => 'A',
+                        _ => '?',
+                    };
+                    (c.name, k)
+                })
+                .collect()),
+            _ => Err(SpxError::field(&self.path, hdu, "HDU is not a table")),
+        }
+    }
+
     fn col<T: fitsio::tables::ReadsCol>(
         &mut self,
         hdu: &str,
         col: &str,
     ) -> Result<Vec<T>, SpxError> {
         let h = self.hdu(hdu)?;
+        let len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        if let HduInfo::TableInfo { num_rows, .. } = h.info
+            && num_rows as u64 > len
+        {
+            return Err(SpxError::field(
+                &self.path,
+                format!("{hdu}.{col}"),
+                format!("NAXIS2 = {num_rows} rows exceed the file's {len} bytes (corrupt header)"),
+            ));
+        }
         h.read_col::<T>(&mut self.file, col)
             .map_err(|e| SpxError::field(&self.path, format!("{hdu}.{col}"), e))
     }
