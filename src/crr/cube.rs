@@ -181,6 +181,7 @@ impl<'a> Builder<'a> {
                     &good,
                     self.cfg.lambda,
                     self.cfg.sv_cutoff,
+                    self.cfg.solver,
                     ws,
                 )
                 .ok()?;
@@ -241,34 +242,39 @@ impl<'a> Builder<'a> {
             .lsf
             .as_ref()
             .map(|_| (vec![0.0f32; npix], vec![0.0f32; npix]));
-        let mut depth = vec![0.0f64; pix.len()];
-        for (row, &j) in pix.iter().enumerate() {
-            let (mut g, mut var, mut c) = (0.0, 0.0, 0.0);
-            let (mut lw, mut l1, mut l2) = (0.0, 0.0, 0.0);
-            for i in 0..nsample {
-                if !good[i] {
-                    continue;
-                }
-                let wi = w[(row, i)];
-                g += wi * r.flux[(i, l)] as f64;
-                var += wi * wi / r.ivar[(i, l)] as f64;
-                c += wi * wi;
-                if let Some((post, pre)) = &r.lsf {
-                    lw += wi.abs();
-                    l1 += wi.abs() * post[(i, l)] as f64;
-                    l2 += wi.abs() * pre[(i, l)] as f64;
+        // Per-sample inputs of this slice, then one pass down each (contiguous) column of W.
+        let np = pix.len();
+        let (mut g, mut var, mut depth) = (vec![0.0; np], vec![0.0; np], vec![0.0f64; np]);
+        let (mut lw, mut l1, mut l2) = (vec![0.0; np], vec![0.0; np], vec![0.0; np]);
+        for i in (0..nsample).filter(|&i| good[i]) {
+            let (f, sig2) = (r.flux[(i, l)] as f64, 1.0 / r.ivar[(i, l)] as f64);
+            let col = w.col(i);
+            for row in 0..np {
+                let wi = col[row];
+                g[row] += wi * f;
+                var[row] += wi * wi * sig2;
+                depth[row] += wi * wi;
+            }
+            if let Some((post, pre)) = &r.lsf {
+                let (a, b) = (post[(i, l)] as f64, pre[(i, l)] as f64);
+                for row in 0..np {
+                    let aw = col[row].abs();
+                    lw[row] += aw;
+                    l1[row] += aw * a;
+                    l2[row] += aw * b;
                 }
             }
-            flux[j] = (g * conv) as f32;
-            let v = var * conv * conv;
+        }
+        for (row, &j) in pix.iter().enumerate() {
+            flux[j] = (g[row] * conv) as f32;
+            let v = var[row] * conv * conv;
             ivar[j] = if v > 0.0 { (1.0 / v) as f32 } else { 0.0 };
             mask[j] = 0;
-            depth[row] = c;
             if let Some((a, b)) = &mut lsf
-                && lw > 0.0
+                && lw[row] > 0.0
             {
-                a[j] = (l1 / lw) as f32;
-                b[j] = (l2 / lw) as f32;
+                a[j] = (l1[row] / lw[row]) as f32;
+                b[j] = (l2[row] / lw[row]) as f32;
             }
         }
         // LOWCOV: unit-noise variance above twice the median, or zero (paper Eq. 25).
@@ -443,18 +449,19 @@ impl<'a> Builder<'a> {
             .fold(0.0, f64::max)
     }
 
-    /// One run of slices sharing the anchor `a`'s weights: with reuse, the last slice is also
-    /// solved exactly and the run falls back to exact weights if the reused flux there is off
+    /// One run of slices sharing the anchor `a`'s weights (`ls`: those in the range being built;
+    /// `last`: the run's last slice in the whole cube, so shards decide as a one-shot build
+    /// does): with reuse, the last slice is also solved exactly and the run falls back to exact weights if the reused flux there is off
     /// by more than `reuse_max_error` noise units. Returns (outputs, checked error, fallbacks).
     fn run_group(
         &self,
         a: usize,
         ls: &[usize],
+        last: usize,
         ws: &mut Workspace,
         pb: &ProgressBar,
     ) -> (Vec<SliceOut>, f64, usize) {
         let wa = self.weights(a, ws);
-        let last = *ls.last().expect("non-empty group");
         let mut err = 0.0;
         let mut exact_last = None;
         if last != a
@@ -492,18 +499,26 @@ impl<'a> Builder<'a> {
         let n = self.grid.nside;
         // Group slices by the anchor whose weights they use (each slice its own when reuse is
         // off).
-        let anchors = self.anchors(start, end);
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let block_end = (end.div_ceil(REUSE_BLOCK) * REUSE_BLOCK).min(self.nwave());
+        let anchors = self.anchors(start, block_end);
+        let mut groups: Vec<(usize, Vec<usize>, usize)> = Vec::new();
         for (k, &a) in anchors.iter().enumerate() {
+            let l = start + k;
             match groups.last_mut() {
-                Some((ga, v)) if *ga == a => v.push(start + k),
-                _ => groups.push((a, vec![start + k])),
+                Some((ga, v, last)) if *ga == a => {
+                    *last = l;
+                    if l < end {
+                        v.push(l);
+                    }
+                }
+                _ if l < end => groups.push((a, vec![l], l)),
+                _ => break,
             }
         }
         let runs: Vec<(Vec<SliceOut>, f64, usize)> = groups
             .into_par_iter()
-            .map_init(Workspace::default, |ws, (a, ls)| {
-                self.run_group(a, &ls, ws, pb)
+            .map_init(Workspace::default, |ws, (a, ls, last)| {
+                self.run_group(a, &ls, last, ws, pb)
             })
             .collect();
         let reuse_max_error = runs.iter().map(|r| r.1).fold(0.0, f64::max);

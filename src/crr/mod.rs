@@ -50,6 +50,14 @@ pub enum KernelConvention {
     Paper,
 }
 
+/// How the CRR weights are solved (see `configs/crr.toml`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    Svd,
+    Gram,
+}
+
 /// `[crr]` section of the config.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +67,7 @@ pub struct CrrConfig {
     pub grid_size: f64,
     pub lambda: f64,
     pub sv_cutoff: f64,
+    pub solver: Solver,
     pub kernel_radius: f64,
     pub fit_radius: f64,
     pub fiber_diameter: f64,

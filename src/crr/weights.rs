@@ -87,14 +87,16 @@ pub fn design_matrix(
             }
         })
         .collect();
+    let live: Vec<(f64, f64, &RadialRow, usize)> = (0..xs.len())
+        .filter(|&i| good[i])
+        .map(|i| (xs[i], ys[i], &rows[row_of[i]].1, i))
+        .collect();
     let mut a = Mat::<f64>::zeros(xs.len(), fit.len());
-    for c in 0..fit.len() {
-        let (px, py) = centres[c];
-        for i in 0..xs.len() {
-            if good[i] {
-                let r = ((xs[i] - px).powi(2) + (ys[i] - py).powi(2)).sqrt();
-                a[(i, c)] = rows[row_of[i]].1.eval(r) * p2;
-            }
+    for (c, &(px, py)) in centres.iter().enumerate() {
+        let col = a.col_mut(c).try_as_col_major_mut().expect("owned column is contiguous");
+        let col = col.as_slice_mut();
+        for &(x, y, row, i) in &live {
+            col[i] = row.eval((x - px).hypot(y - py)) * p2;
         }
     }
     a
@@ -250,16 +252,17 @@ pub fn crr_weights_gram(
     Ok(w)
 }
 
-/// CRR weights by the fastest exact route for the shape: the Gram EVD when samples < fit
-/// pixels (MaNGA bundles at 0.75″ and 0.5″), the thin SVD otherwise.
+/// CRR weights by the chosen solver: the thin SVD (backward stable, the default) or the Gram
+/// EVD (faster; only when samples < fit pixels, otherwise the SVD is used).
 pub fn crr_weights(
     na: MatRef<'_, f64>,
     good: &[bool],
     lambda: f64,
     cutoff: f64,
+    solver: super::Solver,
     ws: &mut Workspace,
 ) -> Result<Mat<f64>, WeightsError> {
-    if na.nrows() < na.ncols() {
+    if solver == super::Solver::Gram && na.nrows() < na.ncols() {
         crr_weights_gram(na, good, lambda, cutoff, ws)
     } else {
         crr_weights_svd(na, good, lambda, cutoff).map_err(Into::into)
