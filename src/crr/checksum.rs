@@ -2,11 +2,13 @@
 //! `fits_verify_chksum`) on every HDU of the files CRR writes, and their verification: a
 //! truncated or bit-flipped shard part is refused at merge instead of merged.
 
-use std::os::raw::c_int;
+use std::os::raw::{c_char, c_int, c_long, c_ulong};
 use std::path::Path;
 
 use fitsio::FitsFile;
-use fitsio::sys::{ffmahd, ffpcks, ffvcks};
+use fitsio::sys::{
+    ffcsum, ffesum, ffghadll, ffgkys, ffmahd, ffmbyt, ffmkys, ffpcks, ffrdef, ffvcks, fitsfile,
+};
 
 use crate::error::SpxError;
 use crate::io::atomic::with_atomic_path;
@@ -43,12 +45,72 @@ fn add_checksums(path: &Path) -> Result<(), String> {
             let raw = f.as_raw();
             ffmahd(raw, i as c_int, &mut kind, &mut status);
             ffpcks(raw, &mut status);
+            if status == 0 {
+                undate_checksum(raw, &mut status);
+            }
         }
         if status != 0 {
-            return Err(format!("HDU {i}: writing DATASUM/CHECKSUM failed (status {status})"));
+            return Err(format!(
+                "HDU {i}: writing DATASUM/CHECKSUM failed (status {status})"
+            ));
         }
     }
     Ok(())
+}
+
+/// cfitsio's `ffpcks` stamps the current date into the DATASUM/CHECKSUM comments, so two runs
+/// would differ in bytes. Give both cards fixed comments and recompute CHECKSUM over the header
+/// (plus DATASUM, unchanged) exactly as `ffpcks` does: 1's-complement sum, complemented, ASCII
+/// encoded.
+///
+/// # Safety
+/// `raw` must be an open, writable cfitsio handle positioned at the HDU.
+unsafe fn undate_checksum(raw: *mut fitsfile, status: &mut c_int) {
+    let mut datasum = [0 as c_char; 72];
+    // SAFETY: valid handle (caller), NUL-terminated key names, buffers of FLEN_VALUE (71+1).
+    unsafe {
+        ffgkys(
+            raw,
+            c"DATASUM".as_ptr(),
+            datasum.as_mut_ptr(),
+            std::ptr::null_mut(),
+            status,
+        );
+        ffmkys(
+            raw,
+            c"DATASUM".as_ptr(),
+            datasum.as_ptr(),
+            c"data unit checksum".as_ptr(),
+            status,
+        );
+        ffmkys(
+            raw,
+            c"CHECKSUM".as_ptr(),
+            c"0000000000000000".as_ptr(),
+            c"HDU checksum".as_ptr(),
+            status,
+        );
+        ffrdef(raw, status);
+        let text = std::ffi::CStr::from_ptr(datasum.as_ptr()).to_string_lossy();
+        let Ok(dsum) = text.trim().trim_matches('\'').trim().parse::<u64>() else {
+            *status = 1;
+            return;
+        };
+        let (mut head, mut data, mut end) = (0i64, 0i64, 0i64);
+        ffghadll(raw, &mut head, &mut data, &mut end, status);
+        let mut sum = dsum as c_ulong;
+        ffmbyt(raw, head, 0, status);
+        ffcsum(raw, ((data - head) / 2880) as c_long, &mut sum, status);
+        let mut ascii = [0 as c_char; 17];
+        ffesum(sum, 1, ascii.as_mut_ptr());
+        ffmkys(
+            raw,
+            c"CHECKSUM".as_ptr(),
+            ascii.as_ptr(),
+            c"&".as_ptr(),
+            status,
+        );
+    }
 }
 
 /// Verify that every HDU carries DATASUM/CHECKSUM that match its bytes, and that the file has
@@ -71,8 +133,7 @@ pub fn verify_checksums(path: &Path) -> Result<(), SpxError> {
         ));
     }
     for i in 1..=n {
-        let (mut status, mut kind, mut data, mut hdu): (c_int, c_int, c_int, c_int) =
-            (0, 0, 0, 0);
+        let (mut status, mut kind, mut data, mut hdu): (c_int, c_int, c_int, c_int) = (0, 0, 0, 0);
         // SAFETY: as in `add_checksums`, on a read-only handle.
         unsafe {
             let raw = f.as_raw();

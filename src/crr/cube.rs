@@ -75,8 +75,8 @@ pub const MAX_NSIDE: usize = 512;
 impl<'a> Builder<'a> {
     pub fn new(rss: &'a Rss, cfg: &CrrConfig) -> Result<Self, SpxError> {
         cfg.validate().map_err(SpxError::Config)?;
-        let usable = (0..rss.nrow())
-            .any(|i| (0..rss.nwave()).any(|l| usable_sample(rss, cfg, i, l)));
+        let usable =
+            (0..rss.nrow()).any(|i| (0..rss.nwave()).any(|l| usable_sample(rss, cfg, i, l)));
         if !usable {
             return Err(SpxError::field(
                 &rss.path,
@@ -468,7 +468,9 @@ impl<'a> Builder<'a> {
             && let Some(wa) = &wa
         {
             let wl = self.weights(last, ws);
-            err = wl.as_ref().map_or(f64::INFINITY, |wl| self.reuse_error(last, wa, wl));
+            err = wl
+                .as_ref()
+                .map_or(f64::INFINITY, |wl| self.reuse_error(last, wa, wl));
             exact_last = Some(wl);
         }
         let fallback = err > self.cfg.reuse_max_error;

@@ -140,7 +140,11 @@ impl RadialRow {
         let u = r * self.inv_dr;
         let i = (u as usize).min(n - 3);
         let t = u - i as f64;
-        let p0 = if i == 0 { self.data[1] } else { self.data[i - 1] };
+        let p0 = if i == 0 {
+            self.data[1]
+        } else {
+            self.data[i - 1]
+        };
         cubic(p0, self.data[i], self.data[i + 1], self.data[i + 2], t)
     }
 }

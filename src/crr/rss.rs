@@ -202,9 +202,18 @@ impl Rss {
         let mut obsinfo = Vec::new();
         for (c, kind) in &kinds {
             let col = match kind {
-                'I' => f.col_i64("OBSINFO", c).ok().map(|v| Column::I64(c.clone(), v)),
-                'F' => f.col_f64("OBSINFO", c).ok().map(|v| Column::F64(c.clone(), v)),
-                'A' => f.col_str("OBSINFO", c).ok().map(|v| Column::Str(c.clone(), v)),
+                'I' => f
+                    .col_i64("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::I64(c.clone(), v)),
+                'F' => f
+                    .col_f64("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::F64(c.clone(), v)),
+                'A' => f
+                    .col_str("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::Str(c.clone(), v)),
                 _ => None,
             };
             if let Some(col) = col.filter(|col| col.len() == seeing.len()) {

@@ -65,16 +65,19 @@ pub fn fingerprint(text: &str) -> String {
 }
 
 fn int_list(v: &[usize]) -> String {
-    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_list(path: &Path, key: &str, text: &str) -> Result<Vec<usize>, SpxError> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| SpxError::field(path, format!("PRIMARY:{key}"), "not a list of integers"))
+            s.trim().parse().map_err(|_| {
+                SpxError::field(path, format!("PRIMARY:{key}"), "not a list of integers")
+            })
         })
         .collect()
 }
@@ -243,12 +246,7 @@ pub fn build_shard(
 }
 
 /// Read the N parts from `dir`, check they belong to this input and settings, and join them.
-pub fn collect_parts(
-    b: &Builder<'_>,
-    n: usize,
-    dir: &Path,
-    stem: &str,
-) -> Result<Part, SpxError> {
+pub fn collect_parts(b: &Builder<'_>, n: usize, dir: &Path, stem: &str) -> Result<Part, SpxError> {
     let fp = input_fingerprint(b.rss, &b.cfg);
     let mut missing = Vec::new();
     let mut parts = Vec::new();
@@ -303,8 +301,13 @@ pub fn join_parts(mut parts: Vec<Part>, nwave: usize) -> Result<Part, String> {
     let flux = cat3(&|p| p.flux.view())?;
     let ivar = cat3(&|p| p.ivar.view())?;
     let mviews: Vec<_> = parts.iter().map(|p| p.mask.view()).collect();
-    let mask = ndarray::concatenate(Axis(0), &mviews).map_err(|e| format!("parts do not fit: {e}"))?;
-    let lsf = match parts.iter().map(|p| p.lsf.as_ref()).collect::<Option<Vec<_>>>() {
+    let mask =
+        ndarray::concatenate(Axis(0), &mviews).map_err(|e| format!("parts do not fit: {e}"))?;
+    let lsf = match parts
+        .iter()
+        .map(|p| p.lsf.as_ref())
+        .collect::<Option<Vec<_>>>()
+    {
         Some(l) => {
             let a: Vec<_> = l.iter().map(|x| x.0.view()).collect();
             let b: Vec<_> = l.iter().map(|x| x.1.view()).collect();

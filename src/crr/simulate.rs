@@ -189,11 +189,16 @@ pub fn simulate(cfg: &CrrConfig, seed: u64) -> Result<Rss, SpxError> {
         ("PRESPECRESD".to_string(), scaled(0.05)),
     ];
     let obsinfo = vec![
-        Column::I64("EXPNUM".into(), (0..nexp).map(|e| 100_000 + e as i64).collect()),
+        Column::I64(
+            "EXPNUM".into(),
+            (0..nexp).map(|e| 100_000 + e as i64).collect(),
+        ),
         Column::I64("SET".into(), (0..nexp).map(|e| (e / 3) as i64).collect()),
         Column::Str(
             "MGDPOS".into(),
-            (0..nexp).map(|e| ["N", "S", "E"][e % 3].to_string()).collect(),
+            (0..nexp)
+                .map(|e| ["N", "S", "E"][e % 3].to_string())
+                .collect(),
         ),
         Column::F64("SEEING".into(), seeing.clone()),
         Column::F64("PSFFAC".into(), vec![1.0; nexp]),

@@ -93,7 +93,10 @@ pub fn design_matrix(
         .collect();
     let mut a = Mat::<f64>::zeros(xs.len(), fit.len());
     for (c, &(px, py)) in centres.iter().enumerate() {
-        let col = a.col_mut(c).try_as_col_major_mut().expect("owned column is contiguous");
+        let col = a
+            .col_mut(c)
+            .try_as_col_major_mut()
+            .expect("owned column is contiguous");
         let col = col.as_slice_mut();
         for &(x, y, row, i) in &live {
             col[i] = row.eval((x - px).hypot(y - py)) * p2;

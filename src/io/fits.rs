@@ -389,8 +389,15 @@ impl FitsReader {
                 .into_iter()
                 .map(|c| {
                     let k = match c.data_type.typ {
-                        T::Byte | T::Short | T::Int | T::Long | T::LongLong | T::UnsignedShort
-                        | T::UnsignedLong | T::UnsignedLongLong | T::SignedByte => 'I',
+                        T::Byte
+                        | T::Short
+                        | T::Int
+                        | T::Long
+                        | T::LongLong
+                        | T::UnsignedShort
+                        | T::UnsignedLong
+                        | T::UnsignedLongLong
+                        | T::SignedByte => 'I',
                         T::Float | T::Double => 'F',
                         T::String | T::Text => 'A',
                         _ => '?',
