@@ -619,8 +619,10 @@ fn weight_reuse_is_bounded_against_exact_path_and_shard_safe() {
         .build_range(s0, s1, &hidden());
     c.reuse_tolerance = 0.01;
     // Without a binding bound every run keeps its anchor's weights: fewer solves, and the
-    // largest checked error E. With the bound at E/2 some runs must fall back, and the error of
-    // every slice (all of them measured against the exact cube) stays within the bound.
+    // largest checked error E. With the bound at E/2 some runs must fall back and every checked
+    // slice is within the bound. Interior slices of a run are not checked: their error
+    // (measured here against the exact cube and printed) can exceed the bound (1.8σ at a 1σ
+    // bound on the reference file), which is why reuse is off by default.
     c.reuse_max_error = 100.0;
     let loose = Builder::new(&rss, &c)
         .unwrap()
