@@ -63,6 +63,9 @@ impl Column {
             | Column::Str(n, _) => n,
         }
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     pub fn len(&self) -> usize {
         match self {
             Column::F64(_, v) => v.len(),
