@@ -5,7 +5,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use spx::config::Config;
 use spx::crr::cube::Builder;
-use spx::crr::weights::{crr_weights, design_matrix};
+use spx::crr::weights::{Workspace, crr_weights_gram, crr_weights_svd, design_matrix};
 use spx::crr::{Method, simulate};
 
 fn bench(c: &mut Criterion) {
@@ -23,7 +23,13 @@ fn bench(c: &mut Criterion) {
     });
     let na = design_matrix(&b.table, &b.grid, &fit, &xs, &ys, &seeing, &good);
     c.bench_function("crr weights (SVD + W) 19x9 @0.75", |bch| {
-        bch.iter(|| crr_weights(na.as_ref(), &good, cfg.lambda, cfg.sv_cutoff).expect("svd"))
+        bch.iter(|| crr_weights_svd(na.as_ref(), &good, cfg.lambda, cfg.sv_cutoff).expect("svd"))
+    });
+    let mut ws = Workspace::default();
+    c.bench_function("crr weights (Gram EVD + W) 19x9 @0.75", |bch| {
+        bch.iter(|| {
+            crr_weights_gram(na.as_ref(), &good, cfg.lambda, cfg.sv_cutoff, &mut ws).expect("evd")
+        })
     });
     let mut g = c.benchmark_group("cube 19 fibers x 200 slices");
     g.sample_size(10);

@@ -9,8 +9,10 @@ use clap::{Args, Subcommand};
 use ndarray::{Array2, Ix2, Ix3};
 use serde_json::json;
 use spx::config::Config;
-use spx::crr::cube::{self, Builder, Correl};
+use spx::crr::cube::Builder;
 use spx::crr::kernel::{KernelModel, KernelTable};
+use spx::crr::logcube::{self, CubeSummary};
+use spx::crr::quality::Correl;
 use spx::crr::rss::Rss;
 use spx::crr::shard::{self, Shard};
 use spx::crr::{BANDS, Method, quality, simulate};
@@ -132,26 +134,49 @@ fn config(g: &Global, m: &MethodArgs) -> Result<Config> {
     Ok(cfg)
 }
 
-fn cube_path(cfg: &Config, rss: &Path, output: &Option<PathBuf>) -> PathBuf {
-    output.clone().unwrap_or_else(|| {
+/// The cube path; refuses a path that is the input RSS itself (never write over an input).
+fn cube_path(cfg: &Config, rss: &Path, output: &Option<PathBuf>) -> Result<PathBuf> {
+    let path = output.clone().unwrap_or_else(|| {
         cfg.run.out_dir.join(format!(
             "{}-LOGCUBE.fits",
-            cube::output_stem(rss, cfg.crr.method)
+            logcube::output_stem(rss, cfg.crr.method)
         ))
-    })
+    });
+    if same_file(&path, rss) {
+        bail!(
+            "{}: field `--output`: is the input RSS; refusing to write over an input",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
-fn report(g: &Global, path: &Path, s: &cube::CubeSummary, secs: f64, method: Method) {
+/// Whether two paths name the same existing file (symlinks and `..` resolved).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+fn report(g: &Global, path: &Path, s: &CubeSummary, secs: f64, method: Method) {
     g.say(format!(
-        "wrote {} ({}: {}×{} spaxels × {} slices, {:.1} s, {} failed slices)",
+        "wrote {} ({}: {}×{} spaxels × {} slices, {:.1} s, {} failed and {} empty slices)",
         path.display(),
         method.name(),
         s.nside,
         s.nside,
         s.nwave,
         secs,
-        s.failed_slices
+        s.failed_slices,
+        s.empty_slices
     ));
+    if s.reuse_fallbacks > 0 || s.reuse_max_error > 0.0 {
+        g.say(format!(
+            "  weight reuse: max checked error {:.3} noise units, {} slices fell back to exact",
+            s.reuse_max_error, s.reuse_fallbacks
+        ));
+    }
     for (b, fwhm, strehl, tot) in &s.bands {
         g.say(format!(
             "  {b}: PSF FWHM {fwhm:.3}\"  pseudo-Strehl {strehl:.3}  PSF flux {tot:.4}"
@@ -165,8 +190,9 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
     let rss = Rss::read(&a.rss)?;
     let b = Builder::new(&rss, &cfg.crr)?;
     let out_dir = cfg.run.out_dir.clone();
+    let path = cube_path(&cfg, &a.rss, &a.output)?;
     io::ensure_dir(&out_dir)?;
-    let stem = cube::output_stem(&a.rss, cfg.crr.method);
+    let stem = logcube::output_stem(&a.rss, cfg.crr.method);
     if let Some(sh) = a.shard {
         if sh.range(rss.nwave()).0 == sh.range(rss.nwave()).1 {
             bail!(
@@ -198,11 +224,10 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
     let pb = g.progress().bar(rss.nwave() as u64, "slices");
     let part = b.build_range(0, rss.nwave(), &pb);
     pb.finish_and_clear();
-    let path = cube_path(&cfg, &a.rss, &a.output);
     if let Some(p) = path.parent() {
         io::ensure_dir(p)?;
     }
-    let s = cube::write_cube(&path, &b, &part, &cfg.to_toml(Some("crr"))?)?;
+    let s = logcube::write_cube(&path, &b, &part)?;
     cfg.write_effective(&out_dir)?;
     report(g, &path, &s, t0.elapsed().as_secs_f64(), cfg.crr.method);
     g.emit_json(&json!({"cube": path, "seconds": t0.elapsed().as_secs_f64(), "summary": s}))?;
@@ -217,10 +242,10 @@ fn merge(g: &Global, a: &MergeArgs) -> Result<ExitCode> {
     }
     let rss = Rss::read(&a.rss)?;
     let b = Builder::new(&rss, &cfg.crr)?;
-    let stem = cube::output_stem(&a.rss, cfg.crr.method);
+    let stem = logcube::output_stem(&a.rss, cfg.crr.method);
+    let path = cube_path(&cfg, &a.rss, &a.output)?;
     let part = shard::collect_parts(&b, a.shards, &cfg.run.out_dir, &stem)?;
-    let path = cube_path(&cfg, &a.rss, &a.output);
-    let s = cube::write_cube(&path, &b, &part, &cfg.to_toml(Some("crr"))?)?;
+    let s = logcube::write_cube(&path, &b, &part)?;
     cfg.write_effective(&cfg.run.out_dir)?;
     report(g, &path, &s, t0.elapsed().as_secs_f64(), cfg.crr.method);
     g.emit_json(&json!({"cube": path, "summary": s}))?;
@@ -272,19 +297,6 @@ fn simulate_cmd(g: &Global, a: &SimArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_correl(f: &mut FitsReader, t: &str) -> Result<Correl> {
-    let c = |f: &mut FitsReader, n: &str| -> Result<Vec<i32>> {
-        Ok(f.col_i64(t, n)?.into_iter().map(|v| v as i32).collect())
-    };
-    Ok(Correl {
-        i_c1: c(f, "INDXI_C1")?,
-        i_c2: c(f, "INDXI_C2")?,
-        j_c1: c(f, "INDXJ_C1")?,
-        j_c2: c(f, "INDXJ_C2")?,
-        rho: f.col_f64(t, "RHOIJ")?,
-    })
-}
-
 fn quality_cmd(g: &Global, a: &QualityArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
     let mut f = FitsReader::open(&a.cube)?;
@@ -324,7 +336,7 @@ fn quality_cmd(g: &Global, a: &QualityArgs) -> Result<ExitCode> {
         let wave = f.card_f64(&h, "BBWAVE")?;
         let fit = quality::fit_psf(&psf, &grid, &table);
         let strehl = quality::pseudo_strehl(&psf, 1.0, &grid, &table, seeing);
-        let cr = read_correl(&mut f, &format!("{name}CORREL"))?;
+        let cr = Correl::read(&mut f, &format!("{name}CORREL"))?;
         let (r1, r2) = (
             quality::neighbour_correlation(&cr, (c, c), 1),
             quality::neighbour_correlation(&cr, (c, c), 2),
@@ -380,8 +392,11 @@ pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
         let pb = g.progress().bar(rss.nwave() as u64, m.name());
         let part = b.build_range(0, rss.nwave(), &pb);
         pb.finish_and_clear();
-        let path = out.join(format!("{}-LOGCUBE.fits", cube::output_stem(&rss_path, m)));
-        let s = cube::write_cube(&path, &b, &part, &toml::to_string(&c)?)?;
+        let path = out.join(format!(
+            "{}-LOGCUBE.fits",
+            logcube::output_stem(&rss_path, m)
+        ));
+        let s = logcube::write_cube(&path, &b, &part)?;
         let r = &s.bands.iter().find(|b| b.0 == "R").context("no R band")?;
         let rb = part
             .bands

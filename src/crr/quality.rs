@@ -3,9 +3,80 @@
 
 use ndarray::Array2;
 
-use super::cube::Correl;
 use super::grid::Grid;
 use super::kernel::KernelTable;
+use crate::io::fits::Column;
+
+/// Sparse correlation matrix of one slice: upper triangle (diagonal included) with |ρ| above
+/// the threshold; (C1, C2) = (x, y) index of each spaxel.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Correl {
+    pub i_c1: Vec<i32>,
+    pub i_c2: Vec<i32>,
+    pub j_c1: Vec<i32>,
+    pub j_c2: Vec<i32>,
+    pub rho: Vec<f64>,
+}
+
+impl Correl {
+    /// The MaNGA xCORREL binary-table columns (shared by cubes and shard parts).
+    pub fn columns(&self) -> Vec<Column> {
+        vec![
+            Column::I32("INDXI_C1".into(), self.i_c1.clone()),
+            Column::I32("INDXI_C2".into(), self.i_c2.clone()),
+            Column::I32("INDXJ_C1".into(), self.j_c1.clone()),
+            Column::I32("INDXJ_C2".into(), self.j_c2.clone()),
+            Column::F64("RHOIJ".into(), self.rho.clone()),
+        ]
+    }
+
+    /// Read an xCORREL table.
+    pub fn read(
+        f: &mut crate::io::fits::FitsReader,
+        table: &str,
+    ) -> Result<Self, crate::error::SpxError> {
+        let mut i32col = |c: &str| -> Result<Vec<i32>, crate::error::SpxError> {
+            f.col_i64(table, c)?
+                .into_iter()
+                .map(|v| {
+                    i32::try_from(v).map_err(|_| {
+                        crate::error::SpxError::field(
+                            f.path(),
+                            format!("{table}.{c}"),
+                            "index out of range",
+                        )
+                    })
+                })
+                .collect()
+        };
+        let (i_c1, i_c2, j_c1, j_c2) = (
+            i32col("INDXI_C1")?,
+            i32col("INDXI_C2")?,
+            i32col("INDXJ_C1")?,
+            i32col("INDXJ_C2")?,
+        );
+        let rho = f.col_f64(table, "RHOIJ")?;
+        Ok(Correl {
+            i_c1,
+            i_c2,
+            j_c1,
+            j_c2,
+            rho,
+        })
+    }
+
+    /// ρ between spaxels (x1, y1) and (x2, y2), 0 if not stored.
+    pub fn get(&self, a: (i32, i32), b: (i32, i32)) -> f64 {
+        for k in 0..self.rho.len() {
+            let p = (self.i_c1[k], self.i_c2[k]);
+            let q = (self.j_c1[k], self.j_c2[k]);
+            if (p == a && q == b) || (p == b && q == a) {
+                return self.rho[k];
+            }
+        }
+        0.0
+    }
+}
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct PsfFit {

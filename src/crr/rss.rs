@@ -22,15 +22,54 @@ pub struct Rss {
     /// (post-pixelisation, pre-pixelisation) LSF, 1σ in Å, if present.
     pub lsf: Option<(Array2<f32>, Array2<f32>)>,
     pub wave: Vec<f64>,
-    pub specres: Option<Vec<f64>>,
+    /// The 1-D spectral-resolution HDUs present in the input ([`RESOLUTION_HDUS`]), copied to
+    /// the cube under the same names.
+    pub resolution: Vec<(String, Vec<f64>)>,
     /// Per exposure: guider seeing FWHM (arcsec) and the PSF size factor.
     pub seeing: Vec<f64>,
     pub psffac: Vec<f64>,
-    /// OBSINFO numeric columns, copied to the cube.
-    pub obsinfo: Vec<(String, Vec<f64>)>,
+    /// OBSINFO scalar columns with their stored types (integers, floats, text), copied to the
+    /// cube.
+    pub obsinfo: Vec<Column>,
     pub ifura: f64,
     pub ifudec: f64,
+    /// Primary-header keys of [`CARRIED_KEYS`] present in the input, copied to the cube.
+    pub cards: Vec<(String, Card)>,
 }
+
+/// LOGRSS 1-D HDUs carried to the LOGCUBE (MaNGA DR17 datamodel).
+pub const RESOLUTION_HDUS: [&str; 4] = ["SPECRES", "SPECRESD", "PRESPECRES", "PRESPECRESD"];
+
+/// Primary-header keys the DRP carries from the RSS to the cube, with their FITS type
+/// ('A' text, 'I' integer, 'F' float).
+pub const CARRIED_KEYS: [(&str, char); 22] = [
+    ("PLATEIFU", 'A'),
+    ("IFUDSGN", 'A'),
+    ("MANGAID", 'A'),
+    ("OBJECT", 'A'),
+    ("PLATEID", 'I'),
+    ("DESIGNID", 'I'),
+    ("DRP3QUAL", 'I'),
+    ("MNGTARG1", 'I'),
+    ("MNGTARG2", 'I'),
+    ("MNGTARG3", 'I'),
+    ("OBJRA", 'F'),
+    ("OBJDEC", 'F'),
+    ("CENRA", 'F'),
+    ("CENDEC", 'F'),
+    ("EBVGAL", 'F'),
+    ("SEEMIN", 'F'),
+    ("SEEMED", 'F'),
+    ("SEEMAX", 'F'),
+    ("AIRMSMIN", 'F'),
+    ("AIRMSMED", 'F'),
+    ("AIRMSMAX", 'F'),
+    ("EXPTIME", 'F'),
+];
+
+/// Largest |XPOS|, |YPOS| accepted (arcsec): the 127-fiber bundle spans ±16″ and refraction
+/// adds < 3″, so anything beyond is a corrupt value that must not size the output grid.
+pub const MAX_POSITION: f64 = 60.0;
 
 fn as2(path: &Path, name: &str, a: ArrayD<f32>) -> Result<Array2<f32>, SpxError> {
     a.into_dimensionality::<Ix2>()
@@ -122,13 +161,32 @@ impl Rss {
                 "must be positive and increasing",
             ));
         }
-        let specres = if has("SPECRES") {
-            let s: Vec<f64> = f.image_f64("SPECRES")?.iter().copied().collect();
-            (s.len() == wave.len()).then_some(s)
-        } else {
-            None
-        };
-        let cols = f.column_names("OBSINFO")?;
+        for (name, a) in [("XPOS", &xpos), ("YPOS", &ypos)] {
+            if let Some(((i, l), v)) = a
+                .indexed_iter()
+                .find(|(_, v)| v.is_finite() && v.abs() as f64 > MAX_POSITION)
+            {
+                return Err(SpxError::field(
+                    path,
+                    name,
+                    format!(
+                        "row {i}, slice {l}: {v:e} arcsec is beyond the ±{MAX_POSITION}″ \
+                         limit (corrupt position)"
+                    ),
+                ));
+            }
+        }
+        let mut resolution = Vec::new();
+        for h in RESOLUTION_HDUS {
+            if has(h) {
+                let s: Vec<f64> = f.image_f64(h)?.iter().copied().collect();
+                if s.len() == wave.len() {
+                    resolution.push((h.to_string(), s));
+                }
+            }
+        }
+        let kinds = f.column_kinds("OBSINFO")?;
+        let cols: Vec<String> = kinds.iter().map(|(n, _)| n.clone()).collect();
         for c in ["SEEING", "PSFFAC"] {
             if !cols.iter().any(|n| n.eq_ignore_ascii_case(c)) {
                 return Err(SpxError::field(
@@ -140,13 +198,26 @@ impl Rss {
         }
         let seeing = f.col_f64("OBSINFO", "SEEING")?;
         let psffac = f.col_f64("OBSINFO", "PSFFAC")?;
-        // Scalar numeric columns only (string and vector columns are not copied).
+        // Scalar columns with their types (vector, logical and complex columns are not copied).
         let mut obsinfo = Vec::new();
-        for c in &cols {
-            if let Ok(v) = f.col_f64("OBSINFO", c)
-                && v.len() == seeing.len()
-            {
-                obsinfo.push((c.clone(), v));
+        for (c, kind) in &kinds {
+            let col = match kind {
+                'I' => f
+                    .col_i64("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::I64(c.clone(), v)),
+                'F' => f
+                    .col_f64("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::F64(c.clone(), v)),
+                'A' => f
+                    .col_str("OBSINFO", c)
+                    .ok()
+                    .map(|v| Column::Str(c.clone(), v)),
+                _ => None,
+            };
+            if let Some(col) = col.filter(|col| col.len() == seeing.len()) {
+                obsinfo.push(col);
             }
         }
         let nexp = match f.card_i64("PRIMARY", "NEXP") {
@@ -185,6 +256,17 @@ impl Rss {
         };
         let ifura = card(&mut f, "IFURA")?;
         let ifudec = card(&mut f, "IFUDEC")?;
+        let mut cards = Vec::new();
+        for (k, kind) in CARRIED_KEYS {
+            let v = match kind {
+                'A' => f.card_str("PRIMARY", k).ok().map(Card::Str),
+                'I' => f.card_i64("PRIMARY", k).ok().map(Card::Int),
+                _ => f.card_f64("PRIMARY", k).ok().map(Card::Float),
+            };
+            if let Some(v) = v {
+                cards.push((k.to_string(), v));
+            }
+        }
         Ok(Rss {
             path: path.to_path_buf(),
             nexp,
@@ -196,12 +278,13 @@ impl Rss {
             ypos,
             lsf,
             wave,
-            specres,
+            resolution,
             seeing,
             psffac,
             obsinfo,
             ifura,
             ifudec,
+            cards,
         })
     }
 
@@ -211,6 +294,9 @@ impl Rss {
             w.primary_card("NEXP", self.nexp as i64)?;
             w.primary_card("IFURA", self.ifura)?;
             w.primary_card("IFUDEC", self.ifudec)?;
+            for (k, v) in &self.cards {
+                w.primary_card(k, v.clone())?;
+            }
             for (k, v) in extra_cards {
                 w.primary_card(k, v.clone())?;
             }
@@ -233,15 +319,10 @@ impl Rss {
             }
             let wave = ndarray::Array1::from(self.wave.clone()).into_dyn();
             w.image_f64("WAVE", &wave, &[("BUNIT", "Angstrom".into())])?;
-            if let Some(s) = &self.specres {
-                w.image_f64("SPECRES", &ndarray::Array1::from(s.clone()).into_dyn(), &[])?;
+            for (h, s) in &self.resolution {
+                w.image_f64(h, &ndarray::Array1::from(s.clone()).into_dyn(), &[])?;
             }
-            let cols: Vec<Column> = self
-                .obsinfo
-                .iter()
-                .map(|(n, v)| Column::F64(n.clone(), v.clone()))
-                .collect();
-            w.table("OBSINFO", &cols, &[])?;
+            w.table("OBSINFO", &self.obsinfo, &[])?;
             w.image_f32(
                 "XPOS",
                 &self.xpos.clone().into_dyn(),

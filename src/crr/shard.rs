@@ -1,15 +1,20 @@
 //! Cluster use: `--shard K/N` builds the K-th (1-based) of N contiguous wavelength blocks into
-//! a part file; `merge` joins the N parts into the cube. Part files are written atomically, so
-//! an existing part with the right input fingerprint is complete and a rerun skips it.
+//! a part file; `merge` joins the N parts into the cube. Part files are written atomically and
+//! carry DATASUM/CHECKSUM on every HDU: an existing part with the right input fingerprint and
+//! valid checksums is complete and a rerun skips it; a truncated or bit-flipped part is
+//! rebuilt by `build` and refused by `merge`.
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, Ix2, Ix3};
+use ndarray::{Array2, Array3, Axis, Ix2, Ix3};
 
-use super::BANDS;
-use super::cube::{BandSlice, Correl, Part};
+use super::checksum::{verify_checksums, write_fits_checksummed};
+use super::cube::{BandSlice, Builder, Part};
+use super::quality::Correl;
+use super::rss::Rss;
+use super::{BANDS, CrrConfig};
 use crate::error::SpxError;
-use crate::io::fits::{self, Card, FitsReader};
+use crate::io::fits::{Card, FitsReader};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
@@ -59,20 +64,35 @@ pub fn fingerprint(text: &str) -> String {
     format!("{h:016x}")
 }
 
+fn int_list(v: &[usize]) -> String {
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_list(path: &Path, key: &str, text: &str) -> Result<Vec<usize>, SpxError> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim().parse().map_err(|_| {
+                SpxError::field(path, format!("PRIMARY:{key}"), "not a list of integers")
+            })
+        })
+        .collect()
+}
+
 pub fn write_part(path: &Path, part: &Part, shard: Shard, fp: &str) -> Result<(), SpxError> {
-    fits::write_fits(path, |w| {
+    write_fits_checksummed(path, |w| {
         w.primary_card("SPXPART", 1)?;
         w.primary_card("SHARDK", shard.k as i64)?;
         w.primary_card("SHARDN", shard.n as i64)?;
         w.primary_card("ISTART", part.start as i64)?;
         w.primary_card("INHASH", fp)?;
-        let failed = part
-            .failed
-            .iter()
-            .map(|i| i.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        w.primary_card("FAILED", failed)?;
+        w.primary_card("FAILED", int_list(&part.failed))?;
+        w.primary_card("EMPTY", int_list(&part.empty))?;
+        w.primary_card("REUSEERR", part.reuse_max_error)?;
+        w.primary_card("REUSEFB", part.reuse_fallbacks as i64)?;
         w.image_f32("FLUX", &part.flux.clone().into_dyn(), &[])?;
         w.image_f32("IVAR", &part.ivar.clone().into_dyn(), &[])?;
         w.image_i32("MASK", &part.mask.clone().into_dyn(), &[])?;
@@ -87,14 +107,14 @@ pub fn write_part(path: &Path, part: &Part, shard: Shard, fp: &str) -> Result<()
                 &b.psf.clone().into_dyn(),
                 &[("BBINDEX", Card::Int(b.index as i64))],
             )?;
-            let c = &b.correl;
-            w.table(&format!("{name}CORREL"), &c.columns(), &[])?;
+            w.table(&format!("{name}CORREL"), &b.correl.columns(), &[])?;
         }
         Ok(())
     })
 }
 
-/// The fingerprint and shard recorded in a part file, or `None` if it is not a part.
+/// The fingerprint and shard recorded in a part file, or `None` if it is not a part (checksums
+/// not verified).
 pub fn part_header(path: &Path) -> Option<(String, Shard)> {
     let mut f = FitsReader::open(path).ok()?;
     let fp = f.card_str("PRIMARY", "INHASH").ok()?;
@@ -135,17 +155,7 @@ pub fn read_part(path: &Path) -> Result<Part, SpxError> {
             .into_dimensionality::<Ix2>()
             .map_err(|_| SpxError::field(path, &h, "expected a 2-D image"))?;
         let index = f.card_i64(&h, "BBINDEX")? as usize;
-        let t = format!("{name}CORREL");
-        let i32col = |f: &mut FitsReader, c: &str| -> Result<Vec<i32>, SpxError> {
-            Ok(f.col_i64(&t, c)?.into_iter().map(|v| v as i32).collect())
-        };
-        let correl = Correl {
-            i_c1: i32col(&mut f, "INDXI_C1")?,
-            i_c2: i32col(&mut f, "INDXI_C2")?,
-            j_c1: i32col(&mut f, "INDXJ_C1")?,
-            j_c2: i32col(&mut f, "INDXJ_C2")?,
-            rho: f.col_f64(&t, "RHOIJ")?,
-        };
+        let correl = Correl::read(&mut f, &format!("{name}CORREL"))?;
         bands.push(BandSlice {
             band: b,
             index,
@@ -153,16 +163,10 @@ pub fn read_part(path: &Path) -> Result<Part, SpxError> {
             correl,
         });
     }
-    let failed_s = f.card_str("PRIMARY", "FAILED").unwrap_or_default();
-    let failed = failed_s
-        .split(',')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .map_err(|_| SpxError::field(path, "PRIMARY:FAILED", "not a list of integers"))
-        })
-        .collect::<Result<_, _>>()?;
+    let failed = parse_list(path, "FAILED", &f.card_str("PRIMARY", "FAILED")?)?;
+    let empty = parse_list(path, "EMPTY", &f.card_str("PRIMARY", "EMPTY")?)?;
+    let reuse_max_error = f.card_f64("PRIMARY", "REUSEERR")?;
+    let reuse_fallbacks = f.card_i64("PRIMARY", "REUSEFB")?.max(0) as usize;
     Ok(Part {
         start,
         flux,
@@ -171,14 +175,15 @@ pub fn read_part(path: &Path) -> Result<Part, SpxError> {
         lsf,
         bands,
         failed,
+        empty,
+        reuse_max_error,
+        reuse_fallbacks,
     })
 }
 
 /// Fingerprint of an input RSS and the reconstruction settings (simulation settings excluded):
 /// parts are only merged, or skipped on resume, when it matches.
-pub fn input_fingerprint(rss: &super::rss::Rss, cfg: &super::CrrConfig) -> String {
-    let mut c = cfg.clone();
-    c.simulate = crate::config::Config::default().crr.simulate;
+pub fn input_fingerprint(rss: &Rss, cfg: &CrrConfig) -> String {
     let size = std::fs::metadata(&rss.path).map(|m| m.len()).unwrap_or(0);
     let wsum: f64 = rss.wave.iter().sum();
     let fsum: f64 = rss
@@ -192,7 +197,7 @@ pub fn input_fingerprint(rss: &super::rss::Rss, cfg: &super::CrrConfig) -> Strin
         rss.nrow(),
         rss.nwave(),
         rss.nexp,
-        toml::to_string(&c).unwrap_or_default()
+        cfg.reconstruction_toml()
     ))
 }
 
@@ -206,7 +211,7 @@ pub struct ShardOutcome {
 
 /// Build shard `shard` into `dir`, unless a complete part with the same fingerprint is there.
 pub fn build_shard(
-    b: &super::cube::Builder<'_>,
+    b: &Builder<'_>,
     shard: Shard,
     dir: &Path,
     stem: &str,
@@ -216,17 +221,20 @@ pub fn build_shard(
     let path = shard.part_path(dir, stem);
     let (start, end) = shard.range(b.nwave());
     if let Some((old, s)) = part_header(&path) {
-        if old == fp && s == shard {
-            return Ok(ShardOutcome {
-                path,
-                skipped: true,
-                slices: (start, end),
-            });
+        match verify_checksums(&path) {
+            Ok(()) if old == fp && s == shard => {
+                return Ok(ShardOutcome {
+                    path,
+                    skipped: true,
+                    slices: (start, end),
+                });
+            }
+            Ok(()) => tracing::warn!(
+                "{}: stale part (different input or settings), rebuilding",
+                path.display()
+            ),
+            Err(e) => tracing::warn!("{e}; rebuilding"),
         }
-        tracing::warn!(
-            "{}: stale part (different input or settings), rebuilding",
-            path.display()
-        );
     }
     let part = b.build_range(start, end, pb);
     write_part(&path, &part, shard, &fp)?;
@@ -238,12 +246,7 @@ pub fn build_shard(
 }
 
 /// Read the N parts from `dir`, check they belong to this input and settings, and join them.
-pub fn collect_parts(
-    b: &super::cube::Builder<'_>,
-    n: usize,
-    dir: &Path,
-    stem: &str,
-) -> Result<Part, SpxError> {
+pub fn collect_parts(b: &Builder<'_>, n: usize, dir: &Path, stem: &str) -> Result<Part, SpxError> {
     let fp = input_fingerprint(b.rss, &b.cfg);
     let mut missing = Vec::new();
     let mut parts = Vec::new();
@@ -259,6 +262,7 @@ pub fn collect_parts(
                         "part was built from a different input or with different settings; rebuild it",
                     ));
                 }
+                verify_checksums(&path)?;
                 parts.push(read_part(&path)?);
             }
         }
@@ -274,5 +278,58 @@ pub fn collect_parts(
             ),
         ));
     }
-    super::cube::join_parts(parts, b.nwave()).map_err(|m| SpxError::file(dir, m))
+    join_parts(parts, b.nwave()).map_err(|m| SpxError::file(dir, m))
+}
+
+/// Assemble parts covering every slice (in any order) into one.
+pub fn join_parts(mut parts: Vec<Part>, nwave: usize) -> Result<Part, String> {
+    parts.sort_by_key(|p| p.start);
+    let mut next = 0;
+    for p in &parts {
+        if p.start != next {
+            return Err(format!("slices {next}..{} are missing", p.start));
+        }
+        next += p.flux.dim().0;
+    }
+    if next != nwave {
+        return Err(format!("parts cover {next} of {nwave} slices"));
+    }
+    let cat3 = |f: &dyn Fn(&Part) -> ndarray::ArrayView3<'_, f32>| {
+        let views: Vec<_> = parts.iter().map(f).collect();
+        ndarray::concatenate(Axis(0), &views).map_err(|e| format!("parts do not fit: {e}"))
+    };
+    let flux = cat3(&|p| p.flux.view())?;
+    let ivar = cat3(&|p| p.ivar.view())?;
+    let mviews: Vec<_> = parts.iter().map(|p| p.mask.view()).collect();
+    let mask =
+        ndarray::concatenate(Axis(0), &mviews).map_err(|e| format!("parts do not fit: {e}"))?;
+    let lsf = match parts
+        .iter()
+        .map(|p| p.lsf.as_ref())
+        .collect::<Option<Vec<_>>>()
+    {
+        Some(l) => {
+            let a: Vec<_> = l.iter().map(|x| x.0.view()).collect();
+            let b: Vec<_> = l.iter().map(|x| x.1.view()).collect();
+            Some((
+                ndarray::concatenate(Axis(0), &a).map_err(|e| format!("LSFPOST: {e}"))?,
+                ndarray::concatenate(Axis(0), &b).map_err(|e| format!("LSFPRE: {e}"))?,
+            ))
+        }
+        None => None,
+    };
+    let mut bands: Vec<BandSlice> = parts.iter().flat_map(|p| p.bands.clone()).collect();
+    bands.sort_by_key(|b| b.band);
+    Ok(Part {
+        start: 0,
+        flux,
+        ivar,
+        mask,
+        lsf,
+        bands,
+        failed: parts.iter().flat_map(|p| p.failed.clone()).collect(),
+        empty: parts.iter().flat_map(|p| p.empty.clone()).collect(),
+        reuse_max_error: parts.iter().map(|p| p.reuse_max_error).fold(0.0, f64::max),
+        reuse_fallbacks: parts.iter().map(|p| p.reuse_fallbacks).sum(),
+    })
 }

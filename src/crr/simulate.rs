@@ -14,6 +14,7 @@ use super::kernel::{KernelModel, disk_gaussian, seeing_at};
 use super::rss::Rss;
 use super::{CrrConfig, rssbits};
 use crate::error::SpxError;
+use crate::io::fits::{Card, Column};
 
 pub const FIBER_PITCH: f64 = 2.5;
 /// Dither vertices lie 2.5/√3/2·… = 0.833″ from the centre (triangle side 1.44″).
@@ -58,6 +59,7 @@ pub fn dar(wave: f64, airmass: f64) -> f64 {
 
 /// Build the synthetic RSS; deterministic for a given `seed`.
 pub fn simulate(cfg: &CrrConfig, seed: u64) -> Result<Rss, SpxError> {
+    cfg.validate().map_err(SpxError::Config)?;
     let s = &cfg.simulate;
     let bad = |k: &str, m: String| SpxError::Config(format!("crr.simulate.{k}: {m}"));
     let fibers = hex_bundle(s.nfiber).map_err(|m| bad("nfiber", m))?;
@@ -178,14 +180,47 @@ pub fn simulate(cfg: &CrrConfig, seed: u64) -> Result<Rss, SpxError> {
     }
     let lsfpost = Array2::from_shape_fn((nrow, nwave), |(_, l)| (wave[l] / 4700.0) as f32);
     let lsfpre = lsfpost.mapv(|v| 1.02 * v);
-    let specres = wave.iter().map(|w| w / (2.355 * w / 4700.0)).collect();
+    let specres: Vec<f64> = wave.iter().map(|w| w / (2.355 * w / 4700.0)).collect();
+    let scaled = |f: f64| specres.iter().map(|v| f * v).collect::<Vec<f64>>();
+    let resolution = vec![
+        ("SPECRES".to_string(), specres.clone()),
+        ("SPECRESD".to_string(), scaled(0.05)),
+        ("PRESPECRES".to_string(), scaled(0.98)),
+        ("PRESPECRESD".to_string(), scaled(0.05)),
+    ];
     let obsinfo = vec![
-        ("SEEING".to_string(), seeing.clone()),
-        ("PSFFAC".to_string(), vec![1.0; nexp]),
-        ("MGDRA".to_string(), dith.iter().map(|d| d.0).collect()),
-        ("MGDDEC".to_string(), dith.iter().map(|d| d.1).collect()),
-        ("AIRMASS".to_string(), vec![s.airmass; nexp]),
-        ("EXPNUM".to_string(), (0..nexp).map(|e| e as f64).collect()),
+        Column::I64(
+            "EXPNUM".into(),
+            (0..nexp).map(|e| 100_000 + e as i64).collect(),
+        ),
+        Column::I64("SET".into(), (0..nexp).map(|e| (e / 3) as i64).collect()),
+        Column::Str(
+            "MGDPOS".into(),
+            (0..nexp)
+                .map(|e| ["N", "S", "E"][e % 3].to_string())
+                .collect(),
+        ),
+        Column::F64("SEEING".into(), seeing.clone()),
+        Column::F64("PSFFAC".into(), vec![1.0; nexp]),
+        Column::F64("MGDRA".into(), dith.iter().map(|d| d.0).collect()),
+        Column::F64("MGDDEC".into(), dith.iter().map(|d| d.1).collect()),
+        Column::F64("AIRMASS".into(), vec![s.airmass; nexp]),
+    ];
+    let smin = seeing.iter().copied().fold(f64::MAX, f64::min);
+    let smax = seeing.iter().copied().fold(0.0, f64::max);
+    let mut sorted = seeing.clone();
+    sorted.sort_by(f64::total_cmp);
+    let cards = vec![
+        ("PLATEIFU".to_string(), Card::from("9999-1901")),
+        ("IFUDSGN".to_string(), Card::from("1901")),
+        ("OBJRA".to_string(), Card::Float(150.0)),
+        ("OBJDEC".to_string(), Card::Float(2.2)),
+        ("SEEMIN".to_string(), Card::Float(smin)),
+        ("SEEMED".to_string(), Card::Float(sorted[nexp / 2])),
+        ("SEEMAX".to_string(), Card::Float(smax)),
+        ("AIRMSMIN".to_string(), Card::Float(s.airmass)),
+        ("AIRMSMED".to_string(), Card::Float(s.airmass)),
+        ("AIRMSMAX".to_string(), Card::Float(s.airmass)),
     ];
     Ok(Rss {
         path: Default::default(),
@@ -198,11 +233,12 @@ pub fn simulate(cfg: &CrrConfig, seed: u64) -> Result<Rss, SpxError> {
         ypos,
         lsf: Some((lsfpost, lsfpre)),
         wave,
-        specres: Some(specres),
+        resolution,
         psffac: vec![1.0; nexp],
         seeing,
         obsinfo,
         ifura: 150.0,
         ifudec: 2.2,
+        cards,
     })
 }

@@ -54,7 +54,7 @@ pub enum Column {
 }
 
 impl Column {
-    fn name(&self) -> &str {
+    pub fn name(&self) -> &str {
         match self {
             Column::F64(n, _)
             | Column::F32(n, _)
@@ -63,7 +63,10 @@ impl Column {
             | Column::Str(n, _) => n,
         }
     }
-    fn len(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn len(&self) -> usize {
         match self {
             Column::F64(_, v) => v.len(),
             Column::F32(_, v) => v.len(),
@@ -425,6 +428,38 @@ impl FitsReader {
                 column_descriptions,
                 ..
             } => Ok(column_descriptions.into_iter().map(|c| c.name).collect()),
+            _ => Err(SpxError::field(&self.path, hdu, "HDU is not a table")),
+        }
+    }
+
+    /// Column names of a table HDU with their stored kind: 'I' integer, 'F' float, 'A' text,
+    /// '?' other (logical, complex, bit).
+    pub fn column_kinds(&mut self, hdu: &str) -> Result<Vec<(String, char)>, SpxError> {
+        use fitsio::tables::ColumnDataType as T;
+        match self.hdu(hdu)?.info {
+            HduInfo::TableInfo {
+                column_descriptions,
+                ..
+            } => Ok(column_descriptions
+                .into_iter()
+                .map(|c| {
+                    let k = match c.data_type.typ {
+                        T::Byte
+                        | T::Short
+                        | T::Int
+                        | T::Long
+                        | T::LongLong
+                        | T::UnsignedShort
+                        | T::UnsignedLong
+                        | T::UnsignedLongLong
+                        | T::SignedByte => 'I',
+                        T::Float | T::Double => 'F',
+                        T::String | T::Text => 'A',
+                        _ => '?',
+                    };
+                    (c.name, k)
+                })
+                .collect()),
             _ => Err(SpxError::field(&self.path, hdu, "HDU is not a table")),
         }
     }
