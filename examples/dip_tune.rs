@@ -91,7 +91,7 @@ fn main() {
         })
         .collect();
     println!(
-        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds"
+        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,rows_on_features,clipped_on_features,clipped_elsewhere"
     );
     // (variant, kind, density) → (dip, tik) errors.
     let mut cells: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
@@ -136,8 +136,19 @@ fn main() {
                     let (tp, ta) = peaks(&b.lines);
                     let d = r.summary.dip.as_ref().expect("dip");
                     let clipped: usize = r.summary.qc.bands.iter().map(|b| b.clipped).sum();
+                    // A row is on a feature when its filter reaches within 2σ of the centre.
+                    let feats = src.features(0.75, 5.0);
+                    let on = |wl: f64, bw: f64| {
+                        feats
+                            .iter()
+                            .any(|f| (wl - f.centre).abs() < 0.5 * bw + 2.0 * f.sigma)
+                    };
+                    let good = rows.iter().filter(|r| r.flag & 1 == 0);
+                    let on_rows = good.filter(|r| on(r.wavelength, r.bandwidth)).count();
+                    let cl = &r.summary.qc.clipped_rows;
+                    let cl_on = cl.iter().filter(|o| on(o.wavelength, o.bandwidth)).count();
                     println!(
-                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1}",
+                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{on_rows},{cl_on},{}",
                         r.summary.observations_used,
                         t.relative_rms,
                         t.relative_rms_smoothed_output,
@@ -156,6 +167,7 @@ fn main() {
                             .as_ref()
                             .is_some_and(|t| t.lambda_at_cap),
                         r.summary.seconds,
+                        cl.len() - cl_on,
                     );
                     cells
                         .entry((name.clone(), kind.clone(), pb))
