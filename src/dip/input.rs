@@ -259,7 +259,7 @@ pub fn median_mad(v: &[f64]) -> (f64, f64) {
 /// every point (+1 high, −1 low, 0 inlier). Windows of `window` neighbours are shifted inward
 /// at the ends; with fewer points than `window` the whole band is one window.
 pub fn outliers(flux: &[f64], window: usize, nsigma: f64) -> Vec<i8> {
-    let z = deviations(flux, &vec![1.0; flux.len()], window);
+    let z = deviations(flux, &vec![1.0; flux.len()], window, 0.0);
     z.iter()
         .map(|&v| {
             if v > nsigma {
@@ -276,9 +276,11 @@ pub fn outliers(flux: &[f64], window: usize, nsigma: f64) -> Vec<i8> {
 /// Robust normalised deviation of every point from its rolling window: with d_j = (y_j −
 /// median(y))/σ_j over the window, z_i = (d_i − median(d))/(1.4826·MAD(d)). Dividing by each
 /// point's own σ first keeps heteroscedastic errors from reading as outliers (a 10 %-error point
-/// among 2 %-error ones); the MAD absorbs real structure inside the window. 0 where the window
-/// has no spread.
-pub fn deviations(flux: &[f64], sigma: &[f64], window: usize) -> Vec<f64> {
+/// among 2 %-error ones); the MAD absorbs real structure inside the window. The robust scale is
+/// at least `floor`: with trusted errors (`floor` = 1) a window cannot scatter less than its
+/// errors say, so the ±25 % sampling noise of a 21-point MAD does not clip good points. 0 where
+/// the window has no spread.
+pub fn deviations(flux: &[f64], sigma: &[f64], window: usize, floor: f64) -> Vec<f64> {
     let n = flux.len();
     let mut out = vec![0.0; n];
     if n < 3 {
@@ -290,7 +292,7 @@ pub fn deviations(flux: &[f64], sigma: &[f64], window: usize) -> Vec<f64> {
         let (med, _) = median_mad(&flux[lo..hi]);
         let d: Vec<f64> = (lo..hi).map(|j| (flux[j] - med) / sigma[j]).collect();
         let (md, sd) = median_mad(&d);
-        (med, md, sd)
+        (med, md, sd.max(floor))
     };
     let global = whole.then(|| stats(0, n));
     for i in 0..n {
@@ -362,7 +364,7 @@ pub fn clip_band(flux: &[f64], sigma: &[f64], wl: &[f64], bw: &[f64], qc: &QcCon
         let f: Vec<f64> = alive.iter().map(|&i| flux[i]).collect();
         let s: Vec<f64> = alive.iter().map(|&i| sigma[i]).collect();
         let w: Vec<f64> = alive.iter().map(|&i| wl[i]).collect();
-        let z = deviations(&f, &s, qc.clip_window);
+        let z = deviations(&f, &s, qc.clip_window, 1.0);
         let state: Vec<i8> = z
             .iter()
             .map(|&v| (v > nsigma) as i8 - (v < -nsigma) as i8)

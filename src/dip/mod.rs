@@ -114,6 +114,7 @@ pub struct DipConfig {
     pub init: NetInit,
     pub noise_std: f64,
     pub positivity: bool,
+    pub start_flat: bool,
     pub epochs: usize,
     pub lr: f64,
     pub stop_chi2: f64,

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::softplus;
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -332,6 +333,7 @@ pub fn fit(
     let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
     let z = backend::tensor_from(z, [1, 1, n], device);
 
+    // Positivity (Softplus) is applied here, after the optional flat start.
     let spec = UNetSpec {
         length: n,
         depth: cfg.depth,
@@ -339,9 +341,32 @@ pub fn fit(
         kernel_size: cfg.kernel_size,
         leaky_slope: cfg.leaky_slope,
         init: cfg.init,
-        positivity: cfg.positivity,
+        positivity: false,
     };
     let mut net = UNet::new(&spec, device);
+    // Flat start: subtract the randomly initialised network's own output, so the first spectrum
+    // is the constant median flux and every structure in the result was put there by the data's
+    // gradients; otherwise the init's random structure in the null space of H (what no filter
+    // constrains) survives an early stop.
+    let start = cfg.start_flat.then(|| {
+        let level = if cfg.positivity {
+            (1f64.exp() - 1.0).ln() // softplus⁻¹(1)
+        } else {
+            1.0
+        };
+        net.forward(z.clone())
+            .reshape([n])
+            .detach()
+            .neg()
+            .add_scalar(level)
+    });
+    let output = |net: &UNet| {
+        let mut u = net.forward(z.clone()).reshape([n]);
+        if let Some(s) = &start {
+            u = u + s.clone();
+        }
+        if cfg.positivity { softplus(u, 1.0) } else { u }
+    };
     let mut opt = AdamConfig::new().init();
 
     let validate = !held_out.is_empty();
@@ -353,8 +378,7 @@ pub fn fit(
     let mut stop = StopReason::Epochs;
     let mut epochs_run = 0;
     for epoch in 0..cfg.epochs {
-        let u = net.forward(z.clone()).reshape([n]);
-        let x = terms.spectrum(u);
+        let x = terms.spectrum(output(&net));
         let data = terms.data(x.clone());
         let reg = terms.reg(x.clone());
         let chi2 = terms.chi2_per_obs(x.clone().detach());
