@@ -121,6 +121,7 @@ pub struct DipConfig {
     pub validation_fraction: f64,
     pub validation_patience: usize,
     pub smooth_output: bool,
+    pub smooth_passes: usize,
     pub smoothness_weight: f64,
     pub ema_decay: f64,
     pub early_stop_patience: usize,
@@ -254,6 +255,9 @@ impl DipConfig {
         }
         if self.validation_fraction > 0.0 && self.validation_patience == 0 {
             return bad("validation_patience", "must be >= 1 with a validation split");
+        }
+        if !(1..=4).contains(&self.smooth_passes) {
+            return bad("smooth_passes", "must be in 1..=4");
         }
         if !(0.0..=1e6).contains(&self.smoothness_weight) {
             return bad("smoothness_weight", "must be in [0, 1e6]");
