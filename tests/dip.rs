@@ -656,13 +656,12 @@ fn line_ratios(grid: &[f64], x: &[f64], c: &Config) -> Vec<f64> {
         .collect()
 }
 
-/// End to end with every default (3000 px, U-Net depth 3 × 32 filters, Adam 1e-3, CWT weight
-/// 0.01, discrepancy stop at χ²/M = 1, simulated deep-field source with 1000 observations per
-/// band, through the CSV and QC). `cargo run --release --example dip_tune -- 3000 0.01 3`
-/// measured, seeds 1/2/3: stop at epoch 336/520/335 (61–304 s on the loaded 2-core box), χ²/M
-/// 1.000, relative RMS vs the truth smoothed to λ/R 2.2/2.1/2.4 %, line ratios 1.018 1.023 0.920 /
-/// 1.018 1.001 1.013 / 1.058 1.021 0.946 (Tikhonov: 2.1/2.0/2.1 %, worst line 0.937). Stated bounds:
-/// χ²/M in [0.5, 2], RMS < 4 %, every line within 15 %.
+/// End to end with every default (3000 px, U-Net depth 3 × 32 filters, Adam 1e-3, output through
+/// λ/R, D2 prior 0.3·λ_T, CWT weight 0.01, discrepancy or plateau stop) on the default simulated
+/// deep-field source (1000 observations per band, through the CSV and QC). Measured on seed 42
+/// with `spx dip recon --truth` (the README's dense picture): plateau stop after 803 epochs, χ²/M
+/// 1.24, error at λ/R 2.6 % (written 5.4 %; Tikhonov 1.6 % / 11.9 %), line fluxes 1.08 / 1.11 /
+/// 1.05. Stated bounds: χ²/M in [0.5, 2], RMS at λ/R < 4 %, every line within 15 %.
 #[test]
 fn dip_with_defaults_recovers_simulated_source() {
     let _rng = common::burn_rng_lock();
@@ -691,15 +690,22 @@ fn dip_with_defaults_recovers_simulated_source() {
     for (l, r) in LINES.iter().zip(&lines) {
         assert!((r - 1.0).abs() < 0.15, "line {} µm recovered at {r}", l.0);
     }
-    // The discrepancy stop ended it, and the returned spectrum is the stopping epoch's.
-    assert_eq!(f.stop_reason, StopReason::Discrepancy);
-    assert_eq!(f.best_epoch + 1, f.epochs_run);
-    assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
-    assert!(
-        f.history[..f.best_epoch]
-            .iter()
-            .all(|h| h.chi2 > c.dip.stop_chi2)
-    );
+    // At this density the λ/R output cannot follow the finer structure the data resolve, so the
+    // fit may plateau above χ²/M = 1 (seed 42: 1.24 after 803 epochs) and end on the plateau
+    // rule, returning its lowest-loss epoch; if it reaches the discrepancy instead, it returns
+    // the stopping epoch.
+    match f.stop_reason {
+        StopReason::Discrepancy => {
+            assert_eq!(f.best_epoch + 1, f.epochs_run);
+            assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
+        }
+        StopReason::Patience => {
+            let min = f.history.iter().map(|h| h.total).fold(f64::INFINITY, f64::min);
+            assert_eq!(f.history[f.best_epoch].total, min);
+            assert!(f.epochs_run >= f.best_epoch + 1);
+        }
+        other => panic!("unexpected stop {other:?}"),
+    }
     assert!((f.history[f.best_epoch].chi2 - c2).abs() < 1e-3 * c2);
 }
 
