@@ -127,8 +127,8 @@ fn main() {
                     cfg.run.seed = seed;
                     cfg.dip.compare_baseline = true;
                     let truth = recon::read_truth(&truth_path, &grid).expect("truth");
-                    let mut r = recon::reconstruct(&cfg, &csv, Progress::hidden())
-                        .expect("reconstruct");
+                    let mut r =
+                        recon::reconstruct(&cfg, &csv, Progress::hidden()).expect("reconstruct");
                     recon::score_against(&mut r, &truth_path, truth);
                     let t = r.summary.truth.as_ref().expect("scored");
                     let b = t.baseline.as_ref().expect("baseline");
@@ -162,10 +162,7 @@ fn main() {
                         d.epochs_run[0],
                         d.best_epoch[0],
                         d.stop_reason[0],
-                        r.summary
-                            .tikhonov
-                            .as_ref()
-                            .is_some_and(|t| t.lambda_at_cap),
+                        r.summary.tikhonov.as_ref().is_some_and(|t| t.lambda_at_cap),
                         r.summary.seconds,
                         cl.len() - cl_on,
                     );

@@ -317,7 +317,10 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     d[200] += 35.0;
     d[201] += 32.0;
     let dw: Vec<f64> = (0..400).map(|i| 1.0 + 0.0005 * i as f64).collect();
-    assert_eq!(clip_band(&d, &[1.0; 400], &dw, &[0.02; 400], &qc), vec![200, 201]);
+    assert_eq!(
+        clip_band(&d, &[1.0; 400], &dw, &[0.02; 400], &qc),
+        vec![200, 201]
+    );
     qc.clip_protect_fraction = 0.0;
     assert!(clip_band(&d, &[1.0; 400], &dw, &[0.02; 400], &qc).is_empty());
     // Fewer points than the window: whole-band clip.
@@ -418,8 +421,14 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
     let rows = simulate::simulate(&c.dip.simulate, &mut rng);
     let dir = tempfile::tempdir().unwrap();
     let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
-    let (csv, _) =
-        spx::dip::recon::write_simulation(&rows, &simulate::Source::default_from(&c.dip.simulate), &grid, dir.path(), seed).unwrap();
+    let (csv, _) = spx::dip::recon::write_simulation(
+        &rows,
+        &simulate::Source::default_from(&c.dip.simulate),
+        &grid,
+        dir.path(),
+        seed,
+    )
+    .unwrap();
     let (obs, rep) = input::load(&csv, &c.dip.qc).unwrap();
     // Every bad-flag row goes; glitches (isolated) are clipped.
     let bad = rows.iter().filter(|r| r.flag & 1 == 1).count();
@@ -609,8 +618,14 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
     let mut rng = backend::seeded(&dev, 1);
     let rows = simulate::simulate(&c.dip.simulate, &mut rng);
     let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
-    let (csv, _) =
-        spx::dip::recon::write_simulation(&rows, &simulate::Source::default_from(&c.dip.simulate), &grid, dir.path(), 1).unwrap();
+    let (csv, _) = spx::dip::recon::write_simulation(
+        &rows,
+        &simulate::Source::default_from(&c.dip.simulate),
+        &grid,
+        dir.path(),
+        1,
+    )
+    .unwrap();
     let mut r = spx::dip::recon::reconstruct(&c, &csv, spx::logging::Progress::hidden()).unwrap();
     let std = r.flux_std.clone().expect("ensemble std");
     // The members, refitted one by one with seeds 9 and 10.
@@ -700,7 +715,11 @@ fn dip_with_defaults_recovers_simulated_source() {
             assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
         }
         StopReason::Patience => {
-            let min = f.history.iter().map(|h| h.total).fold(f64::INFINITY, f64::min);
+            let min = f
+                .history
+                .iter()
+                .map(|h| h.total)
+                .fold(f64::INFINITY, f64::min);
             assert_eq!(f.history[f.best_epoch].total, min);
             assert!(f.epochs_run >= f.best_epoch + 1);
         }
@@ -821,7 +840,11 @@ fn cli_recon_scores_against_truth() {
         let want = simulate::measure_feature(&grid, &flux, f.centre, half)
             / simulate::measure_feature(&grid, &truth, f.centre, half);
         let ratio = l["ratio"].as_f64().unwrap();
-        assert!((ratio - want).abs() < 1e-3, "{}: {ratio} vs {want}", f.centre);
+        assert!(
+            (ratio - want).abs() < 1e-3,
+            "{}: {ratio} vs {want}",
+            f.centre
+        );
     }
     for l in LINES.iter() {
         let got = lines
@@ -955,7 +978,10 @@ fn tikhonov_reports_lambda_at_its_cap() {
     // Curved data with noise: λ inside its range, χ²/M at the target.
     let mut rng = backend::seeded(&Device::flex(), 1);
     let n = rand_distr::Normal::new(0.0, 1.0).unwrap();
-    let xc: Vec<f64> = grid.iter().map(|l| 100.0 + 50.0 * (3.0 * l).sin()).collect();
+    let xc: Vec<f64> = grid
+        .iter()
+        .map(|l| 100.0 + 50.0 * (3.0 * l).sin())
+        .collect();
     let yn: Vec<f64> = op
         .apply(&xc)
         .iter()
@@ -989,8 +1015,11 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         c.run.seed = seed;
         let dir = tempfile::tempdir().unwrap();
         let grid = linspace(0.75, 5.0, c.dip.resolution);
-        let (src, rows) =
-            simulate::simulate_kind(&c.dip.simulate, seed, &mut backend::seeded(&Device::flex(), seed));
+        let (src, rows) = simulate::simulate_kind(
+            &c.dip.simulate,
+            seed,
+            &mut backend::seeded(&Device::flex(), seed),
+        );
         let (csv, tp) =
             spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
         let score = |c: &Config| {
@@ -1009,7 +1038,12 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
                     .collect();
                 p.iter().sum::<f64>() / p.len().max(1) as f64
             };
-            (t.relative_rms, b.relative_rms, peak(&t.lines), peak(&b.lines))
+            (
+                t.relative_rms,
+                b.relative_rms,
+                peak(&t.lines),
+                peak(&b.lines),
+            )
         };
         let (dip, tik, dpk, tpk) = score(&c);
         eprintln!(

@@ -202,7 +202,12 @@ fn recon_to(
     if let Some(t) = &s.truth {
         let lines = |v: &[recon::LineScore]| -> String {
             v.iter()
-                .map(|l| format!("{:.3} µm {:.3} (peak {:.2})", l.wavelength, l.ratio, l.peak_ratio))
+                .map(|l| {
+                    format!(
+                        "{:.3} µm {:.3} (peak {:.2})",
+                        l.wavelength, l.ratio, l.peak_ratio
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -222,7 +227,10 @@ fn recon_to(
         match &t.lines_note {
             Some(n) => g.say(format!("  line ratios: {n}")),
             None => {
-                g.say(format!("  feature flux recovered/true: {}", lines(&t.lines)));
+                g.say(format!(
+                    "  feature flux recovered/true: {}",
+                    lines(&t.lines)
+                ));
                 if let Some(b) = &t.baseline {
                     g.say(format!("  Tikhonov: {}", lines(&b.lines)));
                 }

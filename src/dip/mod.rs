@@ -241,9 +241,24 @@ impl DipConfig {
         }
         for (k, v, lo, hi) in [
             ("qc.clip_sigma", self.qc.clip_sigma, 0.5, 100.0),
-            ("qc.clip_protect_fraction", self.qc.clip_protect_fraction, 0.0, 1.0),
-            ("qc.clip_protect_sigma", self.qc.clip_protect_sigma, 0.0, 100.0),
-            ("qc.clip_false_positives", self.qc.clip_false_positives, 0.0, 1e6),
+            (
+                "qc.clip_protect_fraction",
+                self.qc.clip_protect_fraction,
+                0.0,
+                1.0,
+            ),
+            (
+                "qc.clip_protect_sigma",
+                self.qc.clip_protect_sigma,
+                0.0,
+                100.0,
+            ),
+            (
+                "qc.clip_false_positives",
+                self.qc.clip_false_positives,
+                0.0,
+                1e6,
+            ),
             ("qc.snr_min", self.qc.snr_min, -1e9, 1e9),
         ] {
             if !(lo..=hi).contains(&v) {
@@ -254,7 +269,10 @@ impl DipConfig {
             return bad("validation_fraction", "must be in [0, 0.5]");
         }
         if self.validation_fraction > 0.0 && self.validation_patience == 0 {
-            return bad("validation_patience", "must be >= 1 with a validation split");
+            return bad(
+                "validation_patience",
+                "must be >= 1 with a validation split",
+            );
         }
         if !(1..=4).contains(&self.smooth_passes) {
             return bad("smooth_passes", "must be in 1..=4");
@@ -276,21 +294,32 @@ impl DipConfig {
             return bad("simulate.noise_ujy", "needs 6 finite values > 0 (D1..D6)");
         }
         if s.noise_floor_ujy.len() != 6
-            || s.noise_floor_ujy.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+            || s.noise_floor_ujy
+                .iter()
+                .any(|v| !(v.is_finite() && *v >= 0.0))
         {
-            return bad("simulate.noise_floor_ujy", "needs 6 finite values >= 0 (D1..D6)");
+            return bad(
+                "simulate.noise_floor_ujy",
+                "needs 6 finite values >= 0 (D1..D6)",
+            );
         }
         if s.noise_fraction.len() != 2
             || !(0.0..=1.0).contains(&s.noise_fraction[0])
             || !(s.noise_fraction[0]..=1.0).contains(&s.noise_fraction[1])
         {
-            return bad("simulate.noise_fraction", "needs [lo, hi] with 0 <= lo <= hi <= 1");
+            return bad(
+                "simulate.noise_fraction",
+                "needs [lo, hi] with 0 <= lo <= hi <= 1",
+            );
         }
         if s.noise == NoiseModel::Relative
             && s.noise_fraction[1] == 0.0
             && s.noise_floor_ujy.iter().any(|v| *v == 0.0)
         {
-            return bad("simulate.noise_floor_ujy", "zero error in some band (fraction and floor 0)");
+            return bad(
+                "simulate.noise_floor_ujy",
+                "zero error in some band (fraction and floor 0)",
+            );
         }
         if !(1..=1_000_000).contains(&s.per_band) {
             return bad("simulate.per_band", "must be in 1..=1000000");
@@ -299,7 +328,10 @@ impl DipConfig {
             || s.bad_flag_fraction < 0.0
             || s.glitch_fraction < 0.0
         {
-            return bad("simulate.bad_flag_fraction", "fractions must be >= 0 and sum to <= 1");
+            return bad(
+                "simulate.bad_flag_fraction",
+                "fractions must be >= 0 and sum to <= 1",
+            );
         }
         for (k, v) in [
             ("continuum_ujy", s.continuum_ujy),

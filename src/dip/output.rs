@@ -11,7 +11,6 @@ use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 use crate::io::plot;
 
-
 /// Everything `spx dip recon` reports (written as TOML and printed as JSON).
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -107,7 +106,10 @@ pub fn write_loss_csv(
     histories: &[Vec<super::train::EpochLoss>],
 ) -> Result<(), SpxError> {
     write_atomic(path, |w| {
-        writeln!(w, "member,epoch,total,data,reg,chi2_per_obs,val_chi2_per_obs")?;
+        writeln!(
+            w,
+            "member,epoch,total,data,reg,chi2_per_obs,val_chi2_per_obs"
+        )?;
         for (k, h) in histories.iter().enumerate() {
             for e in h {
                 writeln!(
@@ -271,8 +273,11 @@ pub fn plot_spectrum(path: &Path, p: &PlotInput) -> Result<(), SpxError> {
             let lo: Vec<f64> = p.flux.iter().zip(s).map(|(f, s)| f - s).collect();
             let mut poly = line(&hi);
             poly.extend(line(&lo).into_iter().rev());
-            c.draw_series(std::iter::once(Polygon::new(poly, band_c.mix(0.6).filled())))
-                .map_err(e)?;
+            c.draw_series(std::iter::once(Polygon::new(
+                poly,
+                band_c.mix(0.6).filled(),
+            )))
+            .map_err(e)?;
         }
         if let Some(t) = p.truth_smoothed {
             c.draw_series(LineSeries::new(line(t), truth_c.stroke_width(2)))
@@ -312,9 +317,11 @@ pub fn plot_spectrum(path: &Path, p: &PlotInput) -> Result<(), SpxError> {
                 .map(|&(x, y)| Circle::new((x, y.clamp(-rmax, rmax)), 2, rec_c.filled())),
         )
         .map_err(e)?;
-        r.draw_series(r_clip.iter().map(|&(x, y)| {
-            Cross::new((x, y.clamp(-rmax, rmax)), 6, clip_c.stroke_width(2))
-        }))
+        r.draw_series(
+            r_clip
+                .iter()
+                .map(|&(x, y)| Cross::new((x, y.clamp(-rmax, rmax)), 6, clip_c.stroke_width(2))),
+        )
         .map_err(e)?;
 
         // Legend, outside the data.

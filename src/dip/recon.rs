@@ -523,7 +523,11 @@ pub fn write_simulation(
         Ok(())
     })?;
     write_atomic(&tp, |w| {
-        writeln!(w, "# spx dip simulate (seed {seed}, kind {:?}): true spectrum", src.kind)?;
+        writeln!(
+            w,
+            "# spx dip simulate (seed {seed}, kind {:?}): true spectrum",
+            src.kind
+        )?;
         if feats.is_empty() {
             writeln!(w, "# features: none")?;
         }

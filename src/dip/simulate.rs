@@ -241,7 +241,7 @@ pub fn random_source(kind: SourceKind, rng: &mut SmallRng) -> Source {
                 strength: rng.random_range(t.0..t.1),
             };
             let absorptions = vec![
-                abs(rng, 3.05, (0.08, 0.14), (0.3, 1.5)),  // H2O
+                abs(rng, 3.05, (0.08, 0.14), (0.3, 1.5)),   // H2O
                 abs(rng, 3.47, (0.03, 0.06), (0.02, 0.15)), // 3.47 µm shoulder
                 abs(rng, 4.27, (0.008, 0.015), (0.3, 1.5)), // CO2
                 abs(rng, 4.67, (0.010, 0.020), (0.1, 0.8)), // CO
@@ -342,7 +342,11 @@ pub fn observe_source(src: &Source, cfg: &SimulateConfig, rng: &mut impl RngCore
                 NoiseModel::Band => cfg.noise_ujy[b],
                 NoiseModel::Relative => {
                     let (f0, f1) = (cfg.noise_fraction[0], cfg.noise_fraction[1]);
-                    let f = if f1 > f0 { rng.random_range(f0..f1) } else { f0 };
+                    let f = if f1 > f0 {
+                        rng.random_range(f0..f1)
+                    } else {
+                        f0
+                    };
                     f * clean.abs() + cfg.noise_floor_ujy[b]
                 }
             };

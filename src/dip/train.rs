@@ -184,7 +184,11 @@ impl LossTerms {
         let smooth = cfg.smooth_output.then(|| {
             let grid = linspace(cfg.wavelength_min, cfg.wavelength_max, op.n);
             let s = resolution_operator(&grid);
-            (int(&s.idx), backend::tensor_from(f(&s.w), [s.m, s.k], device), s.k)
+            (
+                int(&s.idx),
+                backend::tensor_from(f(&s.w), [s.m, s.k], device),
+                s.k,
+            )
         });
         LossTerms {
             idx: int(&op.idx),
@@ -409,7 +413,10 @@ pub fn fit(
             val_chi2: vc2,
         });
         epochs_run = epoch + 1;
-        let xs: Vec<f64> = backend::to_vec(x.detach()).iter().map(|&v| v as f64).collect();
+        let xs: Vec<f64> = backend::to_vec(x.detach())
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let current = match ema.as_mut() {
             Some(e) if cfg.ema_decay > 0.0 => {
                 let a = cfg.ema_decay;
