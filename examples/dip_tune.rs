@@ -22,6 +22,7 @@ use burn::tensor::Device;
 use spx::backend;
 use spx::config::{Config, ConfigBuilder};
 use spx::dip::grid::linspace;
+use spx::dip::input::median;
 use spx::dip::recon::{self, LineScore};
 use spx::dip::simulate::{FeatureKind, simulate_kind};
 use spx::logging::Progress;
@@ -41,16 +42,6 @@ fn config(assignments: &[&str]) -> Config {
         b = b.set(a.trim()).unwrap_or_else(|e| panic!("{a}: {e}"));
     }
     b.build().expect("config")
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// Mean peak ratio over emission features and mean depth ratio over absorptions.

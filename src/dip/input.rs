@@ -237,7 +237,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
     Ok(rows)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// Median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
