@@ -314,7 +314,7 @@ impl DipConfig {
         }
         if s.noise == NoiseModel::Relative
             && s.noise_fraction[1] == 0.0
-            && s.noise_floor_ujy.iter().any(|v| *v == 0.0)
+            && s.noise_floor_ujy.contains(&0.0)
         {
             return bad(
                 "simulate.noise_floor_ujy",

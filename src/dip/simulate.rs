@@ -334,9 +334,9 @@ fn centres(cfg: &SimulateConfig, rng: &mut impl RngCore, b: usize) -> Vec<f64> {
 pub fn observe_source(src: &Source, cfg: &SimulateConfig, rng: &mut impl RngCore) -> Vec<SimRow> {
     let unit = Normal::new(0.0, 1.0).expect("unit normal");
     let mut rows = Vec::new();
-    for b in 0..BAND_RANGES.len() {
+    for (b, &r) in BAND_R.iter().enumerate() {
         for c in centres(cfg, rng, b) {
-            let bw = c / BAND_R[b];
+            let bw = c / r;
             let clean = boxcar_mean(c, bw, |l| src.flux(l));
             let sigma = match cfg.noise {
                 NoiseModel::Band => cfg.noise_ujy[b],

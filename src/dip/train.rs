@@ -283,8 +283,8 @@ impl LossTerms {
         let cwt = self.cwt(x.clone()).abs().sum().mul_scalar(self.lambda);
         if self.d2_lambda > 0.0 {
             let n = x.dims()[0];
-            let d2 = x.clone().slice([2..n]) - x.clone().slice([1..n - 1]).mul_scalar(2.0)
-                + x.slice([0..n - 2]);
+            let d2 = x.clone().narrow(0, 2, n - 2) - x.clone().narrow(0, 1, n - 2).mul_scalar(2.0)
+                + x.narrow(0, 0, n - 2);
             cwt + d2.powi_scalar(2).sum().mul_scalar(self.d2_lambda)
         } else {
             cwt
