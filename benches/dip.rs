@@ -28,8 +28,14 @@ fn bench(c: &mut Criterion) {
         cfg.dip.resolution,
     );
     let dir = tempfile::tempdir().expect("temp dir");
-    let (csv, _) =
-        write_simulation(&rows, &cfg.dip.simulate, &grid, dir.path(), 1).expect("write CSV");
+    let (csv, _) = write_simulation(
+        &rows,
+        &spx::dip::simulate::Source::default_from(&cfg.dip.simulate),
+        &grid,
+        dir.path(),
+        1,
+    )
+    .expect("write CSV");
     let (obs, _) = input::load(&csv, &cfg.dip.qc).expect("load CSV");
     let cen: Vec<f64> = obs.iter().map(|r| r.wavelength).collect();
     let bw: Vec<f64> = obs.iter().map(|r| r.bandwidth).collect();

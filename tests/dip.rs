@@ -169,7 +169,7 @@ fn forward_operator_equals_dense_h() {
         y: &y,
         sigma: &sigma,
     };
-    let terms = LossTerms::new(&dc, &p, 1.0, &dev);
+    let terms = LossTerms::new(&dc, &p, 1.0, &[], 0.0, &dev);
     let pred = to_vec(terms.predict(xt.clone()));
     assert!(
         pred.iter()
@@ -182,7 +182,7 @@ fn forward_operator_equals_dense_h() {
 
     dc.loss_mode = LossMode::Pixel;
     dc.weighting = Weighting::Sigma;
-    let terms = LossTerms::new(&dc, &p, 1.0, &dev);
+    let terms = LossTerms::new(&dc, &p, 1.0, &[], 0.0, &dev);
     let data = to_vec(terms.data(xt))[0] as f64;
     let mut want_pix = 0.0;
     for i in 0..op.m {
@@ -213,7 +213,7 @@ fn device_cwt_matches_host_convolution() {
         y: &[1.0],
         sigma: &[1.0],
     };
-    let terms = LossTerms::new(&dc, &p, 1.0, &dev);
+    let terms = LossTerms::new(&dc, &p, 1.0, &[], 0.0, &dev);
     let got = to_vec(terms.cwt(tensor_from(
         x.iter().map(|&v| v as f32).collect(),
         [n],
@@ -303,12 +303,12 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     assert_eq!(st[45], 1);
     let mut qc = cfg().dip.qc;
     assert_eq!(qc.clip, ClipMode::Runs);
-    assert_eq!(clip_band(&f, &wl, &bw, &qc), vec![45]);
+    assert_eq!(clip_band(&f, &[1.0; 60], &wl, &bw, &qc), vec![45]);
     qc.clip = ClipMode::All;
-    let removed = clip_band(&f, &wl, &bw, &qc);
+    let removed = clip_band(&f, &[1.0; 60], &wl, &bw, &qc);
     assert!(removed.contains(&45) && (20..24).all(|i| removed.contains(&i)));
     qc.clip = ClipMode::Off;
-    assert!(clip_band(&f, &wl, &bw, &qc).is_empty());
+    assert!(clip_band(&f, &[1.0; 60], &wl, &bw, &qc).is_empty());
     // Deep-field density: 400 points 0.0005 µm apart with 0.02-µm filters (41 centred within
     // half a width of any point) and two coincident glitches. They are neighbours, but 2 of 41
     // is below clip_protect_fraction (0.25), so they go; counting neighbours only, they stay.
@@ -317,13 +317,16 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
     d[200] += 35.0;
     d[201] += 32.0;
     let dw: Vec<f64> = (0..400).map(|i| 1.0 + 0.0005 * i as f64).collect();
-    assert_eq!(clip_band(&d, &dw, &[0.02; 400], &qc), vec![200, 201]);
+    assert_eq!(
+        clip_band(&d, &[1.0; 400], &dw, &[0.02; 400], &qc),
+        vec![200, 201]
+    );
     qc.clip_protect_fraction = 0.0;
-    assert!(clip_band(&d, &dw, &[0.02; 400], &qc).is_empty());
+    assert!(clip_band(&d, &[1.0; 400], &dw, &[0.02; 400], &qc).is_empty());
     // Fewer points than the window: whole-band clip.
     let g = [10.0, 10.5, 9.5, 10.2, 9.8, 30.0, 10.1, 9.9];
     let gw: Vec<f64> = (0..8).map(|i| i as f64).collect();
-    assert_eq!(clip_band(&g, &gw, &[1.0; 8], &qc), vec![5]);
+    assert_eq!(clip_band(&g, &[1.0; 8], &gw, &[1.0; 8], &qc), vec![5]);
 }
 
 #[test]
@@ -418,8 +421,14 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
     let rows = simulate::simulate(&c.dip.simulate, &mut rng);
     let dir = tempfile::tempdir().unwrap();
     let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
-    let (csv, _) =
-        spx::dip::recon::write_simulation(&rows, &c.dip.simulate, &grid, dir.path(), seed).unwrap();
+    let (csv, _) = spx::dip::recon::write_simulation(
+        &rows,
+        &simulate::Source::default_from(&c.dip.simulate),
+        &grid,
+        dir.path(),
+        seed,
+    )
+    .unwrap();
     let (obs, rep) = input::load(&csv, &c.dip.qc).unwrap();
     // Every bad-flag row goes; glitches (isolated) are clipped.
     let bad = rows.iter().filter(|r| r.flag & 1 == 1).count();
@@ -609,8 +618,14 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
     let mut rng = backend::seeded(&dev, 1);
     let rows = simulate::simulate(&c.dip.simulate, &mut rng);
     let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
-    let (csv, _) =
-        spx::dip::recon::write_simulation(&rows, &c.dip.simulate, &grid, dir.path(), 1).unwrap();
+    let (csv, _) = spx::dip::recon::write_simulation(
+        &rows,
+        &simulate::Source::default_from(&c.dip.simulate),
+        &grid,
+        dir.path(),
+        1,
+    )
+    .unwrap();
     let mut r = spx::dip::recon::reconstruct(&c, &csv, spx::logging::Progress::hidden()).unwrap();
     let std = r.flux_std.clone().expect("ensemble std");
     // The members, refitted one by one with seeds 9 and 10.
@@ -656,13 +671,12 @@ fn line_ratios(grid: &[f64], x: &[f64], c: &Config) -> Vec<f64> {
         .collect()
 }
 
-/// End to end with every default (3000 px, U-Net depth 3 × 32 filters, Adam 1e-3, CWT weight
-/// 0.01, discrepancy stop at χ²/M = 1, simulated deep-field source with 1000 observations per
-/// band, through the CSV and QC). `cargo run --release --example dip_tune -- 3000 0.01 3`
-/// measured, seeds 1/2/3: stop at epoch 336/520/335 (61–304 s on the loaded 2-core box), χ²/M
-/// 1.000, relative RMS vs the truth smoothed to λ/R 2.2/2.1/2.4 %, line ratios 1.018 1.023 0.920 /
-/// 1.018 1.001 1.013 / 1.058 1.021 0.946 (Tikhonov: 2.1/2.0/2.1 %, worst line 0.937). Stated bounds:
-/// χ²/M in [0.5, 2], RMS < 4 %, every line within 15 %.
+/// End to end with every default (3000 px, U-Net depth 3 × 32 filters, Adam 1e-3, output through
+/// λ/R, D2 prior 0.3·λ_T, CWT weight 0.01, discrepancy or plateau stop) on the default simulated
+/// deep-field source (1000 observations per band, through the CSV and QC). Measured on seed 42
+/// with `spx dip recon --truth` (the README's dense picture): plateau stop after 803 epochs, χ²/M
+/// 1.24, error at λ/R 2.6 % (written 5.4 %; Tikhonov 1.6 % / 11.9 %), line fluxes 1.08 / 1.11 /
+/// 1.05. Stated bounds: χ²/M in [0.5, 2], RMS at λ/R < 4 %, every line within 15 %.
 #[test]
 fn dip_with_defaults_recovers_simulated_source() {
     let _rng = common::burn_rng_lock();
@@ -691,15 +705,26 @@ fn dip_with_defaults_recovers_simulated_source() {
     for (l, r) in LINES.iter().zip(&lines) {
         assert!((r - 1.0).abs() < 0.15, "line {} µm recovered at {r}", l.0);
     }
-    // The discrepancy stop ended it, and the returned spectrum is the stopping epoch's.
-    assert_eq!(f.stop_reason, StopReason::Discrepancy);
-    assert_eq!(f.best_epoch + 1, f.epochs_run);
-    assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
-    assert!(
-        f.history[..f.best_epoch]
-            .iter()
-            .all(|h| h.chi2 > c.dip.stop_chi2)
-    );
+    // At this density the λ/R output cannot follow the finer structure the data resolve, so the
+    // fit may plateau above χ²/M = 1 (seed 42, with the rule at 100 epochs: 1.24 after 803) and end on the plateau
+    // rule, returning its lowest-loss epoch; if it reaches the discrepancy instead, it returns
+    // the stopping epoch.
+    match f.stop_reason {
+        StopReason::Discrepancy => {
+            assert_eq!(f.best_epoch + 1, f.epochs_run);
+            assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
+        }
+        StopReason::Patience => {
+            let min = f
+                .history
+                .iter()
+                .map(|h| h.total)
+                .fold(f64::INFINITY, f64::min);
+            assert_eq!(f.history[f.best_epoch].total, min);
+            assert!(f.epochs_run > f.best_epoch);
+        }
+        other => panic!("unexpected stop {other:?}"),
+    }
     assert!((f.history[f.best_epoch].chi2 - c2).abs() < 1e-3 * c2);
 }
 
@@ -793,18 +818,61 @@ fn cli_recon_scores_against_truth() {
         .iter()
         .map(|&l| truth_flux(l, &c.dip.simulate))
         .collect();
-    let rms = relative_rms(&grid, &flux, &truth, 0.8, 4.95);
+    let rms = simulate::relative_rms_written(&grid, &flux, &truth, 0.8, 4.95);
     let got = t["relative_rms"].as_f64().unwrap();
     assert!((got - rms).abs() < 1e-3 * rms, "{got} vs {rms}");
-    assert!(got < 0.04, "Tikhonov error {got}");
+    // The smoothed-output error is reported beside it: the same with the written flux at λ/R.
+    let rms_s = relative_rms(&grid, &flux, &truth, 0.8, 4.95);
+    let got_s = t["relative_rms_smoothed_output"].as_f64().unwrap();
+    assert!((got_s - rms_s).abs() < 1e-3 * rms_s, "{got_s} vs {rms_s}");
+    // At 1000 observations per band the baseline resolves structure finer than λ/R (narrower
+    // lines than the smoothed truth), which the written-spectrum score counts as error.
+    assert!(got_s < 0.04 && got < 0.15, "Tikhonov errors {got}, {got_s}");
+    // One score per feature the truth file lists (3 lines, PAH, 3 ices of the default source),
+    // each equal to a direct measurement over that feature's window.
+    let feats = simulate::Source::default_from(&c.dip.simulate).features(0.75, 5.0);
     let lines = t["lines"].as_array().unwrap();
-    assert_eq!(lines.len(), LINES.len());
-    for (i, l) in lines.iter().enumerate() {
-        let want = measure_line(&grid, &flux, LINES[i].0) / measure_line(&grid, &truth, LINES[i].0);
+    assert_eq!(lines.len(), feats.len());
+    assert!(t["lines_note"].is_null());
+    for (l, f) in lines.iter().zip(&feats) {
+        assert!((l["wavelength"].as_f64().unwrap() - f.centre).abs() < 1e-6);
+        let half = simulate::feature_half_width(f.centre, f.sigma);
+        let want = simulate::measure_feature(&grid, &flux, f.centre, half)
+            / simulate::measure_feature(&grid, &truth, f.centre, half);
         let ratio = l["ratio"].as_f64().unwrap();
-        assert!((ratio - want).abs() < 1e-3, "line {i}: {ratio} vs {want}");
-        assert!((ratio - 1.0).abs() < 0.15, "line {i}: {ratio}");
+        assert!(
+            (ratio - want).abs() < 1e-3,
+            "{}: {ratio} vs {want}",
+            f.centre
+        );
     }
+    for l in LINES.iter() {
+        let got = lines
+            .iter()
+            .find(|v| (v["wavelength"].as_f64().unwrap() - l.0).abs() < 1e-6)
+            .unwrap()["ratio"]
+            .as_f64()
+            .unwrap();
+        assert!((got - 1.0).abs() < 0.15, "line {}: {got}", l.0);
+    }
+    // A truth without `# feature` lines: no line ratios, and a note saying so.
+    let plain = std::fs::read_to_string(&truth_csv)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let plain = write(dir.path(), "plain_truth.csv", &plain);
+    let (code, stdout, err) = recon(&plain, &dir.path().join("r3"));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["truth"]["lines"].as_array().unwrap().len(), 0);
+    assert!(
+        v["truth"]["lines_note"]
+            .as_str()
+            .unwrap()
+            .contains("lists no features")
+    );
     // A truth file without `flux`.
     let bad = write(dir.path(), "bad_truth.csv", "wavelength,f\n0.7,1\n5.1,1\n");
     let out2 = dir.path().join("r2");
@@ -816,4 +884,187 @@ fn cli_recon_scores_against_truth() {
         "{err}"
     );
     assert!(!out2.exists());
+}
+
+/// The judged kinds: heteroscedastic errors σ = U(2 %, 10 %)·|clean| + the band's floor, ~3 %
+/// flagged rows with corrupted fluxes, `per_band` centres inside each band, a generator stream
+/// other than the default's (same seed, different draws), deterministic per seed, and the
+/// features listed in truth.csv.
+#[test]
+fn simulator_kinds_have_the_issue_noise_model_and_list_their_features() {
+    use spx::dip::{NoiseModel, SourceKind};
+    let mut c = cfg().dip.simulate;
+    c.noise = NoiseModel::Relative;
+    c.per_band = 400;
+    c.glitch_fraction = 0.0;
+    let dev = Device::flex();
+    for kind in [SourceKind::Qso, SourceKind::Ice, SourceKind::Star] {
+        c.kind = kind;
+        let mut rng = backend::seeded(&dev, 3);
+        let (src, rows) = simulate::simulate_kind(&c, 3, &mut rng);
+        let mut rng2 = backend::seeded(&dev, 3);
+        let (src2, rows2) = simulate::simulate_kind(&c, 3, &mut rng2);
+        assert_eq!(src, src2);
+        assert!(rows.iter().zip(&rows2).all(|(a, b)| a.flux == b.flux));
+        assert_eq!(rows.len(), 6 * 400);
+        let mut flagged = 0;
+        for r in &rows {
+            let b = r.band as usize - 1;
+            let (lo, hi) = spx::dip::grid::BAND_RANGES[b];
+            assert!(r.wavelength >= lo && r.wavelength < hi);
+            assert!((r.bandwidth - r.wavelength / spx::dip::grid::BAND_R[b]).abs() < 1e-12);
+            let frac = (r.flux_error - c.noise_floor_ujy[b]) / r.clean.abs();
+            assert!(
+                (0.02 - 1e-9..=0.10 + 1e-9).contains(&frac),
+                "σ fraction {frac}"
+            );
+            // The clean flux is the Δν-weighted boxcar mean of the source.
+            let want = simulate::boxcar_mean(r.wavelength, r.bandwidth, |l| src.flux(l));
+            assert!((r.clean - want).abs() <= 1e-9 * want.abs());
+            if r.flag & 1 == 1 {
+                flagged += 1;
+            }
+        }
+        let f = flagged as f64 / rows.len() as f64;
+        assert!((0.015..0.05).contains(&f), "{kind:?}: flagged fraction {f}");
+        // Written features come back from truth.csv.
+        let dir = tempfile::tempdir().unwrap();
+        let grid = linspace(0.75, 5.0, 600);
+        let (_, tp) = spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), 3).unwrap();
+        let t = spx::dip::recon::read_truth(&tp, &grid).unwrap();
+        let listed = src.features(0.75, 5.0);
+        match kind {
+            SourceKind::Star => assert!(t.features.is_none() && listed.is_empty()),
+            _ => {
+                let got = t.features.unwrap();
+                assert_eq!(got.len(), listed.len());
+                assert!(!got.is_empty());
+                for (a, b) in got.iter().zip(&listed) {
+                    assert_eq!(a.kind, b.kind);
+                    assert!((a.centre - b.centre).abs() < 1e-6);
+                }
+            }
+        }
+    }
+    // The default kind keeps its ChaCha8 stream: same rows as `simulate`.
+    c.kind = SourceKind::Default;
+    let mut r1 = backend::seeded(&dev, 3);
+    let mut r2 = backend::seeded(&dev, 3);
+    let a = simulate::simulate(&c, &mut r1);
+    let (_, b) = simulate::simulate_kind(&c, 3, &mut r2);
+    assert!(a.iter().zip(&b).all(|(p, q)| p.flux == q.flux));
+    // Another kind with the same seed draws a different source.
+    c.kind = SourceKind::Qso;
+    let (q3, _) = simulate::simulate_kind(&c, 3, &mut backend::seeded(&dev, 3));
+    let (q4, _) = simulate::simulate_kind(&c, 4, &mut backend::seeded(&dev, 4));
+    assert_ne!(q3, q4);
+}
+
+/// Noise-free data on a straight line: even the smoothest spectrum fits them below χ²/M = 1,
+/// so the automatic λ sits at its cap — and says so.
+#[test]
+fn tikhonov_reports_lambda_at_its_cap() {
+    let grid = linspace(0.75, 5.0, 400);
+    let c: Vec<f64> = (0..120).map(|i| 0.8 + 4.0 * i as f64 / 120.0).collect();
+    let bw: Vec<f64> = c.iter().map(|l| l / 40.0).collect();
+    let (op, _) = Operator::build(&grid, &c, &bw);
+    let x: Vec<f64> = grid.iter().map(|l| 100.0 + 10.0 * l).collect();
+    let y = op.apply(&x);
+    let s = vec![5.0; y.len()];
+    let t = tikhonov::solve(&op, &y, &s, &cfg().dip.tikhonov, Weighting::Variance, 0.0).unwrap();
+    assert!(t.lambda_at_cap && !t.lambda_at_floor);
+    assert_eq!(t.lambda, tikhonov::LAMBDA_MAX);
+    assert!(t.chi2_per_obs < 0.01);
+    // Curved data with noise: λ inside its range, χ²/M at the target.
+    let mut rng = backend::seeded(&Device::flex(), 1);
+    let n = rand_distr::Normal::new(0.0, 1.0).unwrap();
+    let xc: Vec<f64> = grid
+        .iter()
+        .map(|l| 100.0 + 50.0 * (3.0 * l).sin())
+        .collect();
+    let yn: Vec<f64> = op
+        .apply(&xc)
+        .iter()
+        .map(|v| v + rand_distr::Distribution::sample(&n, &mut rng))
+        .collect();
+    let s1 = vec![1.0; y.len()];
+    let t = tikhonov::solve(&op, &yn, &s1, &cfg().dip.tikhonov, Weighting::Variance, 0.0).unwrap();
+    assert!(!t.lambda_at_cap && !t.lambda_at_floor);
+    assert!((t.chi2_per_obs - 1.0).abs() < 0.02, "{}", t.chi2_per_obs);
+}
+
+/// The accuracy claim at all-sky density, at reduced size (1000-pixel grid, 16 filters): on
+/// sparse sources from the judged generator (qso, ice; 65 observations per band, σ = U(2 %,
+/// 10 %)·flux + floor, 3 % flagged rows), the spectrum the DIP writes with the default settings
+/// is scored against the truth smoothed to λ/R beside the Tikhonov baseline of the same run. The
+/// pre-issue-20 defaults (raw network output, no resolution-element prior) are run on the first
+/// source too: they ring, and this guard must tell them apart.
+#[test]
+fn dip_defaults_match_tikhonov_on_sparse_sources() {
+    use spx::dip::{NoiseModel, SourceKind};
+    let _rng = common::burn_rng_lock();
+    let mut results = Vec::new();
+    for (kind, seed) in [(SourceKind::Qso, 11u64), (SourceKind::Ice, 12)] {
+        let mut c = cfg();
+        c.dip.resolution = 1000;
+        c.dip.filters = 16;
+        c.dip.simulate.kind = kind;
+        c.dip.simulate.noise = NoiseModel::Relative;
+        c.dip.simulate.glitch_fraction = 0.0;
+        c.dip.simulate.per_band = 65;
+        c.run.seed = seed;
+        let dir = tempfile::tempdir().unwrap();
+        let grid = linspace(0.75, 5.0, c.dip.resolution);
+        let (src, rows) = simulate::simulate_kind(
+            &c.dip.simulate,
+            seed,
+            &mut backend::seeded(&Device::flex(), seed),
+        );
+        let (csv, tp) =
+            spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
+        let score = |c: &Config| {
+            let mut r =
+                spx::dip::recon::reconstruct(c, &csv, spx::logging::Progress::hidden()).unwrap();
+            let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap();
+            spx::dip::recon::score_against(&mut r, &tp, truth);
+            let t = r.summary.truth.unwrap();
+            let b = t.baseline.unwrap();
+            // Mean emission-peak ratio (recovered / truth at λ/R) of the DIP and the baseline.
+            let peak = |v: &[spx::dip::recon::LineScore]| {
+                let p: Vec<f64> = v
+                    .iter()
+                    .filter(|l| l.kind == simulate::FeatureKind::Emission)
+                    .map(|l| l.peak_ratio)
+                    .collect();
+                p.iter().sum::<f64>() / p.len().max(1) as f64
+            };
+            (
+                t.relative_rms,
+                b.relative_rms,
+                peak(&t.lines),
+                peak(&b.lines),
+            )
+        };
+        let (dip, tik, dpk, tpk) = score(&c);
+        eprintln!(
+            "{kind:?} seed {seed}: DIP {dip:.4}, Tikhonov {tik:.4}; emission peaks {dpk:.2} / {tpk:.2}"
+        );
+        assert!(dip <= 1.5 * tik, "{kind:?}: DIP {dip} vs Tikhonov {tik}");
+        // Emission peaks (vs the truth at λ/R) are kept at least as well as by the baseline.
+        assert!(dpk >= 0.9 * tpk, "{kind:?}: peaks {dpk} vs {tpk}");
+        if kind == SourceKind::Qso {
+            let mut old = c.clone();
+            old.dip.smooth_output = false;
+            old.dip.smoothness_weight = 0.0;
+            let (o, t2, _, _) = score(&old);
+            eprintln!("  pre-issue defaults: DIP {o:.4} (Tikhonov {t2:.4})");
+            assert_eq!(t2, tik);
+            assert!(o > 1.15 * dip, "old defaults {o} vs new {dip}");
+        }
+        results.push((dip, tik));
+    }
+    let (d, t): (f64, f64) = results
+        .iter()
+        .fold((0.0, 0.0), |a, r| (a.0 + r.0, a.1 + r.1));
+    assert!(d <= 1.05 * t, "mean DIP {d} vs Tikhonov {t} (sums)");
 }

@@ -54,6 +54,12 @@ pub struct SimulateArgs {
     /// Observations per band for random sampling (overrides dip.simulate.per_band).
     #[arg(long)]
     pub per_band: Option<usize>,
+    /// default | qso | ice | star (overrides dip.simulate.kind).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// band | relative (overrides dip.simulate.noise).
+    #[arg(long)]
+    pub noise: Option<String>,
 }
 
 fn int(v: usize) -> Value {
@@ -118,6 +124,12 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
             if let Some(n) = a.per_band {
                 flags.push(("dip.simulate.per_band", int(n), "--per-band"));
             }
+            if let Some(k) = &a.kind {
+                flags.push(("dip.simulate.kind", Value::String(k.clone()), "--kind"));
+            }
+            if let Some(k) = &a.noise {
+                flags.push(("dip.simulate.noise", Value::String(k.clone()), "--noise"));
+            }
             let cfg = load(g, flags)?;
             let (csv, truth) = simulate_to(&cfg, &cfg.run.out_dir)?;
             g.say(format!(
@@ -135,13 +147,13 @@ fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     cfg.dip.validate()?;
     let device = cfg.run.device.parse::<DeviceSpec>()?.device()?;
     let mut rng = backend::seeded(&device, cfg.run.seed);
-    let rows = simulate::simulate(&cfg.dip.simulate, &mut rng);
+    let (src, rows) = simulate::simulate_kind(&cfg.dip.simulate, cfg.run.seed, &mut rng);
     let grid = linspace(
         cfg.dip.wavelength_min,
         cfg.dip.wavelength_max,
         cfg.dip.resolution,
     );
-    let files = recon::write_simulation(&rows, &cfg.dip.simulate, &grid, out, cfg.run.seed)?;
+    let files = recon::write_simulation(&rows, &src, &grid, out, cfg.run.seed)?;
     cfg.write_effective(out)?;
     Ok(files)
 }
@@ -176,18 +188,54 @@ fn recon_to(
         s.chi2_per_obs,
         s.seconds
     ));
-    if let Some(t) = &s.truth {
-        let lines: Vec<String> = t
-            .lines
-            .iter()
-            .map(|l| format!("{:.3} µm {:.3}", l.wavelength, l.ratio))
-            .collect();
+    if let Some(t) = &s.tikhonov
+        && (t.lambda_at_cap || t.lambda_at_floor)
+    {
         g.say(format!(
-            "vs {}: relative error {:.2} % (at λ/R), line flux recovered/true: {}",
+            "warning: Tikhonov λ hit the {} of its range ({:.0e}); χ²/M = {:.3} instead of {}",
+            if t.lambda_at_cap { "cap" } else { "floor" },
+            t.lambda,
+            t.chi2_per_obs,
+            cfg.dip.tikhonov.target_chi2
+        ));
+    }
+    if let Some(t) = &s.truth {
+        let lines = |v: &[recon::LineScore]| -> String {
+            v.iter()
+                .map(|l| {
+                    format!(
+                        "{:.3} µm {:.3} (peak {:.2})",
+                        l.wavelength, l.ratio, l.peak_ratio
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        g.say(format!(
+            "vs {}: relative error of the written spectrum {:.2} % (smoothed to λ/R first: {:.2} %)",
             t.file,
             100.0 * t.relative_rms,
-            lines.join(", ")
+            100.0 * t.relative_rms_smoothed_output
         ));
+        if let Some(b) = &t.baseline {
+            g.say(format!(
+                "  Tikhonov baseline: {:.2} % (smoothed: {:.2} %)",
+                100.0 * b.relative_rms,
+                100.0 * b.relative_rms_smoothed_output
+            ));
+        }
+        match &t.lines_note {
+            Some(n) => g.say(format!("  line ratios: {n}")),
+            None => {
+                g.say(format!(
+                    "  feature flux recovered/true: {}",
+                    lines(&t.lines)
+                ));
+                if let Some(b) = &t.baseline {
+                    g.say(format!("  Tikhonov: {}", lines(&b.lines)));
+                }
+            }
+        }
     }
     for f in &files {
         g.say(format!("wrote {}", f.display()));

@@ -53,6 +53,9 @@ pub struct QcReport {
     pub rows_read: usize,
     pub kept: usize,
     pub bands: Vec<BandQc>,
+    /// The observations the rolling clip removed (drawn on the plot).
+    #[serde(skip)]
+    pub clipped_rows: Vec<Observation>,
 }
 
 pub const BAND_NAMES: [&str; 6] = ["D1", "D2", "D3", "D4", "D5", "D6"];
@@ -234,7 +237,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
     Ok(rows)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// Median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n % 2 == 1 {
@@ -256,44 +260,118 @@ pub fn median_mad(v: &[f64]) -> (f64, f64) {
 /// every point (+1 high, −1 low, 0 inlier). Windows of `window` neighbours are shifted inward
 /// at the ends; with fewer points than `window` the whole band is one window.
 pub fn outliers(flux: &[f64], window: usize, nsigma: f64) -> Vec<i8> {
+    let z = deviations(flux, &vec![1.0; flux.len()], window, 0.0);
+    z.iter()
+        .map(|&v| {
+            if v > nsigma {
+                1
+            } else if v < -nsigma {
+                -1
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Robust normalised deviation of every point from its rolling window: with d_j = (y_j −
+/// median(y))/σ_j over the window, z_i = (d_i − median(d))/(1.4826·MAD(d)). Dividing by each
+/// point's own σ first keeps heteroscedastic errors from reading as outliers (a 10 %-error point
+/// among 2 %-error ones); the MAD absorbs real structure inside the window. The robust scale is
+/// at least `floor`: with trusted errors (`floor` = 1) a window cannot scatter less than its
+/// errors say, so the ±25 % sampling noise of a 21-point MAD does not clip good points. 0 where
+/// the window has no spread.
+pub fn deviations(flux: &[f64], sigma: &[f64], window: usize, floor: f64) -> Vec<f64> {
     let n = flux.len();
-    let mut out = vec![0i8; n];
+    let mut out = vec![0.0; n];
     if n < 3 {
         return out;
     }
     let w = window.min(n);
     let whole = n < window;
-    let (gmed, gsig) = if whole { median_mad(flux) } else { (0.0, 0.0) };
+    let stats = |lo: usize, hi: usize| {
+        let (med, _) = median_mad(&flux[lo..hi]);
+        let d: Vec<f64> = (lo..hi).map(|j| (flux[j] - med) / sigma[j]).collect();
+        let (md, sd) = median_mad(&d);
+        (med, md, sd.max(floor))
+    };
+    let global = whole.then(|| stats(0, n));
     for i in 0..n {
-        let (med, sig) = if whole {
-            (gmed, gsig)
-        } else {
+        let (med, md, sd) = global.unwrap_or_else(|| {
             let lo = i.saturating_sub(w / 2).min(n - w);
-            median_mad(&flux[lo..lo + w])
-        };
-        let d = flux[i] - med;
-        if sig > 0.0 && d.abs() > nsigma * sig {
-            out[i] = if d > 0.0 { 1 } else { -1 };
+            stats(lo, lo + w)
+        });
+        if sd > 0.0 {
+            out[i] = ((flux[i] - med) / sigma[i] - md) / sd;
         }
     }
     out
 }
 
-/// Indices (into `flux`, sorted by wavelength `wl`, filter widths `bw`) removed by the iterated
-/// clip. In `runs` mode a run of same-side outliers is kept as an emission line when it has at
-/// least `clip_protect_run` points and at least `clip_protect_fraction` of the observations
-/// centred within half a filter width of it: a line lifts every observation whose filter covers
-/// it, while coincident glitches at deep-field density are 2 of the ~50 that see that wavelength.
-pub fn clip_band(flux: &[f64], wl: &[f64], bw: &[f64], qc: &QcConfig) -> Vec<usize> {
+/// Complementary error function (Numerical Recipes `erfcc`, relative error < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// The two-sided Gaussian threshold k with n·P(|z| > k) = `expected` (bisection).
+pub fn gaussian_threshold(n: usize, expected: f64) -> f64 {
+    if n == 0 || expected <= 0.0 {
+        return 0.0;
+    }
+    let p = (expected / n as f64).min(1.0);
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..80 {
+        let mid = 0.5 * (lo + hi);
+        if erfc(mid / std::f64::consts::SQRT_2) > p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Indices (into `flux`, sorted by wavelength `wl`, errors `sigma`, filter widths `bw`) removed
+/// by the iterated clip. A point is an outlier when its [`deviations`] exceed `clip_sigma`, or
+/// the Gaussian threshold at which a band of this size loses `clip_false_positives` good points
+/// on average, whichever is larger. In `runs` mode a run of same-side outliers is kept as an
+/// emission line when the observations centred within one filter width of it that deviate to
+/// the same side by more than `clip_protect_sigma` (the run included) number at least
+/// `clip_protect_run` and at least `clip_protect_fraction` of all observations there: a line
+/// lifts every filter that covers it — at all-sky density that may be one clipped point and a few
+/// less-lifted neighbours — while a glitch has no lifted neighbours, and two coincident glitches
+/// at deep-field density are 2 of ~80 points there.
+pub fn clip_band(flux: &[f64], sigma: &[f64], wl: &[f64], bw: &[f64], qc: &QcConfig) -> Vec<usize> {
     if qc.clip == ClipMode::Off {
         return Vec::new();
     }
+    let nsigma = qc
+        .clip_sigma
+        .max(gaussian_threshold(flux.len(), qc.clip_false_positives));
     let mut alive: Vec<usize> = (0..flux.len()).collect();
     let mut removed = Vec::new();
     for _ in 0..qc.clip_max_iter {
         let f: Vec<f64> = alive.iter().map(|&i| flux[i]).collect();
+        let s: Vec<f64> = alive.iter().map(|&i| sigma[i]).collect();
         let w: Vec<f64> = alive.iter().map(|&i| wl[i]).collect();
-        let state = outliers(&f, qc.clip_window, qc.clip_sigma);
+        let z = deviations(&f, &s, qc.clip_window, 1.0);
+        let state: Vec<i8> = z
+            .iter()
+            .map(|&v| (v > nsigma) as i8 - (v < -nsigma) as i8)
+            .collect();
         let mut drop = vec![false; f.len()];
         let mut k = 0;
         while k < f.len() {
@@ -307,12 +385,18 @@ pub fn clip_band(flux: &[f64], wl: &[f64], bw: &[f64], qc: &QcConfig) -> Vec<usi
                 e += 1;
             }
             let run = e - k + 1;
-            let protect = qc.clip == ClipMode::Runs && run >= qc.clip_protect_run.max(2) && {
-                let half = 0.5 * alive[k..=e].iter().map(|&i| bw[i]).sum::<f64>() / run as f64;
-                let c = 0.5 * (w[k] + w[e]);
-                let seen =
-                    w.partition_point(|&x| x <= c + half) - w.partition_point(|&x| x < c - half);
-                run as f64 >= qc.clip_protect_fraction * seen as f64
+            let protect = qc.clip == ClipMode::Runs && {
+                let width = alive[k..=e].iter().map(|&i| bw[i]).sum::<f64>() / run as f64;
+                let (a, b) = (
+                    w.partition_point(|&x| x < w[k] - width),
+                    w.partition_point(|&x| x <= w[e] + width),
+                );
+                let side = state[k] as f64;
+                let lifted = (a..b)
+                    .filter(|&j| side * z[j] > qc.clip_protect_sigma)
+                    .count();
+                lifted >= qc.clip_protect_run.max(2)
+                    && lifted as f64 >= qc.clip_protect_fraction * (b - a) as f64
             };
             if !protect {
                 drop[k..=e].iter_mut().for_each(|d| *d = true);
@@ -354,6 +438,7 @@ pub fn quality_control(
                 ..Default::default()
             })
             .collect(),
+        clipped_rows: Vec::new(),
     };
     let mut kept = Vec::new();
     let (mut after_flag, mut after_valid, mut after_snr) = (0usize, 0usize, 0usize);
@@ -387,8 +472,12 @@ pub fn quality_control(
         let flux: Vec<f64> = pts.iter().map(|r| r.obs.flux).collect();
         let wl: Vec<f64> = pts.iter().map(|r| r.obs.wavelength).collect();
         let bw: Vec<f64> = pts.iter().map(|r| r.obs.bandwidth).collect();
-        let removed = clip_band(&flux, &wl, &bw, qc);
+        let sig: Vec<f64> = pts.iter().map(|r| r.obs.flux_error).collect();
+        let removed = clip_band(&flux, &sig, &wl, &bw, qc);
         bq.clipped = removed.len();
+        report
+            .clipped_rows
+            .extend(removed.iter().map(|&i| pts[i].obs.clone()));
         let survivors: Vec<Observation> = pts
             .iter()
             .enumerate()

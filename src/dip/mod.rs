@@ -69,6 +69,30 @@ pub enum Sampling {
     Channels,
 }
 
+/// What `spx dip simulate` draws (see [`simulate`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// The fixed power law + lines + PAH + ices source (ChaCha8 stream of the seed).
+    Default,
+    /// Quasar: power law with broad/narrow lines at a random redshift.
+    Qso,
+    /// Young stellar object: rising continuum, ice absorptions and PAH of random depth/width.
+    Ice,
+    /// One or two blackbodies.
+    Star,
+}
+
+/// Per-observation errors of `spx dip simulate`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseModel {
+    /// σ = `noise_ujy` of the band.
+    Band,
+    /// σ = U(noise_fraction)·|flux| + `noise_floor_ujy` of the band.
+    Relative,
+}
+
 /// `[dip]` of the config (documented key by key in `configs/dip.toml`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -90,9 +114,16 @@ pub struct DipConfig {
     pub init: NetInit,
     pub noise_std: f64,
     pub positivity: bool,
+    pub start_flat: bool,
     pub epochs: usize,
     pub lr: f64,
     pub stop_chi2: f64,
+    pub validation_fraction: f64,
+    pub validation_patience: usize,
+    pub smooth_output: bool,
+    pub smooth_passes: usize,
+    pub smoothness_weight: f64,
+    pub ema_decay: f64,
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub ensemble: usize,
@@ -113,6 +144,8 @@ pub struct QcConfig {
     pub clip_max_iter: usize,
     pub clip_protect_run: usize,
     pub clip_protect_fraction: f64,
+    pub clip_protect_sigma: f64,
+    pub clip_false_positives: f64,
     pub min_points_per_band: usize,
 }
 
@@ -127,6 +160,7 @@ pub struct TikhonovConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SimulateConfig {
+    pub kind: SourceKind,
     pub sampling: Sampling,
     pub per_band: usize,
     pub continuum_ujy: f64,
@@ -134,7 +168,10 @@ pub struct SimulateConfig {
     pub line_scale: f64,
     pub pah_scale: f64,
     pub ice_scale: f64,
+    pub noise: NoiseModel,
     pub noise_ujy: Vec<f64>,
+    pub noise_fraction: Vec<f64>,
+    pub noise_floor_ujy: Vec<f64>,
     pub bad_flag_fraction: f64,
     pub glitch_fraction: f64,
 }
@@ -202,8 +239,110 @@ impl DipConfig {
         if self.qc.clip_window < 3 {
             return bad("qc.clip_window", "must be >= 3");
         }
-        if self.simulate.noise_ujy.len() != 6 {
-            return bad("simulate.noise_ujy", "needs 6 values (D1..D6)");
+        for (k, v, lo, hi) in [
+            ("qc.clip_sigma", self.qc.clip_sigma, 0.5, 100.0),
+            (
+                "qc.clip_protect_fraction",
+                self.qc.clip_protect_fraction,
+                0.0,
+                1.0,
+            ),
+            (
+                "qc.clip_protect_sigma",
+                self.qc.clip_protect_sigma,
+                0.0,
+                100.0,
+            ),
+            (
+                "qc.clip_false_positives",
+                self.qc.clip_false_positives,
+                0.0,
+                1e6,
+            ),
+            ("qc.snr_min", self.qc.snr_min, -1e9, 1e9),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return bad(k, &format!("must be in [{lo}, {hi}]"));
+            }
+        }
+        if !(0.0..=0.5).contains(&self.validation_fraction) {
+            return bad("validation_fraction", "must be in [0, 0.5]");
+        }
+        if self.validation_fraction > 0.0 && self.validation_patience == 0 {
+            return bad(
+                "validation_patience",
+                "must be >= 1 with a validation split",
+            );
+        }
+        if !(1..=4).contains(&self.smooth_passes) {
+            return bad("smooth_passes", "must be in 1..=4");
+        }
+        if !(0.0..=1e6).contains(&self.smoothness_weight) {
+            return bad("smoothness_weight", "must be in [0, 1e6]");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("ema_decay", "must be in [0, 1)");
+        }
+        if !(self.stop_chi2.is_finite() && self.stop_chi2 >= 0.0) {
+            return bad("stop_chi2", "must be finite and >= 0");
+        }
+        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
+            return bad("noise_std", "must be finite and >= 0");
+        }
+        let s = &self.simulate;
+        if s.noise_ujy.len() != 6 || s.noise_ujy.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            return bad("simulate.noise_ujy", "needs 6 finite values > 0 (D1..D6)");
+        }
+        if s.noise_floor_ujy.len() != 6
+            || s.noise_floor_ujy
+                .iter()
+                .any(|v| !(v.is_finite() && *v >= 0.0))
+        {
+            return bad(
+                "simulate.noise_floor_ujy",
+                "needs 6 finite values >= 0 (D1..D6)",
+            );
+        }
+        if s.noise_fraction.len() != 2
+            || !(0.0..=1.0).contains(&s.noise_fraction[0])
+            || !(s.noise_fraction[0]..=1.0).contains(&s.noise_fraction[1])
+        {
+            return bad(
+                "simulate.noise_fraction",
+                "needs [lo, hi] with 0 <= lo <= hi <= 1",
+            );
+        }
+        if s.noise == NoiseModel::Relative
+            && s.noise_fraction[1] == 0.0
+            && s.noise_floor_ujy.contains(&0.0)
+        {
+            return bad(
+                "simulate.noise_floor_ujy",
+                "zero error in some band (fraction and floor 0)",
+            );
+        }
+        if !(1..=1_000_000).contains(&s.per_band) {
+            return bad("simulate.per_band", "must be in 1..=1000000");
+        }
+        if !(0.0..=1.0).contains(&(s.bad_flag_fraction + s.glitch_fraction))
+            || s.bad_flag_fraction < 0.0
+            || s.glitch_fraction < 0.0
+        {
+            return bad(
+                "simulate.bad_flag_fraction",
+                "fractions must be >= 0 and sum to <= 1",
+            );
+        }
+        for (k, v) in [
+            ("continuum_ujy", s.continuum_ujy),
+            ("alpha", s.alpha),
+            ("line_scale", s.line_scale),
+            ("pah_scale", s.pah_scale),
+            ("ice_scale", s.ice_scale),
+        ] {
+            if !v.is_finite() || v.abs() > 1e9 {
+                return bad(&format!("simulate.{k}"), "must be finite (|v| <= 1e9)");
+            }
         }
         Ok(())
     }

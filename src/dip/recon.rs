@@ -9,9 +9,12 @@ use super::grid::linspace;
 use super::input::split_csv_line;
 use super::input::{self, Observation};
 use super::output::{self, DipRun, PlotInput, Summary};
-use super::simulate::{LINES, SimRow, measure_line, relative_rms, truth_flux};
+use super::simulate::{
+    Feature, FeatureKind, SimRow, Source, feature_half_width, feature_peak, measure_feature,
+    relative_rms, relative_rms_written, smooth_to_resolution,
+};
 use super::train::{self, Problem};
-use super::{SimulateConfig, Solver, tikhonov};
+use super::{Solver, tikhonov};
 use crate::backend::DeviceSpec;
 use crate::config::Config;
 use crate::error::SpxError;
@@ -38,26 +41,85 @@ pub struct Reconstruction {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TruthScore {
     pub file: String,
-    /// Relative RMS of reconstruction − truth, both smoothed to one resolution element λ/R,
-    /// over the grid less 0.05 µm at each end.
+    /// Relative RMS of the spectrum as written minus the truth smoothed to one resolution element
+    /// λ/R, over the grid less 0.05 µm at each end (structure finer than λ/R counts as error).
     pub relative_rms: f64,
-    /// The emission lines of `spx dip simulate` that fall on the grid.
+    /// The same with the written spectrum smoothed to λ/R too (hides sub-resolution wiggles).
+    pub relative_rms_smoothed_output: f64,
+    /// The features listed in the truth file (`# feature,KIND,CENTRE,SIGMA` lines).
+    pub lines: Vec<LineScore>,
+    /// Why `lines` is empty, when it is.
+    pub lines_note: Option<String>,
+    /// The Tikhonov baseline scored the same way (when it ran beside the DIP).
+    pub baseline: Option<BaselineScore>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BaselineScore {
+    pub relative_rms: f64,
+    pub relative_rms_smoothed_output: f64,
     pub lines: Vec<LineScore>,
 }
 
-/// Integrated line flux (µJy·µm, above a straight continuum fitted 2–4 resolution elements out).
+/// A feature's integrated flux (µJy·µm, above a straight continuum fitted to sidebands; negative
+/// for absorptions) and peak (largest deviation from that continuum within λ/R of the centre).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LineScore {
     pub wavelength: f64,
+    pub kind: FeatureKind,
     pub truth: f64,
     pub recovered: f64,
     pub ratio: f64,
+    /// Recovered peak over the peak of the truth smoothed to λ/R.
+    pub peak_ratio: f64,
+}
+
+/// A known spectrum on the reconstruction grid and the features it lists.
+#[derive(Clone, Debug)]
+pub struct Truth {
+    pub flux: Vec<f64>,
+    /// `None` when the file lists no features.
+    pub features: Option<Vec<Feature>>,
+}
+
+/// Parse a `# feature,emission|absorption,CENTRE_UM,SIGMA_UM` comment line.
+fn parse_feature(line: &str) -> Option<Result<Feature, String>> {
+    let rest = line.trim_start().strip_prefix('#')?.trim();
+    let rest = rest.strip_prefix("feature,")?;
+    let f: Vec<&str> = rest.split(',').map(str::trim).collect();
+    let kind = match f.first() {
+        Some(&"emission") => FeatureKind::Emission,
+        Some(&"absorption") => FeatureKind::Absorption,
+        _ => return Some(Err(format!("feature kind `{}`", f.first().unwrap_or(&"")))),
+    };
+    let num = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v > 0.0)
+    };
+    match (num(1), num(2)) {
+        (Some(centre), Some(sigma)) => Some(Ok(Feature {
+            kind,
+            centre,
+            sigma,
+            strength: f64::NAN,
+        })),
+        _ => Some(Err("feature centre/sigma must be finite numbers > 0".into())),
+    }
 }
 
 /// Read columns `wavelength` (µm, increasing) and `flux` (µJy) of a CSV such as the `truth.csv`
-/// of `spx dip simulate`, linearly interpolated onto `grid`.
-pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Vec<f64>, SpxError> {
+/// of `spx dip simulate`, linearly interpolated onto `grid`, and its `# feature,...` lines.
+pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Truth, SpxError> {
     let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
+    let mut features = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        if let Some(f) = parse_feature(l) {
+            features.push(
+                f.map_err(|e| SpxError::field(path, "feature", format!("line {}: {e}", i + 1)))?,
+            );
+        }
+    }
     let mut lines = text
         .lines()
         .enumerate()
@@ -104,41 +166,92 @@ pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Vec<f64>, SpxError> {
             format!("does not cover the grid {lo}–{hi} µm"),
         ));
     }
-    Ok(grid
+    let flux = grid
         .iter()
         .map(|&g| {
             let k = wl.partition_point(|&w| w < g).clamp(1, wl.len() - 1);
             let t = ((g - wl[k - 1]) / (wl[k] - wl[k - 1])).clamp(0.0, 1.0);
             fl[k - 1] + t * (fl[k] - fl[k - 1])
         })
-        .collect())
+        .collect();
+    Ok(Truth {
+        flux,
+        features: (!features.is_empty()).then_some(features),
+    })
 }
 
-/// Score `r` against `truth` (on `r.grid`, read by [`read_truth`] from `path`); sets `r.truth`
-/// and `r.summary.truth`.
-pub fn score_against(r: &mut Reconstruction, path: &Path, truth: Vec<f64>) {
-    let (lo, hi) = (r.grid[0], r.grid[r.grid.len() - 1]);
-    let lines = LINES
+/// Score `x` against the truth: written and smoothed-output errors, and every listed feature
+/// whose measuring window (with sidebands) lies inside the grid.
+pub fn score_spectrum(
+    grid: &[f64],
+    x: &[f64],
+    truth: &[f64],
+    features: &[Feature],
+) -> (f64, f64, Vec<LineScore>) {
+    let (lo, hi) = (grid[0], grid[grid.len() - 1]);
+    let smooth_truth = smooth_to_resolution(grid, truth);
+    let lines = features
         .iter()
-        .filter(|l| l.0 - 4.0 * super::grid::resolution_width(l.0) > lo)
-        .filter(|l| l.0 + 4.0 * super::grid::resolution_width(l.0) < hi)
-        .map(|l| {
-            let t = measure_line(&r.grid, &truth, l.0);
-            let x = measure_line(&r.grid, &r.flux, l.0);
-            LineScore {
-                wavelength: l.0,
-                truth: t,
-                recovered: x,
-                ratio: x / t,
-            }
+        .filter_map(|f| {
+            let half = feature_half_width(f.centre, f.sigma);
+            (f.centre - 2.0 * half > lo && f.centre + 2.0 * half < hi).then(|| {
+                let t = measure_feature(grid, truth, f.centre, half);
+                let r = measure_feature(grid, x, f.centre, half);
+                let tp = feature_peak(grid, &smooth_truth, f.centre, half);
+                let rp = feature_peak(grid, x, f.centre, half);
+                LineScore {
+                    wavelength: f.centre,
+                    kind: f.kind,
+                    truth: t,
+                    recovered: r,
+                    ratio: r / t,
+                    peak_ratio: rp / tp,
+                }
+            })
         })
         .collect();
+    (
+        relative_rms_written(grid, x, truth, lo + 0.05, hi - 0.05),
+        relative_rms(grid, x, truth, lo + 0.05, hi - 0.05),
+        lines,
+    )
+}
+
+/// Score `r` (and its baseline) against `truth`, read by [`read_truth`] from `path`; sets
+/// `r.truth` and `r.summary.truth`.
+pub fn score_against(r: &mut Reconstruction, path: &Path, truth: Truth) {
+    let feats = truth.features.clone().unwrap_or_default();
+    let (rms, rms_s, lines) = score_spectrum(&r.grid, &r.flux, &truth.flux, &feats);
+    let lines_note = match &truth.features {
+        None => Some(format!(
+            "{} lists no features (`# feature,emission|absorption,CENTRE,SIGMA`): line ratios skipped",
+            path.display()
+        )),
+        Some(_) if lines.is_empty() => {
+            Some("no listed feature has its measuring window on the grid".to_string())
+        }
+        Some(_) => None,
+    };
+    let baseline = (r.summary.solver == "dip")
+        .then_some(r.baseline.as_ref())
+        .flatten()
+        .map(|b| {
+            let (rms, rms_s, lines) = score_spectrum(&r.grid, b, &truth.flux, &feats);
+            BaselineScore {
+                relative_rms: rms,
+                relative_rms_smoothed_output: rms_s,
+                lines,
+            }
+        });
     r.summary.truth = Some(TruthScore {
         file: path.display().to_string(),
-        relative_rms: relative_rms(&r.grid, &r.flux, &truth, lo + 0.05, hi - 0.05),
+        relative_rms: rms,
+        relative_rms_smoothed_output: rms_s,
         lines,
+        lines_note,
+        baseline,
     });
-    r.truth = Some(truth);
+    r.truth = Some(truth.flux);
 }
 
 /// Run the configured solver on the photometry CSV at `input` (no files written).
@@ -241,6 +354,8 @@ pub fn reconstruct(
                 best_loss: fits.iter().map(|f| f.best_loss).collect(),
                 stopped_early: fits.iter().map(|f| f.stopped_early).collect(),
                 stop_reason: fits.iter().map(|f| f.stop_reason).collect(),
+                held_out: fits.iter().map(|f| f.held_out.len()).collect(),
+                d2_lambda: fits.iter().map(|f| f.d2_lambda).collect(),
                 seconds_per_member: fits.iter().map(|f| f.seconds).collect(),
                 seconds_per_epoch: total_secs / total_epochs.max(1) as f64,
             };
@@ -318,6 +433,16 @@ pub fn write_outputs(
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let model_obs = r.op.apply(&r.flux);
+    let clipped = &r.summary.qc.clipped_rows;
+    let (cop, ckept) = Operator::build(
+        &r.grid,
+        &clipped.iter().map(|o| o.wavelength).collect::<Vec<_>>(),
+        &clipped.iter().map(|o| o.bandwidth).collect::<Vec<_>>(),
+    );
+    let clipped: Vec<Observation> = ckept.iter().map(|&i| clipped[i].clone()).collect();
+    let model_clipped = cop.apply(&r.flux);
+    let truth_smoothed = r.truth.as_ref().map(|t| smooth_to_resolution(&r.grid, t));
     output::plot_spectrum(
         &p,
         &PlotInput {
@@ -327,6 +452,9 @@ pub fn write_outputs(
             ),
             grid: &r.grid,
             obs: &r.obs,
+            model_obs: &model_obs,
+            clipped: &clipped,
+            model_clipped: &model_clipped,
             flux: &r.flux,
             std: r.flux_std.as_deref(),
             baseline: if cfg.dip.solver == Solver::Dip {
@@ -334,7 +462,7 @@ pub fn write_outputs(
             } else {
                 None
             },
-            truth: r.truth.as_deref(),
+            truth_smoothed: truth_smoothed.as_deref(),
         },
     )?;
     files.push(p);
@@ -347,20 +475,27 @@ pub fn write_outputs(
 }
 
 /// Write a simulated source: `simulated.csv` (spxquery schema) and `truth.csv` (the true
-/// spectrum on the reconstruction grid and smoothed to the instrument resolution).
+/// spectrum on the reconstruction grid and smoothed to the instrument resolution, with one
+/// `# feature,KIND,CENTRE_UM,SIGMA_UM` comment line per feature of the source, or
+/// `# features: none`).
 pub fn write_simulation(
     rows: &[SimRow],
-    sim: &SimulateConfig,
+    src: &Source,
     grid: &[f64],
     out: &Path,
     seed: u64,
 ) -> Result<(PathBuf, PathBuf), SpxError> {
-    crate::io::ensure_dir(out)?;
     let csv = out.join("simulated.csv");
+    let tp = out.join("truth.csv");
+    let truth: Vec<f64> = grid.iter().map(|&l| src.flux(l)).collect();
+    let smooth = smooth_to_resolution(grid, &truth);
+    let feats = src.features(grid[0], grid[grid.len() - 1]);
+    crate::io::ensure_dir(out)?;
     write_atomic(&csv, |w| {
         writeln!(
             w,
-            "# spx dip simulate (seed {seed}): power law + emission lines + PAH + ices"
+            "# spx dip simulate (seed {seed}, kind {:?}): synthetic SPHEREx photometry",
+            src.kind
         )?;
         writeln!(
             w,
@@ -387,10 +522,22 @@ pub fn write_simulation(
         }
         Ok(())
     })?;
-    let truth: Vec<f64> = grid.iter().map(|&l| truth_flux(l, sim)).collect();
-    let smooth = super::simulate::smooth_to_resolution(grid, &truth);
-    let tp = out.join("truth.csv");
     write_atomic(&tp, |w| {
+        writeln!(
+            w,
+            "# spx dip simulate (seed {seed}, kind {:?}): true spectrum",
+            src.kind
+        )?;
+        if feats.is_empty() {
+            writeln!(w, "# features: none")?;
+        }
+        for f in &feats {
+            let kind = match f.kind {
+                FeatureKind::Emission => "emission",
+                FeatureKind::Absorption => "absorption",
+            };
+            writeln!(w, "# feature,{kind},{:.6},{:.6}", f.centre, f.sigma)?;
+        }
         writeln!(w, "wavelength,flux,flux_smoothed")?;
         for ((l, t), s) in grid.iter().zip(&truth).zip(&smooth) {
             writeln!(w, "{l:.6},{t:.6e},{s:.6e}")?;

@@ -206,7 +206,16 @@ pub struct TikhonovResult {
     pub solves: usize,
     pub seconds: f64,
     pub scale: f64,
+    /// λ was chosen automatically but sits at the top of its search range (`LAMBDA_MAX`): even
+    /// the smoothest spectrum fits the data below the target χ²/M.
+    pub lambda_at_cap: bool,
+    /// λ sits at the bottom of its range (`LAMBDA_MIN`): no λ reaches the target χ²/M.
+    pub lambda_at_floor: bool,
 }
+
+/// Search range of the automatic λ (scaled units).
+pub const LAMBDA_MIN: f64 = 1e-8;
+pub const LAMBDA_MAX: f64 = 1e8;
 
 /// Solve the baseline for observations `y ± sigma` (µJy).
 pub fn solve(
@@ -231,16 +240,19 @@ pub fn solve(
         let c = chi2(op, &x, &ys, &ss) / m;
         Some((x, c))
     };
+    let (mut at_cap, mut at_floor) = (false, false);
     let lambda = if cfg.lambda > 0.0 {
         cfg.lambda
     } else {
-        let (mut lo, mut hi) = (-8.0f64, 8.0f64);
-        let c_lo = eval(10f64.powf(lo))?.1;
-        let c_hi = eval(10f64.powf(hi))?.1;
+        let (mut lo, mut hi) = (LAMBDA_MIN.log10(), LAMBDA_MAX.log10());
+        let c_lo = eval(LAMBDA_MIN)?.1;
+        let c_hi = eval(LAMBDA_MAX)?.1;
         if c_lo >= cfg.target_chi2 {
-            10f64.powf(lo)
+            at_floor = true;
+            LAMBDA_MIN
         } else if c_hi <= cfg.target_chi2 {
-            10f64.powf(hi)
+            at_cap = true;
+            LAMBDA_MAX
         } else {
             for _ in 0..40 {
                 let mid = 0.5 * (lo + hi);
@@ -270,5 +282,7 @@ pub fn solve(
         solves,
         seconds: t0.elapsed().as_secs_f64(),
         scale,
+        lambda_at_cap: at_cap,
+        lambda_at_floor: at_floor,
     })
 }

@@ -6,14 +6,18 @@
 //! (`pixel`); the spectrum with the lowest total loss seen is returned.
 //!
 //! A deep image prior regularises by stopping: left running it fits the noise (χ²/M ≈ 0.3 after
-//! 3000 epochs on a simulated source). By default the fit stops when χ²/M of the forward model
-//! reaches `stop_chi2` (Morozov's discrepancy principle: the data are fitted to their noise
-//! level, no further).
+//! 3000 epochs on a simulated source). The fit can stop when χ²/M of the forward model reaches
+//! `stop_chi2` (Morozov's discrepancy principle), or on a held-out validation split of the
+//! observations (`validation_fraction`): the spectrum of the epoch with the lowest held-out χ² is
+//! returned. Optional terms: the output passed through one resolution element λ/R
+//! (`smooth_output`), a second-difference penalty tied to the Tikhonov baseline's discrepancy λ
+//! (`smoothness_weight`), and an exponential moving average of the output (`ema_decay`).
 
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::activation::softplus;
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -22,6 +26,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::forward::Operator;
+use super::grid::{linspace, resolution_width};
 use super::kernel::ricker_bank;
 use super::unet::{UNet, UNetSpec};
 use super::{DipConfig, LossMode, Weighting};
@@ -74,8 +79,11 @@ pub struct EpochLoss {
     pub total: f64,
     pub data: f64,
     pub reg: f64,
-    /// χ²/M of the forward model with 1/σ² weights, whatever the loss mode.
+    /// χ²/M of the forward model with 1/σ² weights over the fitted (non-held-out) observations,
+    /// whatever the loss mode.
     pub chi2: f64,
+    /// χ²/M over the held-out observations (NaN without a validation split).
+    pub val_chi2: f64,
 }
 
 /// Why a fit ended.
@@ -88,6 +96,8 @@ pub enum StopReason {
     Discrepancy,
     /// No relative improvement for `early_stop_patience` epochs.
     Patience,
+    /// The held-out χ² did not improve for `validation_patience` epochs.
+    Validation,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +113,10 @@ pub struct FitResult {
     pub history: Vec<EpochLoss>,
     pub seed: u64,
     pub scale: f64,
+    /// Observations held out for validation (indices into the problem's rows).
+    pub held_out: Vec<usize>,
+    /// Weight of ‖D2 x‖² used (scaled units; 0 = none).
+    pub d2_lambda: f64,
 }
 
 /// Device-side constants of the loss.
@@ -111,39 +125,106 @@ pub struct LossTerms {
     w: Tensor<2>,
     y: Tensor<2>,
     wt: Tensor<2>,
-    /// 1/σ² (scaled units), for χ² whatever the loss weights.
+    /// 1/σ² (scaled units) on fitted rows, 0 on held-out rows, for χ².
     ivar: Tensor<2>,
+    /// 1/σ² on held-out rows, 0 elsewhere.
+    ivar_val: Tensor<2>,
+    m_fit: usize,
+    m_val: usize,
     bank: Tensor<3>,
     pad: usize,
     m: usize,
     k: usize,
     mode: LossMode,
     lambda: f64,
+    d2_lambda: f64,
+    /// The λ/R boxcar (gathered rows, one per grid pixel) when `smooth_output`, and how many
+    /// times it is applied.
+    smooth: Option<(Tensor<1, Int>, Tensor<2>, usize)>,
+    smooth_passes: usize,
+}
+
+/// The λ/R resolution element as an operator on the grid: row j is the Δν-weighted boxcar of
+/// width λ_j/R centred on pixel j (what a filter there would measure).
+pub fn resolution_operator(grid: &[f64]) -> Operator {
+    let widths: Vec<f64> = grid.iter().map(|&l| resolution_width(l)).collect();
+    Operator::build(grid, grid, &widths).0
 }
 
 impl LossTerms {
-    pub fn new(cfg: &DipConfig, p: &Problem, scale: f64, device: &Device) -> Self {
+    /// `held_out` rows are excluded from the loss and scored separately; `d2_lambda` weighs
+    /// ‖D2 x‖² (scaled units).
+    pub fn new(
+        cfg: &DipConfig,
+        p: &Problem,
+        scale: f64,
+        held_out: &[usize],
+        d2_lambda: f64,
+        device: &Device,
+    ) -> Self {
         let op = p.op;
         let ys: Vec<f64> = p.y.iter().map(|v| v / scale).collect();
         let ss: Vec<f64> = p.sigma.iter().map(|v| v / scale).collect();
-        let wt = obs_weights(&ss, cfg.weighting, cfg.epsilon_weight);
-        let ivar = obs_weights(&ss, Weighting::Variance, 0.0);
+        let mut wt = obs_weights(&ss, cfg.weighting, cfg.epsilon_weight);
+        let mut ivar = obs_weights(&ss, Weighting::Variance, 0.0);
+        let mut ivar_val = vec![0.0; op.m];
+        for &i in held_out {
+            ivar_val[i] = ivar[i];
+            ivar[i] = 0.0;
+            wt[i] = 0.0;
+        }
         let f = |v: &[f64]| v.iter().map(|&x| x as Elem).collect::<Vec<_>>();
-        let idx: Vec<i64> = op.idx.iter().map(|&i| i as i64).collect();
+        let int = |v: &[usize]| {
+            let v: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+        };
         let (bank, kmax, pad) = ricker_bank(&cfg.cwt_scales);
         let ns = cfg.cwt_scales.len();
+        let smooth = cfg.smooth_output.then(|| {
+            let grid = linspace(cfg.wavelength_min, cfg.wavelength_max, op.n);
+            let s = resolution_operator(&grid);
+            (
+                int(&s.idx),
+                backend::tensor_from(f(&s.w), [s.m, s.k], device),
+                s.k,
+            )
+        });
         LossTerms {
-            idx: Tensor::<1, Int>::from_data(TensorData::new(idx, [op.m * op.k]), device),
+            idx: int(&op.idx),
             w: backend::tensor_from(f(&op.w), [op.m, op.k], device),
             y: backend::tensor_from(f(&ys), [op.m, 1], device),
             wt: backend::tensor_from(f(&wt), [op.m, 1], device),
             ivar: backend::tensor_from(f(&ivar), [op.m, 1], device),
+            ivar_val: backend::tensor_from(f(&ivar_val), [op.m, 1], device),
+            m_fit: op.m - held_out.len(),
+            m_val: held_out.len(),
             bank: backend::tensor_from(f(&bank), [ns, 1, kmax], device),
             pad,
             m: op.m,
             k: op.k,
             mode: cfg.loss_mode,
             lambda: cfg.regularization_weight,
+            d2_lambda,
+            smooth,
+            smooth_passes: cfg.smooth_passes.max(1),
+        }
+    }
+
+    /// The spectrum for a network output u [N]: u itself, or u seen through λ/R
+    /// (`smooth_passes` times: 2 = a triangle of FWHM λ/R, without the boxcar's sidelobes).
+    pub fn spectrum(&self, u: Tensor<1>) -> Tensor<1> {
+        match &self.smooth {
+            None => u,
+            Some((idx, w, k)) => {
+                let n = u.dims()[0];
+                let mut x = u;
+                for _ in 0..self.smooth_passes {
+                    let g = x.select(0, idx.clone()).reshape([n, *k]);
+                    x = (g * w.clone()).sum_dim(1).reshape([n]);
+                }
+                x
+            }
         }
     }
 
@@ -153,12 +234,17 @@ impl LossTerms {
         (g * self.w.clone()).sum_dim(1)
     }
 
-    /// χ²/M of the forward model for spectrum x [N].
+    /// χ²/M of the forward model for spectrum x [N] over the fitted rows, and over the held-out
+    /// rows (0 without any): [2].
     pub fn chi2_per_obs(&self, x: Tensor<1>) -> Tensor<1> {
-        let r = self.y.clone() - self.predict(x);
-        (r.powi_scalar(2) * self.ivar.clone())
+        let r2 = (self.y.clone() - self.predict(x)).powi_scalar(2);
+        let fit = (r2.clone() * self.ivar.clone())
             .sum()
-            .div_scalar(self.m as f64)
+            .div_scalar(self.m_fit.max(1) as f64);
+        let val = (r2 * self.ivar_val.clone())
+            .sum()
+            .div_scalar(self.m_val.max(1) as f64);
+        Tensor::cat(vec![fit, val], 0)
     }
 
     /// Data term for spectrum x [N].
@@ -192,10 +278,56 @@ impl LossTerms {
         c.reshape([s, n])
     }
 
-    /// λ·Σ|CWT(x)|.
+    /// λ·Σ|CWT(x)| + λ_D2·‖D2 x‖².
     pub fn reg(&self, x: Tensor<1>) -> Tensor<1> {
-        self.cwt(x).abs().sum().mul_scalar(self.lambda)
+        let cwt = self.cwt(x.clone()).abs().sum().mul_scalar(self.lambda);
+        if self.d2_lambda > 0.0 {
+            let n = x.dims()[0];
+            let d2 = x.clone().narrow(0, 2, n - 2) - x.clone().narrow(0, 1, n - 2).mul_scalar(2.0)
+                + x.narrow(0, 0, n - 2);
+            cwt + d2.powi_scalar(2).sum().mul_scalar(self.d2_lambda)
+        } else {
+            cwt
+        }
     }
+}
+
+/// A validation split: `round(fraction·m)` rows drawn without replacement by a generator of its
+/// own (seeded from `seed`), so that the split does not shift the network's initialisation.
+pub fn validation_rows(m: usize, fraction: f64, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::index::sample;
+    let k = ((fraction * m as f64).round() as usize).min(m.saturating_sub(1));
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7661_6c69_6461_7465);
+    let mut v = sample(&mut r, m, k).into_vec();
+    v.sort_unstable();
+    v
+}
+
+/// The second-difference weight of the fit: `smoothness_weight` × the Tikhonov baseline's
+/// discrepancy λ on the same data, converted to this fit's flux units. 0 when off, when the
+/// baseline cannot be solved, or when its λ sits at an end of its search range: then no λ meets
+/// the discrepancy (at the cap, e.g. a blackbody, even the smoothest solution fits), the value is
+/// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
+/// simulated star.
+pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
+    if cfg.smoothness_weight <= 0.0 {
+        return 0.0;
+    }
+    super::tikhonov::solve(
+        p.op,
+        p.y,
+        p.sigma,
+        &cfg.tikhonov,
+        cfg.weighting,
+        cfg.epsilon_weight,
+    )
+    .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
+    .map(|t| cfg.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
+    .unwrap_or(0.0)
 }
 
 /// Fit one network with `seed`. `device` must be an autodiff device.
@@ -210,11 +342,14 @@ pub fn fit(
     let n = p.op.n;
     let scale = if cfg.scale_flux { flux_scale(p.y) } else { 1.0 };
     let mut rng = backend::seeded(device, seed);
-    let terms = LossTerms::new(cfg, p, scale, device);
+    let held_out = validation_rows(p.op.m, cfg.validation_fraction, seed);
+    let d2 = d2_lambda(cfg, p, scale);
+    let terms = LossTerms::new(cfg, p, scale, &held_out, d2, device);
     let normal = Normal::new(0.0, cfg.noise_std.max(0.0)).expect("finite noise std");
     let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
     let z = backend::tensor_from(z, [1, 1, n], device);
 
+    // Positivity (Softplus) is applied here, after the optional flat start.
     let spec = UNetSpec {
         length: n,
         depth: cfg.depth,
@@ -222,25 +357,52 @@ pub fn fit(
         kernel_size: cfg.kernel_size,
         leaky_slope: cfg.leaky_slope,
         init: cfg.init,
-        positivity: cfg.positivity,
+        positivity: false,
     };
     let mut net = UNet::new(&spec, device);
+    // Flat start: subtract the randomly initialised network's own output, so the first spectrum
+    // is the constant median flux and every structure in the result was put there by the data's
+    // gradients; otherwise the init's random structure in the null space of H (what no filter
+    // constrains) survives an early stop.
+    let start = cfg.start_flat.then(|| {
+        let level = if cfg.positivity {
+            (1f64.exp() - 1.0).ln() // softplus⁻¹(1)
+        } else {
+            1.0
+        };
+        net.forward(z.clone())
+            .reshape([n])
+            .detach()
+            .neg()
+            .add_scalar(level)
+    });
+    let output = |net: &UNet| {
+        let mut u = net.forward(z.clone()).reshape([n]);
+        if let Some(s) = &start {
+            u = u + s.clone();
+        }
+        if cfg.positivity { softplus(u, 1.0) } else { u }
+    };
     let mut opt = AdamConfig::new().init();
 
-    let mut best = (f64::INFINITY, 0usize, vec![0f32; n]);
+    let validate = !held_out.is_empty();
+    // (score, epoch, spectrum): score = total loss, or held-out χ² with a validation split.
+    let mut best = (f64::INFINITY, 0usize, vec![0f64; n]);
+    let mut ema: Option<Vec<f64>> = None;
     let mut history = Vec::with_capacity(cfg.epochs);
     let mut last_improve = (f64::INFINITY, 0usize);
     let mut stop = StopReason::Epochs;
     let mut epochs_run = 0;
     for epoch in 0..cfg.epochs {
-        let x = net.forward(z.clone()).reshape([n]);
+        let x = terms.spectrum(output(&net));
         let data = terms.data(x.clone());
         let reg = terms.reg(x.clone());
         let chi2 = terms.chi2_per_obs(x.clone().detach());
         let loss = data.clone() + reg.clone();
-        // One host read for all three numbers.
+        // One host read for the four numbers.
         let v = backend::to_vec(Tensor::cat(vec![data.detach(), reg.detach(), chi2], 0));
         let (d, r, c2) = (v[0] as f64, v[1] as f64, v[2] as f64);
+        let vc2 = if validate { v[3] as f64 } else { f64::NAN };
         let total = d + r;
         history.push(EpochLoss {
             epoch,
@@ -248,16 +410,40 @@ pub fn fit(
             data: d,
             reg: r,
             chi2: c2,
+            val_chi2: vc2,
         });
         epochs_run = epoch + 1;
-        // At the discrepancy stop this epoch's spectrum is returned: it is the one that meets the
-        // noise level (an earlier lower-loss epoch may not).
+        let xs: Vec<f64> = backend::to_vec(x.detach())
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let current = match ema.as_mut() {
+            Some(e) if cfg.ema_decay > 0.0 => {
+                let a = cfg.ema_decay;
+                for (e, v) in e.iter_mut().zip(&xs) {
+                    *e = a * *e + (1.0 - a) * v;
+                }
+                e.clone()
+            }
+            _ => {
+                ema = Some(xs.clone());
+                xs
+            }
+        };
+        // At the discrepancy stop (without validation) this epoch's spectrum is returned: it is
+        // the one that meets the noise level (an earlier lower-loss epoch may not).
         let reached = cfg.stop_chi2 > 0.0 && c2 <= cfg.stop_chi2;
-        if total < best.0 || reached {
-            best = (total, epoch, backend::to_vec(x.detach()));
+        let score = if validate { vc2 } else { total };
+        if score < best.0 || (reached && !validate) {
+            best = (score, epoch, current);
         }
         if reached {
             stop = StopReason::Discrepancy;
+            pb.inc(1);
+            break;
+        }
+        if validate && epoch - best.1 >= cfg.validation_patience {
+            stop = StopReason::Validation;
             pb.inc(1);
             break;
         }
@@ -278,9 +464,9 @@ pub fn fit(
     }
     let _ = net.valid();
     FitResult {
-        spectrum: best.2.iter().map(|&v| v as f64 * scale).collect(),
+        spectrum: best.2.iter().map(|&v| v * scale).collect(),
         best_epoch: best.1,
-        best_loss: best.0,
+        best_loss: history.get(best.1).map_or(f64::NAN, |h| h.total),
         epochs_run,
         stopped_early: stop != StopReason::Epochs,
         stop_reason: stop,
@@ -288,5 +474,7 @@ pub fn fit(
         history,
         seed,
         scale,
+        held_out,
+        d2_lambda: d2,
     }
 }

@@ -20,7 +20,7 @@ static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 /// Register the bundled font under "sans-serif" (the family plotters asks for by default).
-fn ensure_font() {
+pub(crate) fn ensure_font() {
     REGISTER.call_once(|| {
         for style in [
             FontStyle::Normal,
