@@ -1,7 +1,5 @@
 //! Spektron model: wavelet tokens, shapes, losses, pretraining, checkpoints.
 
-mod common;
-
 use burn::tensor::{Int, Tensor};
 use spx::backend::{DeviceSpec, seeded, tensor_from, to_vec};
 use spx::config::Config;
@@ -25,7 +23,7 @@ fn tiny_model_cfg() -> ModelConfig {
 
 #[test]
 fn db4_filters_are_orthonormal() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let s: f64 = DB4_DEC_LO.iter().sum();
     assert!((s - 2f64.sqrt()).abs() < 1e-12);
     let e: f64 = DB4_DEC_LO.iter().map(|v| v * v).sum();
@@ -37,7 +35,7 @@ fn db4_filters_are_orthonormal() {
 
 #[test]
 fn dwt_matches_hand_computation_on_short_signal() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     // x = [1,2,3,4], half-sample symmetric extension: x[-1]=1, x[-2]=2, x[-3]=3, x[-4]=4,
     // x[-5]=4, x[-6]=3; x[4]=4, x[5]=3, x[6]=2. c[k] = Σ_j h[j] x[2k+1−j], 5 outputs.
     let x = [1.0, 2.0, 3.0, 4.0];
@@ -88,7 +86,7 @@ fn dwt_matches_hand_computation_on_short_signal() {
 
 #[test]
 fn wavedec_lengths_and_token_count() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     assert_eq!(
         wavelet::wavedec_lengths(2048, 4),
         vec![134, 134, 262, 517, 1027]
@@ -107,13 +105,13 @@ fn wavedec_lengths_and_token_count() {
 
 #[test]
 fn wavelet_perfect_reconstruction() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 3);
     use rand::Rng;
     for (n, level) in [(2048, 4), (1000, 4), (37, 2), (9, 1)] {
         let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
         let y = wavelet::waverec(&wavelet::wavedec(&x, level), n);
-        let err = common::max_abs_diff(&x, &y);
+        let err = crate::common::max_abs_diff(&x, &y);
         assert!(err < 1e-10, "n={n} level={level} err={err}");
     }
     let lay = TokenLayout::new(2048, 4, 32);
@@ -124,13 +122,13 @@ fn wavelet_perfect_reconstruction() {
     assert_eq!(p.len(), 65 * 32);
     assert!(p[2074..].iter().all(|&v| v == 0.0), "padding is zero");
     let y = lay.decode(&p);
-    let err = common::max_abs_diff(&x, &y);
+    let err = crate::common::max_abs_diff(&x, &y);
     assert!(err < 1e-4, "{err}");
 }
 
 #[test]
 fn model_shapes_through_encode_and_decode() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = DeviceSpec::Cpu.device().unwrap();
     let mut rng = seeded(&dev, 1);
     let cfg = tiny_model_cfg();
@@ -183,7 +181,7 @@ fn s(t: Tensor<1>) -> f32 {
 
 #[test]
 fn block_mask_count_and_blocks() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let mut rng = seeded(&DeviceSpec::Cpu.device().unwrap(), 9);
     for n in [10, 65, 127] {
         let m = losses::block_mask(n, 0.2, 3, &mut rng);
@@ -199,7 +197,7 @@ fn block_mask_count_and_blocks() {
 
 #[test]
 fn masked_mse_hand_case() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = DeviceSpec::Cpu.device().unwrap();
     // B=1, P=2, K=2: patch 0 error (1,1) → 1, patch 1 error (2,0) → 2; only patch 1 masked.
     let p = tensor_from(vec![1.0, 1.0, 2.0, 0.0], [1, 2, 2], &dev);
@@ -213,7 +211,7 @@ fn masked_mse_hand_case() {
 
 #[test]
 fn info_nce_hand_cases() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     // Orthogonal matching pairs with small τ: loss → 0.
     let a = t2(vec![1.0, 0.0, 0.0, 1.0], 2, 2);
     assert!(s(losses::info_nce(a.clone(), a, 0.01)) < 1e-6);
@@ -224,7 +222,7 @@ fn info_nce_hand_cases() {
 
 #[test]
 fn sinkhorn_hand_cases() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     // Well-separated points (distance ≫ ε): the plan is the identity matching.
     let x = t2(vec![0.0, 0.0, 5.0, 0.0, 0.0, 5.0], 3, 2);
     assert!(s(losses::sinkhorn(x.clone(), x.clone(), 0.05, 100)) < 1e-4);
@@ -235,7 +233,7 @@ fn sinkhorn_hand_cases() {
 
 #[test]
 fn physics_and_kl_hand_cases() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let ramp: Vec<f32> = (0..10).map(|i| 2.0 * i as f32 + 1.0).collect();
     assert!(s(losses::smoothness(t2(ramp.clone(), 1, 10))) < 1e-8);
     let quad: Vec<f32> = (0..10).map(|i| (i * i) as f32).collect();
@@ -297,7 +295,7 @@ fn tiny_pretrain_cfg() -> spx::spektron::config::SpektronConfig {
 
 #[test]
 fn lr_schedule_warmup_then_cosine() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let mut p = Config::default().spektron.pretrain;
     p.lr = 1.0;
     p.warmup = 10;
@@ -312,7 +310,7 @@ fn lr_schedule_warmup_then_cosine() {
 
 #[test]
 fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use burn::module::Module;
     use spx::spektron::model::{checkpoint, pretrain};
     let dir = tempfile::tempdir().unwrap();
@@ -386,7 +384,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
 
 #[test]
 fn lora_step_changes_only_adapters_and_heads_and_merges() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use burn::module::Module;
     use spx::spektron::model::finetune::{self, FinetuneMode, Labelled};
     use spx::spektron::model::lora;
@@ -449,13 +447,13 @@ fn lora_step_changes_only_adapters_and_heads_and_merges() {
     let merged = ft.valid().materialize();
     assert!(!lora::snapshot(&merged).keys().any(|k| k.contains(".lora.")));
     let b = to_vec(merged.forward(p, d, None).recon);
-    let err = common::max_abs_diff(&a, &b);
+    let err = crate::common::max_abs_diff(&a, &b);
     assert!(err < 1e-4, "{err}");
 }
 
 #[test]
 fn ttt_updates_only_norm_layers() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use spx::spektron::model::finetune::{self, TttConfig};
     use spx::spektron::model::lora;
     let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
@@ -491,9 +489,9 @@ fn ttt_updates_only_norm_layers() {
 
 #[test]
 fn cli_pretrain_writes_log_curve_and_checkpoint() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| common::spx_ok_in(dir.path(), args);
+    let run = |args: &[&str]| crate::common::spx_ok_in(dir.path(), args);
     run(&[
         "-q",
         "--set",
@@ -536,7 +534,7 @@ fn cli_pretrain_writes_log_curve_and_checkpoint() {
 
 #[test]
 fn selective_scan_equals_materialised_recurrence() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use burn::tensor::Distribution;
     use spx::spektron::model::mamba::{scan_sequential, selective_scan};
     let dev = DeviceSpec::Cpu.device().unwrap();
@@ -565,7 +563,7 @@ fn selective_scan_equals_materialised_recurrence() {
                 .sum_dim(3)
                 .reshape([b, l, di]),
         );
-        let err = common::max_abs_diff(&y, &want);
+        let err = crate::common::max_abs_diff(&y, &want);
         assert!(err < 1e-5, "L={l}: {err}");
         // Literal host recurrence for batch 1, channel 2.
         let (dv, xv, av, bv, cv) = (to_vec(dt), to_vec(x), to_vec(a), to_vec(bm), to_vec(cm));
@@ -601,7 +599,7 @@ fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
 
 #[test]
 fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use spx::spektron::baselines::TransferData;
     use spx::spektron::data::synth;
     use spx::spektron::model::experiment;
@@ -671,9 +669,9 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
 
 #[test]
 fn cli_ttt_and_experiment_table_quick() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| common::spx_ok_in(dir.path(), args);
+    let run = |args: &[&str]| crate::common::spx_ok_in(dir.path(), args);
     run(&[
         "-q",
         "--set",
@@ -772,7 +770,7 @@ fn cli_ttt_and_experiment_table_quick() {
 
 #[test]
 fn moe_routing_top2_and_balance_loss_closed_form() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use spx::spektron::model::moe::{Moe, route};
     let dev = DeviceSpec::Cpu.device().unwrap();
     let logits = [
@@ -843,7 +841,7 @@ fn moe_routing_top2_and_balance_loss_closed_form() {
 
 #[test]
 fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use spx::spektron::model::fno::{FnoHead, SpectralConv};
     let dev = DeviceSpec::Cpu.device().unwrap();
     let _ = seeded(&dev, 12);
@@ -922,7 +920,7 @@ fn fno_spectral_conv_matches_literal_dft_and_head_shapes() {
 
 #[test]
 fn adamw_state_checkpoint_resume_equals_uninterrupted() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     use burn::module::Module;
     use burn::optim::{AdamWConfig, GradientsParams};
     use spx::spektron::model::{checkpoint, finetune, lora};

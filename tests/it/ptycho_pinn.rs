@@ -1,7 +1,5 @@
 //! PtychoPINN parts: differentiable forward model, losses, model, training, metrics, ePIE.
 
-mod common;
-
 use burn::tensor::{Device, Tensor};
 use ndarray::Array2;
 use num_complex::Complex64;
@@ -31,7 +29,7 @@ fn to_cplx(a: &Array2<Complex64>, dev: &Device) -> Cplx<4> {
 /// The burn FFT path equals the host rustfft diffraction used by the simulator, for P·O.
 #[test]
 fn burn_forward_matches_host_diffraction() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for n in [16usize, 64] {
@@ -65,7 +63,7 @@ fn burn_forward_matches_host_diffraction() {
 /// central finite differences.
 #[test]
 fn forward_gradient_matches_finite_differences() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let n = 8;
     let host = Device::flex();
     let ad = host.clone().autodiff();
@@ -116,7 +114,7 @@ fn forward_gradient_matches_finite_differences() {
 
 #[test]
 fn losses_on_hand_made_cases() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let pred = tensor_from(vec![1.0, 2.0, 0.5, 3.0], [4], &dev);
     let obs = tensor_from(vec![1.0, 1.0, 2.0, 3.0], [4], &dev);
@@ -151,7 +149,7 @@ fn losses_on_hand_made_cases() {
 /// shifted channels land shifted.
 #[test]
 fn merge_and_extract_geometry() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     // out[i] = in[i − 2]
     let m = physics::shift_matrix(6, 6, 0.0, 0.0, 2.0);
     let x = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
@@ -265,7 +263,7 @@ fn tiny_cfg() -> spx::ptycho::train::PinnConfig {
 /// intensity scale starts at sqrt(nphotons)/(N/2) (988.21 for 1e9 photons).
 #[test]
 fn reference_parameter_count_and_scale() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let cfg = PtychoConfig::default().pinn.model;
     let shape = ModelShape::new(&cfg, 64, 2, 1e9);
@@ -283,7 +281,7 @@ fn reference_parameter_count_and_scale() {
 /// the checkpoint round-trip reproduces the outputs exactly.
 #[test]
 fn forward_shapes_training_and_checkpoint() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let (sim, data) = tiny_dataset(1e6, 5);
     assert_eq!((data.n, data.c), (16, 4));
@@ -340,7 +338,7 @@ fn forward_shapes_training_and_checkpoint() {
 #[test]
 fn training_beats_random_init_on_ssim() {
     use burn::module::Module;
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let mut pc = PtychoConfig::default();
     let s = &mut pc.simulate;
@@ -400,7 +398,7 @@ use spx::ptycho::stitch::stitch;
 
 #[test]
 fn metrics_closed_forms() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let gt = Array2::from_shape_fn((12, 12), |(r, c)| ((r * 7 + c * 3) % 5) as f64 * 0.2);
     let pred = &gt + 0.1;
     // MSE = 0.01 → PSNR = 20 dB at peak 1, 10·log10(255²/0.01) at peak 255
@@ -443,7 +441,7 @@ fn metrics_closed_forms() {
 /// Crops of a known image at integer group centroids stitch back into the image.
 #[test]
 fn stitch_reassembles_known_image() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let img = Array2::from_shape_fn((48, 48), |(r, c)| {
         num_complex::Complex32::new((r * 48 + c) as f32, -(c as f32))
     });
@@ -486,7 +484,7 @@ fn stitch_reassembles_known_image() {
 /// object amplitude approaches the truth in the scanned area.
 #[test]
 fn epie_reconstructs_simulated_object() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let mut pc = PtychoConfig::default();
     pc.simulate.n = 16;
     pc.simulate.object_size = 40;
@@ -577,7 +575,7 @@ fn spx(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn cli_train_infer_epie() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     spx(
@@ -663,7 +661,7 @@ fn cli_train_infer_epie() {
 /// and the metrics table has the four PINN arms plus ePIE at both doses.
 #[test]
 fn cli_quick_dose_study_files() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("dose");
     let q = |k: &str, v: &str| format!("ptycho.dose.quick.{k}={v}");

@@ -19,8 +19,7 @@
 //!                        'cells': cells}, format='5', do_compression=z)
 //! ```
 
-mod common;
-use common::spx;
+use crate::common::spx;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,8 +1,7 @@
 //! CRR / Shepard cubes: weights vs the literal formula, kernel anchors, reconstruction of known
 //! simulated skies (flat sky, point source, noise), FITS layout, shards, resume and bad input.
 
-mod common;
-use common::spx;
+use crate::common::spx;
 
 use std::path::Path;
 use std::process::Command;

@@ -7,8 +7,6 @@
 //! garbage, 4 run-level atomicity, 5 torn checkpoints, 6 resume, 7 data safety and paths,
 //! 8 directory walks, 9 messages, 10 byte determinism.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -780,7 +778,7 @@ fn c4_unwritable_out_fails_before_computing_and_stale_parts_are_cleaned() {
 
 #[test]
 fn c5_torn_checkpoint_and_missing_optimizer_are_refused() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let d = tempfile::tempdir().unwrap();
     synth_corpus(d.path());
     let mut args = with_sets(TINY_MODEL, &["-q", "--out", "run"]);
@@ -866,7 +864,7 @@ const PINN_SMALL: &[&str] = &[
 
 #[test]
 fn c6_ptycho_train_killed_and_resumed_equals_uninterrupted() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let d = tempfile::tempdir().unwrap();
     ok(
         d.path(),
@@ -1167,7 +1165,7 @@ fn c10_baselines_bytes_do_not_depend_on_threads() {
 
 #[test]
 fn c10_checkpoint_bytes_do_not_depend_on_the_output_path() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let d = tempfile::tempdir().unwrap();
     synth_corpus(d.path());
     for o in ["r1", "somewhere/else/r2"] {

@@ -2,8 +2,7 @@
 //! dense H, every QC rule, the Tikhonov solver, the CLI's errors and outputs, and an end-to-end
 //! reconstruction of a simulated source with known truth.
 
-mod common;
-use common::spx;
+use crate::common::spx;
 
 use std::path::{Path, PathBuf};
 
@@ -47,7 +46,7 @@ fn recon_tikhonov(input: &Path, out: &Path, extra: &[&str]) -> (i32, String, Str
 
 #[test]
 fn ricker_equals_closed_form() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     // s = 1: r = 4, K = 9, t = −4..4, A = 2/(√3·π^¼) = 0.86732507...
     let k = ricker(1.0);
     assert_eq!(k.len(), 9);
@@ -90,7 +89,7 @@ fn ricker_equals_closed_form() {
 
 #[test]
 fn reflect_padding_matches_hand_example_on_host_and_device() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     assert_eq!(
         reflect_pad(&[1.0, 2.0, 3.0, 4.0], 2),
         vec![3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 3.0, 2.0]
@@ -128,7 +127,7 @@ fn dense_h(grid: &[f64], c: &[f64], bw: &[f64]) -> Vec<Vec<f64>> {
 
 #[test]
 fn forward_operator_equals_dense_h() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let grid = linspace(1.0, 2.0, 21); // Δλ = 0.05
     let c = [1.0, 1.23, 1.5, 1.975, 0.9, 3.0, 1.5];
     let bw = [0.1, 0.2, 0.05, 0.1, 0.25, 0.1, 0.001];
@@ -198,7 +197,7 @@ fn forward_operator_equals_dense_h() {
 
 #[test]
 fn device_cwt_matches_host_convolution() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let n = 64;
     let x: Vec<f64> = (0..n)
@@ -242,7 +241,7 @@ fn row(flux: f64, err: f64, wl: f64, band: &str, flag: u64) -> String {
 
 #[test]
 fn qc_rules_each_remove_what_they_should() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("# comment line\n# another\n");
     text.push_str(HEADER);
@@ -286,7 +285,7 @@ fn qc_rules_each_remove_what_they_should() {
 
 #[test]
 fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let ripple = |i: usize| 100.0 + [0.0, 1.0, -1.0, 0.5, -0.5][i % 5];
     // Sparse sampling: 60 points 0.01 µm apart with 0.05-µm filters (about 5 see each
     // wavelength), an emission line lifting the 4 neighbours whose filters cover it, and one
@@ -331,7 +330,7 @@ fn rolling_clip_removes_glitches_but_keeps_emission_lines() {
 
 #[test]
 fn bad_csvs_give_one_line_errors_and_no_outputs() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut good_rows = String::new();
     for i in 0..12 {
@@ -380,7 +379,7 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
 
 #[test]
 fn banded_cholesky_matches_dense_solve() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let n = 12;
     let kb = 3;
     let mut a = Banded::zeros(n, kb);
@@ -450,7 +449,7 @@ fn simulated_problem(seed: u64) -> (Config, Vec<f64>, Operator, Vec<f64>, Vec<f6
 
 #[test]
 fn tikhonov_reaches_target_chi2_and_tracks_truth() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let (c, grid, op, y, s, truth) = simulated_problem(1);
     let t = tikhonov::solve(&op, &y, &s, &c.dip.tikhonov, Weighting::Variance, 1e-10).unwrap();
     assert!(
@@ -472,7 +471,7 @@ fn tikhonov_reaches_target_chi2_and_tracks_truth() {
 
 #[test]
 fn line_measure_recovers_true_integral() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let c = cfg();
     let grid = linspace(0.75, 5.0, 3000);
     let truth: Vec<f64> = grid
@@ -491,7 +490,7 @@ fn line_measure_recovers_true_integral() {
 
 #[test]
 fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let (c, _grid, op, y, s, _truth) = simulated_problem(5);
     let mut dc = c.dip.clone();
     dc.filters = 8;
@@ -562,7 +561,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
 
 #[test]
 fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let (code, _, err) = spx(&[
@@ -605,7 +604,7 @@ fn cli_simulate_then_tikhonov_recon_writes_readable_files() {
 
 #[test]
 fn ensemble_is_mean_and_std_of_seeded_members() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg();
     c.dip.resolution = 256;
@@ -679,7 +678,7 @@ fn line_ratios(grid: &[f64], x: &[f64], c: &Config) -> Vec<f64> {
 /// 1.05. Stated bounds: χ²/M in [0.5, 2], RMS at λ/R < 4 %, every line within 15 %.
 #[test]
 fn dip_with_defaults_recovers_simulated_source() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let (c, grid, op, y, s, truth) = simulated_problem(1);
     let p = Problem {
         op: &op,
@@ -770,7 +769,7 @@ fn output_spread(init: spx::dip::NetInit, seed: u64) -> (f64, f64) {
 #[test]
 fn kaiming_init_keeps_the_input_signal_through_the_unet() {
     use spx::dip::NetInit;
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let (kstd, kdep) = output_spread(NetInit::Kaiming, 4);
     let (pstd, pdep) = output_spread(NetInit::Pytorch, 4);
     eprintln!(
@@ -788,7 +787,7 @@ fn kaiming_init_keeps_the_input_signal_through_the_unet() {
 /// naming the file and the column, with no outputs.
 #[test]
 fn cli_recon_scores_against_truth() {
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
     let (code, _, err) = spx(&["dip", "simulate", "--out", d, "--seed", "1"]);
@@ -1002,7 +1001,7 @@ fn tikhonov_reports_lambda_at_its_cap() {
 #[test]
 fn dip_defaults_match_tikhonov_on_sparse_sources() {
     use spx::dip::{NoiseModel, SourceKind};
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     let mut results = Vec::new();
     for (kind, seed) in [(SourceKind::Qso, 11u64), (SourceKind::Ice, 12)] {
         let mut c = cfg();

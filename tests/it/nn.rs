@@ -5,8 +5,6 @@
 //! The spx conv is an opaque backend-extension op: burn's autodiff cannot differentiate through
 //! it, so every gradient these tests read for its inputs comes from spx's hand-written backward.
 
-mod common;
-
 use burn::module::Module;
 use burn::nn::conv::{Conv1dConfig, Conv2dConfig};
 use burn::nn::{PaddingConfig1d, PaddingConfig2d};
@@ -29,7 +27,7 @@ fn rand_vec(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 /// max |a − b| / max |b|.
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    common::max_abs_diff(a, b) / scale.max(1e-12)
+    crate::common::max_abs_diff(a, b) / scale.max(1e-12)
 }
 
 /// One 2-D case: batch, cin, h, w, cout, kernel (kh, kw), padding (t, b, l, r), mode.
@@ -169,7 +167,7 @@ fn gradients_pass_finite_differences() {
 #[test]
 fn inference_forward_equals_stock_and_modules_keep_their_parameters() {
     let dev = Device::flex();
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     dev.seed(3);
     let c2 = Conv2dConfig::new([4, 6], [3, 3])
         .with_padding(PaddingConfig2d::Same)
@@ -211,7 +209,7 @@ fn curves_agree(a: &[f32], b: &[f32], what: &str) {
 fn dip_training_losses_match_the_stock_conv() {
     let dev = Device::flex().autodiff();
     let l = 200;
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     dev.seed(11);
     let spec = UNetSpec {
         length: l,
@@ -251,7 +249,7 @@ fn dip_training_losses_match_the_stock_conv() {
 fn pinn_training_losses_match_the_stock_conv() {
     let dev = Device::flex().autodiff();
     let (b, n) = (2usize, 32usize);
-    let _rng = common::burn_rng_lock();
+    let _rng = crate::common::burn_rng_lock();
     dev.seed(13);
     let cfg = ModelConfig {
         n_filters_scale: 1,

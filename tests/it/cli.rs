@@ -1,7 +1,6 @@
 //! The `spx` binary end to end: global flags, config show, device, demo.
 
-mod common;
-use common::spx;
+use crate::common::spx;
 
 #[test]
 fn config_show_applies_file_set_and_flags_in_order() {
