@@ -713,7 +713,9 @@ fn dip_with_defaults_recovers_simulated_source() {
             assert_eq!(f.best_epoch + 1, f.epochs_run);
             assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
         }
-        StopReason::Patience => {
+        // Neither stop fired within the epoch budget (the plateau rule's minimum gain was not
+        // met for long enough): the lowest-loss epoch is returned, as for the plateau stop.
+        StopReason::Patience | StopReason::Epochs => {
             let min = f
                 .history
                 .iter()
@@ -721,6 +723,9 @@ fn dip_with_defaults_recovers_simulated_source() {
                 .fold(f64::INFINITY, f64::min);
             assert_eq!(f.history[f.best_epoch].total, min);
             assert!(f.epochs_run > f.best_epoch);
+            if f.stop_reason == StopReason::Epochs {
+                assert_eq!(f.epochs_run, c.dip.epochs);
+            }
         }
         other => panic!("unexpected stop {other:?}"),
     }
