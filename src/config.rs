@@ -539,6 +539,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("crr.corr_threshold", C(0.0, 1.0)),
         ("crr.reuse_tolerance", C(0.0, 1.0)),
         ("crr.reuse_max_error", C(0.0, 100.0)),
+        ("crr.checkpoint_slices", C(0.0, 1e6)),
         ("crr.simulate.nfiber", C(7.0, 127.0)),
         ("crr.simulate.nexp", C(1.0, 100.0)),
         ("crr.simulate.nwave", C(2.0, 20000.0)),

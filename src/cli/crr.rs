@@ -165,8 +165,12 @@ fn build(g: &Global, a: &BuildArgs) -> Result<ExitCode> {
                     outcome.path.display()
                 ));
             } else {
+                let resumed = match outcome.resumed_slices {
+                    0 => String::new(),
+                    n => format!(", {n} of them from checkpoints of an interrupted run"),
+                };
                 g.say(format!(
-                    "wrote {} (slices {s0}..{s1}, {seconds:.1} s)",
+                    "wrote {} (slices {s0}..{s1}{resumed}, {seconds:.1} s)",
                     outcome.path.display()
                 ));
             }

@@ -81,6 +81,8 @@ pub struct CrrConfig {
     pub corr_threshold: f64,
     pub reuse_tolerance: f64,
     pub reuse_max_error: f64,
+    /// Checkpoint interval inside a shard (slices; 0 = none). Does not change results.
+    pub checkpoint_slices: usize,
     pub simulate: SimulateConfig,
 }
 
@@ -143,6 +145,8 @@ impl CrrConfig {
     pub fn reconstruction_toml(&self) -> String {
         let mut t = toml::Table::try_from(self).unwrap_or_default();
         t.remove("simulate");
+        // Job-control settings that do not change the cube.
+        t.remove("checkpoint_slices");
         let mut outer = toml::Table::new();
         outer.insert("crr".into(), toml::Value::Table(t));
         toml::to_string(&outer).unwrap_or_default()

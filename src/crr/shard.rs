@@ -207,9 +207,16 @@ pub struct ShardOutcome {
     pub path: PathBuf,
     pub skipped: bool,
     pub slices: (usize, usize),
+    /// Slices taken from checkpoints of an interrupted run.
+    pub resumed_slices: usize,
 }
 
 /// Build shard `shard` into `dir`, unless a complete part with the same fingerprint is there.
+/// With `crr.checkpoint_slices > 0` (and no weight reuse) the shard is built in blocks of that
+/// many slices, each written as a checksummed checkpoint next to the part; a rerun after a kill
+/// reuses every valid checkpoint and builds only the rest. The blocks are joined into the part
+/// (bit-identical to building the range in one go: slices are independent without reuse) and
+/// the checkpoints removed.
 pub fn build_shard(
     b: &Builder<'_>,
     shard: Shard,
@@ -227,6 +234,7 @@ pub fn build_shard(
                     path,
                     skipped: true,
                     slices: (start, end),
+                    resumed_slices: 0,
                 });
             }
             Ok(()) => tracing::warn!(
@@ -236,13 +244,79 @@ pub fn build_shard(
             Err(e) => tracing::warn!("{e}; rebuilding"),
         }
     }
-    let part = b.build_range(start, end, pb);
+    let block = b.cfg.checkpoint_slices;
+    let (part, resumed_slices, checkpoints) = if block == 0 || b.cfg.reuse_tolerance > 0.0 {
+        (b.build_range(start, end, pb), 0, Vec::new())
+    } else {
+        build_blocks(b, shard, &path, &fp, (start, end), block, pb)?
+    };
     write_part(&path, &part, shard, &fp)?;
+    for c in checkpoints {
+        // The part is complete and checksummed; a leftover checkpoint only costs disk.
+        let _ = std::fs::remove_file(&c);
+    }
     Ok(ShardOutcome {
         path,
         skipped: false,
         slices: (start, end),
+        resumed_slices,
     })
+}
+
+/// Checkpoint file of block `j` (0-based) of `m` inside a part.
+fn checkpoint_path(part: &Path, j: usize, m: usize) -> PathBuf {
+    let mut name = part.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".ckpt-{}-of-{m}", j + 1));
+    part.with_file_name(name)
+}
+
+/// Build `[start, end)` block by block, reusing valid checkpoints; returns the joined part, the
+/// number of slices taken from checkpoints and the checkpoint paths.
+fn build_blocks(
+    b: &Builder<'_>,
+    shard: Shard,
+    part_path: &Path,
+    fp: &str,
+    (start, end): (usize, usize),
+    block: usize,
+    pb: &indicatif::ProgressBar,
+) -> Result<(Part, usize, Vec<PathBuf>), SpxError> {
+    let m = (end - start).div_ceil(block);
+    // A checkpoint belongs to this input, settings, shard and block size.
+    let cfp = fingerprint(&format!("{fp}|{}/{}|{block}", shard.k, shard.n));
+    let mut parts = Vec::with_capacity(m);
+    let mut paths = Vec::with_capacity(m);
+    let mut resumed = 0;
+    for j in 0..m {
+        let (s0, s1) = (start + j * block, (start + (j + 1) * block).min(end));
+        let cpath = checkpoint_path(part_path, j, m);
+        let cshard = Shard { k: j + 1, n: m };
+        let valid = matches!(part_header(&cpath), Some((h, s)) if h == cfp && s == cshard)
+            && verify_checksums(&cpath).is_ok();
+        let part = match valid.then(|| read_part(&cpath)) {
+            Some(Ok(p)) if p.start == s0 && p.flux.dim().0 == s1 - s0 => {
+                resumed += s1 - s0;
+                pb.inc((s1 - s0) as u64);
+                p
+            }
+            _ => {
+                let p = b.build_range(s0, s1, pb);
+                write_part(&cpath, &p, cshard, &cfp)?;
+                p
+            }
+        };
+        parts.push(part);
+        paths.push(cpath);
+    }
+    if resumed > 0 {
+        tracing::info!(
+            "{}: resumed {resumed} of {} slices from checkpoints",
+            part_path.display(),
+            end - start
+        );
+    }
+    let part = join_span(parts, start, end).map_err(|m| SpxError::file(part_path, m))?;
+    Ok((part, resumed, paths))
 }
 
 /// Read the N parts from `dir`, check they belong to this input and settings, and join them.
@@ -282,17 +356,24 @@ pub fn collect_parts(b: &Builder<'_>, n: usize, dir: &Path, stem: &str) -> Resul
 }
 
 /// Assemble parts covering every slice (in any order) into one.
-pub fn join_parts(mut parts: Vec<Part>, nwave: usize) -> Result<Part, String> {
+pub fn join_parts(parts: Vec<Part>, nwave: usize) -> Result<Part, String> {
+    join_span(parts, 0, nwave)
+}
+
+/// Assemble parts covering exactly the slices `[start, end)` (in any order) into one.
+pub fn join_span(mut parts: Vec<Part>, start: usize, end: usize) -> Result<Part, String> {
     parts.sort_by_key(|p| p.start);
-    let mut next = 0;
+    let mut next = start;
     for p in &parts {
         if p.start != next {
             return Err(format!("slices {next}..{} are missing", p.start));
         }
         next += p.flux.dim().0;
     }
-    if next != nwave {
-        return Err(format!("parts cover {next} of {nwave} slices"));
+    if next != end {
+        return Err(format!(
+            "parts cover slices {start}..{next}, not {start}..{end}"
+        ));
     }
     let cat3 = |f: &dyn Fn(&Part) -> ndarray::ArrayView3<'_, f32>| {
         let views: Vec<_> = parts.iter().map(f).collect();
@@ -321,7 +402,7 @@ pub fn join_parts(mut parts: Vec<Part>, nwave: usize) -> Result<Part, String> {
     let mut bands: Vec<BandSlice> = parts.iter().flat_map(|p| p.bands.clone()).collect();
     bands.sort_by_key(|b| b.band);
     Ok(Part {
-        start: 0,
+        start,
         flux,
         ivar,
         mask,

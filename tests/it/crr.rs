@@ -486,6 +486,124 @@ fn sharded_build_and_merge_equal_one_shot_and_resume_skips() {
 }
 
 #[test]
+fn checkpointed_shard_equals_one_go_and_leaves_no_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.simulate.nwave = 23;
+    c.simulate.snr = 30.0;
+    let rss = sim(dir.path(), "ck-LOGRSS.fits", &c, 5);
+    let stem = logcube::output_stem(&rss.path, c.method);
+    let sh = Shard { k: 2, n: 2 };
+    let mut parts = Vec::new();
+    for (name, block) in [("one-go", 0), ("blocks", 4)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        c.checkpoint_slices = block;
+        let b = Builder::new(&rss, &c).unwrap();
+        let o = shard::build_shard(&b, sh, &d, &stem, &hidden()).unwrap();
+        assert_eq!(
+            (o.skipped, o.resumed_slices, o.slices),
+            (false, 0, (11, 23))
+        );
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".ckpt-"))
+            .collect();
+        assert!(left.is_empty(), "checkpoints left behind: {left:?}");
+        parts.push(std::fs::read(&o.path).unwrap());
+    }
+    // Blocks of 4 slices (3 + a short one) give the same part file, byte for byte.
+    assert!(
+        parts[0] == parts[1],
+        "block-wise part differs from one-go part"
+    );
+}
+
+#[test]
+fn killed_shard_resumes_from_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let rss = dir.path().join("kill-LOGRSS.fits");
+    let rs = rss.to_str().unwrap();
+    let (code, _, err) = spx(&[
+        "crr", "simulate", "--nwave", "400", "--snr", "30", "-o", rs, "--out", d, "-q",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let build = |out: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spx"));
+        cmd.args([
+            "--threads",
+            "1",
+            "-q",
+            "--json",
+            "crr",
+            "build",
+            rs,
+            "--shard",
+            "1/1",
+        ])
+        .args(["--set", "crr.checkpoint_slices=10", "--out"])
+        .arg(out);
+        cmd
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let o = build(&a).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Kill the second run as soon as its first checkpoint is on disk.
+    let mut child = build(&b)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let ckpts = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter(|e| {
+                        // finished checkpoints only (not a temporary being written)
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        n.rsplit_once(".ckpt-").is_some_and(|(_, t)| {
+                            t.split_once("-of-").is_some_and(|(j, m)| {
+                                j.parse::<usize>().is_ok() && m.parse::<usize>().is_ok()
+                            })
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while ckpts(&b) == 0 {
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "build ended before a checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let part = |dir: &Path| dir.join("kill-CRR.part-1-of-1.fits");
+    assert!(!part(&b).exists(), "killed run must not leave a part");
+    let kept = ckpts(&b);
+    assert!((1..40).contains(&kept), "{kept} checkpoints after the kill");
+
+    // The rerun takes the checkpointed slices and writes the same part, byte for byte.
+    let o = build(&b).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let resumed = j["resumed_slices"].as_u64().unwrap();
+    assert!(resumed >= 10 && resumed % 10 == 0 && resumed < 400, "{j}");
+    assert!(std::fs::read(part(&a)).unwrap() == std::fs::read(part(&b)).unwrap());
+    assert_eq!(
+        ckpts(&b),
+        0,
+        "checkpoints must be removed once the part is written"
+    );
+}
+
+#[test]
 fn cli_simulate_shard_merge_quality() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
