@@ -594,7 +594,10 @@ fn killed_shard_resumes_from_its_checkpoints() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let resumed = j["resumed_slices"].as_u64().unwrap();
-    assert!(resumed >= 10 && resumed.is_multiple_of(10) && resumed < 400, "{j}");
+    assert!(
+        resumed >= 10 && resumed.is_multiple_of(10) && resumed < 400,
+        "{j}"
+    );
     assert!(std::fs::read(part(&a)).unwrap() == std::fs::read(part(&b)).unwrap());
     assert_eq!(
         ckpts(&b),
@@ -875,19 +878,11 @@ fn files_with(dir: &Path, pat: &str) -> Vec<String> {
         .collect()
 }
 
-/// A hostile-input run: exit 2, the first stderr line names the file and the field, no panic
-/// text, and nothing new in `out`.
+/// A hostile-input run under the address-space limit (common::refused_run): exit 2, the first
+/// stderr line names the file and the field, no panic text, and nothing new in `out`.
 fn assert_refused(args: &[&str], out: &Path, file: &str, field: &str) {
-    let before = files_with(out, "");
-    let (code, _, err) = spx(args);
-    let first = err.lines().next().unwrap_or_default();
-    assert_eq!(code, 2, "{args:?}: {err}");
-    assert!(
-        first.contains(file) && first.contains(field),
-        "{args:?}: first line must name {file} and {field}: {first}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(files_with(out, ""), before, "{args:?} left files");
+    std::fs::create_dir_all(out).unwrap();
+    crate::common::refused_run(out, out, args, &[file, field]);
 }
 
 #[test]
