@@ -248,3 +248,21 @@ pub fn output_stem(input: &Path, method: Method) -> String {
         .unwrap_or(stem);
     format!("{stem}-{}", method.name().to_uppercase())
 }
+
+/// The `<band>PSF` image of a cube or part file and its BBINDEX (the slice it was measured at),
+/// or `None` when the file has no such HDU.
+pub fn read_band_psf(
+    f: &mut crate::io::fits::FitsReader,
+    path: &Path,
+    band: &str,
+) -> Result<Option<(ndarray::Array2<f64>, i64)>, SpxError> {
+    let h = format!("{band}PSF");
+    if !f.has_hdu(&h) {
+        return Ok(None);
+    }
+    let psf = f
+        .image_f64(&h)?
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|_| SpxError::field(path, &h, "expected a 2-D image"))?;
+    Ok(Some((psf, f.card_i64(&h, "BBINDEX")?)))
+}

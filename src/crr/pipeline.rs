@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ndarray::{Array2, Ix2, Ix3};
+use ndarray::{Array2, Ix3};
 use serde::Serialize;
 
 use super::cube::Builder;
@@ -221,15 +221,10 @@ pub fn quality_of(
     let mut bands = Vec::new();
     for (name, _) in BANDS {
         let h = format!("{name}PSF");
-        if !f.has_hdu(&h) {
+        let Some((psf, index)) = logcube::read_band_psf(&mut f, cube, name)? else {
             continue;
-        }
-        let psf: Array2<f64> = f
-            .image_f64(&h)?
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| SpxError::field(cube, &h, "is not 2-D"))?;
+        };
         let seeing = f.card_f64(&h, "SEEING")?;
-        let index = f.card_i64(&h, "BBINDEX")?;
         let index = usize::try_from(index)
             .ok()
             .filter(|&i| i < flux.dim().0)

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, Axis, Ix2, Ix3};
+use ndarray::{Array3, Axis, Ix3};
 
 use super::checksum::{verify_checksums, write_fits_checksummed};
 use super::cube::{BandSlice, Builder, Part};
@@ -146,15 +146,11 @@ pub fn read_part(path: &Path) -> Result<Part, SpxError> {
     };
     let mut bands = Vec::new();
     for (b, (name, _)) in BANDS.iter().enumerate() {
-        let h = format!("{name}PSF");
-        if !f.has_hdu(&h) {
+        let Some((psf, index)) = super::logcube::read_band_psf(&mut f, path, name)? else {
             continue;
-        }
-        let psf: Array2<f64> = f
-            .image_f64(&h)?
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| SpxError::field(path, &h, "expected a 2-D image"))?;
-        let index = f.card_i64(&h, "BBINDEX")? as usize;
+        };
+        let index = usize::try_from(index)
+            .map_err(|_| SpxError::field(path, format!("{name}PSF.BBINDEX"), "negative"))?;
         let correl = Correl::read(&mut f, &format!("{name}CORREL"))?;
         bands.push(BandSlice {
             band: b,
