@@ -350,7 +350,7 @@ fn training_beats_random_init_on_ssim() {
     s.nphotons = 1e9;
     let sim = spx::ptycho::simulate::simulate(&pc.simulate, 11, &indicatif::ProgressBar::hidden())
         .unwrap();
-    let data = spx::ptycho::dose::prepare(&sim.raw, &pc.group, 11).unwrap();
+    let data = spx::ptycho::recon::prepare(&sim.raw, &pc.group, 11).unwrap();
     let mut cfg = pc.pinn.clone();
     cfg.nphotons = 1e9;
     cfg.stitch_crop = 12;
@@ -365,7 +365,7 @@ fn training_beats_random_init_on_ssim() {
     assert!(h.last().unwrap().loss < h[0].loss);
     // (amplitude SSIM, Pearson correlation of |O| with |O_true|) on the covered square
     let score = |m: &PtychoPinn| {
-        let r = spx::ptycho::dose::reconstruct(m, &t.shape, &data, &sim.raw, &cfg, 64, &dev, &pb);
+        let r = spx::ptycho::recon::reconstruct(m, &t.shape, &data, &sim.raw, &cfg, 64, &dev, &pb);
         assert!(r.covered >= 24, "covered square {}", r.covered);
         let k = r.covered;
         let crop = |a: &Array2<num_complex::Complex32>| {
