@@ -428,6 +428,8 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("ptycho.dose.n_train", C(1.0, 1e6)),
         ("ptycho.dose.n_test", C(1.0, 1e6)),
         ("ptycho.dose.epie_iterations", C(0.0, 1e6)),
+        ("ptycho.dose.doses", GT(0.0, 1e15)),
+        ("ptycho.dose.repeats", C(1.0, 100.0)),
         ("ptycho.dose.quick.n", C(8.0, 1024.0)),
         ("ptycho.dose.quick.object_size", C(4.0, 16384.0)),
         ("ptycho.dose.quick.nlines", C(0.0, 1e6)),

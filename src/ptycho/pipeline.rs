@@ -137,6 +137,37 @@ pub fn simulate_into(
     })
 }
 
+/// Simulate `n_first + n_second` positions of `cfg.simulate` on one object and write them as
+/// two scans `names` (training and held-out test positions) plus the effective settings into
+/// `out`; returns the two loaded scans and the photon scale.
+pub fn simulate_split_into(
+    cfg: &PtychoConfig,
+    seed: u64,
+    out: &Path,
+    names: [&str; 2],
+    (n_first, n_second): (usize, usize),
+    hooks: &Hooks,
+) -> Result<(RawData, RawData, f64), SpxError> {
+    io::ensure_dir(out)?;
+    let mut c = cfg.clone();
+    c.simulate.n_positions = n_first + n_second;
+    let pb = hooks
+        .progress
+        .bar(c.simulate.n_positions as u64, "simulating diffraction");
+    let sim = super::simulate::simulate(&c.simulate, seed, &pb)?;
+    pb.finish_and_clear();
+    let mut scans = vec![];
+    for (name, range) in names.iter().zip([0..n_first, n_first..n_first + n_second]) {
+        let part = sim.select(range);
+        part.save(&out.join(name))?;
+        scans.push(part.raw);
+    }
+    (hooks.record)(out, &c, seed)?;
+    let test = scans.pop().expect("two scans");
+    let train = scans.pop().expect("two scans");
+    Ok((train, test, sim.photon_scale))
+}
+
 /// What `train_into` wrote and how training went.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainSummary {

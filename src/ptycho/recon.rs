@@ -60,6 +60,19 @@ fn covered_side(a: &Array2<Complex32>) -> usize {
     0
 }
 
+/// Set the exactly-zero (unreached) pixels of `a` from the same pixels of the larger,
+/// co-centred canvas `wide`.
+fn fill_holes(a: &mut Array2<Complex32>, wide: &Array2<Complex32>) {
+    let d = (wide.nrows().saturating_sub(a.nrows())) / 2;
+    for ((r, c), z) in a.indexed_iter_mut() {
+        if z.norm() == 0.0
+            && let Some(v) = wide.get((r + d, c + d))
+        {
+            *z = *v;
+        }
+    }
+}
+
 pub(crate) fn centre_crop(a: &Array2<Complex32>, k: usize) -> Array2<Complex32> {
     let (h, w) = a.dim();
     let (r0, c0) = ((h - k) / 2, (w - k) / 2);
@@ -80,12 +93,15 @@ pub fn reconstruct(
 ) -> Recon {
     let (objs, weights) = predict_objects(model, shape, data, &raw.probe, cfg, batch, dev, pb);
     // only the central N/2 square of a group estimate is normalised by the constraint map
-    let (object, centre) = stitch(
-        &objs,
-        &weights,
-        &data.offsets,
-        cfg.stitch_crop.min(data.n / 2),
-    );
+    let m = cfg.stitch_crop.min(data.n / 2);
+    let (mut object, centre) = stitch(&objs, &weights, &data.offsets, m);
+    // Pixels inside the scan that no group's M×M crop reaches are filled from the wider
+    // N/2 crops of the overlapping groups, so the scored square has no holes.
+    let wide = data.n / 2 - (data.n / 2 - m) % 2;
+    if wide > m {
+        let (w, _) = stitch(&objs, &weights, &data.offsets, wide);
+        fill_holes(&mut object, &w);
+    }
     let size = object.nrows();
     let truth = raw.object.as_ref().map(|o| {
         extract_patch(o, centre.0, centre.1, size)
