@@ -211,15 +211,27 @@ pub fn metrics_markdown(arms: &[Arm]) -> String {
         s += &format!(
             "| {nph:.0e} | {method} | {loss} | {} | {} | {} | {} | {} |\n",
             sel.len(),
-            sel.first().map_or(0, |a| a.window),
+            {
+                let lo = sel.iter().map(|a| a.window).min().unwrap_or(0);
+                let hi = sel.iter().map(|a| a.window).max().unwrap_or(0);
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}–{hi}")
+                }
+            },
             stat(&metric(&sel, |m| m.amp_ssim)),
             stat(&metric(&sel, |m| m.amp_psnr_max)),
             stat(&metric(&sel, |m| m.amp_frc50)),
         );
     }
     s += "\n| photons | NLL − MAE SSIM | NLL − MAE FRC50 |\n|---|---|---|\n";
-    let mut doses: Vec<f64> = keys.iter().map(|k| k.0).collect();
-    doses.dedup();
+    let mut doses: Vec<f64> = vec![];
+    for k in &keys {
+        if !doses.contains(&k.0) {
+            doses.push(k.0);
+        }
+    }
     for nph in doses {
         let pairs: Vec<(&Metrics, &Metrics)> = arms
             .iter()

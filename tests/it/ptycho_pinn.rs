@@ -712,6 +712,8 @@ fn cli_quick_dose_study_files() {
         md.contains("| 1e4 | PINN | NLL | 1 |") && md.contains("NLL − MAE"),
         "{md}"
     );
+    // per dose three arm rows and one NLL − MAE row (no duplicates)
+    assert_eq!(md.matches("\n| 1e9 | ").count(), 4, "{md}");
     for (dose, tag) in [(1e9, "1e9"), (1e4, "1e4")] {
         let dir = d.join(tag);
         // diffraction panel: the first test pattern
