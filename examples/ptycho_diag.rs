@@ -5,7 +5,7 @@
 //! `cargo run --release --example ptycho_diag -- train.npz NPHOTONS [MODEL_DIR]`
 //! (truth merged equals truth direct to 1e-5 relative: merge/extract and positions agree with
 //! the simulator).
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use spx::backend::{tensor_from, to_vec};
 use spx::ptycho::physics::{self, Cplx};
 use spx::ptycho::{PtychoConfig, RawData, losses, train};
@@ -15,7 +15,7 @@ fn main() {
     let nph: f64 = std::env::args().nth(2).map_or(1e9, |v| v.parse().unwrap());
     let raw = RawData::load(std::path::Path::new(&path)).unwrap();
     let pc = PtychoConfig::default();
-    let data = spx::ptycho::dose::prepare(&raw, &pc.group, 1).unwrap();
+    let data = spx::ptycho::recon::prepare(&raw, &pc.group, 1).unwrap();
     let dev = Device::flex();
     let n = data.n;
     let s = nph.sqrt() / (n as f64 / 2.0);
@@ -40,35 +40,50 @@ fn main() {
         tensor_from(re, [b, c, n, n], &dev),
         tensor_from(im, [b, c, n, n], &dev),
     );
-    let nll = |o: Cplx<4>, merge: bool| -> f64 {
-        let o = if merge { geo.merge_extract(o).1 } else { o };
-        let a = physics::forward_amplitude(&probe, o) * s;
-        let l: f32 = losses::poisson_nll(a, x.clone()).into_scalar();
-        l as f64
-    };
     // the network's centre head: zero outside the central N/2 square
     let centre = (spx::ptycho::model::border_mask(n, &dev) - 1.0) * -1.0;
-    for alpha in [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0] {
-        let t = Cplx::new(
-            truth.re.clone() * centre.clone() * alpha,
-            truth.im.clone() * centre.clone() * alpha,
-        );
-        let flat = Cplx::new(
-            truth.re.clone() * 0.0 + centre.clone() * alpha,
-            truth.im.clone() * 0.0,
-        );
-        println!(
-            "alpha {alpha}: truth direct {:.6e}  truth merged {:.6e}  flat merged {:.6e}",
-            nll(t.clone(), false),
-            nll(t, true),
-            nll(flat, true)
-        );
+    // Poisson deviance per pixel, mean of λ − y ln λ − (y − y ln y), at the best global
+    // scale α² = Σy/Σλ₁ (Poisson noise alone gives ≈ 0.5 where counts are large).
+    let y = to_vec(x.clone().powi_scalar(2));
+    let deviance = |amp1: Tensor<4>| -> (f64, f64) {
+        let l1 = to_vec(amp1.powi_scalar(2));
+        let a2 =
+            y.iter().map(|v| *v as f64).sum::<f64>() / l1.iter().map(|v| *v as f64).sum::<f64>();
+        let d: f64 = l1
+            .iter()
+            .zip(&y)
+            .map(|(&l, &y)| {
+                let (l, y) = (a2 * l as f64 + 1e-12, y as f64);
+                let sat = if y > 0.0 { y - y * y.ln() } else { 0.0 };
+                l - y * l.ln() - sat
+            })
+            .sum();
+        (a2.sqrt(), d / l1.len() as f64)
+    };
+    let t = Cplx::new(
+        truth.re.clone() * centre.clone(),
+        truth.im.clone() * centre.clone(),
+    );
+    let flat = Cplx::new(
+        truth.re.clone() * 0.0 + centre.clone(),
+        truth.im.clone() * 0.0,
+    );
+    for (name, o, merge) in [
+        ("truth direct", t.clone(), false),
+        ("truth merged", t, true),
+        ("flat merged", flat, true),
+    ] {
+        let o = if merge { geo.merge_extract(o).1 } else { o };
+        let (a, d) = deviance(physics::forward_amplitude(&probe, o) * s);
+        println!("{name}: best scale {a:.4}, Poisson deviance per pixel {d:.4e}");
     }
     if let Some(dir) = std::env::args().nth(3) {
         let (m, _) = train::load_model(std::path::Path::new(&dir), &dev).unwrap();
         let out = m.forward(x.clone(), &geo, &probe);
-        let l: f32 = losses::poisson_nll(out.pred_amp, x.clone()).into_scalar();
+        let l: f32 = losses::poisson_nll(out.pred_amp.clone(), x.clone()).into_scalar();
         println!("trained model {dir}: {:.6e}", l);
+        let (a, d) = deviance(out.pred_amp);
+        println!("trained model: best extra scale {a:.4}, Poisson deviance per pixel {d:.4e}");
         let o = m.object_patches(x.clone());
         let oc = Cplx::new(o.re.clone() * centre.clone(), o.im.clone() * centre.clone());
         let a = physics::forward_amplitude(&probe, geo.merge_extract(oc).1)

@@ -38,6 +38,11 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
 pub const PROFILE_FILES: &[(&str, &str)] = &[
     ("quick", include_str!("../configs/profiles/quick.toml")),
     ("demo", include_str!("../configs/profiles/demo.toml")),
+    ("cpu", include_str!("../configs/profiles/cpu.toml")),
+    (
+        "reference",
+        include_str!("../configs/profiles/reference.toml"),
+    ),
 ];
 
 /// Renamed keys, `(old dotted key, new dotted key)`. A user layer (file, profile or `--set`)
@@ -514,17 +519,8 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("ptycho.dose.n_train", C(1.0, 1e6)),
         ("ptycho.dose.n_test", C(1.0, 1e6)),
         ("ptycho.dose.epie_iterations", C(0.0, 1e6)),
-        ("ptycho.dose.quick.n", C(8.0, 1024.0)),
-        ("ptycho.dose.quick.object_size", C(4.0, 16384.0)),
-        ("ptycho.dose.quick.nlines", C(0.0, 1e6)),
-        ("ptycho.dose.quick.buffer", C(0.0, 16384.0)),
-        ("ptycho.dose.quick.probe_scale", GT(0.0, 1000.0)),
-        ("ptycho.dose.quick.n_train", C(1.0, 1e6)),
-        ("ptycho.dose.quick.n_test", C(1.0, 1e6)),
-        ("ptycho.dose.quick.epochs", C(1.0, 1e6)),
-        ("ptycho.dose.quick.filters_base", C(0.0, 4096.0)),
-        ("ptycho.dose.quick.border_filters", C(0.0, 4096.0)),
-        ("ptycho.dose.quick.stitch_crop", C(1.0, 1024.0)),
+        ("ptycho.dose.doses", GT(0.0, 1e15)),
+        ("ptycho.dose.repeats", C(1.0, 100.0)),
         // crr
         ("crr.pixel_scale", C(0.1, 5.0)),
         ("crr.grid_size", C(0.0, 100.0)),
@@ -890,7 +886,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--profile nope") && err.contains("known: quick, demo"),
+            err.contains("--profile nope") && err.contains("known: quick, demo, cpu, reference"),
             "{err}"
         );
     }

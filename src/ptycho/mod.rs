@@ -1,6 +1,11 @@
-//! Ptychography data: the PtychoPINN raw-NPZ contract ([`data`]), KD-tree grouping of scan
-//! positions into solution regions ([`grouping`]) and a simulator with known ground truth
-//! ([`simulate`], built from [`object`], [`probe`] and [`fft`]).
+//! Ptychography after PtychoPINN: the raw-NPZ data contract ([`data`]), KD-tree grouping of
+//! scan positions into solution regions ([`grouping`]), a simulator with known ground truth
+//! ([`simulate`], built from [`object`], [`probe`] and [`fft`]), the physics-informed network
+//! ([`model`], [`physics`], [`losses`], [`train`]), inference/stitching/scoring and the ePIE
+//! baseline ([`recon`], [`stitch`], [`metrics`], [`epie`]).
+//!
+//! Pipelines (what `spx ptycho …` runs): [`pipeline`] (simulate, train, infer, ePIE) and the
+//! dose study [`dose::study`].
 //!
 //! Conventions (PtychoPINN): `x` is the column and `y` the row on the object grid, in pixels;
 //! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
@@ -15,7 +20,9 @@ pub mod metrics;
 pub mod model;
 pub mod object;
 pub mod physics;
+pub mod pipeline;
 pub mod probe;
+pub mod recon;
 pub mod simulate;
 pub mod stitch;
 pub mod train;

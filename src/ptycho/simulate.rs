@@ -292,6 +292,41 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
 
 impl Simulated {
     /// NPZ in the loader's contract plus `nphotons`, `photon_scale` (0-d float64) and `Y`.
+    /// The positions `range` of this scan as a scan of its own (same object, probe and dose):
+    /// e.g. training and held-out test positions of one simulation.
+    pub fn select(&self, range: std::ops::Range<usize>) -> Simulated {
+        use ndarray::{Axis, s};
+        let r = &self.raw;
+        let raw = RawData {
+            xcoords: r.xcoords.slice(s![range.clone()]).to_owned(),
+            ycoords: r.ycoords.slice(s![range.clone()]).to_owned(),
+            xcoords_start: r.xcoords_start.slice(s![range.clone()]).to_owned(),
+            ycoords_start: r.ycoords_start.slice(s![range.clone()]).to_owned(),
+            diffraction: r
+                .diffraction
+                .slice_axis(Axis(0), range.clone().into())
+                .to_owned(),
+            scan_index: r.scan_index.slice(s![range.clone()]).to_owned(),
+            ..r.clone()
+        };
+        let s2 = self.photon_scale * self.photon_scale;
+        let counts: f64 = raw
+            .diffraction
+            .iter()
+            .map(|v| (*v as f64).powi(2) * s2)
+            .sum();
+        Simulated {
+            mean_counts: counts / range.len().max(1) as f64,
+            patches: self
+                .patches
+                .as_ref()
+                .map(|p| p.slice_axis(Axis(0), range.clone().into()).to_owned()),
+            raw,
+            nphotons: self.nphotons,
+            photon_scale: self.photon_scale,
+        }
+    }
+
     pub fn save(&self, path: &Path) -> Result<(), SpxError> {
         let mut extra = vec![
             (

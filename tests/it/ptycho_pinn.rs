@@ -331,12 +331,16 @@ fn forward_shapes_training_and_checkpoint() {
     assert!(a.1.iter().all(|w| w.iter().all(|v| *v == 0.0 || *v == 1.0)));
 }
 
-/// A short training run on a small simulated scan (N = 32, the `--quick` network, 16 epochs of
-/// 15 steps) learns the object: the loss drops, and the stitched reconstruction beats the same
-/// network at its random initialisation on amplitude SSIM against objectGuess (measured here:
-/// 0.40 vs 0.15; correlation of |O| with the truth 0.92 vs −0.43).
+/// A short training at a tiny size (N 32, gridsize 2, K 7, 1e9 photons, 16 epochs of a narrow
+/// net) scored on HELD-OUT positions of the same object (the reference study's test split),
+/// over the hole-filled covered square. Before, this test scored the training positions
+/// against a random initialisation (a bar a smooth blob passes) with a Pearson correlation on
+/// a small window (dominated by the background trend). Measured here: see the eprintln; the
+/// asserted floor is the level the network reaches today (it learns the low-frequency
+/// transmission, not yet the lines: #16), so a regression in the network or the physics
+/// that loses even that fails.
 #[test]
-fn training_beats_random_init_on_ssim() {
+fn training_reaches_held_out_ssim() {
     use burn::module::Module;
     let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
@@ -345,12 +349,14 @@ fn training_beats_random_init_on_ssim() {
     s.n = 32;
     s.object_size = 64;
     s.nlines = 25;
-    s.n_positions = 256;
+    s.n_positions = 256 + 128;
     s.buffer = 10.0;
     s.nphotons = 1e9;
     let sim = spx::ptycho::simulate::simulate(&pc.simulate, 11, &indicatif::ProgressBar::hidden())
         .unwrap();
-    let data = spx::ptycho::dose::prepare(&sim.raw, &pc.group, 11).unwrap();
+    let (train_scan, test_scan) = (sim.select(0..256), sim.select(256..384));
+    let data = spx::ptycho::recon::prepare(&train_scan.raw, &pc.group, 11).unwrap();
+    let test = spx::ptycho::recon::prepare(&test_scan.raw, &pc.group, 11).unwrap();
     let mut cfg = pc.pinn.clone();
     cfg.nphotons = 1e9;
     cfg.stitch_crop = 12;
@@ -363,31 +369,38 @@ fn training_beats_random_init_on_ssim() {
     let t = train::train(&cfg, &data, &sim.raw.probe, &ad, 3, &pb).unwrap();
     let h = &t.history;
     assert!(h.last().unwrap().loss < h[0].loss);
-    // (amplitude SSIM, Pearson correlation of |O| with |O_true|) on the covered square
     let score = |m: &PtychoPinn| {
-        let r = spx::ptycho::dose::reconstruct(m, &t.shape, &data, &sim.raw, &cfg, 64, &dev, &pb);
-        assert!(r.covered >= 24, "covered square {}", r.covered);
-        let k = r.covered;
-        let crop = |a: &Array2<num_complex::Complex32>| {
-            let o = (a.nrows() - k) / 2;
-            a.slice(ndarray::s![o..o + k, o..o + k])
-                .mapv(|z| z.norm() as f64)
-        };
-        let (p, g) = (crop(&r.object), crop(r.truth.as_ref().unwrap()));
-        let (dp, dg) = (&p - p.mean().unwrap(), &g - g.mean().unwrap());
-        let corr = (&dp * &dg).sum() / ((&dp * &dp).sum() * (&dg * &dg).sum()).sqrt();
-        (r.metrics.unwrap().amp_ssim, corr)
+        let r = spx::ptycho::recon::reconstruct(
+            m,
+            &t.shape,
+            &test,
+            &test_scan.raw,
+            &cfg,
+            64,
+            &dev,
+            &pb,
+        );
+        (r.metrics.unwrap(), r.covered)
     };
-    let (trained, fresh) = (
+    let ((trained, window), (fresh, _)) = (
         score(&t.model.valid()),
         score(&PtychoPinn::new(&t.shape, &dev)),
     );
-    eprintln!("amp (SSIM, corr): trained {trained:.3?}, random init {fresh:.3?}");
+    eprintln!(
+        "held-out amp SSIM {:.3} PSNR {:.2} FRC50 {:.1} on {window} px; random init SSIM {:.3}",
+        trained.amp_ssim, trained.amp_psnr_max, trained.amp_frc50, fresh.amp_ssim
+    );
+    assert!(window >= 32, "scored window {window} px");
     assert!(
-        trained.0 > fresh.0 + 0.15 && trained.1 > 0.7,
-        "amp (SSIM, corr): trained {trained:?} vs random init {fresh:?}"
+        trained.amp_ssim >= HELD_OUT_SSIM && trained.amp_ssim > fresh.amp_ssim + 0.1,
+        "held-out amp SSIM {} (floor {HELD_OUT_SSIM}), random init {}",
+        trained.amp_ssim,
+        fresh.amp_ssim
     );
 }
+
+/// The held-out amplitude SSIM `training_reaches_held_out_ssim` asserts.
+const HELD_OUT_SSIM: f64 = 0.25;
 
 // ---------------------------------------------------------------------------------------------
 // metrics, stitching, ePIE
@@ -656,7 +669,7 @@ fn cli_train_infer_epie() {
     assert!(d.join("epie/epie_recon.npz").exists());
 }
 
-/// `dose-study --quick` (shrunk further through `[ptycho.dose.quick]`): every file of the
+/// `dose-study --quick` (the `quick` profile, shrunk further with `--set`): every file of the
 /// study is written, the 2×3 figure's six panels come from non-empty, non-constant arrays,
 /// and the metrics table has the four PINN arms plus ePIE at both doses.
 #[test]
@@ -664,18 +677,18 @@ fn cli_quick_dose_study_files() {
     let _rng = crate::common::burn_rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("dose");
-    let q = |k: &str, v: &str| format!("ptycho.dose.quick.{k}={v}");
+    let q = |k: &str, v: &str| format!("ptycho.{k}={v}");
     let sets = [
-        q("n", "16"),
-        q("object_size", "40"),
-        q("nlines", "30"),
-        q("buffer", "8"),
-        q("n_train", "64"),
-        q("n_test", "48"),
-        q("epochs", "1"),
-        q("filters_base", "8"),
-        q("border_filters", "4"),
-        q("stitch_crop", "8"),
+        q("simulate.n", "16"),
+        q("simulate.object_size", "40"),
+        q("simulate.nlines", "30"),
+        q("simulate.buffer", "8"),
+        q("dose.n_train", "64"),
+        q("dose.n_test", "48"),
+        q("pinn.train.epochs", "1"),
+        q("pinn.model.filters_base", "8"),
+        q("pinn.model.border_filters", "4"),
+        q("pinn.stitch_crop", "8"),
         "ptycho.dose.epie_iterations=3".into(),
     ];
     let mut args: Vec<&str> = vec![];
@@ -691,7 +704,16 @@ fn cli_quick_dose_study_files() {
     let csv = std::fs::read_to_string(d.join("dose_metrics.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 7, "{csv}");
-    assert!(rows[0].starts_with("nphotons,method,loss,"));
+    assert!(rows[0].starts_with("nphotons,seed,method,loss,window,"));
+    // held-out test positions on the training object; FRC50-vs-dose plot and Markdown table
+    assert!(d.join("dose_frc50.png").metadata().unwrap().len() > 5_000);
+    let md = std::fs::read_to_string(d.join("dose_metrics.md")).unwrap();
+    assert!(
+        md.contains("| 1e4 | PINN | NLL | 1 |") && md.contains("NLL − MAE"),
+        "{md}"
+    );
+    // per dose three arm rows and one NLL − MAE row (no duplicates)
+    assert_eq!(md.matches("\n| 1e9 | ").count(), 4, "{md}");
     for (dose, tag) in [(1e9, "1e9"), (1e4, "1e4")] {
         let dir = d.join(tag);
         // diffraction panel: the first test pattern
