@@ -172,11 +172,12 @@ fn recon_to(
         cfg.dip.resolution,
     );
     let known = truth.map(|t| recon::read_truth(t, &grid)).transpose()?;
-    let mut r = recon::reconstruct(cfg, input, g.progress())?;
+    let device: DeviceSpec = cfg.run.device.parse()?;
+    let mut r = recon::reconstruct(&cfg.dip, &device, cfg.run.seed, input, g.progress())?;
     if let (Some(t), Some(k)) = (truth, known) {
         recon::score_against(&mut r, t, k);
     }
-    let files = recon::write_outputs(cfg, &mut r, out)
+    let files = recon::write_outputs(&cfg.dip, &mut r, out, |d| cfg.write_effective(d))
         .with_context(|| format!("writing outputs to {}", out.display()))?;
     let s = &r.summary;
     g.say(format!(

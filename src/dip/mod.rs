@@ -16,6 +16,7 @@ pub mod recon;
 pub mod simulate;
 pub mod tikhonov;
 pub mod train;
+pub mod truth;
 pub mod unet;
 
 use serde::{Deserialize, Serialize};
@@ -176,10 +177,19 @@ pub struct SimulateConfig {
     pub glitch_fraction: f64,
 }
 
+/// The built-in `configs/dip.toml` (the `[dip]` layer of the default config).
+pub const DEFAULT_TOML: &str = include_str!("../../configs/dip.toml");
+
 impl Default for DipConfig {
     /// The built-in `configs/dip.toml` values.
     fn default() -> Self {
-        crate::config::Config::default().dip
+        #[derive(Deserialize)]
+        struct File {
+            dip: DipConfig,
+        }
+        toml::from_str::<File>(DEFAULT_TOML)
+            .expect("the built-in configs/dip.toml matches DipConfig (tested)")
+            .dip
     }
 }
 

@@ -625,7 +625,14 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
         1,
     )
     .unwrap();
-    let mut r = spx::dip::recon::reconstruct(&c, &csv, spx::logging::Progress::hidden()).unwrap();
+    let mut r = spx::dip::recon::reconstruct(
+        &c.dip,
+        &spx::backend::DeviceSpec::Cpu,
+        c.run.seed,
+        &csv,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
     let std = r.flux_std.clone().expect("ensemble std");
     // The members, refitted one by one with seeds 9 and 10.
     let (obs, _) = input::load(&csv, &c.dip.qc).unwrap();
@@ -652,7 +659,10 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
         assert!((std[j] - sd).abs() <= 1e-9 * sd.max(1.0));
     }
     assert_eq!(r.summary.dip.as_ref().unwrap().seeds, vec![9, 10]);
-    let files = spx::dip::recon::write_outputs(&c, &mut r, &dir.path().join("out")).unwrap();
+    let files = spx::dip::recon::write_outputs(&c.dip, &mut r, &dir.path().join("out"), |d| {
+        c.write_effective(d)
+    })
+    .unwrap();
     let head = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
         head.starts_with("wavelength,flux,flux_std,band\n"),
@@ -1027,8 +1037,14 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         let (csv, tp) =
             spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
         let score = |c: &Config| {
-            let mut r =
-                spx::dip::recon::reconstruct(c, &csv, spx::logging::Progress::hidden()).unwrap();
+            let mut r = spx::dip::recon::reconstruct(
+                &c.dip,
+                &spx::backend::DeviceSpec::Cpu,
+                c.run.seed,
+                &csv,
+                spx::logging::Progress::hidden(),
+            )
+            .unwrap();
             let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap();
             spx::dip::recon::score_against(&mut r, &tp, truth);
             let t = r.summary.truth.unwrap();
