@@ -8,23 +8,38 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use spx::backend::{self, DeviceSpec};
 use spx::config::Config;
-use spx::dip::{grid::linspace, recon, simulate};
+use spx::dip::{catalog, grid::linspace, recon, simulate};
 use toml::Value;
 
 use super::Global;
 
 #[derive(Subcommand, Debug)]
 pub enum DipCmd {
-    /// Reconstruct a spectrum from a spxquery photometry CSV.
+    /// Reconstruct a spectrum from a spxquery photometry CSV, or a catalog of sources (several
+    /// CSVs, a directory of CSVs, or a CSV with a `source_id` column) into one HDF5 file.
     Recon(ReconArgs),
+    /// Join the HDF5 files of `spx dip recon --shard K/N` runs into one catalog file.
+    Merge(MergeArgs),
     /// Write a synthetic source (simulated.csv) and its true spectrum (truth.csv).
     Simulate(SimulateArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ReconArgs {
-    /// Photometry CSV (spxquery schema: flux, flux_error, wavelength, bandwidth, band, flag).
-    pub input: PathBuf,
+    /// Photometry CSV (spxquery schema: flux, flux_error, wavelength, bandwidth, band, flag);
+    /// several CSVs, a directory, or a CSV with a `source_id` column run the catalog mode.
+    #[arg(required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Catalog mode: fit only shard K of N (sources i with i mod N = K−1), e.g. for a SLURM
+    /// array; finished sources are kept in `catalog-parts/`, so a rerun resumes.
+    #[arg(long, value_name = "K/N", value_parser = spx::dip::catalog::parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Catalog mode: also write plots/<source>.png per source.
+    #[arg(long)]
+    pub plots: bool,
+    /// Fits trained together per batch (overrides dip.batch_sources; 0 = auto).
+    #[arg(long)]
+    pub batch_sources: Option<usize>,
     /// dip | tikhonov (overrides dip.solver).
     #[arg(long)]
     pub solver: Option<String>,
@@ -44,6 +59,13 @@ pub struct ReconArgs {
     /// report the relative error and line fluxes against it and draw it on the plot.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard files written by `spx dip recon --shard K/N` (all N of them).
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -107,9 +129,38 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
             if let Some(w) = a.reg_weight {
                 flags.push(("dip.regularization_weight", Value::Float(w), "--reg-weight"));
             }
+            if let Some(b) = a.batch_sources {
+                flags.push(("dip.batch_sources", int(b), "--batch-sources"));
+            }
             let cfg = load(g, flags)?;
-            let summary = recon_to(g, &cfg, &a.input, a.truth.as_deref(), &cfg.run.out_dir)?;
-            g.emit_json(&summary)?;
+            let sources = catalog::collect_sources(&a.inputs)?;
+            let single = a.inputs.len() == 1
+                && a.inputs[0].is_file()
+                && sources.len() == 1
+                && a.shard.is_none()
+                && !a.plots;
+            if single {
+                let summary =
+                    recon_to(g, &cfg, &a.inputs[0], a.truth.as_deref(), &cfg.run.out_dir)?;
+                g.emit_json(&summary)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if a.truth.is_some() {
+                anyhow::bail!("--truth scores one source; it is not available in catalog mode");
+            }
+            catalog_to(g, &cfg, &sources, a)
+        }
+        DipCmd::Merge(a) => {
+            let cfg = g.setup()?;
+            let out = cfg.run.out_dir.join(catalog::output_name(None));
+            spx::io::ensure_dir(&cfg.run.out_dir)?;
+            let n = catalog::merge(&a.files, &out)?;
+            g.say(format!(
+                "merged {} files, {n} sources: wrote {}",
+                a.files.len(),
+                out.display()
+            ));
+            g.emit_json(&json!({"file": out, "sources": n}))?;
             Ok(ExitCode::SUCCESS)
         }
         DipCmd::Simulate(a) => {
@@ -156,6 +207,45 @@ fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     let files = recon::write_simulation(&rows, &src, &grid, out, cfg.run.seed)?;
     cfg.write_effective(out)?;
     Ok(files)
+}
+
+/// Catalog mode: exit 0 when every source was fitted, 1 when any failed (listed).
+fn catalog_to(
+    g: &Global,
+    cfg: &Config,
+    sources: &[catalog::SourceInput],
+    a: &ReconArgs,
+) -> Result<ExitCode> {
+    let settings = catalog::CatalogSettings {
+        dip: cfg.dip.clone(),
+        device: cfg.run.device.parse()?,
+        seed: cfg.run.seed,
+        shard: a.shard,
+        plots: a.plots,
+        out: cfg.run.out_dir.clone(),
+    };
+    spx::io::ensure_dir(&settings.out)?;
+    let rep = catalog::run(&settings, sources, g.progress())?;
+    cfg.write_effective(&settings.out)?;
+    g.say(format!(
+        "{} sources ({} resumed from catalog-parts/), {} fitted, {} failed, batch {}, {:.1} s",
+        rep.sources,
+        rep.resumed,
+        rep.fitted,
+        rep.failed.len(),
+        rep.batch_sources,
+        rep.seconds
+    ));
+    for (id, why) in &rep.failed {
+        g.say(format!("failed: {id}: {why}"));
+    }
+    g.say(format!("wrote {}", rep.file.display()));
+    g.emit_json(&rep)?;
+    Ok(if rep.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn recon_to(

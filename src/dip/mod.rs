@@ -7,6 +7,8 @@
 //! sources with a known answer. Pipeline: [`input`] (CSV + QC) → [`grid`] → [`forward`]
 //! (observation operator) → solver → [`output`].
 
+pub mod batch;
+pub mod catalog;
 pub mod forward;
 pub mod grid;
 pub mod input;
@@ -128,6 +130,8 @@ pub struct DipConfig {
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub ensemble: usize,
+    /// Fits per batch (sources × ensemble members; 0 = auto, see [`catalog::batch_size`]).
+    pub batch_sources: usize,
     pub compare_baseline: bool,
     pub qc: QcConfig,
     pub tikhonov: TikhonovConfig,
@@ -202,6 +206,7 @@ impl DipConfig {
             )))
         };
         if !(self.wavelength_min.is_finite()
+            && self.wavelength_max.is_finite()
             && self.wavelength_max > self.wavelength_min
             && self.wavelength_min > 0.0)
         {
@@ -221,6 +226,9 @@ impl DipConfig {
         }
         if self.kernel_size.is_multiple_of(2) {
             return bad("kernel_size", "must be odd");
+        }
+        if self.batch_sources > 4096 {
+            return bad("batch_sources", "must be in 0..=4096 (0 = auto)");
         }
         if self.filters == 0 || self.epochs == 0 || self.ensemble == 0 {
             return bad("filters/epochs/ensemble", "must be >= 1");

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::batch::Job;
 use super::forward::{Operator, chi2};
 use super::grid::linspace;
 use super::input::{self, Observation};
@@ -16,6 +17,11 @@ use crate::backend::DeviceSpec;
 use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 use crate::logging::Progress;
+
+/// Why the Tikhonov solve failed (the normal equations lost positive definiteness, e.g. to
+/// fluxes or errors so extreme that their squares overflow).
+pub const TIKHONOV_FAILED: &str = "Tikhonov normal equations are not positive definite: \
+    check flux and flux_error for extreme values, or raise dip.tikhonov.lambda";
 
 /// The spectrum and everything measured about it.
 #[derive(Clone, Debug)]
@@ -103,13 +109,22 @@ pub fn reconstruct(
 
     let base = if dc.solver == Solver::Tikhonov || dc.compare_baseline {
         Some(
-            tikhonov::solve(&op, &y, &sigma, &dc.tikhonov, dc.weighting, dc.epsilon_weight)
-                .ok_or_else(|| {
-                    SpxError::Config(
-                        "Tikhonov normal equations are not positive definite; raise dip.tikhonov.lambda"
-                            .into(),
-                    )
-                })?,
+            tikhonov::solve(
+                &op,
+                &y,
+                &sigma,
+                &dc.tikhonov,
+                dc.weighting,
+                dc.epsilon_weight,
+            )
+            .ok_or_else(|| {
+                let big = y.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                SpxError::field(
+                    input,
+                    "flux",
+                    format!("{TIKHONOV_FAILED} (largest |flux| {big:e} µJy)"),
+                )
+            })?,
         )
     } else {
         None
@@ -127,17 +142,26 @@ pub fn reconstruct(
                 y: &y,
                 sigma: &sigma,
             };
-            let mut fits = Vec::with_capacity(dc.ensemble);
-            for k in 0..dc.ensemble {
-                let label = if dc.ensemble > 1 {
-                    format!("dip {}/{}", k + 1, dc.ensemble)
-                } else {
-                    "dip".to_string()
-                };
-                let pb = progress.bar(dc.epochs as u64, &label);
-                fits.push(train::fit(dc, &problem, &device, seed + k as u64, &pb));
-                pb.finish_and_clear();
-            }
+            // Ensemble members train together, `batch_size` fits per batch; each equals its
+            // fit alone.
+            let jobs: Vec<Job> = (0..dc.ensemble)
+                .map(|k| Job {
+                    problem: problem.clone(),
+                    seed: seed + k as u64,
+                })
+                .collect();
+            let bs = super::catalog::batch_size(dc, spec).max(1);
+            let label = if dc.ensemble > 1 {
+                format!("dip ×{}", dc.ensemble)
+            } else {
+                "dip".to_string()
+            };
+            let pb = progress.bar((dc.epochs * jobs.len().div_ceil(bs)) as u64, &label);
+            let fits: Vec<train::FitResult> = jobs
+                .chunks(bs)
+                .flat_map(|c| super::batch::fit_batch(dc, c, &device, &pb))
+                .collect();
+            pb.finish_and_clear();
             let n = grid.len();
             let kf = fits.len() as f64;
             let mean: Vec<f64> = (0..n)
