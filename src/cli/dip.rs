@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use spx::backend::{self, DeviceSpec};
+use spx::backend;
 use spx::config::Config;
 use spx::dip::{catalog, grid::linspace, recon, simulate};
 use toml::Value;
@@ -88,32 +88,15 @@ fn int(v: usize) -> Value {
     Value::Integer(v as i64)
 }
 
-/// The effective config with this subcommand's flags on top (they only touch `[dip]`; the
-/// global flags are applied by `g.setup()`).
-fn load(g: &Global, flags: Vec<(&str, Value, &str)>) -> Result<Config> {
-    let base = g.setup()?;
-    if flags.is_empty() {
-        return Ok(base);
-    }
-    let mut b = spx::config::ConfigBuilder::new()?;
-    if let Some(f) = &g.config {
-        b = b.file(f)?;
-    }
-    for s in &g.sets {
-        b = b.set(s)?;
-    }
-    for (k, v, f) in flags {
-        b = b.flag(k, v, f)?;
-    }
-    let mut cfg = b.build()?;
-    cfg.run = base.run;
-    Ok(cfg)
+/// The effective config with this subcommand's flags as one layer (checked like `--set`).
+fn load(g: &Global, flags: Vec<super::Flag>) -> Result<Config> {
+    g.setup_with(&[], flags)
 }
 
 pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
     match cmd {
         DipCmd::Recon(a) => {
-            let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+            let mut flags: Vec<super::Flag> = Vec::new();
             if let Some(s) = &a.solver {
                 flags.push(("dip.solver", Value::String(s.clone()), "--solver"));
             }
@@ -164,7 +147,7 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DipCmd::Simulate(a) => {
-            let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+            let mut flags: Vec<super::Flag> = Vec::new();
             if let Some(s) = &a.sampling {
                 flags.push((
                     "dip.simulate.sampling",
@@ -196,7 +179,7 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
 
 fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     cfg.dip.validate()?;
-    let device = cfg.run.device.parse::<DeviceSpec>()?.device()?;
+    let device = cfg.run.device.device()?;
     let mut rng = backend::seeded(&device, cfg.run.seed);
     let (src, rows) = simulate::simulate_kind(&cfg.dip.simulate, cfg.run.seed, &mut rng);
     let grid = linspace(
@@ -218,7 +201,7 @@ fn catalog_to(
 ) -> Result<ExitCode> {
     let settings = catalog::CatalogSettings {
         dip: cfg.dip.clone(),
-        device: cfg.run.device.parse()?,
+        device: cfg.run.device.clone(),
         seed: cfg.run.seed,
         shard: a.shard,
         plots: a.plots,
@@ -262,7 +245,7 @@ fn recon_to(
         cfg.dip.resolution,
     );
     let known = truth.map(|t| recon::read_truth(t, &grid)).transpose()?;
-    let device: DeviceSpec = cfg.run.device.parse()?;
+    let device: DeviceSpec = cfg.run.device.clone();
     let mut r = recon::reconstruct(&cfg.dip, &device, cfg.run.seed, input, g.progress())?;
     if let (Some(t), Some(k)) = (truth, known) {
         recon::score_against(&mut r, t, k);

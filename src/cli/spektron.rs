@@ -786,11 +786,7 @@ fn pretrain_cmd(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
     // Checkpoints go straight to OUT/checkpoints (all or nothing each, and needed by --resume
     // while the run goes on); the loss log, curve and config appear together at the end.
     let stage = io::atomic::Stage::begin(&out)?.inputs([a.corpus.as_path()]);
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let pb = g
         .progress()
         .bar(cfg.spektron.pretrain.steps as u64, "pretraining");
@@ -901,11 +897,7 @@ fn finetune_cmd(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
     };
     let (xtr, ytr) = pick(tr);
     let (xte, yte) = pick(te);
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
     let mut mc = cfg.spektron.model.clone();
     mc.n_targets = 1;
@@ -1084,11 +1076,7 @@ fn ttt_cmd(g: &Global, a: &TttArgs) -> Result<ExitCode> {
         }
         (None, None) => bail!("give the unlabelled target spectra with --corpus or --data"),
     };
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let mut rng = spx::backend::seeded(&dev, cfg.run.seed);
     let mut mc = cfg.spektron.model.clone();
     if let Some((m, _, _)) = &ft {
@@ -1329,11 +1317,7 @@ fn experiment_cmd(g: &Global, a: &ExperimentArgs, table: bool) -> Result<ExitCod
     let lay = cfg.spektron.model.layout();
     let (xs, xt) =
         experiment::prepare_spectra(&data, &axis, lay.n_points, cfg.spektron.corpus.min_std)?;
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let params = {
         let mut mc = cfg.spektron.model.clone();
         mc.n_targets = 1;
