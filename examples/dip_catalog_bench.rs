@@ -38,11 +38,13 @@ fn main() {
         .split(',')
         .map(|b| b.parse().expect("BATCHES"))
         .collect();
-    let mut dip = DipConfig::default();
-    dip.resolution = arg(2, "512").parse().expect("RESOLUTION");
-    dip.filters = arg(3, "8").parse().expect("FILTERS");
-    dip.depth = arg(4, "3").parse().expect("DEPTH");
-    dip.epochs = arg(5, "300").parse().expect("EPOCHS");
+    let mut dip = DipConfig {
+        resolution: arg(2, "512").parse().expect("RESOLUTION"),
+        filters: arg(3, "8").parse().expect("FILTERS"),
+        depth: arg(4, "3").parse().expect("DEPTH"),
+        epochs: arg(5, "300").parse().expect("EPOCHS"),
+        ..DipConfig::default()
+    };
     dip.simulate.noise = NoiseModel::Relative;
     dip.simulate.per_band = 65;
     dip.validate().expect("settings");

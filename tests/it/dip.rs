@@ -1244,7 +1244,7 @@ fn catalog_equals_lone_runs_resumes_and_merges() {
         .collect::<Vec<_>>()
         .join("\n");
     write(&src_dir, "zz_bad.csv", &bad);
-    let sources = catalog::collect_sources(&[src_dir.clone()]).unwrap();
+    let sources = catalog::collect_sources(std::slice::from_ref(&src_dir)).unwrap();
     assert_eq!(sources.len(), 5);
     assert_eq!(sources[4].id, "zz_bad");
     let settings = |out: &Path, shard| CatalogSettings {
