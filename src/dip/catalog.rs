@@ -20,7 +20,7 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use super::DipConfig;
-use super::batch::{Job, fit_batch};
+use super::batch::{Job, batch_size, fit_batch};
 use super::forward::{Operator, chi2};
 use super::grid::linspace;
 use super::input::{self, Observation, QcReport, RawRow};
@@ -240,16 +240,6 @@ fn source_key(rows: &[RawRow], settings: &str) -> String {
     format!("{:016x}", h.0)
 }
 
-/// How many fits one batch holds: `dip.batch_sources`, or for 0 (auto) 8 per rayon thread on the
-/// CPU (measured, README) and 64 on a GPU.
-pub fn batch_size(dip: &DipConfig, device: &DeviceSpec) -> usize {
-    match (dip.batch_sources, device) {
-        (0, DeviceSpec::Cpu) => 8 * rayon::current_num_threads().max(1),
-        (0, _) => 64,
-        (b, _) => b,
-    }
-}
-
 /// A source ready to fit.
 struct Prepared {
     obs: Vec<Observation>,
@@ -288,7 +278,7 @@ fn prepare(dc: &DipConfig, src: &SourceInput, grid: &[f64]) -> Result<Prepared, 
         dc.weighting,
         dc.epsilon_weight,
     )
-    .ok_or_else(|| super::recon::TIKHONOV_FAILED.to_string())?;
+    .ok_or_else(|| tikhonov::FAILED.to_string())?;
     Ok(Prepared {
         obs,
         op,

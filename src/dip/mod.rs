@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod output;
 pub mod recon;
 pub mod simulate;
+pub mod stacked;
 pub mod tikhonov;
 pub mod train;
 pub mod truth;
@@ -130,7 +131,7 @@ pub struct DipConfig {
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub ensemble: usize,
-    /// Fits per batch (sources × ensemble members; 0 = auto, see [`catalog::batch_size`]).
+    /// Fits per batch (sources × ensemble members; 0 = auto, see [`batch::batch_size`]).
     pub batch_sources: usize,
     pub compare_baseline: bool,
     pub qc: QcConfig,

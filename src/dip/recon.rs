@@ -18,11 +18,6 @@ use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 use crate::logging::Progress;
 
-/// Why the Tikhonov solve failed (the normal equations lost positive definiteness, e.g. to
-/// fluxes or errors so extreme that their squares overflow).
-pub const TIKHONOV_FAILED: &str = "Tikhonov normal equations are not positive definite: \
-    check flux and flux_error for extreme values, or raise dip.tikhonov.lambda";
-
 /// The spectrum and everything measured about it.
 #[derive(Clone, Debug)]
 pub struct Reconstruction {
@@ -122,7 +117,7 @@ pub fn reconstruct(
                 SpxError::field(
                     input,
                     "flux",
-                    format!("{TIKHONOV_FAILED} (largest |flux| {big:e} µJy)"),
+                    format!("{} (largest |flux| {big:e} µJy)", tikhonov::FAILED),
                 )
             })?,
         )
@@ -150,7 +145,7 @@ pub fn reconstruct(
                     seed: seed + k as u64,
                 })
                 .collect();
-            let bs = super::catalog::batch_size(dc, spec).max(1);
+            let bs = super::batch::batch_size(dc, spec).max(1);
             let label = if dc.ensemble > 1 {
                 format!("dip ×{}", dc.ensemble)
             } else {

@@ -16,7 +16,6 @@
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::forward::Operator;
@@ -298,45 +297,4 @@ pub fn validation_rows(m: usize, fraction: f64, seed: u64) -> Vec<usize> {
     let mut v = sample(&mut r, m, k).into_vec();
     v.sort_unstable();
     v
-}
-
-/// The second-difference weight of the fit: `smoothness_weight` × the Tikhonov baseline's
-/// discrepancy λ on the same data, converted to this fit's flux units. 0 when off, when the
-/// baseline cannot be solved, or when its λ sits at an end of its search range: then no λ meets
-/// the discrepancy (at the cap, e.g. a blackbody, even the smoothest solution fits), the value is
-/// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
-/// simulated star.
-pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
-    if cfg.smoothness_weight <= 0.0 {
-        return 0.0;
-    }
-    super::tikhonov::solve(
-        p.op,
-        p.y,
-        p.sigma,
-        &cfg.tikhonov,
-        cfg.weighting,
-        cfg.epsilon_weight,
-    )
-    .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
-    .map(|t| cfg.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
-    .unwrap_or(0.0)
-}
-
-/// Fit one network with `seed`. `device` must be an autodiff device. A batch of one
-/// ([`super::batch::fit_batch`]), so a fit inside a batch equals this.
-pub fn fit(
-    cfg: &DipConfig,
-    p: &Problem,
-    device: &Device,
-    seed: u64,
-    pb: &ProgressBar,
-) -> FitResult {
-    let job = super::batch::Job {
-        problem: p.clone(),
-        seed,
-    };
-    super::batch::fit_batch(cfg, &[job], device, pb)
-        .pop()
-        .expect("one result per job")
 }

@@ -194,7 +194,7 @@ impl UNet {
         let mut conv = |x: Tensor<3>, pad: usize| {
             let c = next;
             next += 1;
-            super::batch::conv(x, w[c].clone(), b[c].clone(), pad)
+            super::stacked::conv(x, w[c].clone(), b[c].clone(), pad)
         };
         let mut block = |x: Tensor<3>| {
             let x = leaky_relu(conv(x, pad), slope);

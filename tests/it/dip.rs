@@ -503,9 +503,9 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
         sigma: &s,
     };
     let pb = indicatif::ProgressBar::hidden();
-    let a = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
-    let b = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
-    let other = spx::dip::train::fit(&dc, &p, &dev, 12, &pb);
+    let a = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
+    let b = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
+    let other = spx::dip::batch::fit(&dc, &p, &dev, 12, &pb);
     assert_eq!(a.spectrum, b.spectrum, "same seed, same spectrum");
     assert_ne!(a.spectrum, other.spectrum);
     let min = a
@@ -535,7 +535,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     // Early stopping: a 50 % improvement is never reached twice in a row.
     dc.early_stop_patience = 2;
     dc.early_stop_min_delta = 0.5;
-    let e = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let e = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
     assert!(e.stopped_early && e.epochs_run < dc.epochs);
     assert_eq!(e.stop_reason, StopReason::Patience);
     // Discrepancy stop with the threshold at the χ²/M the unstopped run had at epoch 10: the fit
@@ -543,7 +543,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     assert_eq!(a.stop_reason, StopReason::Epochs);
     dc.early_stop_patience = 0;
     dc.stop_chi2 = a.history[10].chi2;
-    let d = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let d = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
     let first = a
         .history
         .iter()
@@ -650,8 +650,8 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
     };
     let ad = dev.autodiff();
     let pb = indicatif::ProgressBar::hidden();
-    let a = spx::dip::train::fit(&c.dip, &p, &ad, 9, &pb).spectrum;
-    let b = spx::dip::train::fit(&c.dip, &p, &ad, 10, &pb).spectrum;
+    let a = spx::dip::batch::fit(&c.dip, &p, &ad, 9, &pb).spectrum;
+    let b = spx::dip::batch::fit(&c.dip, &p, &ad, 10, &pb).spectrum;
     for j in 0..grid.len() {
         let mean = 0.5 * (a[j] + b[j]);
         let sd = ((a[j] - mean).powi(2) + (b[j] - mean).powi(2)).sqrt(); // n − 1 = 1
@@ -695,7 +695,7 @@ fn dip_with_defaults_recovers_simulated_source() {
         y: &y,
         sigma: &s,
     };
-    let f = spx::dip::train::fit(
+    let f = spx::dip::batch::fit(
         &c.dip,
         &p,
         &Device::flex().autodiff(),
@@ -1193,7 +1193,7 @@ fn batched_fits_equal_lone_fits() {
         let batched = spx::dip::batch::fit_batch(dc, &jobs, &dev, &pb);
         let mut epochs = Vec::new();
         for (j, f) in jobs.iter().zip(&batched) {
-            let alone = spx::dip::train::fit(dc, &j.problem, &dev, j.seed, &pb);
+            let alone = spx::dip::batch::fit(dc, &j.problem, &dev, j.seed, &pb);
             let d = max_rel(&f.spectrum, &alone.spectrum);
             assert!(
                 d <= 1e-5,
