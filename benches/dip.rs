@@ -9,10 +9,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use indicatif::ProgressBar;
 use spx::backend;
 use spx::config::Config;
+use spx::dip::batch;
 use spx::dip::forward::Operator;
 use spx::dip::grid::linspace;
 use spx::dip::recon::write_simulation;
-use spx::dip::train::{self, Problem};
+use spx::dip::train::Problem;
 use spx::dip::unet::{UNet, UNetSpec};
 use spx::dip::{NetInit, Weighting, input, simulate, tikhonov};
 use spx::nn::ConvImpl;
@@ -54,7 +55,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("dip");
     g.sample_size(10);
     g.bench_function("one epoch (3000 px, 6000 obs, U-Net 32x3)", |b| {
-        b.iter(|| train::fit(&one, &p, &ad, 1, &ProgressBar::hidden()))
+        b.iter(|| batch::fit(&one, &p, &ad, 1, &ProgressBar::hidden()))
     });
     // The U-Net alone (3000 px, 32 filters, depth 3; MSE to a fixed target, Adam), with spx's
     // conv kernels and with burn's stock conv: the network's share of an epoch.
@@ -93,7 +94,7 @@ fn bench(c: &mut Criterion) {
         let mut all = cfg.dip.clone();
         all.stop_chi2 = 0.0;
         for (name, dc) in [("default run", &cfg.dip), ("3000 epochs, no stop", &all)] {
-            let f = train::fit(dc, &p, &ad, 1, &ProgressBar::hidden());
+            let f = batch::fit(dc, &p, &ad, 1, &ProgressBar::hidden());
             println!(
                 "dip/{name}: {} epochs in {:.1} s ({:.1} ms/epoch)",
                 f.epochs_run,

@@ -118,8 +118,14 @@ fn main() {
                     cfg.run.seed = seed;
                     cfg.dip.compare_baseline = true;
                     let truth = recon::read_truth(&truth_path, &grid).expect("truth");
-                    let mut r =
-                        recon::reconstruct(&cfg, &csv, Progress::hidden()).expect("reconstruct");
+                    let mut r = recon::reconstruct(
+                        &cfg.dip,
+                        &spx::backend::DeviceSpec::Cpu,
+                        cfg.run.seed,
+                        &csv,
+                        Progress::hidden(),
+                    )
+                    .expect("reconstruct");
                     recon::score_against(&mut r, &truth_path, truth);
                     let t = r.summary.truth.as_ref().expect("scored");
                     let b = t.baseline.as_ref().expect("baseline");

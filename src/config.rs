@@ -572,6 +572,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.early_stop_patience", C(0.0, 1e9)),
         ("dip.early_stop_min_delta", C(0.0, 1.0)),
         ("dip.ensemble", C(1.0, 1000.0)),
+        ("dip.batch_sources", C(0.0, 4096.0)),
         ("dip.validation_fraction", LT(0.0, 1.0)),
         ("dip.validation_patience", C(1.0, 1e9)),
         ("dip.smooth_passes", C(0.0, 100.0)),

@@ -8,23 +8,38 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use spx::backend;
 use spx::config::Config;
-use spx::dip::{grid::linspace, recon, simulate};
+use spx::dip::{catalog, grid::linspace, recon, simulate};
 use toml::Value;
 
 use super::Global;
 
 #[derive(Subcommand, Debug)]
 pub enum DipCmd {
-    /// Reconstruct a spectrum from a spxquery photometry CSV.
+    /// Reconstruct a spectrum from a spxquery photometry CSV, or a catalog of sources (several
+    /// CSVs, a directory of CSVs, or a CSV with a `source_id` column) into one HDF5 file.
     Recon(ReconArgs),
+    /// Join the HDF5 files of `spx dip recon --shard K/N` runs into one catalog file.
+    Merge(MergeArgs),
     /// Write a synthetic source (simulated.csv) and its true spectrum (truth.csv).
     Simulate(SimulateArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct ReconArgs {
-    /// Photometry CSV (spxquery schema: flux, flux_error, wavelength, bandwidth, band, flag).
-    pub input: PathBuf,
+    /// Photometry CSV (spxquery schema: flux, flux_error, wavelength, bandwidth, band, flag);
+    /// several CSVs, a directory, or a CSV with a `source_id` column run the catalog mode.
+    #[arg(required = true, num_args = 1..)]
+    pub inputs: Vec<PathBuf>,
+    /// Catalog mode: fit only shard K of N (sources i with i mod N = K−1), e.g. for a SLURM
+    /// array; finished sources are kept in `catalog-parts/`, so a rerun resumes.
+    #[arg(long, value_name = "K/N", value_parser = spx::dip::catalog::parse_shard)]
+    pub shard: Option<(usize, usize)>,
+    /// Catalog mode: also write plots/<source>.png per source.
+    #[arg(long)]
+    pub plots: bool,
+    /// Fits trained together per batch (overrides dip.batch_sources; 0 = auto).
+    #[arg(long)]
+    pub batch_sources: Option<usize>,
     /// dip | tikhonov (overrides dip.solver).
     #[arg(long)]
     pub solver: Option<String>,
@@ -47,6 +62,13 @@ pub struct ReconArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Shard files written by `spx dip recon --shard K/N` (all N of them).
+    #[arg(required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 pub struct SimulateArgs {
     /// random | channels (overrides dip.simulate.sampling).
     #[arg(long)]
@@ -66,32 +88,15 @@ fn int(v: usize) -> Value {
     Value::Integer(v as i64)
 }
 
-/// The effective config with this subcommand's flags on top (they only touch `[dip]`; the
-/// global flags are applied by `g.setup()`).
-fn load(g: &Global, flags: Vec<(&str, Value, &str)>) -> Result<Config> {
-    let base = g.setup()?;
-    if flags.is_empty() {
-        return Ok(base);
-    }
-    let mut b = spx::config::ConfigBuilder::new()?;
-    if let Some(f) = &g.config {
-        b = b.file(f)?;
-    }
-    for s in &g.sets {
-        b = b.set(s)?;
-    }
-    for (k, v, f) in flags {
-        b = b.flag(k, v, f)?;
-    }
-    let mut cfg = b.build()?;
-    cfg.run = base.run;
-    Ok(cfg)
+/// The effective config with this subcommand's flags as one layer (checked like `--set`).
+fn load(g: &Global, flags: Vec<super::Flag>) -> Result<Config> {
+    g.setup_with(&[], flags)
 }
 
 pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
     match cmd {
         DipCmd::Recon(a) => {
-            let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+            let mut flags: Vec<super::Flag> = Vec::new();
             if let Some(s) = &a.solver {
                 flags.push(("dip.solver", Value::String(s.clone()), "--solver"));
             }
@@ -107,13 +112,42 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
             if let Some(w) = a.reg_weight {
                 flags.push(("dip.regularization_weight", Value::Float(w), "--reg-weight"));
             }
+            if let Some(b) = a.batch_sources {
+                flags.push(("dip.batch_sources", int(b), "--batch-sources"));
+            }
             let cfg = load(g, flags)?;
-            let summary = recon_to(g, &cfg, &a.input, a.truth.as_deref(), &cfg.run.out_dir)?;
-            g.emit_json(&summary)?;
+            let sources = catalog::collect_sources(&a.inputs)?;
+            let single = a.inputs.len() == 1
+                && a.inputs[0].is_file()
+                && sources.len() == 1
+                && a.shard.is_none()
+                && !a.plots;
+            if single {
+                let summary =
+                    recon_to(g, &cfg, &a.inputs[0], a.truth.as_deref(), &cfg.run.out_dir)?;
+                g.emit_json(&summary)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if a.truth.is_some() {
+                anyhow::bail!("--truth scores one source; it is not available in catalog mode");
+            }
+            catalog_to(g, &cfg, &sources, a)
+        }
+        DipCmd::Merge(a) => {
+            let cfg = g.setup()?;
+            let out = cfg.run.out_dir.join(catalog::output_name(None));
+            spx::io::ensure_dir(&cfg.run.out_dir)?;
+            let n = catalog::merge(&a.files, &out)?;
+            g.say(format!(
+                "merged {} files, {n} sources: wrote {}",
+                a.files.len(),
+                out.display()
+            ));
+            g.emit_json(&json!({"file": out, "sources": n}))?;
             Ok(ExitCode::SUCCESS)
         }
         DipCmd::Simulate(a) => {
-            let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+            let mut flags: Vec<super::Flag> = Vec::new();
             if let Some(s) = &a.sampling {
                 flags.push((
                     "dip.simulate.sampling",
@@ -158,6 +192,45 @@ fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok(files)
 }
 
+/// Catalog mode: exit 0 when every source was fitted, 1 when any failed (listed).
+fn catalog_to(
+    g: &Global,
+    cfg: &Config,
+    sources: &[catalog::SourceInput],
+    a: &ReconArgs,
+) -> Result<ExitCode> {
+    let settings = catalog::CatalogSettings {
+        dip: cfg.dip.clone(),
+        device: cfg.run.device.clone(),
+        seed: cfg.run.seed,
+        shard: a.shard,
+        plots: a.plots,
+        out: cfg.run.out_dir.clone(),
+    };
+    spx::io::ensure_dir(&settings.out)?;
+    let rep = catalog::run(&settings, sources, g.progress())?;
+    cfg.write_effective(&settings.out)?;
+    g.say(format!(
+        "{} sources ({} resumed from catalog-parts/), {} fitted, {} failed, batch {}, {:.1} s",
+        rep.sources,
+        rep.resumed,
+        rep.fitted,
+        rep.failed.len(),
+        rep.batch_sources,
+        rep.seconds
+    ));
+    for (id, why) in &rep.failed {
+        g.say(format!("failed: {id}: {why}"));
+    }
+    g.say(format!("wrote {}", rep.file.display()));
+    g.emit_json(&rep)?;
+    Ok(if rep.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
 fn recon_to(
     g: &Global,
     cfg: &Config,
@@ -172,11 +245,12 @@ fn recon_to(
         cfg.dip.resolution,
     );
     let known = truth.map(|t| recon::read_truth(t, &grid)).transpose()?;
-    let mut r = recon::reconstruct(cfg, input, g.progress())?;
+    let device: DeviceSpec = cfg.run.device.clone();
+    let mut r = recon::reconstruct(&cfg.dip, &device, cfg.run.seed, input, g.progress())?;
     if let (Some(t), Some(k)) = (truth, known) {
         recon::score_against(&mut r, t, k);
     }
-    let files = recon::write_outputs(cfg, &mut r, out)
+    let files = recon::write_outputs(&cfg.dip, &mut r, out, |d| cfg.write_effective(d))
         .with_context(|| format!("writing outputs to {}", out.display()))?;
     let s = &r.summary;
     g.say(format!(

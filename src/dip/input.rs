@@ -133,6 +133,12 @@ pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
 // for the whole dependency graph and forced a full rebuild of burn; this reader covers what
 // spxquery writes (comments, header, quoted fields).
 pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
+    read_csv_with_ids(path).map(|(rows, _)| rows)
+}
+
+/// [`read_csv`], plus the `source_id` column of a catalog CSV (many sources in one file) when
+/// the file has one.
+pub fn read_csv_with_ids(path: &Path) -> Result<(Vec<RawRow>, Option<Vec<String>>), SpxError> {
     let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
     let mut lines = text
         .lines()
@@ -159,6 +165,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
         })?;
     }
     let snr_col = find("snr");
+    let id_col = find("source_id");
+    let mut ids = Vec::new();
     let mut rows = Vec::new();
     for (i, (line, text)) in lines.enumerate() {
         let rec =
@@ -218,6 +226,17 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
             None if flux_error > 0.0 => flux / flux_error,
             None => 0.0,
         };
+        if let Some(c) = id_col {
+            let id = get(c).trim();
+            if id.is_empty() {
+                return Err(SpxError::field(
+                    path,
+                    "source_id",
+                    format!("line {line}: empty source id"),
+                ));
+            }
+            ids.push(id.to_string());
+        }
         rows.push(RawRow {
             obs: Observation {
                 wavelength,
@@ -234,7 +253,7 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
     if rows.is_empty() {
         return Err(SpxError::file(path, "no data rows"));
     }
-    Ok(rows)
+    Ok((rows, id_col.map(|_| ids)))
 }
 
 /// Median of `v` (sorted in place).

@@ -7,6 +7,8 @@
 //! sources with a known answer. Pipeline: [`input`] (CSV + QC) → [`grid`] → [`forward`]
 //! (observation operator) → solver → [`output`].
 
+pub mod batch;
+pub mod catalog;
 pub mod forward;
 pub mod grid;
 pub mod input;
@@ -14,8 +16,10 @@ pub mod kernel;
 pub mod output;
 pub mod recon;
 pub mod simulate;
+pub mod stacked;
 pub mod tikhonov;
 pub mod train;
+pub mod truth;
 pub mod unet;
 
 use serde::{Deserialize, Serialize};
@@ -127,6 +131,8 @@ pub struct DipConfig {
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub ensemble: usize,
+    /// Fits per batch (sources × ensemble members; 0 = auto, see [`batch::batch_size`]).
+    pub batch_sources: usize,
     pub compare_baseline: bool,
     pub qc: QcConfig,
     pub tikhonov: TikhonovConfig,
@@ -176,10 +182,19 @@ pub struct SimulateConfig {
     pub glitch_fraction: f64,
 }
 
+/// The built-in `configs/dip.toml` (the `[dip]` layer of the default config).
+pub const DEFAULT_TOML: &str = include_str!("../../configs/dip.toml");
+
 impl Default for DipConfig {
     /// The built-in `configs/dip.toml` values.
     fn default() -> Self {
-        crate::config::Config::default().dip
+        #[derive(Deserialize)]
+        struct File {
+            dip: DipConfig,
+        }
+        toml::from_str::<File>(DEFAULT_TOML)
+            .expect("the built-in configs/dip.toml matches DipConfig (tested)")
+            .dip
     }
 }
 
@@ -192,6 +207,7 @@ impl DipConfig {
             )))
         };
         if !(self.wavelength_min.is_finite()
+            && self.wavelength_max.is_finite()
             && self.wavelength_max > self.wavelength_min
             && self.wavelength_min > 0.0)
         {
@@ -211,6 +227,9 @@ impl DipConfig {
         }
         if self.kernel_size.is_multiple_of(2) {
             return bad("kernel_size", "must be odd");
+        }
+        if self.batch_sources > 4096 {
+            return bad("batch_sources", "must be in 0..=4096 (0 = auto)");
         }
         if self.filters == 0 || self.epochs == 0 || self.ensemble == 0 {
             return bad("filters/epochs/ensemble", "must be >= 1");

@@ -33,7 +33,7 @@ pub struct Summary {
     pub tikhonov: Option<super::tikhonov::TikhonovResult>,
     pub qc: QcReport,
     /// Accuracy against `--truth` when given.
-    pub truth: Option<super::recon::TruthScore>,
+    pub truth: Option<super::truth::TruthScore>,
     pub files: Vec<String>,
 }
 

@@ -4,19 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::batch::Job;
 use super::forward::{Operator, chi2};
 use super::grid::linspace;
-use super::input::split_csv_line;
 use super::input::{self, Observation};
 use super::output::{self, DipRun, PlotInput, Summary};
-use super::simulate::{
-    Feature, FeatureKind, SimRow, Source, feature_half_width, feature_peak, measure_feature,
-    relative_rms, relative_rms_written, smooth_to_resolution,
-};
+use super::simulate::{FeatureKind, SimRow, Source, smooth_to_resolution};
 use super::train::{self, Problem};
-use super::{Solver, tikhonov};
+pub use super::truth::{BaselineScore, LineScore, Truth, TruthScore, read_truth, score_spectrum};
+use super::{DipConfig, Solver, tikhonov};
 use crate::backend::DeviceSpec;
-use crate::config::Config;
 use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
 use crate::logging::Progress;
@@ -35,186 +32,6 @@ pub struct Reconstruction {
     /// A known spectrum on the grid (`--truth`), drawn on the plot.
     pub truth: Option<Vec<f64>>,
     pub summary: Summary,
-}
-
-/// Accuracy against a known spectrum (`spx dip recon --truth`).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TruthScore {
-    pub file: String,
-    /// Relative RMS of the spectrum as written minus the truth smoothed to one resolution element
-    /// λ/R, over the grid less 0.05 µm at each end (structure finer than λ/R counts as error).
-    pub relative_rms: f64,
-    /// The same with the written spectrum smoothed to λ/R too (hides sub-resolution wiggles).
-    pub relative_rms_smoothed_output: f64,
-    /// The features listed in the truth file (`# feature,KIND,CENTRE,SIGMA` lines).
-    pub lines: Vec<LineScore>,
-    /// Why `lines` is empty, when it is.
-    pub lines_note: Option<String>,
-    /// The Tikhonov baseline scored the same way (when it ran beside the DIP).
-    pub baseline: Option<BaselineScore>,
-}
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct BaselineScore {
-    pub relative_rms: f64,
-    pub relative_rms_smoothed_output: f64,
-    pub lines: Vec<LineScore>,
-}
-
-/// A feature's integrated flux (µJy·µm, above a straight continuum fitted to sidebands; negative
-/// for absorptions) and peak (largest deviation from that continuum within λ/R of the centre).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct LineScore {
-    pub wavelength: f64,
-    pub kind: FeatureKind,
-    pub truth: f64,
-    pub recovered: f64,
-    pub ratio: f64,
-    /// Recovered peak over the peak of the truth smoothed to λ/R.
-    pub peak_ratio: f64,
-}
-
-/// A known spectrum on the reconstruction grid and the features it lists.
-#[derive(Clone, Debug)]
-pub struct Truth {
-    pub flux: Vec<f64>,
-    /// `None` when the file lists no features.
-    pub features: Option<Vec<Feature>>,
-}
-
-/// Parse a `# feature,emission|absorption,CENTRE_UM,SIGMA_UM` comment line.
-fn parse_feature(line: &str) -> Option<Result<Feature, String>> {
-    let rest = line.trim_start().strip_prefix('#')?.trim();
-    let rest = rest.strip_prefix("feature,")?;
-    let f: Vec<&str> = rest.split(',').map(str::trim).collect();
-    let kind = match f.first() {
-        Some(&"emission") => FeatureKind::Emission,
-        Some(&"absorption") => FeatureKind::Absorption,
-        _ => return Some(Err(format!("feature kind `{}`", f.first().unwrap_or(&"")))),
-    };
-    let num = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v > 0.0)
-    };
-    match (num(1), num(2)) {
-        (Some(centre), Some(sigma)) => Some(Ok(Feature {
-            kind,
-            centre,
-            sigma,
-            strength: f64::NAN,
-        })),
-        _ => Some(Err("feature centre/sigma must be finite numbers > 0".into())),
-    }
-}
-
-/// Read columns `wavelength` (µm, increasing) and `flux` (µJy) of a CSV such as the `truth.csv`
-/// of `spx dip simulate`, linearly interpolated onto `grid`, and its `# feature,...` lines.
-pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Truth, SpxError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
-    let mut features = Vec::new();
-    for (i, l) in text.lines().enumerate() {
-        if let Some(f) = parse_feature(l) {
-            features.push(
-                f.map_err(|e| SpxError::field(path, "feature", format!("line {}: {e}", i + 1)))?,
-            );
-        }
-    }
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let (_, header) = lines
-        .next()
-        .ok_or_else(|| SpxError::file(path, "empty file (no header)"))?;
-    let header = split_csv_line(header).map_err(|e| SpxError::file(path, e))?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| SpxError::field(path, name, "missing column"))
-    };
-    let (cw, cf) = (col("wavelength")?, col("flux")?);
-    let (mut wl, mut fl) = (Vec::new(), Vec::new());
-    for (i, line) in lines {
-        let f = split_csv_line(line)
-            .map_err(|e| SpxError::file(path, format!("line {}: {e}", i + 1)))?;
-        let num = |c: usize, name: &str| -> Result<f64, SpxError> {
-            f.get(c)
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    SpxError::field(path, name, format!("line {}: not a finite number", i + 1))
-                })
-        };
-        let w = num(cw, "wavelength")?;
-        if wl.last().is_some_and(|&p| w <= p) {
-            return Err(SpxError::field(
-                path,
-                "wavelength",
-                format!("line {}: not increasing", i + 1),
-            ));
-        }
-        wl.push(w);
-        fl.push(num(cf, "flux")?);
-    }
-    let (lo, hi) = (grid[0], grid[grid.len() - 1]);
-    if wl.len() < 2 || wl[0] > lo + 1e-9 || wl[wl.len() - 1] < hi - 1e-9 {
-        return Err(SpxError::field(
-            path,
-            "wavelength",
-            format!("does not cover the grid {lo}–{hi} µm"),
-        ));
-    }
-    let flux = grid
-        .iter()
-        .map(|&g| {
-            let k = wl.partition_point(|&w| w < g).clamp(1, wl.len() - 1);
-            let t = ((g - wl[k - 1]) / (wl[k] - wl[k - 1])).clamp(0.0, 1.0);
-            fl[k - 1] + t * (fl[k] - fl[k - 1])
-        })
-        .collect();
-    Ok(Truth {
-        flux,
-        features: (!features.is_empty()).then_some(features),
-    })
-}
-
-/// Score `x` against the truth: written and smoothed-output errors, and every listed feature
-/// whose measuring window (with sidebands) lies inside the grid.
-pub fn score_spectrum(
-    grid: &[f64],
-    x: &[f64],
-    truth: &[f64],
-    features: &[Feature],
-) -> (f64, f64, Vec<LineScore>) {
-    let (lo, hi) = (grid[0], grid[grid.len() - 1]);
-    let smooth_truth = smooth_to_resolution(grid, truth);
-    let lines = features
-        .iter()
-        .filter_map(|f| {
-            let half = feature_half_width(f.centre, f.sigma);
-            (f.centre - 2.0 * half > lo && f.centre + 2.0 * half < hi).then(|| {
-                let t = measure_feature(grid, truth, f.centre, half);
-                let r = measure_feature(grid, x, f.centre, half);
-                let tp = feature_peak(grid, &smooth_truth, f.centre, half);
-                let rp = feature_peak(grid, x, f.centre, half);
-                LineScore {
-                    wavelength: f.centre,
-                    kind: f.kind,
-                    truth: t,
-                    recovered: r,
-                    ratio: r / t,
-                    peak_ratio: rp / tp,
-                }
-            })
-        })
-        .collect();
-    (
-        relative_rms_written(grid, x, truth, lo + 0.05, hi - 0.05),
-        relative_rms(grid, x, truth, lo + 0.05, hi - 0.05),
-        lines,
-    )
 }
 
 /// Score `r` (and its baseline) against `truth`, read by [`read_truth`] from `path`; sets
@@ -254,14 +71,16 @@ pub fn score_against(r: &mut Reconstruction, path: &Path, truth: Truth) {
     r.truth = Some(truth.flux);
 }
 
-/// Run the configured solver on the photometry CSV at `input` (no files written).
+/// Run the configured solver on the photometry CSV at `input` (no files written); DIP
+/// ensemble member k uses seed `seed + k`.
 pub fn reconstruct(
-    cfg: &Config,
+    dc: &DipConfig,
+    spec: &DeviceSpec,
+    seed: u64,
     input: &Path,
     progress: Progress,
 ) -> Result<Reconstruction, SpxError> {
     let t0 = Instant::now();
-    let dc = &cfg.dip;
     dc.validate()?;
     let (obs, qc) = input::load(input, &dc.qc)?;
     let grid = linspace(dc.wavelength_min, dc.wavelength_max, dc.resolution);
@@ -285,19 +104,27 @@ pub fn reconstruct(
 
     let base = if dc.solver == Solver::Tikhonov || dc.compare_baseline {
         Some(
-            tikhonov::solve(&op, &y, &sigma, &dc.tikhonov, dc.weighting, dc.epsilon_weight)
-                .ok_or_else(|| {
-                    SpxError::Config(
-                        "Tikhonov normal equations are not positive definite; raise dip.tikhonov.lambda"
-                            .into(),
-                    )
-                })?,
+            tikhonov::solve(
+                &op,
+                &y,
+                &sigma,
+                &dc.tikhonov,
+                dc.weighting,
+                dc.epsilon_weight,
+            )
+            .ok_or_else(|| {
+                let big = y.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                SpxError::field(
+                    input,
+                    "flux",
+                    format!("{} (largest |flux| {big:e} µJy)", tikhonov::FAILED),
+                )
+            })?,
         )
     } else {
         None
     };
 
-    let spec: DeviceSpec = cfg.run.device.clone();
     let (flux, flux_std, dip, histories, scale) = match dc.solver {
         Solver::Tikhonov => {
             let b = base.as_ref().expect("baseline solved");
@@ -310,23 +137,26 @@ pub fn reconstruct(
                 y: &y,
                 sigma: &sigma,
             };
-            let mut fits = Vec::with_capacity(dc.ensemble);
-            for k in 0..dc.ensemble {
-                let label = if dc.ensemble > 1 {
-                    format!("dip {}/{}", k + 1, dc.ensemble)
-                } else {
-                    "dip".to_string()
-                };
-                let pb = progress.bar(dc.epochs as u64, &label);
-                fits.push(train::fit(
-                    dc,
-                    &problem,
-                    &device,
-                    cfg.run.seed + k as u64,
-                    &pb,
-                ));
-                pb.finish_and_clear();
-            }
+            // Ensemble members train together, `batch_size` fits per batch; each equals its
+            // fit alone.
+            let jobs: Vec<Job> = (0..dc.ensemble)
+                .map(|k| Job {
+                    problem: problem.clone(),
+                    seed: seed + k as u64,
+                })
+                .collect();
+            let bs = super::batch::batch_size(dc, spec).max(1);
+            let label = if dc.ensemble > 1 {
+                format!("dip ×{}", dc.ensemble)
+            } else {
+                "dip".to_string()
+            };
+            let pb = progress.bar((dc.epochs * jobs.len().div_ceil(bs)) as u64, &label);
+            let fits: Vec<train::FitResult> = jobs
+                .chunks(bs)
+                .flat_map(|c| super::batch::fit_batch(dc, c, &device, &pb))
+                .collect();
+            pb.finish_and_clear();
             let n = grid.len();
             let kf = fits.len() as f64;
             let mean: Vec<f64> = (0..n)
@@ -381,7 +211,7 @@ pub fn reconstruct(
             / flux.len() as f64,
         flux_scale_ujy: scale,
         seconds: t0.elapsed().as_secs_f64(),
-        seed: cfg.run.seed,
+        seed,
         device: spec.to_string(),
         dip,
         tikhonov: base.clone(),
@@ -402,11 +232,13 @@ pub fn reconstruct(
     })
 }
 
-/// Write spectrum.csv, loss.csv (DIP), spectrum.png, summary.toml and spx-config.toml to `out`.
+/// Write spectrum.csv, loss.csv (DIP), spectrum.png, the effective config (`write_config`
+/// writes it into the directory it is given and returns its path) and summary.toml to `out`.
 pub fn write_outputs(
-    cfg: &Config,
+    dc: &DipConfig,
     r: &mut Reconstruction,
     out: &Path,
+    write_config: impl FnOnce(&Path) -> Result<PathBuf, SpxError>,
 ) -> Result<Vec<PathBuf>, SpxError> {
     crate::io::ensure_dir(out)?;
     let mut files = Vec::new();
@@ -416,7 +248,7 @@ pub fn write_outputs(
         &r.grid,
         &r.flux,
         r.flux_std.as_deref(),
-        if cfg.dip.solver == Solver::Dip {
+        if dc.solver == Solver::Dip {
             r.baseline.as_deref()
         } else {
             None
@@ -457,7 +289,7 @@ pub fn write_outputs(
             model_clipped: &model_clipped,
             flux: &r.flux,
             std: r.flux_std.as_deref(),
-            baseline: if cfg.dip.solver == Solver::Dip {
+            baseline: if dc.solver == Solver::Dip {
                 r.baseline.as_deref()
             } else {
                 None
@@ -466,7 +298,7 @@ pub fn write_outputs(
         },
     )?;
     files.push(p);
-    files.push(cfg.write_effective(out)?);
+    files.push(write_config(out)?);
     let p = out.join("summary.toml");
     files.push(p.clone());
     r.summary.files = files.iter().map(|f| f.display().to_string()).collect();

@@ -213,6 +213,11 @@ pub struct TikhonovResult {
     pub lambda_at_floor: bool,
 }
 
+/// Why the Tikhonov solve failed (the normal equations lost positive definiteness, e.g. to
+/// fluxes or errors so extreme that their squares overflow).
+pub const FAILED: &str = "Tikhonov normal equations are not positive definite: \
+    check flux and flux_error for extreme values, or raise dip.tikhonov.lambda";
+
 /// Search range of the automatic λ (scaled units).
 pub const LAMBDA_MIN: f64 = 1e-8;
 pub const LAMBDA_MAX: f64 = 1e8;

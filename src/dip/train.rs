@@ -13,22 +13,14 @@
 //! (`smooth_output`), a second-difference penalty tied to the Tikhonov baseline's discrepancy λ
 //! (`smoothness_weight`), and an exponential moving average of the output (`ema_decay`).
 
-use std::time::Instant;
-
-use burn::module::Module;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::activation::softplus;
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use indicatif::ProgressBar;
-use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::forward::Operator;
 use super::grid::{linspace, resolution_width};
 use super::kernel::ricker_bank;
-use super::unet::{UNet, UNetSpec};
 use super::{DipConfig, LossMode, Weighting};
 
 use crate::backend::{self, Elem};
@@ -305,176 +297,4 @@ pub fn validation_rows(m: usize, fraction: f64, seed: u64) -> Vec<usize> {
     let mut v = sample(&mut r, m, k).into_vec();
     v.sort_unstable();
     v
-}
-
-/// The second-difference weight of the fit: `smoothness_weight` × the Tikhonov baseline's
-/// discrepancy λ on the same data, converted to this fit's flux units. 0 when off, when the
-/// baseline cannot be solved, or when its λ sits at an end of its search range: then no λ meets
-/// the discrepancy (at the cap, e.g. a blackbody, even the smoothest solution fits), the value is
-/// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
-/// simulated star.
-pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
-    if cfg.smoothness_weight <= 0.0 {
-        return 0.0;
-    }
-    super::tikhonov::solve(
-        p.op,
-        p.y,
-        p.sigma,
-        &cfg.tikhonov,
-        cfg.weighting,
-        cfg.epsilon_weight,
-    )
-    .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
-    .map(|t| cfg.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
-    .unwrap_or(0.0)
-}
-
-/// Fit one network with `seed`. `device` must be an autodiff device.
-pub fn fit(
-    cfg: &DipConfig,
-    p: &Problem,
-    device: &Device,
-    seed: u64,
-    pb: &ProgressBar,
-) -> FitResult {
-    let t0 = Instant::now();
-    let n = p.op.n;
-    let scale = if cfg.scale_flux { flux_scale(p.y) } else { 1.0 };
-    let mut rng = backend::seeded(device, seed);
-    let held_out = validation_rows(p.op.m, cfg.validation_fraction, seed);
-    let d2 = d2_lambda(cfg, p, scale);
-    let terms = LossTerms::new(cfg, p, scale, &held_out, d2, device);
-    let normal = Normal::new(0.0, cfg.noise_std.max(0.0)).expect("finite noise std");
-    let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
-    let z = backend::tensor_from(z, [1, 1, n], device);
-
-    // Positivity (Softplus) is applied here, after the optional flat start.
-    let spec = UNetSpec {
-        length: n,
-        depth: cfg.depth,
-        filters: cfg.filters,
-        kernel_size: cfg.kernel_size,
-        leaky_slope: cfg.leaky_slope,
-        init: cfg.init,
-        positivity: false,
-    };
-    let mut net = UNet::new(&spec, device);
-    // Flat start: subtract the randomly initialised network's own output, so the first spectrum
-    // is the constant median flux and every structure in the result was put there by the data's
-    // gradients; otherwise the init's random structure in the null space of H (what no filter
-    // constrains) survives an early stop.
-    let start = cfg.start_flat.then(|| {
-        let level = if cfg.positivity {
-            (1f64.exp() - 1.0).ln() // softplus⁻¹(1)
-        } else {
-            1.0
-        };
-        net.forward(z.clone())
-            .reshape([n])
-            .detach()
-            .neg()
-            .add_scalar(level)
-    });
-    let output = |net: &UNet| {
-        let mut u = net.forward(z.clone()).reshape([n]);
-        if let Some(s) = &start {
-            u = u + s.clone();
-        }
-        if cfg.positivity { softplus(u, 1.0) } else { u }
-    };
-    let mut opt = AdamConfig::new().init();
-
-    let validate = !held_out.is_empty();
-    // (score, epoch, spectrum): score = total loss, or held-out χ² with a validation split.
-    let mut best = (f64::INFINITY, 0usize, vec![0f64; n]);
-    let mut ema: Option<Vec<f64>> = None;
-    let mut history = Vec::with_capacity(cfg.epochs);
-    let mut last_improve = (f64::INFINITY, 0usize);
-    let mut stop = StopReason::Epochs;
-    let mut epochs_run = 0;
-    for epoch in 0..cfg.epochs {
-        let x = terms.spectrum(output(&net));
-        let data = terms.data(x.clone());
-        let reg = terms.reg(x.clone());
-        let chi2 = terms.chi2_per_obs(x.clone().detach());
-        let loss = data.clone() + reg.clone();
-        // One host read for the four numbers.
-        let v = backend::to_vec(Tensor::cat(vec![data.detach(), reg.detach(), chi2], 0));
-        let (d, r, c2) = (v[0] as f64, v[1] as f64, v[2] as f64);
-        let vc2 = if validate { v[3] as f64 } else { f64::NAN };
-        let total = d + r;
-        history.push(EpochLoss {
-            epoch,
-            total,
-            data: d,
-            reg: r,
-            chi2: c2,
-            val_chi2: vc2,
-        });
-        epochs_run = epoch + 1;
-        let xs: Vec<f64> = backend::to_vec(x.detach())
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let current = match ema.as_mut() {
-            Some(e) if cfg.ema_decay > 0.0 => {
-                let a = cfg.ema_decay;
-                for (e, v) in e.iter_mut().zip(&xs) {
-                    *e = a * *e + (1.0 - a) * v;
-                }
-                e.clone()
-            }
-            _ => {
-                ema = Some(xs.clone());
-                xs
-            }
-        };
-        // At the discrepancy stop (without validation) this epoch's spectrum is returned: it is
-        // the one that meets the noise level (an earlier lower-loss epoch may not).
-        let reached = cfg.stop_chi2 > 0.0 && c2 <= cfg.stop_chi2;
-        let score = if validate { vc2 } else { total };
-        if score < best.0 || (reached && !validate) {
-            best = (score, epoch, current);
-        }
-        if reached {
-            stop = StopReason::Discrepancy;
-            pb.inc(1);
-            break;
-        }
-        if validate && epoch - best.1 >= cfg.validation_patience {
-            stop = StopReason::Validation;
-            pb.inc(1);
-            break;
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = opt.step(cfg.lr, net, grads);
-        if epoch % 10 == 0 {
-            pb.set_prefix(format!("loss {total:.4e} χ²/M {c2:.3}"));
-        }
-        pb.inc(1);
-        if cfg.early_stop_patience > 0 {
-            if total < last_improve.0 * (1.0 - cfg.early_stop_min_delta) {
-                last_improve = (total, epoch);
-            } else if epoch - last_improve.1 >= cfg.early_stop_patience {
-                stop = StopReason::Patience;
-                break;
-            }
-        }
-    }
-    let _ = net.valid();
-    FitResult {
-        spectrum: best.2.iter().map(|&v| v * scale).collect(),
-        best_epoch: best.1,
-        best_loss: history.get(best.1).map_or(f64::NAN, |h| h.total),
-        epochs_run,
-        stopped_early: stop != StopReason::Epochs,
-        stop_reason: stop,
-        seconds: t0.elapsed().as_secs_f64(),
-        history,
-        seed,
-        scale,
-        held_out,
-        d2_lambda: d2,
-    }
 }

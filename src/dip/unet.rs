@@ -159,3 +159,62 @@ impl UNet {
         }
     }
 }
+
+impl UNet {
+    /// Every conv's weight `[cout, cin, k]` and bias `[cout]` in forward order (input block,
+    /// down blocks, up blocks, head), without autodiff: the layout [`UNet::forward_stacked`]
+    /// takes, one network per row.
+    pub fn conv_params(&self) -> Vec<(Tensor<3>, Tensor<1>)> {
+        let mut convs: Vec<&Conv1d> = vec![&self.inc.c1, &self.inc.c2];
+        for b in self.downs.iter().chain(&self.ups) {
+            convs.push(&b.c1);
+            convs.push(&b.c2);
+        }
+        convs.push(&self.head);
+        convs
+            .into_iter()
+            .map(|c| {
+                let w = c.weight.val().inner();
+                let cout = w.dims()[0];
+                let b = match &c.bias {
+                    Some(b) => b.val().inner(),
+                    None => Tensor::zeros([cout], &w.device()),
+                };
+                (w, b)
+            })
+            .collect()
+    }
+
+    /// B networks of this architecture at once: row r of `z` `[B, 1, L]` through the weights
+    /// `w[c][r]` `[cout, cin, k]`, `b[c][r]` of every conv c (the order of
+    /// [`UNet::conv_params`]), → `[B, 1, L]`. No row reads another's weights or activations.
+    pub fn forward_stacked(&self, w: &[Tensor<4>], b: &[Tensor<2>], z: Tensor<3>) -> Tensor<3> {
+        let (pad, slope) = (self.inc.pad, self.inc.slope);
+        let mut next = 0usize;
+        let mut conv = |x: Tensor<3>, pad: usize| {
+            let c = next;
+            next += 1;
+            super::stacked::conv(x, w[c].clone(), b[c].clone(), pad)
+        };
+        let mut block = |x: Tensor<3>| {
+            let x = leaky_relu(conv(x, pad), slope);
+            leaky_relu(conv(x, pad), slope)
+        };
+        let mut x = block(z);
+        let mut skips = Vec::with_capacity(self.downs.len());
+        for _ in &self.downs {
+            skips.push(x.clone());
+            x = block(self.pool.forward(x));
+        }
+        for up in &self.upsample {
+            let skip = skips.pop().expect("one skip per level");
+            x = block(Tensor::cat(vec![up.forward(x), skip], 1));
+        }
+        let out = conv(x, 0);
+        if self.positivity {
+            softplus(out, 1.0)
+        } else {
+            out
+        }
+    }
+}

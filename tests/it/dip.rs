@@ -503,9 +503,9 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
         sigma: &s,
     };
     let pb = indicatif::ProgressBar::hidden();
-    let a = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
-    let b = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
-    let other = spx::dip::train::fit(&dc, &p, &dev, 12, &pb);
+    let a = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
+    let b = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
+    let other = spx::dip::batch::fit(&dc, &p, &dev, 12, &pb);
     assert_eq!(a.spectrum, b.spectrum, "same seed, same spectrum");
     assert_ne!(a.spectrum, other.spectrum);
     let min = a
@@ -535,7 +535,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     // Early stopping: a 50 % improvement is never reached twice in a row.
     dc.early_stop_patience = 2;
     dc.early_stop_min_delta = 0.5;
-    let e = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let e = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
     assert!(e.stopped_early && e.epochs_run < dc.epochs);
     assert_eq!(e.stop_reason, StopReason::Patience);
     // Discrepancy stop with the threshold at the χ²/M the unstopped run had at epoch 10: the fit
@@ -543,7 +543,7 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     assert_eq!(a.stop_reason, StopReason::Epochs);
     dc.early_stop_patience = 0;
     dc.stop_chi2 = a.history[10].chi2;
-    let d = spx::dip::train::fit(&dc, &p, &dev, 11, &pb);
+    let d = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
     let first = a
         .history
         .iter()
@@ -625,7 +625,14 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
         1,
     )
     .unwrap();
-    let mut r = spx::dip::recon::reconstruct(&c, &csv, spx::logging::Progress::hidden()).unwrap();
+    let mut r = spx::dip::recon::reconstruct(
+        &c.dip,
+        &spx::backend::DeviceSpec::Cpu,
+        c.run.seed,
+        &csv,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
     let std = r.flux_std.clone().expect("ensemble std");
     // The members, refitted one by one with seeds 9 and 10.
     let (obs, _) = input::load(&csv, &c.dip.qc).unwrap();
@@ -643,8 +650,8 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
     };
     let ad = dev.autodiff();
     let pb = indicatif::ProgressBar::hidden();
-    let a = spx::dip::train::fit(&c.dip, &p, &ad, 9, &pb).spectrum;
-    let b = spx::dip::train::fit(&c.dip, &p, &ad, 10, &pb).spectrum;
+    let a = spx::dip::batch::fit(&c.dip, &p, &ad, 9, &pb).spectrum;
+    let b = spx::dip::batch::fit(&c.dip, &p, &ad, 10, &pb).spectrum;
     for j in 0..grid.len() {
         let mean = 0.5 * (a[j] + b[j]);
         let sd = ((a[j] - mean).powi(2) + (b[j] - mean).powi(2)).sqrt(); // n − 1 = 1
@@ -652,7 +659,10 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
         assert!((std[j] - sd).abs() <= 1e-9 * sd.max(1.0));
     }
     assert_eq!(r.summary.dip.as_ref().unwrap().seeds, vec![9, 10]);
-    let files = spx::dip::recon::write_outputs(&c, &mut r, &dir.path().join("out")).unwrap();
+    let files = spx::dip::recon::write_outputs(&c.dip, &mut r, &dir.path().join("out"), |d| {
+        c.write_effective(d)
+    })
+    .unwrap();
     let head = std::fs::read_to_string(&files[0]).unwrap();
     assert!(
         head.starts_with("wavelength,flux,flux_std,band\n"),
@@ -685,7 +695,7 @@ fn dip_with_defaults_recovers_simulated_source() {
         y: &y,
         sigma: &s,
     };
-    let f = spx::dip::train::fit(
+    let f = spx::dip::batch::fit(
         &c.dip,
         &p,
         &Device::flex().autodiff(),
@@ -1027,8 +1037,14 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         let (csv, tp) =
             spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
         let score = |c: &Config| {
-            let mut r =
-                spx::dip::recon::reconstruct(c, &csv, spx::logging::Progress::hidden()).unwrap();
+            let mut r = spx::dip::recon::reconstruct(
+                &c.dip,
+                &spx::backend::DeviceSpec::Cpu,
+                c.run.seed,
+                &csv,
+                spx::logging::Progress::hidden(),
+            )
+            .unwrap();
             let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap();
             spx::dip::recon::score_against(&mut r, &tp, truth);
             let t = r.summary.truth.unwrap();
@@ -1071,4 +1087,344 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         .iter()
         .fold((0.0, 0.0), |a, r| (a.0 + r.0, a.1 + r.1));
     assert!(d <= 1.05 * t, "mean DIP {d} vs Tikhonov {t} (sums)");
+}
+
+/// Small simulated sources of different kinds and observation counts, written as CSVs in `dir`
+/// (`src{i}.csv`), with the config the catalog tests fit them with.
+fn small_catalog(dir: &Path, n: usize) -> (Config, Vec<PathBuf>) {
+    let mut c = cfg();
+    c.dip.resolution = 256;
+    c.dip.filters = 4;
+    c.dip.depth = 2;
+    c.dip.epochs = 30;
+    c.dip.lr = 3e-3;
+    c.dip.simulate.noise = spx::dip::NoiseModel::Relative;
+    let kinds = [
+        spx::dip::SourceKind::Qso,
+        spx::dip::SourceKind::Star,
+        spx::dip::SourceKind::Ice,
+    ];
+    let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
+    let files = (0..n)
+        .map(|i| {
+            let mut sc = c.dip.simulate.clone();
+            sc.kind = kinds[i % 3];
+            sc.per_band = 20 + 7 * i;
+            let seed = 100 + i as u64;
+            let (src, rows) =
+                simulate::simulate_kind(&sc, seed, &mut backend::seeded(&Device::flex(), seed));
+            let sub = dir.join(format!("sim{i}"));
+            let (csv, _) =
+                spx::dip::recon::write_simulation(&rows, &src, &grid, &sub, seed).unwrap();
+            let to = dir.join(format!("src{i}.csv"));
+            std::fs::rename(&csv, &to).unwrap();
+            to
+        })
+        .collect();
+    (c, files)
+}
+
+fn problem_of(c: &Config, csv: &Path) -> (Operator, Vec<f64>, Vec<f64>) {
+    let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
+    let (obs, _) = input::load(csv, &c.dip.qc).unwrap();
+    let (op, kept) = Operator::build(
+        &grid,
+        &obs.iter().map(|o| o.wavelength).collect::<Vec<_>>(),
+        &obs.iter().map(|o| o.bandwidth).collect::<Vec<_>>(),
+    );
+    let obs: Vec<_> = kept.iter().map(|&i| obs[i].clone()).collect();
+    (
+        op,
+        obs.iter().map(|o| o.flux).collect(),
+        obs.iter().map(|o| o.flux_error).collect(),
+    )
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().map(|v| v.abs()).fold(0.0, f64::max).max(1e-300);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+/// The batched path's promise: every fit in a batch (own weights, noise, scale, rows, Adam
+/// state, stopping rule; rows padded to the longest problem; fits leaving as they stop) equals
+/// the same fit alone, for the plain loss and for validation split + pixel loss + flat start +
+/// EMA + two smoothing passes.
+#[test]
+fn batched_fits_equal_lone_fits() {
+    let _rng = crate::common::burn_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, files) = small_catalog(dir.path(), 3);
+    let probs: Vec<_> = files.iter().map(|f| problem_of(&c, f)).collect();
+    let ms: Vec<usize> = probs.iter().map(|p| p.0.m).collect();
+    assert!(
+        ms[0] != ms[1] && ms[1] != ms[2],
+        "different row counts: {ms:?}"
+    );
+    let dev = Device::flex().autodiff();
+    let pb = indicatif::ProgressBar::hidden();
+    let mut variants = Vec::new();
+    let mut a = c.dip.clone();
+    a.early_stop_patience = 4;
+    a.early_stop_min_delta = 0.02;
+    variants.push(a);
+    let mut b = c.dip.clone();
+    b.validation_fraction = 0.2;
+    b.validation_patience = 5;
+    b.loss_mode = LossMode::Pixel;
+    b.start_flat = true;
+    b.ema_decay = 0.5;
+    b.smooth_passes = 2;
+    variants.push(b);
+    for (v, dc) in variants.iter().enumerate() {
+        let jobs: Vec<spx::dip::batch::Job> = probs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (op, y, s))| {
+                (0..2).map(move |k| spx::dip::batch::Job {
+                    problem: Problem { op, y, sigma: s },
+                    seed: 7 + 3 * i as u64 + k,
+                })
+            })
+            .collect();
+        let batched = spx::dip::batch::fit_batch(dc, &jobs, &dev, &pb);
+        let mut epochs = Vec::new();
+        for (j, f) in jobs.iter().zip(&batched) {
+            let alone = spx::dip::batch::fit(dc, &j.problem, &dev, j.seed, &pb);
+            let d = max_rel(&f.spectrum, &alone.spectrum);
+            assert!(
+                d <= 1e-5,
+                "variant {v} seed {}: batched vs alone {d:e}",
+                j.seed
+            );
+            assert_eq!(
+                (f.epochs_run, f.best_epoch, f.stop_reason),
+                (alone.epochs_run, alone.best_epoch, alone.stop_reason)
+            );
+            assert_eq!(f.history.len(), alone.history.len());
+            epochs.push(f.epochs_run);
+        }
+        // Some fits stopped before others, so rows did leave the batch mid-run.
+        assert!(
+            epochs.iter().min() < epochs.iter().max(),
+            "variant {v}: {epochs:?}"
+        );
+    }
+}
+
+/// Catalog mode end to end through the library: a directory of sources, one HDF5 file whose
+/// rows equal `spx dip recon` of each source alone; a rerun resumes every source from
+/// `catalog-parts/`; two shards merged equal the unsharded file.
+#[test]
+fn catalog_equals_lone_runs_resumes_and_merges() {
+    use spx::dip::catalog::{self, CatalogSettings};
+    let _rng = crate::common::burn_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let src_dir = dir.path().join("in");
+    std::fs::create_dir_all(&src_dir).unwrap();
+    let (mut c, files) = small_catalog(&src_dir, 4);
+    c.dip.batch_sources = 3;
+    c.dip.ensemble = 2;
+    // A source that fails QC (every row flagged bad).
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let bad: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("sim_") {
+                let mut f: Vec<&str> = l.split(',').collect();
+                f[7] = "1";
+                f.join(",")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    write(&src_dir, "zz_bad.csv", &bad);
+    let sources = catalog::collect_sources(std::slice::from_ref(&src_dir)).unwrap();
+    assert_eq!(sources.len(), 5);
+    assert_eq!(sources[4].id, "zz_bad");
+    let settings = |out: &Path, shard| CatalogSettings {
+        dip: c.dip.clone(),
+        device: spx::backend::DeviceSpec::Cpu,
+        seed: 5,
+        shard,
+        plots: false,
+        out: out.to_path_buf(),
+    };
+    let out = dir.path().join("all");
+    let rep = catalog::run(
+        &settings(&out, None),
+        &sources,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!((rep.sources, rep.fitted, rep.resumed), (5, 4, 0));
+    assert_eq!(rep.failed.len(), 1);
+    assert!(rep.failed[0].1.contains("flag"), "{:?}", rep.failed);
+    let (grid, rows, meta) = catalog::read_catalog(&rep.file).unwrap();
+    assert_eq!(grid.len(), 256);
+    assert_eq!((meta.n_sources, meta.ensemble), (5, 2));
+    for (r, f) in rows.iter().zip(&files) {
+        let alone = spx::dip::recon::reconstruct(
+            &c.dip,
+            &spx::backend::DeviceSpec::Cpu,
+            5,
+            f,
+            spx::logging::Progress::hidden(),
+        )
+        .unwrap();
+        assert!(r.error.is_none());
+        let d = max_rel(&r.flux, &alone.flux);
+        assert!(d <= 1e-5, "{}: catalog vs alone {d:e}", r.id);
+        assert!(
+            max_rel(
+                r.flux_std.as_ref().unwrap(),
+                alone.flux_std.as_ref().unwrap()
+            ) <= 1e-5
+        );
+        assert_eq!(r.baseline_flux, alone.baseline.unwrap());
+        assert_eq!(r.observations_used, alone.summary.observations_used);
+    }
+    assert!(rows[4].error.is_some() && rows[4].flux.is_empty());
+    // Rerun: everything comes from catalog-parts/, nothing is refitted, same numbers.
+    let again = catalog::run(
+        &settings(&out, None),
+        &sources,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!(again.resumed, 5);
+    let (_, rows2, _) = catalog::read_catalog(&again.file).unwrap();
+    assert!(
+        rows == rows2,
+        "a resumed run differs from the run it resumed"
+    );
+    // Two shards into their own directory, merged.
+    let sh = dir.path().join("shards");
+    let f1 = catalog::run(
+        &settings(&sh, Some((1, 2))),
+        &sources,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap()
+    .file;
+    let f2 = catalog::run(
+        &settings(&sh, Some((2, 2))),
+        &sources,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap()
+    .file;
+    assert!(catalog::merge(std::slice::from_ref(&f1), &sh.join("m.h5")).is_err());
+    assert_eq!(catalog::merge(&[f2, f1], &sh.join("merged.h5")).unwrap(), 5);
+    let (_, merged, m) = catalog::read_catalog(&sh.join("merged.h5")).unwrap();
+    assert_eq!((m.shard, m.n_shards), (1, 1));
+    for (a, b) in merged.iter().zip(&rows) {
+        assert_eq!(
+            (a.index, &a.id, &a.flux, &a.error),
+            (b.index, &b.id, &b.flux, &b.error)
+        );
+    }
+}
+
+/// `spx dip recon --shard` killed after its first saved source and rerun ends with the file an
+/// uninterrupted run writes (seconds aside); a failing source gives exit status 1 and is listed.
+#[test]
+fn catalog_shard_kill_and_rerun_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_dir = dir.path().join("in");
+    std::fs::create_dir_all(&src_dir).unwrap();
+    let (_c, _files) = small_catalog(&src_dir, 4);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "dip",
+            "recon",
+            src_dir.to_str().unwrap(),
+            "--shard",
+            "1/1",
+            "--batch-sources",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "dip.resolution=256",
+            "--set",
+            "dip.filters=4",
+            "--set",
+            "dip.depth=2",
+            "--set",
+            "dip.epochs=40",
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let full = dir.path().join("full");
+    let a: Vec<String> = args(&full);
+    let (rc, _, err) = spx(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rc, 0, "{err}");
+    let cut = dir.path().join("cut");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spx"))
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = cut.join("catalog-parts");
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = std::fs::read_dir(&parts)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "h5"))
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        if n >= 1 || t0.elapsed().as_secs() > 300 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let h5 = cut.join("catalog-shard-1-of-1.h5");
+    assert!(!h5.exists(), "killed before the end: no output file");
+    let b = args(&cut);
+    let (rc, out, err) = spx(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rc, 0, "{out}{err}");
+    let (_, x, _) = spx::dip::catalog::read_catalog(&h5).unwrap();
+    let (_, y, _) = spx::dip::catalog::read_catalog(&full.join("catalog-shard-1-of-1.h5")).unwrap();
+    let strip = |v: Vec<spx::dip::catalog::SourceResult>| {
+        v.into_iter()
+            .map(|mut r| {
+                r.seconds = 0.0;
+                r
+            })
+            .collect::<Vec<_>>()
+    };
+    let (x, y) = (strip(x), strip(y));
+    assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter().zip(&y) {
+        assert!(
+            a == b,
+            "{}: killed + rerun differs from uninterrupted",
+            a.id
+        );
+    }
+    // A source that fails: listed, the others written, exit status 1.
+    write(
+        &src_dir,
+        "empty.csv",
+        "flux,flux_error,wavelength,bandwidth,band,flag\n1,1,1.0,0.01,D1,1\n",
+    );
+    let (rc, out, _) = spx(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("failed: empty"), "{out}");
 }

@@ -239,3 +239,92 @@ fn python_tools_read_spx_files_and_spx_reads_theirs() {
     run_py(&py, "write_reference_files.py", dir.path());
     read_reference_files(dir.path());
 }
+
+/// h5py reads a DIP catalog file (`spx dip recon` catalog mode): shapes, chunking by source,
+/// values, the summary table's strings and numbers, and the file attributes.
+#[test]
+fn h5py_reads_dip_catalog_files() {
+    use spx::dip::catalog::{Meta, SourceResult, write_catalog};
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let grid: Vec<f64> = (0..16).map(|i| 0.75 + 0.25 * i as f64).collect();
+    let row = |i: usize, failed: bool| SourceResult {
+        index: 2 * i,
+        id: format!("src-{i}"),
+        input: format!("/data/src-{i}.csv"),
+        key: format!("{i:016x}"),
+        error: failed.then(|| "band: no rows left after QC".to_string()),
+        rows_read: 100 + i,
+        observations_used: if failed { 0 } else { 90 + i },
+        dropped_off_grid: 0,
+        qc_bad_flag: 3,
+        qc_invalid: 0,
+        qc_low_snr: 2,
+        qc_clipped: 1,
+        qc_bands_skipped: 0,
+        chi2_per_obs: (!failed).then_some(1.25),
+        baseline_chi2_per_obs: (!failed).then_some(1.0),
+        epochs: 300 * i,
+        stop_reason: "discrepancy,patience".into(),
+        seconds: 1.5,
+        flux: if failed {
+            vec![]
+        } else {
+            (0..16).map(|j| (i * 100 + j) as f64).collect()
+        },
+        flux_std: (!failed).then(|| vec![0.5; 16]),
+        baseline_flux: if failed { vec![] } else { vec![7.0; 16] },
+    };
+    let rows = vec![row(0, false), row(1, true), row(2, false)];
+    let meta = Meta {
+        settings_key: "abc".into(),
+        shard: 1,
+        n_shards: 2,
+        n_sources: 6,
+        seed: 42,
+        ensemble: 2,
+    };
+    let path = dir.path().join("catalog.h5");
+    write_catalog(&path, &grid, &rows, &meta).unwrap();
+    let script = r#"
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+assert f["wavelength"].shape == (16,)
+for name in ["flux", "baseline_flux", "flux_std"]:
+    d = f[name]
+    assert d.shape == (3, 16), (name, d.shape)
+    assert d.chunks == (1, 16), (name, d.chunks)
+flux = f["flux"][...]
+assert np.array_equal(flux[0], np.arange(16.0)), flux[0]
+assert np.array_equal(flux[2], 200 + np.arange(16.0))
+assert np.isnan(flux[1]).all()
+s = f["sources"]
+ids = [x.decode() if isinstance(x, bytes) else x for x in s["id"][...]]
+assert ids == ["src-0", "src-1", "src-2"], ids
+status = [x.decode() if isinstance(x, bytes) else x for x in s["status"][...]]
+assert status == ["ok", "failed", "ok"], status
+assert list(s["index"][...]) == [0, 2, 4]
+assert list(s["observations_used"][...]) == [90, 0, 92]
+c2 = s["chi2_per_obs"][...]
+assert c2[0] == 1.25 and np.isnan(c2[1])
+assert f.attrs["n_sources"] == 6 and f.attrs["ensemble"] == 2
+key = f.attrs["settings_key"]
+assert (key.decode() if isinstance(key, bytes) else key) == "abc"
+print("ok")
+"#;
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And spx reads back what it wrote.
+    let (g, back, m) = spx::dip::catalog::read_catalog(&path).unwrap();
+    assert_eq!((g, back, m), (grid, rows, meta));
+}

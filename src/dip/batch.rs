@@ -1,0 +1,621 @@
+//! Batched DIP fitting: B independent fits (sources, or ensemble members) in one forward and
+//! one backward per epoch.
+//!
+//! Each fit keeps everything a one-at-a-time fit has: its own network weights (initialised from
+//! its own seed exactly as [`UNet::new`] does), noise input, flux scale, observation rows,
+//! validation split, Adam moments and stopping rule. The weights of the B networks are stacked
+//! along a leading batch dimension and every conv runs as B per-source convs inside one op
+//! ([`super::stacked::conv`]); the element-wise layers (LeakyReLU, max-pool, interpolation, Softplus, λ/R
+//! smoothing) and the loss act row by row. Adam is per parameter, so stacked moments give each
+//! network exactly the update it would get alone. A fit that stops leaves the batch: its rows are
+//! removed from the weights, the moments and the loss before the next epoch.
+//!
+//! Why this equals a one-at-a-time run (tested): a source's row never mixes with another row,
+//! its convs run the same kernel on the same sizes (one sample, on one thread: spx's conv
+//! kernels sum the weight gradient over rayon splits whose grouping depends on work stealing,
+//! so a source's kernels run on a one-thread pool of their own and the sources of a batch run
+//! in parallel instead), and the stopping decisions are made on the host in f64 from the
+//! spectrum read back each epoch, so they do not depend on how a device reduction groups a
+//! padded batch. A batch of one is how [`super::train::fit`] runs.
+
+use std::time::Instant;
+
+use burn::tensor::activation::softplus;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use indicatif::ProgressBar;
+use rand_distr::{Distribution, Normal};
+
+use super::DipConfig;
+use super::kernel::ricker_bank;
+use super::stacked::conv;
+use super::train::{
+    EpochLoss, FitResult, Problem, StopReason, flux_scale, obs_weights, resolution_operator,
+    validation_rows,
+};
+use super::unet::{UNet, UNetSpec};
+use super::{LossMode, Weighting};
+use crate::backend::{self, Elem};
+
+/// How many fits one batch holds: `dip.batch_sources`, or for 0 (auto) 8 per rayon thread on the
+/// CPU (measured, README) and 64 on a GPU.
+pub fn batch_size(dip: &DipConfig, device: &crate::backend::DeviceSpec) -> usize {
+    match (dip.batch_sources, device) {
+        (0, crate::backend::DeviceSpec::Cpu) => 8 * rayon::current_num_threads().max(1),
+        (0, _) => 64,
+        (b, _) => b,
+    }
+}
+
+/// The second-difference weight of the fit: `smoothness_weight` × the Tikhonov baseline's
+/// discrepancy λ on the same data, converted to this fit's flux units. 0 when off, when the
+/// baseline cannot be solved, or when its λ sits at an end of its search range: then no λ meets
+/// the discrepancy (at the cap, e.g. a blackbody, even the smoothest solution fits), the value is
+/// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
+/// simulated star.
+pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
+    if cfg.smoothness_weight <= 0.0 {
+        return 0.0;
+    }
+    super::tikhonov::solve(
+        p.op,
+        p.y,
+        p.sigma,
+        &cfg.tikhonov,
+        cfg.weighting,
+        cfg.epsilon_weight,
+    )
+    .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
+    .map(|t| cfg.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
+    .unwrap_or(0.0)
+}
+
+/// Fit one network with `seed`. `device` must be an autodiff device. A batch of one
+/// ([`fit_batch`]), so a fit inside a batch equals this.
+pub fn fit(
+    cfg: &DipConfig,
+    p: &Problem,
+    device: &Device,
+    seed: u64,
+    pb: &ProgressBar,
+) -> FitResult {
+    let job = Job {
+        problem: p.clone(),
+        seed,
+    };
+    fit_batch(cfg, &[job], device, pb)
+        .pop()
+        .expect("one result per job")
+}
+
+/// One fit of a batch: the observations and the seed of its network and noise.
+#[derive(Clone, Debug)]
+pub struct Job<'a> {
+    pub problem: Problem<'a>,
+    pub seed: u64,
+}
+
+/// The loss terms of one fit on the host, in f64 (scaled units): the numbers the stopping rules
+/// read, computed from the spectrum read back each epoch.
+struct HostTerms {
+    idx: Vec<usize>,
+    w: Vec<f64>,
+    k: usize,
+    y: Vec<f64>,
+    wt: Vec<f64>,
+    ivar: Vec<f64>,
+    ivar_val: Vec<f64>,
+    m_fit: usize,
+    m_val: usize,
+    d2: f64,
+}
+
+/// Shared host constants: the CWT bank.
+struct Cwt {
+    bank: Vec<f64>,
+    kmax: usize,
+    pad: usize,
+    scales: usize,
+    lambda: f64,
+}
+
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let r = if i < 0 {
+        -i
+    } else if i >= n {
+        2 * (n - 1) - i
+    } else {
+        i
+    };
+    r.clamp(0, n - 1) as usize
+}
+
+impl HostTerms {
+    /// (data, reg, χ²/M fitted, χ²/M held out) of spectrum `x` (scaled units).
+    fn eval(&self, x: &[f64], mode: LossMode, cwt: &Cwt) -> (f64, f64, f64, f64) {
+        let m = self.y.len();
+        let (mut data, mut c2, mut c2v) = (0.0, 0.0, 0.0);
+        for i in 0..m {
+            let row = i * self.k..(i + 1) * self.k;
+            let pred: f64 = self.idx[row.clone()]
+                .iter()
+                .zip(&self.w[row.clone()])
+                .map(|(&j, &w)| w * x[j])
+                .sum();
+            let r2 = (self.y[i] - pred).powi(2);
+            c2 += self.ivar[i] * r2;
+            c2v += self.ivar_val[i] * r2;
+            data += match mode {
+                LossMode::Forward => self.wt[i] * r2,
+                LossMode::Pixel => self.idx[row.clone()]
+                    .iter()
+                    .zip(&self.w[row])
+                    .map(|(&j, &w)| w * self.wt[i] * (self.y[i] - x[j]).powi(2))
+                    .sum(),
+            };
+        }
+        let n = x.len();
+        let mut l1 = 0.0;
+        for s in 0..cwt.scales {
+            let kern = &cwt.bank[s * cwt.kmax..(s + 1) * cwt.kmax];
+            for j in 0..n {
+                let c: f64 = kern
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &b)| b * x[reflect(j as isize + t as isize - cwt.pad as isize, n)])
+                    .sum();
+                l1 += c.abs();
+            }
+        }
+        let mut reg = cwt.lambda * l1;
+        if self.d2 > 0.0 {
+            let d2: f64 = (0..n.saturating_sub(2))
+                .map(|j| (x[j + 2] - 2.0 * x[j + 1] + x[j]).powi(2))
+                .sum();
+            reg += self.d2 * d2;
+        }
+        (
+            data,
+            reg,
+            c2 / self.m_fit.max(1) as f64,
+            c2v / self.m_val.max(1) as f64,
+        )
+    }
+}
+
+/// Host bookkeeping of one fit while it runs.
+struct Running {
+    job: usize,
+    t0: Instant,
+    scale: f64,
+    held_out: Vec<usize>,
+    d2: f64,
+    terms: HostTerms,
+    best: (f64, usize, Vec<f64>),
+    ema: Option<Vec<f64>>,
+    history: Vec<EpochLoss>,
+    last_improve: (f64, usize),
+}
+
+/// Stacked weights and their Adam moments.
+struct Stack {
+    w: Vec<Tensor<4>>,
+    b: Vec<Tensor<2>>,
+    mw: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    mb: Vec<Option<(Tensor<2>, Tensor<2>)>>,
+}
+
+/// burn's Adam (β₁ 0.9, β₂ 0.999, ε 1e-5, no weight decay), operation for operation, on a
+/// stacked parameter: every element gets the update it would get alone.
+fn adam<const D: usize>(
+    p: Tensor<D>,
+    g: Tensor<D>,
+    state: Option<(Tensor<D>, Tensor<D>)>,
+    time: i32,
+    lr: f64,
+) -> (Tensor<D>, (Tensor<D>, Tensor<D>)) {
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-5f32);
+    let (m, v) = match state {
+        Some((m, v)) => (
+            m.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1)),
+            v.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2)),
+        ),
+        None => (
+            g.clone().mul_scalar(1.0 - b1),
+            g.square().mul_scalar(1.0 - b2),
+        ),
+    };
+    let bc2 = (1.0 - b2.powi(time)).sqrt();
+    let cf = bc2 / (1.0 - b1.powi(time));
+    let step = m
+        .clone()
+        .mul_scalar(cf)
+        .div(v.clone().sqrt().add_scalar(eps * bc2));
+    (p - step.mul_scalar(lr), (m, v))
+}
+
+fn int_tensor(v: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::<2, Int>::from_data(TensorData::new(v, shape), device)
+}
+
+/// Fit every job; results in job order. `device` must be an autodiff device. Rows run together
+/// and leave the batch as they stop; `pb` counts epochs of the batch.
+pub fn fit_batch(
+    cfg: &DipConfig,
+    jobs: &[Job],
+    device: &Device,
+    pb: &ProgressBar,
+) -> Vec<FitResult> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let inner = device.clone().inner();
+    let n = jobs[0].problem.op.n;
+    let spec = UNetSpec {
+        length: n,
+        depth: cfg.depth,
+        filters: cfg.filters,
+        kernel_size: cfg.kernel_size,
+        leaky_slope: cfg.leaky_slope,
+        init: cfg.init,
+        positivity: false,
+    };
+    let (bank, kmax, pad) = ricker_bank(&cfg.cwt_scales);
+    let cwt = Cwt {
+        bank: bank.clone(),
+        kmax,
+        pad,
+        scales: cfg.cwt_scales.len(),
+        lambda: cfg.regularization_weight,
+    };
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as Elem).collect::<Vec<_>>();
+    // Loss constants live on the autodiff device (untracked); weights and moments on `inner`.
+    let bank_t = backend::tensor_from(f32s(&bank), [1, cwt.scales, 1, kmax], device);
+    let bank_b = Tensor::<2>::zeros([1, cwt.scales], device);
+    let smooth = cfg.smooth_output.then(|| {
+        let grid = super::grid::linspace(cfg.wavelength_min, cfg.wavelength_max, n);
+        let s = resolution_operator(&grid);
+        let idx: Vec<i64> = s.idx.iter().map(|&i| i as i64).collect();
+        (
+            Tensor::<1, Int>::from_data(TensorData::new(idx, [s.m * s.k]), device),
+            backend::tensor_from(f32s(&s.w), [1, s.m, s.k], device),
+            s.k,
+        )
+    });
+
+    // Per job, in job order and in the order a lone fit draws them: seed, split, λ_D2, noise,
+    // network.
+    let mut net: Option<UNet> = None;
+    let mut runs = Vec::with_capacity(jobs.len());
+    let mut zs = Vec::with_capacity(jobs.len());
+    let mut params: Vec<Vec<(Tensor<3>, Tensor<1>)>> = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter().enumerate() {
+        let t0 = Instant::now();
+        let p = &job.problem;
+        let scale = if cfg.scale_flux { flux_scale(p.y) } else { 1.0 };
+        let mut rng = backend::seeded(device, job.seed);
+        let held_out = validation_rows(p.op.m, cfg.validation_fraction, job.seed);
+        let d2 = d2_lambda(cfg, p, scale);
+        let normal = Normal::new(0.0, cfg.noise_std.max(0.0)).expect("finite noise std");
+        let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
+        let unet = UNet::new(&spec, device);
+        params.push(unet.conv_params());
+        net.get_or_insert(unet);
+        zs.push(z);
+        let ys: Vec<f64> = p.y.iter().map(|v| v / scale).collect();
+        let ss: Vec<f64> = p.sigma.iter().map(|v| v / scale).collect();
+        let mut wt = obs_weights(&ss, cfg.weighting, cfg.epsilon_weight);
+        let mut ivar = obs_weights(&ss, Weighting::Variance, 0.0);
+        let mut ivar_val = vec![0.0; p.op.m];
+        for &i in &held_out {
+            ivar_val[i] = ivar[i];
+            ivar[i] = 0.0;
+            wt[i] = 0.0;
+        }
+        runs.push(Running {
+            job: j,
+            t0,
+            scale,
+            terms: HostTerms {
+                idx: p.op.idx.clone(),
+                w: p.op.w.clone(),
+                k: p.op.k,
+                y: ys,
+                wt,
+                ivar,
+                ivar_val,
+                m_fit: p.op.m - held_out.len(),
+                m_val: held_out.len(),
+                d2,
+            },
+            held_out,
+            d2,
+            best: (f64::INFINITY, 0, vec![0f64; n]),
+            ema: None,
+            history: Vec::with_capacity(cfg.epochs),
+            last_improve: (f64::INFINITY, 0),
+        });
+    }
+    let Some(net) = net else {
+        return Vec::new();
+    };
+    let nconv = params[0].len();
+    let mut st = Stack {
+        w: (0..nconv)
+            .map(|c| Tensor::stack(params.iter().map(|p| p[c].0.clone()).collect(), 0))
+            .collect(),
+        b: (0..nconv)
+            .map(|c| Tensor::stack(params.iter().map(|p| p[c].1.clone()).collect(), 0))
+            .collect(),
+        mw: vec![None; nconv],
+        mb: vec![None; nconv],
+    };
+    drop(params);
+
+    // Device constants of the loss, rows padded to the longest problem (zero weights).
+    let mmax = jobs
+        .iter()
+        .map(|j| j.problem.op.m)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let kmax_op = jobs
+        .iter()
+        .map(|j| j.problem.op.k)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let nb = jobs.len();
+    let (mut idx, mut w, mut y, mut wt) = (
+        vec![0i64; nb * mmax * kmax_op],
+        vec![0f32; nb * mmax * kmax_op],
+        vec![0f32; nb * mmax],
+        vec![0f32; nb * mmax],
+    );
+    let mut d2v = vec![0f32; nb];
+    for (r, run) in runs.iter().enumerate() {
+        let t = &run.terms;
+        for i in 0..t.y.len() {
+            for c in 0..t.k {
+                let at = (r * mmax + i) * kmax_op + c;
+                idx[at] = t.idx[i * t.k + c] as i64;
+                w[at] = t.w[i * t.k + c] as Elem;
+            }
+            y[r * mmax + i] = t.y[i] as Elem;
+            wt[r * mmax + i] = t.wt[i] as Elem;
+        }
+        d2v[r] = run.d2 as Elem;
+    }
+    let mut idx_t = int_tensor(idx, [nb, mmax * kmax_op], device);
+    let mut w_t = backend::tensor_from(w, [nb, mmax, kmax_op], device);
+    let mut y_t = backend::tensor_from(y, [nb, mmax], device);
+    let mut wt_t = backend::tensor_from(wt, [nb, mmax], device);
+    let mut d2_t = backend::tensor_from(d2v, [nb, 1], device);
+    let zall: Vec<Elem> = zs.concat();
+    let mut z_t = backend::tensor_from(zall, [nb, 1, n], device);
+
+    // Flat start: each network's own initial output subtracted (see `train::fit`).
+    let mut start = cfg.start_flat.then(|| {
+        let level = if cfg.positivity {
+            (1f64.exp() - 1.0).ln()
+        } else {
+            1.0
+        };
+        let w: Vec<Tensor<4>> = st.w.iter().map(|t| Tensor::from_inner(t.clone())).collect();
+        let b: Vec<Tensor<2>> = st.b.iter().map(|t| Tensor::from_inner(t.clone())).collect();
+        net.forward_stacked(&w, &b, z_t.clone())
+            .detach()
+            .reshape([nb, n])
+            .neg()
+            .add_scalar(level)
+    });
+
+    let mut active: Vec<Running> = runs;
+    let mut done: Vec<(Running, usize, StopReason, f64)> = Vec::with_capacity(nb);
+    let mut time = 0i32;
+    for epoch in 0..cfg.epochs {
+        let b = active.len();
+        let wa: Vec<Tensor<4>> =
+            st.w.iter()
+                .map(|t| Tensor::from_inner(t.clone()).require_grad())
+                .collect();
+        let ba: Vec<Tensor<2>> =
+            st.b.iter()
+                .map(|t| Tensor::from_inner(t.clone()).require_grad())
+                .collect();
+        let mut u = net.forward_stacked(&wa, &ba, z_t.clone()).reshape([b, n]);
+        if let Some(s) = &start {
+            u = u + s.clone();
+        }
+        if cfg.positivity {
+            u = softplus(u, 1.0);
+        }
+        let x = match &smooth {
+            None => u,
+            Some((sidx, sw, k)) => {
+                let mut x = u;
+                for _ in 0..cfg.smooth_passes.max(1) {
+                    let g = x.select(1, sidx.clone()).reshape([b, n, *k]);
+                    x = (g * sw.clone()).sum_dim(2).reshape([b, n]);
+                }
+                x
+            }
+        };
+        // Device loss (for the gradient only).
+        let ya = y_t.clone();
+        let wta = wt_t.clone();
+        let g = x
+            .clone()
+            .gather(1, idx_t.clone())
+            .reshape([b, mmax, kmax_op]);
+        let data = match cfg.loss_mode {
+            LossMode::Forward => {
+                let pred = (g * w_t.clone()).sum_dim(2).reshape([b, mmax]);
+                ((ya - pred).powi_scalar(2) * wta).sum_dim(1)
+            }
+            LossMode::Pixel => {
+                let r = ya.reshape([b, mmax, 1]) - g;
+                (r.powi_scalar(2) * w_t.clone() * wta.reshape([b, mmax, 1]))
+                    .reshape([b, mmax * kmax_op])
+                    .sum_dim(1)
+            }
+        };
+        let c = conv(
+            x.clone().reshape([b, 1, n]),
+            bank_t.clone(),
+            bank_b.clone(),
+            cwt.pad,
+        );
+        let mut reg = c
+            .abs()
+            .reshape([b, cwt.scales * n])
+            .sum_dim(1)
+            .mul_scalar(cwt.lambda);
+        if active.iter().any(|r| r.d2 > 0.0) {
+            let d2 = x.clone().narrow(1, 2, n - 2) - x.clone().narrow(1, 1, n - 2).mul_scalar(2.0)
+                + x.clone().narrow(1, 0, n - 2);
+            reg = reg + d2.powi_scalar(2).sum_dim(1) * d2_t.clone();
+        }
+        let loss = (data + reg).sum();
+        let xs: Vec<Elem> = backend::to_vec(x.clone().detach());
+
+        // Host decisions, per row.
+        let mut stop_now = vec![None; b];
+        for (r, run) in active.iter_mut().enumerate() {
+            let xr: Vec<f64> = xs[r * n..(r + 1) * n].iter().map(|&v| v as f64).collect();
+            let (d, rg, c2, vc2) = run.terms.eval(&xr, cfg.loss_mode, &cwt);
+            let validate = !run.held_out.is_empty();
+            let vc2 = if validate { vc2 } else { f64::NAN };
+            let total = d + rg;
+            run.history.push(EpochLoss {
+                epoch,
+                total,
+                data: d,
+                reg: rg,
+                chi2: c2,
+                val_chi2: vc2,
+            });
+            let current = match run.ema.as_mut() {
+                Some(e) if cfg.ema_decay > 0.0 => {
+                    let a = cfg.ema_decay;
+                    for (e, v) in e.iter_mut().zip(&xr) {
+                        *e = a * *e + (1.0 - a) * v;
+                    }
+                    e.clone()
+                }
+                _ => {
+                    run.ema = Some(xr.clone());
+                    xr
+                }
+            };
+            let reached = cfg.stop_chi2 > 0.0 && c2 <= cfg.stop_chi2;
+            let score = if validate { vc2 } else { total };
+            if score < run.best.0 || (reached && !validate) {
+                run.best = (score, epoch, current);
+            }
+            stop_now[r] = if reached {
+                Some(StopReason::Discrepancy)
+            } else if validate && epoch - run.best.1 >= cfg.validation_patience {
+                Some(StopReason::Validation)
+            } else if cfg.early_stop_patience > 0 {
+                if total < run.last_improve.0 * (1.0 - cfg.early_stop_min_delta) {
+                    run.last_improve = (total, epoch);
+                    None
+                } else if epoch - run.last_improve.1 >= cfg.early_stop_patience {
+                    Some(StopReason::Patience)
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            if epoch % 10 == 0 && r == 0 {
+                pb.set_prefix(format!("loss {total:.4e} χ²/M {c2:.3}"));
+            }
+        }
+        pb.inc(1);
+        let last = epoch + 1 == cfg.epochs;
+        let keep: Vec<usize> = (0..b).filter(|&r| stop_now[r].is_none()).collect();
+        if !keep.is_empty() && !last {
+            let grads = loss.backward();
+            time += 1;
+            for c in 0..nconv {
+                let gw = wa[c]
+                    .grad(&grads)
+                    .expect("stacked weights are tracked leaves");
+                let gb = ba[c]
+                    .grad(&grads)
+                    .expect("stacked biases are tracked leaves");
+                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, cfg.lr);
+                st.w[c] = p;
+                st.mw[c] = Some(s);
+                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, cfg.lr);
+                st.b[c] = p;
+                st.mb[c] = Some(s);
+            }
+        }
+        // Rows that stopped leave the batch.
+        if keep.len() < b {
+            let mut still = Vec::with_capacity(keep.len());
+            for (r, run) in active.into_iter().enumerate() {
+                match stop_now[r] {
+                    Some(reason) => {
+                        let secs = run.t0.elapsed().as_secs_f64();
+                        done.push((run, epoch + 1, reason, secs));
+                    }
+                    None => still.push(run),
+                }
+            }
+            active = still;
+            if active.is_empty() {
+                break;
+            }
+            let ki: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            let kt = Tensor::<1, Int>::from_data(TensorData::new(ki.clone(), [keep.len()]), &inner);
+            let ka = Tensor::<1, Int>::from_data(TensorData::new(ki, [keep.len()]), device);
+            let sel4 = |t: Tensor<4>| t.select(0, kt.clone());
+            let sel2 = |t: Tensor<2>| t.select(0, kt.clone());
+            st.w = st.w.drain(..).map(sel4).collect();
+            st.b = st.b.drain(..).map(sel2).collect();
+            st.mw = st
+                .mw
+                .drain(..)
+                .map(|s| s.map(|(m, v)| (sel4(m), sel4(v))))
+                .collect();
+            st.mb = st
+                .mb
+                .drain(..)
+                .map(|s| s.map(|(m, v)| (sel2(m), sel2(v))))
+                .collect();
+            idx_t = idx_t.select(0, ka.clone());
+            w_t = w_t.select(0, ka.clone());
+            y_t = y_t.select(0, ka.clone());
+            wt_t = wt_t.select(0, ka.clone());
+            d2_t = d2_t.select(0, ka.clone());
+            z_t = z_t.select(0, ka.clone());
+            start = start.map(|s| s.select(0, ka.clone()));
+        }
+    }
+    for run in active {
+        let secs = run.t0.elapsed().as_secs_f64();
+        let e = run.history.len();
+        done.push((run, e, StopReason::Epochs, secs));
+    }
+    done.sort_by_key(|d| d.0.job);
+    done.into_iter()
+        .map(|(run, epochs_run, stop, secs)| FitResult {
+            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
+            best_epoch: run.best.1,
+            best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
+            epochs_run,
+            stopped_early: stop != StopReason::Epochs,
+            stop_reason: stop,
+            seconds: secs,
+            history: run.history,
+            seed: jobs[run.job].seed,
+            scale: run.scale,
+            held_out: run.held_out,
+            d2_lambda: run.d2,
+        })
+        .collect()
+}
