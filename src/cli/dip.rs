@@ -245,7 +245,7 @@ fn recon_to(
         cfg.dip.resolution,
     );
     let known = truth.map(|t| recon::read_truth(t, &grid)).transpose()?;
-    let device: DeviceSpec = cfg.run.device.clone();
+    let device: spx::backend::DeviceSpec = cfg.run.device.clone();
     let mut r = recon::reconstruct(&cfg.dip, &device, cfg.run.seed, input, g.progress())?;
     if let (Some(t), Some(k)) = (truth, known) {
         recon::score_against(&mut r, t, k);
