@@ -329,7 +329,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     let (model, rep) = pretrain::pretrain(
         &corpus,
         &out,
-        &c,
+        c.pretrain_settings(),
         &dev,
         11,
         None,
@@ -369,7 +369,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     let (_, rep2) = pretrain::pretrain(
         &corpus,
         &out,
-        &c2,
+        c2.pretrain_settings(),
         &dev,
         11,
         Some(&rep.checkpoint),
@@ -602,7 +602,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
     let _rng = crate::common::burn_rng_lock();
     use spx::spektron::baselines::TransferData;
     use spx::spektron::data::synth;
-    use spx::spektron::model::experiment;
+    use spx::spektron::{experiment, report};
     let c = transfer_cfg();
     let e = &c.experiment;
     // Slave = master shifted by 20 of 200 channels, gain 0.9, offset 0.05: a shape change that
@@ -630,7 +630,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             &xtgt,
             &data.y.to_vec(),
             &[20],
-            &c,
+            c.arm_settings(),
             None,
             2,
             &dev,
@@ -647,7 +647,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             .unwrap_or_else(|| panic!("{m} N={n}"))
             .rmsep_mean
     };
-    for m in experiment::ARMS {
+    for m in report::ARMS {
         assert!(cells.iter().any(|x| x.method == *m), "{m}");
     }
     let (before, after) = (get("spektron_no_transfer", 0), get("spektron_lora", 20));

@@ -54,6 +54,8 @@ pub struct Labelled<'a> {
 pub struct FinetuneReport {
     pub epochs_run: usize,
     pub best_epoch: usize,
+    /// NaN (JSON `null`) without a validation split.
+    #[serde(deserialize_with = "nan_if_null")]
     pub best_val_loss: f64,
     pub train_loss: Vec<f64>,
     pub val_loss: Vec<f64>,
@@ -61,6 +63,11 @@ pub struct FinetuneReport {
     /// Target standardisation applied inside the model's regression head.
     pub y_mean: Vec<f64>,
     pub y_std: Vec<f64>,
+}
+
+/// JSON writes a NaN as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 pub fn patches(lay: &TokenLayout, x: &[f32], rows: &[usize], device: &Device) -> Tensor<3> {

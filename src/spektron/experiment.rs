@@ -14,28 +14,22 @@
 //!   keeping the master's target standardisation;
 //! - `scratch`: a randomly initialised model trained on the N labelled target spectra only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::finetune::{self, FinetuneConfig, FinetuneMode, Labelled};
-use super::{SpektronModel, checkpoint};
+use super::baselines;
+use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
+use super::data::{Modality, corpus, instruments, synth};
+use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
+use super::model::{ModelConfig, SpektronModel, checkpoint};
+use super::report;
 use crate::backend::seeded;
 use crate::error::SpxError;
-use crate::spektron::baselines::{Cell, TransferData, r2, rmsep, splits};
-use crate::spektron::config::SpektronConfig;
-use crate::spektron::data::corpus;
-
-/// Model-arm method names (table order after the classical methods).
-pub const ARMS: &[&str] = &[
-    "spektron_master_on_master",
-    "spektron_no_transfer",
-    "spektron_ttt",
-    "spektron_lora",
-    "scratch",
-];
+use crate::io::atomic::{Stage, safe_component};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +48,19 @@ pub struct ExperimentConfig {
     pub synth_gain: f64,
     pub synth_offset: f64,
     pub synth_noise: f64,
+}
+
+/// What the model arms read from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct ArmSettings<'a> {
+    pub model: &'a ModelConfig,
+    pub finetune: &'a FinetuneConfig,
+    pub ttt: &'a TttConfig,
+    /// `spektron.loss.mask_block` (TTT masks blocks of this many patches).
+    pub mask_block: usize,
+    pub experiment: &'a ExperimentConfig,
+    /// `spektron.baselines.n_test` (the same test split as the classical rows).
+    pub n_test: usize,
 }
 
 /// Resample every row of both instruments to the model length (+ SNV, as the corpus).
@@ -157,14 +164,14 @@ pub fn run_model_arms(
     xt: &[f32],
     y: &[f64],
     ns: &[usize],
-    cfg: &SpektronConfig,
+    cfg: ArmSettings<'_>,
     pretrained: Option<&Path>,
     modality: i8,
     device: &Device,
     seed: u64,
     mut on_progress: impl FnMut(&str),
 ) -> Result<Vec<Cell>, SpxError> {
-    let ec = &cfg.experiment;
+    let ec = cfg.experiment;
     let lay = cfg.model.layout();
     let p = lay.n_points;
     let n = y.len();
@@ -179,7 +186,7 @@ pub fn run_model_arms(
             ),
         ));
     }
-    let n_test = cfg.baselines.n_test;
+    let n_test = cfg.n_test;
     let n_cal = n.checked_sub(n_test).filter(|&c| c >= 3).ok_or_else(|| {
         SpxError::field(
             "config",
@@ -293,8 +300,8 @@ pub fn run_model_arms(
             &lay,
             &xt_test,
             &mods(test.len()),
-            &cfg.ttt,
-            cfg.loss.mask_block,
+            cfg.ttt,
+            cfg.mask_block,
             device,
             ts,
         )?;
@@ -355,4 +362,245 @@ pub fn run_model_arms(
         .into_iter()
         .map(|(m, k, v)| Cell::aggregate(m, k, &v))
         .collect())
+}
+
+/// E3 (RMSEP vs N) or E4 (the table at one N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    SampleEfficiency,
+    Table,
+}
+
+impl Kind {
+    /// File-name tag and title prefix.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::SampleEfficiency => ("e3", "E3"),
+            Kind::Table => ("e4", "E4"),
+        }
+    }
+}
+
+/// What an experiment reads from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings<'a> {
+    pub arms: ArmSettings<'a>,
+    pub baselines: &'a BaselinesConfig,
+    /// `spektron.corpus.min_std` (spectra resampled and SNV-normalised as in the corpus).
+    pub min_std: f64,
+    pub seed: u64,
+}
+
+/// The data and model of one experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// corn.mat / corn CSV directory / tablets .mat; `None`: synthetic two-instrument data
+    /// (`spektron.experiment.synth_*`).
+    pub data: Option<&'a Path>,
+    pub source: &'a str,
+    pub target: &'a str,
+    /// Property name or 1-based column.
+    pub property: &'a str,
+    /// Pretrained checkpoint (same `[spektron.model]`); `None`: random initial weights.
+    pub checkpoint: Option<&'a Path>,
+    pub modality: Modality,
+    /// The effective config file of the run, recorded in the JSON report.
+    pub config_file: &'a Path,
+}
+
+/// The JSON report of an experiment (`<stem>.json`; `files` and `markdown` are not in it).
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentReport {
+    pub experiment: &'static str,
+    pub data: Option<String>,
+    pub source: String,
+    pub target: String,
+    pub property: String,
+    pub pretrained: Option<String>,
+    pub repeats: usize,
+    pub n_test: usize,
+    pub n_transfer: Vec<usize>,
+    pub model_parameters: usize,
+    pub model_seconds: f64,
+    pub master_lvs: Vec<usize>,
+    pub config: String,
+    pub cells: Vec<Cell>,
+    /// Files written (final paths), CSV, Markdown, [PNG,] JSON.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+    /// The Markdown table.
+    #[serde(skip)]
+    pub markdown: String,
+}
+
+/// The N values of an experiment.
+pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
+    match kind {
+        Kind::SampleEfficiency => ec.n_transfer.clone(),
+        Kind::Table => vec![ec.table_n],
+    }
+}
+
+/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N.
+pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
+    (ec.repeats * (2 + 2 * n_values(kind, ec).len())) as u64
+}
+
+/// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).
+pub fn sample_efficiency(
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    run(
+        Kind::SampleEfficiency,
+        input,
+        cfg,
+        device,
+        stage,
+        on_progress,
+    )
+}
+
+/// E4: RMSEP/R² table at N = `table_n` plus the N = 0 rows (CSV, Markdown, JSON).
+pub fn table(
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    run(Kind::Table, input, cfg, device, stage, on_progress)
+}
+
+/// One experiment: data (file or synthetic), the classical baselines and the model arms on the
+/// same seeded splits; report files are written into `stage` (visible on its commit).
+pub fn run(
+    kind: Kind,
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    mut on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    let ec = cfg.arms.experiment;
+    let ns = n_values(kind, ec);
+    let (data, axis, title, stem, property) = match input.data {
+        Some(d) => {
+            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
+            let prop = pair.property.trim().to_string();
+            (
+                pair.data,
+                pair.axis,
+                format!("{} → {}, {}", input.source, input.target, prop),
+                format!(
+                    "{}_{}_{}",
+                    input.source,
+                    input.target,
+                    prop.to_ascii_lowercase()
+                ),
+                prop,
+            )
+        }
+        None => {
+            let (xm, xs, y) = synth::two_instrument(
+                cfg.seed,
+                ec.synth_samples,
+                ec.synth_channels,
+                ec.synth_shift,
+                ec.synth_gain,
+                ec.synth_offset,
+                ec.synth_noise,
+            );
+            (
+                TransferData {
+                    source: xm,
+                    target: xs,
+                    y,
+                },
+                Vec::new(),
+                format!(
+                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
+                    ec.synth_shift, ec.synth_gain, ec.synth_offset
+                ),
+                "synthetic".to_string(),
+                "analyte 1".to_string(),
+            )
+        }
+    };
+    let short = if input.data.is_some() {
+        title.clone()
+    } else {
+        "synthetic".to_string()
+    };
+    let mut bc = cfg.baselines.clone();
+    bc.n_transfer = ns.clone();
+    bc.repeats = ec.repeats;
+    let base = baselines::evaluate(&data, &bc, |_| {})?;
+    let lay = cfg.arms.model.layout();
+    let (xs, xt) = prepare_spectra(&data, &axis, lay.n_points, cfg.min_std)?;
+    let params = {
+        let mut mc = cfg.arms.model.clone();
+        mc.n_targets = 1;
+        let mut rng = seeded(device, cfg.seed);
+        SpektronModel::new(&mc, &mut rng, device)?.num_params()
+    };
+    let t0 = Instant::now();
+    let arms = run_model_arms(
+        &xs,
+        &xt,
+        &data.y.to_vec(),
+        &ns,
+        cfg.arms,
+        input.checkpoint,
+        input.modality.code(),
+        device,
+        cfg.seed,
+        &mut on_progress,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut cells = base.cells.clone();
+    cells.extend(arms);
+    let (tag, name) = kind.names();
+    let stem = safe_component(&format!("{tag}_{stem}"));
+    let title = format!("{name}: {title}");
+    let dir = stage.dir();
+    let mut files = Vec::new();
+    let p = dir.join(format!("{stem}.csv"));
+    report::write_cells_csv(&p, &cells)?;
+    files.push(p);
+    let markdown = report::experiment_markdown(&title, &cells, &ns);
+    let p = dir.join(format!("{stem}.md"));
+    crate::io::write_atomic(&p, |w| std::io::Write::write_all(w, markdown.as_bytes()))?;
+    files.push(p);
+    if kind == Kind::SampleEfficiency {
+        let p = dir.join(format!("{stem}.png"));
+        report::experiment_plot(&p, &format!("{name} {short}"), &cells, &ns)?;
+        files.push(p);
+    }
+    let mut rep = ExperimentReport {
+        experiment: name,
+        data: input.data.map(|d| d.display().to_string()),
+        source: input.source.to_string(),
+        target: input.target.to_string(),
+        property,
+        pretrained: input.checkpoint.map(|d| d.display().to_string()),
+        repeats: ec.repeats,
+        n_test: bc.n_test,
+        n_transfer: ns,
+        model_parameters: params,
+        model_seconds: secs,
+        master_lvs: base.master_lvs,
+        config: input.config_file.display().to_string(),
+        cells,
+        files: Vec::new(),
+        markdown,
+    };
+    let p = dir.join(format!("{stem}.json"));
+    report::write_json(&p, &rep)?;
+    files.push(p);
+    rep.files = files.iter().map(|f| stage.final_path(f)).collect();
+    Ok(rep)
 }
