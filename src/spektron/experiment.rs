@@ -1,4 +1,5 @@
-//! E3 (sample efficiency) and E4 (table): the model arms on the same seeded splits as the
+//! E3 (sample efficiency) and E4 (table) as pipelines ([`sample_efficiency`], [`table`]: data,
+//! classical baselines, model arms, report files in a stage), and the model arms on the same seeded splits as the
 //! classical baselines (`baselines::evaluate`): repetition s tests on the first `n_test` rows of
 //! `RandomState(s).permutation(n)` and transfers with the first N rows of
 //! `RandomState(1000+s).permutation(n_cal)` of the calibration set.
@@ -8,8 +9,12 @@
 //! - `spektron_master`: the (pretrained or random) model fully fine-tuned on the labelled source
 //!   calibration spectra; N = 0 rows: on target test spectra (no transfer) and on source test
 //!   spectra (`spektron_master_on_master`);
-//! - `spektron_ttt` (N = 0): the master model after test-time training (norm layers only) on the
-//!   unlabelled target test spectra (transductive, like `recentre_test`);
+//! - `spektron_ttt` (N = 0): the master model after test-time training (`spektron.ttt.scope`:
+//!   norm layers or the whole encoder) on the unlabelled target test spectra (transductive, like
+//!   `recentre_test`); with `spektron.ttt.guard` the master is kept instead when the adapted
+//!   model is worse on the labelled source calibration set;
+//! - `spektron_sbc` (`spektron.experiment.slope_bias`): slope/bias correction of the master's
+//!   predictions fitted on the N labelled target spectra (as the classical SBC);
 //! - `spektron_lora`: the master model + LoRA adapters trained on N labelled target spectra,
 //!   keeping the master's target standardisation;
 //! - `scratch`: a randomly initialised model trained on the N labelled target spectra only.
@@ -42,6 +47,9 @@ pub struct ExperimentConfig {
     pub scratch_epochs: usize,
     pub full_lr: f64,
     pub centre: bool,
+    /// Add the `spektron_sbc` arm (slope/bias of the master's predictions on the N samples).
+    #[serde(default)]
+    pub slope_bias: bool,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -148,6 +156,16 @@ impl Centring {
             })
             .collect()
     }
+}
+
+/// Least-squares `y ≈ a + b·x`; a constant `x` gives the mean offset (b = 1).
+fn slope_bias(x: &[f64], y: &[f64]) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let b = if sxx > 1e-12 * n { sxy / sxx } else { 1.0 };
+    (my - b * mx, b)
 }
 
 /// Seed for one (repetition, arm, N) training run: burn's dropout draws from the global RNG,
@@ -305,11 +323,23 @@ pub fn run_model_arms(
             device,
             ts,
         )?;
+        // Guard: the adapted model must not be worse on the labelled source calibration set.
+        let adapted = if cfg.ttt.guard {
+            let cal_rmse = |m: &SpektronModel| score(cal, &pred(m, &xc, &mrep)).0;
+            if cal_rmse(&adapted) > cal_rmse(&master) {
+                master.clone()
+            } else {
+                adapted
+            }
+        } else {
+            adapted
+        };
         push(
             "spektron_ttt",
             0,
             score(test, &pred(&adapted, &xt_test, &mrep)),
         );
+        let master_test = pred(&master, &xt_test, &mrep);
 
         for &k in ns {
             let tr: Vec<usize> = tperm[..k].iter().map(|&i| cal[i]).collect();
@@ -320,6 +350,13 @@ pub fn run_model_arms(
                 y: &ytr,
                 modality: &mods(k),
             };
+            if ec.slope_bias {
+                // SBC on the neural master: y ≈ a + b·ŷ fitted on the N transfer samples.
+                let fit = pred(&master, &xtr, &mrep);
+                let (a, b) = slope_bias(&fit, &tr.iter().map(|&r| y[r]).collect::<Vec<_>>());
+                let corrected: Vec<f64> = master_test.iter().map(|&v| a + b * v).collect();
+                push("spektron_sbc", k, score(test, &corrected));
+            }
             on_progress(&format!("repetition {}: LoRA transfer N={k}", s + 1));
             let ls = sub_seed(seed, s, 3, k);
             let _ = seeded(device, ls);

@@ -19,6 +19,7 @@ pub const ARMS: &[&str] = &[
     "spektron_master_on_master",
     "spektron_no_transfer",
     "spektron_ttt",
+    "spektron_sbc",
     "spektron_lora",
     "scratch",
 ];
@@ -40,6 +41,7 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_master_on_master" => "Spektron master model on master test spectra",
         "spektron_no_transfer" => "Spektron master model on target (no transfer)",
         "spektron_ttt" => "Spektron + TTT on the unlabelled target test spectra",
+        "spektron_sbc" => "Spektron master + slope/bias on N labelled target spectra",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
         _ => "?",
@@ -215,7 +217,10 @@ pub fn experiment_plot(
         "RMSEP",
     );
     lp.log_y = true;
-    for m in METHODS[4..].iter().chain(&["spektron_lora", "scratch"]) {
+    for m in METHODS[4..]
+        .iter()
+        .chain(&["spektron_sbc", "spektron_lora", "scratch"])
+    {
         let pts: Vec<(f64, f64)> = ns
             .iter()
             .filter_map(|&n| {

@@ -41,6 +41,24 @@ pub struct TttConfig {
     pub lr: f64,
     pub mask_ratio: f64,
     pub batch: usize,
+    /// Which parameters TTT updates.
+    #[serde(default)]
+    pub scope: TttScope,
+    /// Experiments (E3/E4): keep the TTT-adapted model only if its RMSEP on the labelled source
+    /// calibration set is not worse than the master's; otherwise use the master unchanged.
+    #[serde(default)]
+    pub guard: bool,
+}
+
+/// Parameters test-time training adapts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TttScope {
+    /// LayerNorm γ/β only.
+    #[default]
+    Norms,
+    /// The whole encoder (embeddings, blocks, norms); the heads stay fixed.
+    Encoder,
 }
 
 /// Labelled spectra: `x` row-major `[n, n_points]`, `y` row-major `[n, n_targets]`.
@@ -299,7 +317,10 @@ pub fn ttt(
             format!("{n} spectra but {} values", x.len()),
         ));
     }
-    let mut model = lora::norms_only(model)?;
+    let mut model = match cfg.scope {
+        TttScope::Norms => lora::norms_only(model)?,
+        TttScope::Encoder => lora::encoder_only(model)?,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut hist = Vec::with_capacity(cfg.steps);
