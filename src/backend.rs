@@ -85,7 +85,32 @@ pub fn compiled_backends() -> Vec<&'static str> {
     v
 }
 
+/// Serde for a [`DeviceSpec`] as the string a user writes (`cpu`, `wgpu:1`, `cuda:0`): the form
+/// `[run] device` has in config files, so the config is parsed once into a `DeviceSpec`.
+pub mod device_str {
+    use super::DeviceSpec;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(spec: &DeviceSpec, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(spec)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceSpec, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl DeviceSpec {
+    /// The name of the cargo feature / backend (`cpu`, `wgpu`, `cuda`).
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DeviceSpec::Cpu => "cpu",
+            DeviceSpec::Wgpu(_) => "wgpu",
+            DeviceSpec::Cuda(_) => "cuda",
+        }
+    }
+
     /// The burn device, without autodiff. Asking for a backend that is not compiled in is an
     /// error naming the cargo feature that adds it.
     pub fn device(&self) -> Result<Device, SpxError> {

@@ -33,6 +33,18 @@ pub const DEFAULT_FILES: &[(&str, &str)] = &[
     ("configs/dip.toml", include_str!("../configs/dip.toml")),
 ];
 
+/// Named overlays (`--profile NAME`, and command switches such as `--quick`): each is a partial
+/// config applied as one layer between `--config` and `--set`, checked like any user layer.
+pub const PROFILE_FILES: &[(&str, &str)] = &[
+    ("quick", include_str!("../configs/profiles/quick.toml")),
+    ("demo", include_str!("../configs/profiles/demo.toml")),
+];
+
+/// Renamed keys, `(old dotted key, new dotted key)`. A user layer (file, profile or `--set`)
+/// that names an old key is applied to the new one, with a warning naming both; the old names
+/// are accepted for one release.
+pub const DEPRECATED_KEYS: &[(&str, &str)] = &[];
+
 /// File name of the effective config recorded next to every command's output.
 pub const EFFECTIVE_CONFIG_NAME: &str = "spx-config.toml";
 
@@ -41,7 +53,9 @@ pub const EFFECTIVE_CONFIG_NAME: &str = "spx-config.toml";
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub seed: u64,
-    pub device: String,
+    /// Parsed once, when the config is built (`cpu`, `wgpu[:N]`, `cuda[:N]`).
+    #[serde(with = "crate::backend::device_str")]
+    pub device: crate::backend::DeviceSpec,
     pub out_dir: PathBuf,
     pub threads: usize,
 }
@@ -50,12 +64,7 @@ impl RunConfig {
     /// `run.device` names a backend compiled into this binary. Commands that make no tensors
     /// check it too, so no summary ever reports a device the run could not have used.
     pub fn check_device(&self) -> Result<(), SpxError> {
-        let spec: crate::backend::DeviceSpec = self.device.parse()?;
-        let name = match spec {
-            crate::backend::DeviceSpec::Cpu => "cpu",
-            crate::backend::DeviceSpec::Wgpu(_) => "wgpu",
-            crate::backend::DeviceSpec::Cuda(_) => "cuda",
-        };
+        let name = self.device.backend_name();
         if crate::backend::compiled_backends().contains(&name) {
             Ok(())
         } else {
@@ -96,6 +105,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The methods' own checks that a per-key range cannot express (e.g. `grid_size` 0 or
+    /// 2–100), run once whenever a config is built; the error reads `key: message`.
+    pub fn validate(&self) -> Result<(), String> {
+        self.crr.validate()
+    }
+
     /// Section names, in the order they are printed.
     pub fn sections() -> Vec<String> {
         let mut names = Vec::new();
@@ -193,6 +208,23 @@ impl ConfigBuilder {
         self.apply(nest(&path, value), &source)
     }
 
+    /// Apply the named overlay `configs/profiles/NAME.toml`.
+    pub fn profile(self, name: &str) -> Result<Self, SpxError> {
+        let Some((_, text)) = PROFILE_FILES.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = PROFILE_FILES.iter().map(|(n, _)| *n).collect();
+            return Err(SpxError::ConfigKey {
+                source_name: format!("--profile {name}"),
+                message: format!("unknown profile (known: {})", known.join(", ")),
+            });
+        };
+        let source = format!("profile {name} (configs/profiles/{name}.toml)");
+        let layer: Table = text.parse().map_err(|e| SpxError::ConfigKey {
+            source_name: source.clone(),
+            message: format!("not valid TOML: {e}"),
+        })?;
+        self.apply(layer, &source)
+    }
+
     /// Apply an explicit CLI flag (highest precedence).
     pub fn flag(self, key: &str, value: Value, flag: &str) -> Result<Self, SpxError> {
         let path: Vec<&str> = key.split('.').collect();
@@ -201,7 +233,8 @@ impl ConfigBuilder {
 
     /// Merge a layer, checking keys and types against the defaults, then check that the result
     /// still deserialises (enumerated strings, ranges) and attribute any failure to this layer.
-    pub fn apply(mut self, layer: Table, source: &str) -> Result<Self, SpxError> {
+    pub fn apply(mut self, mut layer: Table, source: &str) -> Result<Self, SpxError> {
+        rename_deprecated(&mut layer, DEPRECATED_KEYS, source);
         merge_checked(&mut self.merged, &self.defaults, layer, "", source)?;
         deserialize(&self.merged, source)?;
         Ok(self)
@@ -212,13 +245,66 @@ impl ConfigBuilder {
     }
 }
 
+/// Move every deprecated key of `layer` to its new name (a new name given in the same layer
+/// wins), warning once per key with the layer's name.
+fn rename_deprecated(layer: &mut Table, renames: &[(&str, &str)], source: &str) {
+    for (old, new) in renames {
+        let old_path: Vec<&str> = old.split('.').collect();
+        let Some(value) = take_path(layer, &old_path) else {
+            continue;
+        };
+        tracing::warn!(
+            "{source}: `{old}` is deprecated, use `{new}` (old name accepted for one release)"
+        );
+        let new_path: Vec<&str> = new.split('.').collect();
+        merge_missing(layer, nest(&new_path, value));
+    }
+}
+
+/// Insert the keys of `from` that `into` lacks (recursing into tables both have).
+fn merge_missing(into: &mut Table, from: Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (None, v) => {
+                into.insert(k, v);
+            }
+            (Some(Value::Table(it)), Value::Table(ft)) => merge_missing(it, ft),
+            _ => {}
+        }
+    }
+}
+
+/// Remove and return the value at a dotted path, dropping tables the removal leaves empty.
+fn take_path(table: &mut Table, path: &[&str]) -> Option<Value> {
+    match path {
+        [] => None,
+        [last] => table.remove(*last),
+        [head, rest @ ..] => {
+            let Some(Value::Table(sub)) = table.get_mut(*head) else {
+                return None;
+            };
+            let v = take_path(sub, rest);
+            if sub.is_empty() {
+                table.remove(*head);
+            }
+            v
+        }
+    }
+}
+
 fn deserialize(table: &Table, source: &str) -> Result<Config, SpxError> {
     check_ranges(table, "", source)?;
     let value = Value::Table(table.clone());
-    serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| SpxError::ConfigKey {
+    let cfg =
+        serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| SpxError::ConfigKey {
+            source_name: source.to_string(),
+            message: format!("key `{}`: {}", e.path(), e.inner()),
+        })?;
+    cfg.validate().map_err(|message| SpxError::ConfigKey {
         source_name: source.to_string(),
-        message: format!("key `{}`: {}", e.path(), e.inner()),
-    })
+        message,
+    })?;
+    Ok(cfg)
 }
 
 /// A closed or half-open interval for one numeric key (array keys: for every element).
@@ -440,35 +526,35 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("ptycho.dose.quick.border_filters", C(0.0, 4096.0)),
         ("ptycho.dose.quick.stitch_crop", C(1.0, 1024.0)),
         // crr
-        ("crr.pixel_scale", C(0.05, 10.0)),
-        ("crr.grid_size", C(0.0, 200.0)),
-        ("crr.lambda", C(0.0, 1e6)),
-        ("crr.sv_cutoff", C(0.0, 1.0)),
-        ("crr.kernel_radius", GT(0.0, 100.0)),
-        ("crr.fit_radius", GT(0.0, 100.0)),
-        ("crr.fiber_diameter", GT(0.0, 100.0)),
-        ("crr.seeing_ref_wave", GT(0.0, 1e6)),
-        ("crr.shepard_sigma", GT(0.0, 100.0)),
-        ("crr.shepard_rlim", GT(0.0, 100.0)),
+        ("crr.pixel_scale", C(0.1, 5.0)),
+        ("crr.grid_size", C(0.0, 100.0)),
+        ("crr.lambda", C(0.0, 1.0)),
+        ("crr.sv_cutoff", C(0.0, 0.1)),
+        ("crr.kernel_radius", C(0.5, 10.0)),
+        ("crr.fit_radius", C(0.1, 10.0)),
+        ("crr.fiber_diameter", C(0.1, 10.0)),
+        ("crr.seeing_ref_wave", C(1000.0, 30000.0)),
+        ("crr.shepard_sigma", C(0.05, 10.0)),
+        ("crr.shepard_rlim", C(0.1, 10.0)),
         ("crr.corr_threshold", C(0.0, 1.0)),
-        ("crr.reuse_tolerance", C(0.0, 10.0)),
-        ("crr.reuse_max_error", C(0.0, 1e6)),
+        ("crr.reuse_tolerance", C(0.0, 1.0)),
+        ("crr.reuse_max_error", C(0.0, 100.0)),
         ("crr.simulate.nfiber", C(7.0, 127.0)),
-        ("crr.simulate.nexp", C(1.0, 1000.0)),
-        ("crr.simulate.nwave", C(1.0, 100000.0)),
-        ("crr.simulate.seeing", GT(0.0, 100.0)),
-        ("crr.simulate.seeing_jitter", C(0.0, 10.0)),
-        ("crr.simulate.airmass", C(1.0, 100.0)),
-        ("crr.simulate.dither_jitter", C(0.0, 100.0)),
+        ("crr.simulate.nexp", C(1.0, 100.0)),
+        ("crr.simulate.nwave", C(2.0, 20000.0)),
+        ("crr.simulate.seeing", C(0.3, 3.0)),
+        ("crr.simulate.seeing_jitter", C(0.0, 1.0)),
+        ("crr.simulate.airmass", C(1.0, 3.0)),
+        ("crr.simulate.dither_jitter", C(0.0, 2.0)),
         ("crr.simulate.point_flux", C(-1e30, 1e30)),
-        ("crr.simulate.point_x", C(-1000.0, 1000.0)),
-        ("crr.simulate.point_y", C(-1000.0, 1000.0)),
+        ("crr.simulate.point_x", C(-30.0, 30.0)),
+        ("crr.simulate.point_y", C(-30.0, 30.0)),
         ("crr.simulate.blob_flux", C(-1e30, 1e30)),
-        ("crr.simulate.blob_sigma", GT(0.0, 100.0)),
-        ("crr.simulate.blob_x", C(-1000.0, 1000.0)),
-        ("crr.simulate.blob_y", C(-1000.0, 1000.0)),
+        ("crr.simulate.blob_sigma", C(0.01, 30.0)),
+        ("crr.simulate.blob_x", C(-30.0, 30.0)),
+        ("crr.simulate.blob_y", C(-30.0, 30.0)),
         ("crr.simulate.sky", C(-1e30, 1e30)),
-        ("crr.simulate.snr", C(0.0, 1e12)),
+        ("crr.simulate.snr", C(0.0, 1e6)),
         ("crr.simulate.dead_fibers", C(0.0, 127.0)),
         ("crr.simulate.reject_fraction", C(0.0, 1.0)),
         // dip
@@ -683,15 +769,30 @@ fn merge_checked(
     Ok(())
 }
 
-/// Build the effective config from the usual CLI inputs.
+/// Build the effective config from the usual CLI inputs (no profiles).
 pub fn load(
     file: Option<&Path>,
+    sets: &[String],
+    flags: &[(&str, Value, &str)],
+) -> Result<Config, SpxError> {
+    load_layers(file, &[], sets, flags)
+}
+
+/// The one layering of every command: built-in defaults < `--config FILE` < profiles (in the
+/// order given) < `--set` (in order) < flags (in order). Keys, types and ranges are checked for
+/// every layer and any failure names the layer.
+pub fn load_layers(
+    file: Option<&Path>,
+    profiles: &[&str],
     sets: &[String],
     flags: &[(&str, Value, &str)],
 ) -> Result<Config, SpxError> {
     let mut b = ConfigBuilder::new()?;
     if let Some(f) = file {
         b = b.file(f)?;
+    }
+    for p in profiles {
+        b = b.profile(p)?;
     }
     for s in sets {
         b = b.set(s)?;
@@ -711,7 +812,10 @@ mod tests {
         let c = Config::default();
         let t: Table = include_str!("../configs/run.toml").parse().unwrap();
         assert_eq!(c.run.seed as i64, t["run"]["seed"].as_integer().unwrap());
-        assert_eq!(c.run.device, t["run"]["device"].as_str().unwrap());
+        assert_eq!(
+            c.run.device.to_string(),
+            t["run"]["device"].as_str().unwrap()
+        );
     }
 
     #[test]
@@ -767,6 +871,47 @@ mod tests {
             err.contains("run.threads") && err.contains("[0, 1024]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn profiles_are_one_layer_between_file_and_set() {
+        // Every embedded profile is valid on its own.
+        for (name, _) in PROFILE_FILES {
+            load_layers(None, &[name], &[], &[]).unwrap();
+        }
+        let demo = load_layers(None, &["demo"], &[], &[]).unwrap();
+        assert_eq!(demo.crr.simulate.nwave, 60);
+        // --set wins over the profile, the profile over the defaults.
+        let sets = vec!["crr.simulate.nwave=70".to_string()];
+        let c = load_layers(None, &["demo"], &sets, &[]).unwrap();
+        assert_eq!((c.crr.simulate.nwave, c.crr.simulate.snr), (70, 50.0));
+        let err = load_layers(None, &["nope"], &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--profile nope") && err.contains("known: quick, demo"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn deprecated_keys_move_to_their_new_names() {
+        let renames = [("dip.old_lr", "dip.train.lr"), ("dip.gone", "dip.net.gone")];
+        let mut layer: Table = "[dip]\nold_lr = 0.5\nkeep = 1\n[dip.train]\nepochs = 3\n"
+            .parse()
+            .unwrap();
+        rename_deprecated(&mut layer, &renames, "test");
+        let want: Table = "[dip]\nkeep = 1\n[dip.train]\nepochs = 3\nlr = 0.5\n"
+            .parse()
+            .unwrap();
+        assert_eq!(layer, want);
+        // A new name given in the same layer wins over the old one.
+        let mut layer: Table = "[dip]\nold_lr = 0.5\n[dip.train]\nlr = 0.1\n"
+            .parse()
+            .unwrap();
+        rename_deprecated(&mut layer, &renames, "test");
+        let want: Table = "[dip.train]\nlr = 0.1\n".parse().unwrap();
+        assert_eq!(layer, want);
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod logging;
 pub mod nn;
 pub mod ptycho;
 pub mod spektron;
+pub mod train;
 
 pub use error::{Result, SpxError};

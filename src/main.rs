@@ -1,4 +1,6 @@
-//! The `spx` command line: global flags, then one subcommand per method.
+//! The `spx` command line: global flags, then one subcommand per method. Each `cli/<cmd>.rs`
+//! turns its arguments into config layers (`Global::setup_with`), calls the method's library
+//! pipeline and prints the typed report it returns.
 
 mod cli;
 
@@ -25,10 +27,11 @@ pub enum Command {
     Config(cli::config::ConfigCmd),
     /// Run a real end-to-end job on built-in synthetic data.
     Demo(cli::demo::DemoArgs),
-    /// Spektron: spectrum corpus (HDF5) and classical calibration-transfer baselines.
+    /// Spektron: spectral foundation model (corpus, pretraining, LoRA fine-tuning, TTT,
+    /// experiments) and the classical calibration-transfer baselines.
     #[command(subcommand)]
     Spektron(cli::spektron::SpektronCmd),
-    /// Ptychography: simulate scans (more subcommands build on the same data contract).
+    /// PtychoPINN: simulate scans, train/infer from raw NPZ, ePIE baseline, dose study.
     #[command(subcommand)]
     Ptycho(cli::ptycho::PtychoCmd),
     /// IFU data cubes from row-stacked spectra: CRR (Liu, Blanton & Law 2020) and Shepard.

@@ -1,8 +1,10 @@
-//! `spx demo`: a real end-to-end run on built-in synthetic data.
+//! `spx demo`: a real end-to-end run of every method on built-in synthetic data.
 //!
-//! At the foundation stage it checks the device, then makes a synthetic emission-line spectrum
-//! and a 2-D field, takes the field's power spectrum with burn's FFT on the chosen device, and
-//! writes every output format spx supports (FITS, NPZ, HDF5, PNG) plus the effective config.
+//! It self-checks the device, takes a synthetic field's power spectrum with burn's FFT and writes
+//! every output format spx supports (FITS, NPZ, HDF5, PNG), then runs each method's demo at the
+//! sizes of the `demo` profile (`configs/profiles/demo.toml`): CRR and Shepard cubes of a
+//! simulated IFU exposure, a Spektron corpus and transfer baselines, a PtychoPINN training with
+//! its ePIE baseline, and a DIP reconstruction beside Tikhonov; plus the effective config.
 
 use std::f64::consts::PI;
 use std::process::ExitCode;
@@ -76,8 +78,9 @@ fn power_spectrum(field: &Array2<f64>, device: &burn::tensor::Device) -> Array2<
 }
 
 pub fn run(g: &Global, _a: &DemoArgs) -> Result<ExitCode> {
-    let cfg = g.setup()?;
-    let spec: DeviceSpec = cfg.run.device.parse()?;
+    // The demo's sizes are the `demo` profile (configs/profiles/demo.toml), one config layer.
+    let cfg = g.setup_with(&["demo"], Vec::new())?;
+    let spec: DeviceSpec = cfg.run.device.clone();
     let check = backend::self_check(&spec)?;
     if !check.passed {
         bail!(

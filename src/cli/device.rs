@@ -13,7 +13,7 @@ pub struct DeviceArgs {}
 
 pub fn run(g: &Global, _a: &DeviceArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
-    let spec: DeviceSpec = cfg.run.device.parse()?;
+    let spec: DeviceSpec = cfg.run.device.clone();
     let report = backend::self_check(&spec)?;
     g.say(format!(
         "compiled-in backends: {}\ndevice: {}",

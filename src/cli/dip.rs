@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use spx::backend::{self, DeviceSpec};
+use spx::backend;
 use spx::config::Config;
 use spx::dip::{grid::linspace, recon, simulate};
 use toml::Value;
@@ -145,7 +145,7 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
 
 fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
     cfg.dip.validate()?;
-    let device = cfg.run.device.parse::<DeviceSpec>()?.device()?;
+    let device = cfg.run.device.device()?;
     let mut rng = backend::seeded(&device, cfg.run.seed);
     let (src, rows) = simulate::simulate_kind(&cfg.dip.simulate, cfg.run.seed, &mut rng);
     let grid = linspace(

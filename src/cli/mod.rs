@@ -17,12 +17,55 @@ use spx::config::Config;
 use spx::logging::Progress;
 use toml::Value;
 
+/// A command-line flag as a config layer: (dotted key, value, flag name for messages).
+pub type Flag = (&'static str, Value, &'static str);
+
+/// A flag given on the command line, as a config layer (`None` = not given).
+pub fn flag<V: Into<Value>>(
+    key: &'static str,
+    value: Option<V>,
+    name: &'static str,
+) -> Option<Flag> {
+    value.map(|v| (key, v.into(), name))
+}
+
+/// A count flag (`--epochs`, `--nfiber`, …) as a config layer.
+pub fn flag_count(key: &'static str, value: Option<usize>, name: &'static str) -> Option<Flag> {
+    value.map(|v| {
+        (
+            key,
+            Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
+            name,
+        )
+    })
+}
+
+/// An enum flag (clap `ValueEnum`) as a config layer: its value name is the config string.
+pub fn flag_enum<E: clap::ValueEnum>(
+    key: &'static str,
+    value: Option<&E>,
+    name: &'static str,
+) -> Option<Flag> {
+    value
+        .and_then(|v| v.to_possible_value())
+        .map(|p| (key, Value::String(p.get_name().to_string()), name))
+}
+
+/// The flags of one command that were given, in order.
+pub fn flags<const N: usize>(list: [Option<Flag>; N]) -> Vec<Flag> {
+    list.into_iter().flatten().collect()
+}
+
 /// Flags accepted by every subcommand.
 #[derive(Args, Debug, Clone)]
 pub struct Global {
     /// TOML file overriding the built-in defaults (see `spx config show`).
     #[arg(long, global = true, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
+    /// Apply a named overlay from `configs/profiles/NAME.toml` (repeatable; after --config,
+    /// before --set), e.g. `--profile quick`.
+    #[arg(long = "profile", global = true, value_name = "NAME")]
+    pub profiles: Vec<String>,
     /// Override one setting, e.g. `--set run.seed=7` (repeatable; applied after --config).
     #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
     pub sets: Vec<String>,
@@ -59,8 +102,8 @@ pub fn count(s: &str) -> std::result::Result<usize, String> {
 
 impl Global {
     /// The global flags as config layers (`--device`, `--seed`, `--out`, `--threads`).
-    pub fn flags(&self) -> Result<Vec<(&'static str, Value, &'static str)>> {
-        let mut flags: Vec<(&str, Value, &str)> = Vec::new();
+    pub fn flags(&self) -> Result<Vec<Flag>> {
+        let mut flags: Vec<Flag> = Vec::new();
         if let Some(d) = &self.device {
             flags.push(("run.device", Value::String(d.clone()), "--device"));
         }
@@ -85,17 +128,32 @@ impl Global {
         Ok(flags)
     }
 
-    /// The effective config: defaults < --config < --set < explicit flags.
-    pub fn load_config(&self) -> Result<Config> {
-        let flags = self.flags()?;
-        let cfg = spx::config::load(self.config.as_deref(), &self.sets, &flags)?;
+    /// The effective config: defaults < --config < `profiles` then --profile < --set <
+    /// command flags < global flags. The one layering every command uses.
+    pub fn load_config_with(&self, profiles: &[&str], flags: Vec<Flag>) -> Result<Config> {
+        let mut all = flags;
+        all.extend(self.flags()?);
+        let mut names: Vec<&str> = profiles.to_vec();
+        names.extend(self.profiles.iter().map(String::as_str));
+        let cfg = spx::config::load_layers(self.config.as_deref(), &names, &self.sets, &all)?;
         Ok(cfg)
+    }
+
+    /// The effective config of a command without profiles or flags of its own.
+    pub fn load_config(&self) -> Result<Config> {
+        self.load_config_with(&[], Vec::new())
     }
 
     /// Load the config and apply process-wide settings (thread pool). The device must be one
     /// this binary has, even for commands that make no tensors (their summaries name it).
     pub fn setup(&self) -> Result<Config> {
-        let cfg = self.load_config()?;
+        self.setup_with(&[], Vec::new())
+    }
+
+    /// [`Global::setup`] for a command that implies `profiles` (e.g. `--quick` → `["quick"]`)
+    /// and has flags of its own (`flags`, as config keys, checked like `--set`).
+    pub fn setup_with(&self, profiles: &[&str], flags: Vec<Flag>) -> Result<Config> {
+        let cfg = self.load_config_with(profiles, flags)?;
         cfg.run.check_device()?;
         if cfg.run.threads > 0 {
             // Only the first call in a process takes effect; the CLI calls it once.

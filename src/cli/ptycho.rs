@@ -287,7 +287,7 @@ fn train_into(
     let t0 = std::time::Instant::now();
     ptycho::train::check_pattern_size(raw.n())?;
     let data = ptycho::dose::prepare(raw, &cfg.ptycho.group, cfg.run.seed)?;
-    let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
+    let spec: spx::backend::DeviceSpec = cfg.run.device.clone();
     let dev = spec.autodiff_device()?;
     let pb = g.progress().bar(1, "training PtychoPINN");
     let t = ptycho::train::train_with(
@@ -466,7 +466,7 @@ fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
         a.model.join(ptycho::train::WEIGHTS).as_path(),
     ]);
     let t0 = std::time::Instant::now();
-    let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
+    let spec: spx::backend::DeviceSpec = cfg.run.device.clone();
     let dev = spec.device()?;
     let (model, shape) = ptycho::train::load_model(&a.model, &dev)?;
     let raw = RawData::load(&a.data)?;
@@ -584,7 +584,7 @@ fn dose_study(g: &Global, cfg: &Config, out: &Path, resume: bool) -> Result<serd
     io::ensure_dir(out)?;
     let mut rows_data: Vec<(f64, ndarray::Array2<f64>, Recon, Recon, Arm, Arm)> = vec![];
     let mut epie_arms: Vec<Arm> = vec![];
-    let spec: spx::backend::DeviceSpec = cfg.run.device.parse()?;
+    let spec: spx::backend::DeviceSpec = cfg.run.device.clone();
     for nph in [1e9, 1e4] {
         let tag = format!("{nph:.0e}");
         let mut c = cfg.clone();
@@ -772,7 +772,7 @@ fn demo_pinn(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> 
     let sim = simulate_into(g, &c, out, "sim.npz")?;
     let raw = RawData::load(Path::new(&sim.npz))?;
     let (t, _, ts) = train_into(g, &c, &raw, &out.join("model"), None)?;
-    let spec: spx::backend::DeviceSpec = c.run.device.parse()?;
+    let spec: spx::backend::DeviceSpec = c.run.device.clone();
     let dev = spec.device()?;
     let model = burn::module::Module::valid(&t.model);
     let data = ptycho::dose::prepare(&raw, &c.ptycho.group, c.run.seed)?;

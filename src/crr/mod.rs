@@ -9,13 +9,15 @@
 //! (CRR weights), [`shepard`], [`rss`] (LOGRSS reader/writer), [`simulate`], [`cube`]
 //! (per-slice reconstruction into a [`cube::Part`]), [`logcube`] (the LOGCUBE file),
 //! [`shard`] (job-array parts, their checksums and the merge), [`quality`] (FWHM,
-//! pseudo-Strehl, correlations). Dependencies point one way: quality ← cube ← logcube, shard.
+//! pseudo-Strehl, correlations), [`pipeline`] (the commands' pipelines, typed reports).
+//! Dependencies point one way: quality ← cube ← logcube, shard ← pipeline.
 
 pub mod checksum;
 pub mod cube;
 pub mod grid;
 pub mod kernel;
 pub mod logcube;
+pub mod pipeline;
 pub mod quality;
 pub mod rss;
 pub mod shard;
@@ -26,7 +28,7 @@ pub mod weights;
 use serde::{Deserialize, Serialize};
 
 /// Reconstruction method.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Crr,

@@ -297,7 +297,7 @@ pub fn reconstruct(
         None
     };
 
-    let spec: DeviceSpec = cfg.run.device.parse()?;
+    let spec: DeviceSpec = cfg.run.device.clone();
     let (flux, flux_std, dip, histories, scale) = match dc.solver {
         Solver::Tikhonov => {
             let b = base.as_ref().expect("baseline solved");

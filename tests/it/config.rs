@@ -24,7 +24,7 @@ fn precedence_defaults_file_set_flag() {
     );
     let c = config::load(Some(&f), &[], &[]).unwrap();
     assert_eq!(
-        (c.run.seed, c.run.threads, c.run.device.as_str()),
+        (c.run.seed, c.run.threads, c.run.device.to_string().as_str()),
         (7, 3, "wgpu")
     );
     // Keys the file does not mention keep their defaults.
@@ -33,13 +33,16 @@ fn precedence_defaults_file_set_flag() {
     let sets = vec!["run.seed=8".to_string(), "run.device=cuda:1".to_string()];
     let c = config::load(Some(&f), &sets, &[]).unwrap();
     assert_eq!(
-        (c.run.seed, c.run.threads, c.run.device.as_str()),
+        (c.run.seed, c.run.threads, c.run.device.to_string().as_str()),
         (8, 3, "cuda:1")
     );
 
     let flags = [("run.seed", Value::Integer(9), "--seed")];
     let c = config::load(Some(&f), &sets, &flags).unwrap();
-    assert_eq!((c.run.seed, c.run.device.as_str()), (9, "cuda:1"));
+    assert_eq!(
+        (c.run.seed, c.run.device.to_string().as_str()),
+        (9, "cuda:1")
+    );
 
     // A later --set wins over an earlier one.
     let sets = vec!["run.seed=1".to_string(), "run.seed=2".to_string()];

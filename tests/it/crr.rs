@@ -989,7 +989,7 @@ fn hostile_inputs_are_refused_with_exit_2_and_no_output() {
         &["crr", "build", g, "--out", o, "--pixel-scale", "1e-4"],
         &out,
         "crr.pixel_scale",
-        "outside",
+        "out of range",
     );
     // A header declaring NAXIS2 = 1e9 rows is checked against the file's length.
     let big = dir.path().join("naxis2.fits");

@@ -136,42 +136,12 @@ pub fn baselines(g: &Global, a: &BaselinesArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `--quick` profile (keys the user set with `--set` are left alone).
-const QUICK: &[(&str, &str)] = &[
-    ("spektron.model.d_model", "32"),
-    ("spektron.model.n_heads", "4"),
-    ("spektron.model.d_ff", "64"),
-    ("spektron.model.layers", "\"mt\""),
-    ("spektron.model.d_state", "4"),
-    ("spektron.model.z_chem", "16"),
-    ("spektron.model.z_inst", "8"),
-    ("spektron.model.dropout", "0.0"),
-    ("spektron.experiment.repeats", "1"),
-    ("spektron.experiment.n_transfer", "[5, 20]"),
-    ("spektron.experiment.table_n", "20"),
-    ("spektron.experiment.master_epochs", "20"),
-    ("spektron.experiment.transfer_epochs", "20"),
-    ("spektron.experiment.scratch_epochs", "20"),
-    ("spektron.ttt.steps", "5"),
-];
-
 pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
     let (kind, a) = match cmd {
         ExperimentCmd::SampleEfficiency(a) => (Kind::SampleEfficiency, a),
         ExperimentCmd::Table(a) => (Kind::Table, a),
     };
-    let mut extra: Vec<(&str, Value, &str)> = Vec::new();
-    if a.quick {
-        for (k, v) in QUICK {
-            let pre = format!("{k}=");
-            if !g.sets.iter().any(|s| s.trim_start().starts_with(&pre)) {
-                let val: Value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-                    .expect("quick profile values are TOML")["v"]
-                    .clone();
-                extra.push((k, val, "--quick"));
-            }
-        }
-    }
+    let mut extra = Vec::new();
     if let Some(r) = a.repeats {
         extra.push(int("spektron.experiment.repeats", r, "--repeats"));
     }
@@ -187,7 +157,8 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
         }
         (None, _) => {}
     }
-    let cfg = load(g, extra)?;
+    // --quick = the `quick` profile (configs/profiles/quick.toml), one layer below --set.
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, extra)?;
     // Report files and config are staged and appear together at the end; an unwritable OUT
     // fails here, before training.
     let stage = Stage::begin(&cfg.run.out_dir)?
@@ -202,11 +173,7 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
         modality: modality(&a.modality)?,
         config_file: &config_file,
     };
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let ec = &cfg.spektron.experiment;
     let label = match kind {
         Kind::SampleEfficiency => "E3 sample efficiency",

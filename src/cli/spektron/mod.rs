@@ -17,7 +17,7 @@ use toml::Value;
 pub use self::corpus::CorpusCmd;
 pub use self::experiment::{BaselinesArgs, ExperimentCmd, demo};
 pub use self::model::{FinetuneArgs, PretrainArgs, TttArgs};
-use super::Global;
+use super::{Flag, Global};
 
 #[derive(Subcommand, Debug)]
 pub enum SpektronCmd {
@@ -37,16 +37,13 @@ pub enum SpektronCmd {
     Experiment(ExperimentCmd),
 }
 
-/// Effective config with this command's flags on top of the global ones.
-fn load(g: &Global, extra: Vec<(&str, Value, &str)>) -> Result<Config> {
-    g.setup()?; // thread pool + validation of the global layers
-    let mut flags: Vec<(&str, Value, &str)> = g.flags()?;
-    flags.extend(extra);
-    Ok(spx::config::load(g.config.as_deref(), &g.sets, &flags)?)
+/// Effective config with this command's flags (one layering: `Global::setup_with`).
+fn load(g: &Global, flags: Vec<Flag>) -> Result<Config> {
+    g.setup_with(&[], flags)
 }
 
 /// A count flag as a config layer.
-fn int(key: &'static str, v: usize, flag: &'static str) -> (&'static str, Value, &'static str) {
+fn int(key: &'static str, v: usize, flag: &'static str) -> Flag {
     (
         key,
         Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
@@ -55,7 +52,7 @@ fn int(key: &'static str, v: usize, flag: &'static str) -> (&'static str, Value,
 }
 
 /// A list-of-counts flag as a config layer.
-fn ints(key: &'static str, v: &[usize], flag: &'static str) -> (&'static str, Value, &'static str) {
+fn ints(key: &'static str, v: &[usize], flag: &'static str) -> Flag {
     let a = v
         .iter()
         .map(|&n| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)))

@@ -120,11 +120,7 @@ pub fn pretrain(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
     // Checkpoints go straight to OUT/checkpoints (all or nothing each, and needed by --resume
     // while the run goes on); the loss log, curve and config appear together at the end.
     let stage = Stage::begin(&out)?.inputs([a.corpus.as_path()]);
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let pb = g
         .progress()
         .bar(cfg.spektron.pretrain.steps as u64, "pretraining");
@@ -200,11 +196,7 @@ pub fn finetune(g: &Global, a: &FinetuneArgs) -> Result<ExitCode> {
         modality: modality(&a.modality)?,
         config_file: &config_file,
     };
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let s = ft::run(
         &input,
         cfg.spektron.finetune_settings(cfg.run.seed),
@@ -250,11 +242,7 @@ pub fn ttt(g: &Global, a: &TttArgs) -> Result<ExitCode> {
         finetune_report: a.finetune_report.as_deref(),
         config_file: &config_file,
     };
-    let dev = cfg
-        .run
-        .device
-        .parse::<spx::backend::DeviceSpec>()?
-        .autodiff_device()?;
+    let dev = cfg.run.device.autodiff_device()?;
     let r = tt::run(
         &input,
         cfg.spektron.ttt_settings(cfg.run.seed),
