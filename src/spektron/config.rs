@@ -1,8 +1,16 @@
-//! The `[spektron]` config section (defaults in `configs/spektron.toml`).
+//! The `[spektron]` config section (defaults in `configs/spektron.toml`): the aggregate of the
+//! settings types each part owns (corpus, synth, baselines, model, pretraining, fine-tuning,
+//! TTT, experiments), above all of them — no Spektron module imports this one — with the
+//! per-pipeline settings views.
 
 use serde::{Deserialize, Serialize};
 
-use super::baselines::pls::PlsAlgorithm;
+use super::model::pretrain;
+use super::{experiment, finetune, ttt};
+
+pub use super::baselines::BaselinesConfig;
+pub use super::data::corpus::CorpusConfig;
+pub use super::data::synth::SynthConfig;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -15,7 +23,7 @@ pub struct SpektronConfig {
     pub pretrain: super::model::PretrainConfig,
     pub finetune: super::model::finetune::FinetuneConfig,
     pub ttt: super::model::finetune::TttConfig,
-    pub experiment: super::model::experiment::ExperimentConfig,
+    pub experiment: super::experiment::ExperimentConfig,
 }
 
 /// The built-in defaults, so a config file without a `[spektron]` section (e.g. one that only
@@ -32,38 +40,56 @@ impl Default for SpektronConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CorpusConfig {
-    pub target_points: usize,
-    pub min_std: f64,
-    pub chunk_rows: usize,
-    pub deflate: u8,
-    pub default_modality: super::data::Modality,
-}
+impl SpektronConfig {
+    /// What pretraining reads.
+    pub fn pretrain_settings(&self) -> pretrain::Settings<'_> {
+        pretrain::Settings {
+            model: &self.model,
+            loss: &self.loss,
+            pretrain: &self.pretrain,
+        }
+    }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct SynthConfig {
-    pub n: usize,
-    pub bands_min: usize,
-    pub bands_max: usize,
-    pub noise: f64,
-    pub baseline: f64,
-}
+    /// What the model arms of E3/E4 read.
+    pub fn arm_settings(&self) -> experiment::ArmSettings<'_> {
+        experiment::ArmSettings {
+            model: &self.model,
+            finetune: &self.finetune,
+            ttt: &self.ttt,
+            mask_block: self.loss.mask_block,
+            experiment: &self.experiment,
+            n_test: self.baselines.n_test,
+        }
+    }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BaselinesConfig {
-    pub n_transfer: Vec<usize>,
-    pub repeats: usize,
-    pub n_test: usize,
-    pub cv_folds: usize,
-    pub max_lv: usize,
-    pub pls_algorithm: PlsAlgorithm,
-    pub pds_half_window: usize,
-    pub pds_variance: f64,
-    pub cca_max_components: usize,
-    pub dipls_heuristic: bool,
-    pub dipls_lambda: f64,
+    /// What an E3/E4 experiment reads.
+    pub fn experiment_settings(&self, seed: u64) -> experiment::Settings<'_> {
+        experiment::Settings {
+            arms: self.arm_settings(),
+            baselines: &self.baselines,
+            min_std: self.corpus.min_std,
+            seed,
+        }
+    }
+
+    /// What fine-tuning reads.
+    pub fn finetune_settings(&self, seed: u64) -> finetune::Settings<'_> {
+        finetune::Settings {
+            model: &self.model,
+            finetune: &self.finetune,
+            min_std: self.corpus.min_std,
+            seed,
+        }
+    }
+
+    /// What test-time training reads.
+    pub fn ttt_settings(&self, seed: u64) -> ttt::Settings<'_> {
+        ttt::Settings {
+            model: &self.model,
+            ttt: &self.ttt,
+            mask_block: self.loss.mask_block,
+            min_std: self.corpus.min_std,
+            seed,
+        }
+    }
 }

@@ -1,9 +1,24 @@
-//! Spektron, non-neural half: spectrum readers, the pre-training corpus (HDF5), a synthetic
-//! corpus, and the classical calibration-transfer baselines the model has to beat.
+//! Spektron: spectrum readers and the pre-training corpus (`data/`), the classical
+//! calibration-transfer baselines (`baselines/`), the neural model with its pretraining,
+//! fine-tuning and test-time training (`model/`), and the pipelines on top of them — one
+//! function per command: [`classical::run`] (baselines), [`finetune::run`], [`ttt::run`],
+//! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4), [`demo::run`] — with their
+//! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
 //!
-//! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md`.
+//! Layers (a module only imports modules listed before it): `baselines` → `data` → `model` →
+//! `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
+//! `demo`.
+//!
+//! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
+//! project's shared notes, beside the repository).
 
 pub mod baselines;
+pub mod classical;
 pub mod config;
 pub mod data;
+pub mod demo;
+pub mod experiment;
+pub mod finetune;
 pub mod model;
+pub mod report;
+pub mod ttt;

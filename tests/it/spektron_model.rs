@@ -329,7 +329,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     let (model, rep) = pretrain::pretrain(
         &corpus,
         &out,
-        &c,
+        c.pretrain_settings(),
         &dev,
         11,
         None,
@@ -369,7 +369,7 @@ fn pretraining_lowers_msrp_and_checkpoint_round_trips() {
     let (_, rep2) = pretrain::pretrain(
         &corpus,
         &out,
-        &c2,
+        c2.pretrain_settings(),
         &dev,
         11,
         Some(&rep.checkpoint),
@@ -470,8 +470,10 @@ fn ttt_updates_only_norm_layers() {
         lr: 1e-2,
         mask_ratio: 0.15,
         batch: 4,
+        scope: finetune::TttScope::Norms,
+        guard: false,
     };
-    let (m2, hist) = finetune::ttt(m, &lay, &x, &[0; 4], &tc, 3, &dev, 2).unwrap();
+    let (m2, hist) = finetune::ttt(m.clone(), &lay, &x, &[0; 4], &tc, 3, &dev, 2).unwrap();
     assert_eq!(hist.len(), 3);
     let after = lora::snapshot(&m2);
     let mut changed = 0;
@@ -485,6 +487,27 @@ fn ttt_updates_only_norm_layers() {
     }
     // 2 Mamba norms + 2×2 Transformer norms + final norm, γ and β each.
     assert_eq!(changed, 14);
+
+    // scope = "encoder": every encoder parameter may move (and most do), no head does.
+    let tc = TttConfig {
+        scope: finetune::TttScope::Encoder,
+        ..tc
+    };
+    let (m3, _) = finetune::ttt(m, &lay, &x, &[0; 4], &tc, 3, &dev, 2).unwrap();
+    let after = lora::snapshot(&m3);
+    let (mut enc, mut enc_changed) = (0, 0);
+    for (k, v) in &after {
+        if k.starts_with("heads.") {
+            assert_eq!(&before[k], v, "{k} is a head parameter");
+        } else {
+            enc += 1;
+            enc_changed += usize::from(&before[k] != v);
+        }
+    }
+    assert!(
+        enc_changed > 14 && 2 * enc_changed > enc,
+        "{enc_changed} of {enc}"
+    );
 }
 
 #[test]
@@ -593,6 +616,7 @@ fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
     e.transfer_epochs = 40;
     e.scratch_epochs = 10;
     e.synth_shift = 20.0;
+    e.slope_bias = true;
     c.ttt.steps = 3;
     c
 }
@@ -602,7 +626,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
     let _rng = crate::common::burn_rng_lock();
     use spx::spektron::baselines::TransferData;
     use spx::spektron::data::synth;
-    use spx::spektron::model::experiment;
+    use spx::spektron::{experiment, report};
     let c = transfer_cfg();
     let e = &c.experiment;
     // Slave = master shifted by 20 of 200 channels, gain 0.9, offset 0.05: a shape change that
@@ -630,7 +654,7 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             &xtgt,
             &data.y.to_vec(),
             &[20],
-            &c,
+            c.arm_settings(),
             None,
             2,
             &dev,
@@ -647,11 +671,15 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             .unwrap_or_else(|| panic!("{m} N={n}"))
             .rmsep_mean
     };
-    for m in experiment::ARMS {
+    for m in report::ARMS {
         assert!(cells.iter().any(|x| x.method == *m), "{m}");
     }
     let (before, after) = (get("spektron_no_transfer", 0), get("spektron_lora", 20));
     let on_master = get("spektron_master_on_master", 0);
+    // Slope/bias of the master's predictions, fitted on the 20 target samples, corrects part of
+    // what the shift does to them.
+    let sbc = get("spektron_sbc", 20);
+    assert!(sbc < before, "spektron_sbc {sbc} vs no transfer {before}");
     assert!(
         on_master < before,
         "the shift must hurt: {on_master} vs {before}"

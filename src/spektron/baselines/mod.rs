@@ -9,12 +9,28 @@ pub mod splits;
 pub mod transfer;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use self::linalg::{col_mean, rows};
-use self::pls::Pls;
+use self::pls::{Pls, PlsAlgorithm};
 use crate::error::SpxError;
-use crate::spektron::config::BaselinesConfig;
+
+/// `[spektron.baselines]`: the seeded evaluation protocol and the classical methods' knobs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BaselinesConfig {
+    pub n_transfer: Vec<usize>,
+    pub repeats: usize,
+    pub n_test: usize,
+    pub cv_folds: usize,
+    pub max_lv: usize,
+    pub pls_algorithm: PlsAlgorithm,
+    pub pds_half_window: usize,
+    pub pds_variance: f64,
+    pub cca_max_components: usize,
+    pub dipls_heuristic: bool,
+    pub dipls_lambda: f64,
+}
 
 /// Paired two-instrument data with one property.
 #[derive(Clone, Debug)]

@@ -14,12 +14,22 @@ use std::path::{Path, PathBuf};
 use indicatif::ProgressBar;
 use ndarray::{Array2, ArrayView1};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Modality, Spectrum, read_spectra};
 use crate::error::SpxError;
 use crate::io::hdf5::{AppendRows, AppendVec, H5Reader, H5Writer, write_h5};
-use crate::spektron::config::CorpusConfig;
+
+/// `[spektron.corpus]`: resampling and HDF5 layout of the pre-training corpus.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusConfig {
+    pub target_points: usize,
+    pub min_std: f64,
+    pub chunk_rows: usize,
+    pub deflate: u8,
+    pub default_modality: Modality,
+}
 
 /// Why a spectrum was not written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

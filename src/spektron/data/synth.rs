@@ -9,12 +9,23 @@ use indicatif::ProgressBar;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
+use serde::{Deserialize, Serialize};
 
-use super::corpus::{CorpusReport, CorpusWriter};
+use super::corpus::{CorpusConfig, CorpusReport, CorpusWriter};
 use super::{Modality, Spectrum};
 use crate::error::SpxError;
 use crate::io::hdf5::write_h5;
-use crate::spektron::config::{CorpusConfig, SynthConfig};
+
+/// `[spektron.synth]`: size and shape of the synthetic corpus.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SynthConfig {
+    pub n: usize,
+    pub bands_min: usize,
+    pub bands_max: usize,
+    pub noise: f64,
+    pub baseline: f64,
+}
 
 /// (x_min, x_max, unit, band width range) per modality.
 fn modality_axis(m: Modality) -> (f64, f64, &'static str, (f64, f64)) {

@@ -18,13 +18,23 @@ use burn::tensor::{Bool, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::SpektronModel;
-use super::pretrain::LogEntry;
+use super::losses::LossTerms;
 use crate::error::SpxError;
 use crate::io::{ensure_dir, write_atomic};
 
 const MODEL: &str = "model.bpk";
 const OPTIMIZER: &str = "optimizer.bpk";
 const STATE: &str = "state.json";
+
+/// One pretraining step of the loss log a checkpoint carries.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LogEntry {
+    pub step: usize,
+    pub lr: f64,
+    pub train: LossTerms,
+    /// Validation terms when computed at this step.
+    pub val: Option<LossTerms>,
+}
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TrainState {

@@ -41,6 +41,24 @@ pub struct TttConfig {
     pub lr: f64,
     pub mask_ratio: f64,
     pub batch: usize,
+    /// Which parameters TTT updates.
+    #[serde(default)]
+    pub scope: TttScope,
+    /// Experiments (E3/E4): keep the TTT-adapted model only if its RMSEP on the labelled source
+    /// calibration set is not worse than the master's; otherwise use the master unchanged.
+    #[serde(default)]
+    pub guard: bool,
+}
+
+/// Parameters test-time training adapts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TttScope {
+    /// LayerNorm γ/β only.
+    #[default]
+    Norms,
+    /// The whole encoder (embeddings, blocks, norms); the heads stay fixed.
+    Encoder,
 }
 
 /// Labelled spectra: `x` row-major `[n, n_points]`, `y` row-major `[n, n_targets]`.
@@ -54,6 +72,8 @@ pub struct Labelled<'a> {
 pub struct FinetuneReport {
     pub epochs_run: usize,
     pub best_epoch: usize,
+    /// NaN (JSON `null`) without a validation split.
+    #[serde(deserialize_with = "nan_if_null")]
     pub best_val_loss: f64,
     pub train_loss: Vec<f64>,
     pub val_loss: Vec<f64>,
@@ -61,6 +81,11 @@ pub struct FinetuneReport {
     /// Target standardisation applied inside the model's regression head.
     pub y_mean: Vec<f64>,
     pub y_std: Vec<f64>,
+}
+
+/// JSON writes a NaN as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 pub fn patches(lay: &TokenLayout, x: &[f32], rows: &[usize], device: &Device) -> Tensor<3> {
@@ -292,7 +317,10 @@ pub fn ttt(
             format!("{n} spectra but {} values", x.len()),
         ));
     }
-    let mut model = lora::norms_only(model)?;
+    let mut model = match cfg.scope {
+        TttScope::Norms => lora::norms_only(model)?,
+        TttScope::Encoder => lora::encoder_only(model)?,
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut hist = Vec::with_capacity(cfg.steps);

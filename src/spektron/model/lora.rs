@@ -18,6 +18,9 @@ pub const LORA_TRAINABLE_HEADS: &str = r"^heads\.(regress|vib_chem|fno)\.";
 /// Normalisation parameters (LayerNorm γ/β) updated by test-time training.
 pub const NORM_PARAMS: &str = r"(^|\.)norm(_[12])?\.(gamma|beta)$";
 
+/// Encoder parameters (everything but the heads), updated by TTT with `scope = "encoder"`.
+pub const ENCODER_PARAMS: &str = r"^(patch_embed|pos|cls|mask_token|domain|blocks|moe|norm)(\.|$)";
+
 fn group(re: &str) -> Result<ParamGroup, SpxError> {
     ParamGroup::from_regex(re).map_err(|e| {
         SpxError::field(
@@ -45,6 +48,11 @@ pub fn with_lora(model: SpektronModel, rank: usize, alpha: f64) -> Result<Spektr
 /// Freeze everything but the LayerNorm parameters (test-time training).
 pub fn norms_only(model: SpektronModel) -> Result<SpektronModel, SpxError> {
     Ok(model.no_grad().unfreeze_group(group(NORM_PARAMS)?))
+}
+
+/// Freeze everything but the encoder (test-time training with `scope = "encoder"`).
+pub fn encoder_only(model: SpektronModel) -> Result<SpektronModel, SpxError> {
+    Ok(model.no_grad().unfreeze_group(group(ENCODER_PARAMS)?))
 }
 
 /// Path → flattened values of every float parameter; LoRA factors appear as `<weight>.lora.a|b`.

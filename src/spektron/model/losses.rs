@@ -3,6 +3,22 @@
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::{Int, Tensor};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Loss terms of one step (already weighted sum in `total`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct LossTerms {
+    pub total: f64,
+    pub msrp: f64,
+    pub contrastive: f64,
+    pub denoise: f64,
+    pub ot: f64,
+    pub physics: f64,
+    pub vib: f64,
+    /// MoE balance loss (mean of the two views; 0 without MoE).
+    #[serde(default)]
+    pub moe: f64,
+}
 
 /// Contiguous block mask over `n` patches: blocks of `block` patches at random starts until
 /// exactly `round(ratio·n)` patches are masked (the last block is cut to hit the count).

@@ -3,7 +3,6 @@
 
 pub mod backbone;
 pub mod checkpoint;
-pub mod experiment;
 pub mod finetune;
 pub mod fno;
 pub mod heads;

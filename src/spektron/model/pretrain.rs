@@ -17,13 +17,12 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution as _, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint;
-use super::losses;
-use super::{LossConfig, PretrainConfig, SpektronModel, TokenLayout};
+use super::checkpoint::{self, LogEntry};
+use super::losses::{self, LossTerms};
+use super::{LossConfig, ModelConfig, PretrainConfig, SpektronModel, TokenLayout};
 use crate::backend::{seeded, tensor_from};
 use crate::error::SpxError;
 use crate::io::hdf5::H5Reader;
-use crate::spektron::config::SpektronConfig;
 
 /// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to 0 at `steps`.
 pub fn lr_at(step: usize, cfg: &PretrainConfig) -> f64 {
@@ -238,21 +237,6 @@ fn check_finite(
     Ok(())
 }
 
-/// Loss terms of one step (already weighted sum in `total`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct LossTerms {
-    pub total: f64,
-    pub msrp: f64,
-    pub contrastive: f64,
-    pub denoise: f64,
-    pub ot: f64,
-    pub physics: f64,
-    pub vib: f64,
-    /// MoE balance loss (mean of the two views; 0 without MoE).
-    #[serde(default)]
-    pub moe: f64,
-}
-
 /// Everything the loss needs besides the model; built once per run.
 pub struct LossContext {
     pub layout: TokenLayout,
@@ -371,15 +355,6 @@ pub fn batch_loss(
     (total, terms)
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct LogEntry {
-    pub step: usize,
-    pub lr: f64,
-    pub train: LossTerms,
-    /// Validation terms when computed at this step.
-    pub val: Option<LossTerms>,
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PretrainReport {
     pub steps_done: usize,
@@ -395,13 +370,21 @@ pub struct PretrainReport {
     pub checkpoint: PathBuf,
 }
 
+/// What pretraining reads from the config: the model, its losses and the optimisation.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings<'a> {
+    pub model: &'a ModelConfig,
+    pub loss: &'a LossConfig,
+    pub pretrain: &'a PretrainConfig,
+}
+
 /// Run (or resume) pretraining; writes checkpoints under `out/checkpoints/`. A resume from a
 /// checkpoint without optimizer state is refused (see [`pretrain_with`]).
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain(
     corpus: &Path,
     out: &Path,
-    cfg: &SpektronConfig,
+    cfg: Settings<'_>,
     device: &Device,
     seed: u64,
     resume: Option<&Path>,
@@ -416,14 +399,14 @@ pub fn pretrain(
 pub fn pretrain_with(
     corpus: &Path,
     out: &Path,
-    cfg: &SpektronConfig,
+    cfg: Settings<'_>,
     device: &Device,
     seed: u64,
     resume: Option<&Path>,
     reset_optimizer: bool,
     pb: &ProgressBar,
 ) -> Result<(SpektronModel, PretrainReport), SpxError> {
-    let pc = &cfg.pretrain;
+    let pc = cfg.pretrain;
     if pc.batch < 2 {
         return Err(SpxError::field(
             "config",
@@ -439,7 +422,7 @@ pub fn pretrain_with(
             format!("{} is not a finite positive learning rate", pc.lr),
         ));
     }
-    let mut model = checkpoint::renumber_params(SpektronModel::new(&cfg.model, &mut rng, device)?);
+    let mut model = checkpoint::renumber_params(SpektronModel::new(cfg.model, &mut rng, device)?);
     let mut log: Vec<LogEntry> = Vec::new();
     let mut start = 0;
     if let Some(dir) = resume {
@@ -483,7 +466,7 @@ pub fn pretrain_with(
     let mut last = ck_dir.join("last");
     for step in start..pc.steps {
         let (x, m) = stream.next_batch(pc.batch, &mut rng)?;
-        let (loss, terms) = batch_loss(&model, &ctx, &x, &m, &cfg.loss, pc, &mut rng);
+        let (loss, terms) = batch_loss(&model, &ctx, &x, &m, cfg.loss, pc, &mut rng);
         if !terms.total.is_finite() {
             return Err(SpxError::field(
                 corpus,
@@ -541,10 +524,10 @@ pub fn validate(
     model: &SpektronModel,
     ctx: &LossContext,
     stream: &CorpusStream,
-    cfg: &SpektronConfig,
+    cfg: Settings<'_>,
     seed: u64,
 ) -> Result<LossTerms, SpxError> {
-    let pc = &cfg.pretrain;
+    let pc = cfg.pretrain;
     let mut rng = ChaCha8Rng::seed_from_u64_mixed(seed, u64::MAX);
     let mut acc = LossTerms::default();
     let mut nb = 0.0;
@@ -554,7 +537,7 @@ pub fn validate(
         if m.len() < 2 {
             continue;
         }
-        let (_, t) = batch_loss(model, ctx, &x, &m, &cfg.loss, pc, &mut rng);
+        let (_, t) = batch_loss(model, ctx, &x, &m, cfg.loss, pc, &mut rng);
         acc.total += t.total;
         acc.msrp += t.msrp;
         acc.contrastive += t.contrastive;

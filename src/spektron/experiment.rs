@@ -1,4 +1,5 @@
-//! E3 (sample efficiency) and E4 (table): the model arms on the same seeded splits as the
+//! E3 (sample efficiency) and E4 (table) as pipelines ([`sample_efficiency`], [`table`]: data,
+//! classical baselines, model arms, report files in a stage), and the model arms on the same seeded splits as the
 //! classical baselines (`baselines::evaluate`): repetition s tests on the first `n_test` rows of
 //! `RandomState(s).permutation(n)` and transfers with the first N rows of
 //! `RandomState(1000+s).permutation(n_cal)` of the calibration set.
@@ -8,34 +9,32 @@
 //! - `spektron_master`: the (pretrained or random) model fully fine-tuned on the labelled source
 //!   calibration spectra; N = 0 rows: on target test spectra (no transfer) and on source test
 //!   spectra (`spektron_master_on_master`);
-//! - `spektron_ttt` (N = 0): the master model after test-time training (norm layers only) on the
-//!   unlabelled target test spectra (transductive, like `recentre_test`);
+//! - `spektron_ttt` (N = 0): the master model after test-time training (`spektron.ttt.scope`:
+//!   norm layers or the whole encoder) on the unlabelled target test spectra (transductive, like
+//!   `recentre_test`); with `spektron.ttt.guard` the master is kept instead when the adapted
+//!   model is worse on the labelled source calibration set;
+//! - `spektron_sbc` (`spektron.experiment.slope_bias`): slope/bias correction of the master's
+//!   predictions fitted on the N labelled target spectra (as the classical SBC);
 //! - `spektron_lora`: the master model + LoRA adapters trained on N labelled target spectra,
 //!   keeping the master's target standardisation;
 //! - `scratch`: a randomly initialised model trained on the N labelled target spectra only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::finetune::{self, FinetuneConfig, FinetuneMode, Labelled};
-use super::{SpektronModel, checkpoint};
+use super::baselines;
+use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
+use super::data::{Modality, corpus, instruments, synth};
+use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
+use super::model::{ModelConfig, SpektronModel, checkpoint};
+use super::report;
 use crate::backend::seeded;
 use crate::error::SpxError;
-use crate::spektron::baselines::{Cell, TransferData, r2, rmsep, splits};
-use crate::spektron::config::SpektronConfig;
-use crate::spektron::data::corpus;
-
-/// Model-arm method names (table order after the classical methods).
-pub const ARMS: &[&str] = &[
-    "spektron_master_on_master",
-    "spektron_no_transfer",
-    "spektron_ttt",
-    "spektron_lora",
-    "scratch",
-];
+use crate::io::atomic::{Stage, safe_component};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -48,12 +47,28 @@ pub struct ExperimentConfig {
     pub scratch_epochs: usize,
     pub full_lr: f64,
     pub centre: bool,
+    /// Add the `spektron_sbc` arm (slope/bias of the master's predictions on the N samples).
+    #[serde(default)]
+    pub slope_bias: bool,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
     pub synth_gain: f64,
     pub synth_offset: f64,
     pub synth_noise: f64,
+}
+
+/// What the model arms read from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct ArmSettings<'a> {
+    pub model: &'a ModelConfig,
+    pub finetune: &'a FinetuneConfig,
+    pub ttt: &'a TttConfig,
+    /// `spektron.loss.mask_block` (TTT masks blocks of this many patches).
+    pub mask_block: usize,
+    pub experiment: &'a ExperimentConfig,
+    /// `spektron.baselines.n_test` (the same test split as the classical rows).
+    pub n_test: usize,
 }
 
 /// Resample every row of both instruments to the model length (+ SNV, as the corpus).
@@ -143,6 +158,16 @@ impl Centring {
     }
 }
 
+/// Least-squares `y ≈ a + b·x`; a constant `x` gives the mean offset (b = 1).
+fn slope_bias(x: &[f64], y: &[f64]) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let b = if sxx > 1e-12 * n { sxy / sxx } else { 1.0 };
+    (my - b * mx, b)
+}
+
 /// Seed for one (repetition, arm, N) training run: burn's dropout draws from the global RNG,
 /// so every training call reseeds it.
 fn sub_seed(seed: u64, rep: usize, arm: u64, n: usize) -> u64 {
@@ -157,14 +182,14 @@ pub fn run_model_arms(
     xt: &[f32],
     y: &[f64],
     ns: &[usize],
-    cfg: &SpektronConfig,
+    cfg: ArmSettings<'_>,
     pretrained: Option<&Path>,
     modality: i8,
     device: &Device,
     seed: u64,
     mut on_progress: impl FnMut(&str),
 ) -> Result<Vec<Cell>, SpxError> {
-    let ec = &cfg.experiment;
+    let ec = cfg.experiment;
     let lay = cfg.model.layout();
     let p = lay.n_points;
     let n = y.len();
@@ -179,7 +204,7 @@ pub fn run_model_arms(
             ),
         ));
     }
-    let n_test = cfg.baselines.n_test;
+    let n_test = cfg.n_test;
     let n_cal = n.checked_sub(n_test).filter(|&c| c >= 3).ok_or_else(|| {
         SpxError::field(
             "config",
@@ -293,16 +318,28 @@ pub fn run_model_arms(
             &lay,
             &xt_test,
             &mods(test.len()),
-            &cfg.ttt,
-            cfg.loss.mask_block,
+            cfg.ttt,
+            cfg.mask_block,
             device,
             ts,
         )?;
+        // Guard: the adapted model must not be worse on the labelled source calibration set.
+        let adapted = if cfg.ttt.guard {
+            let cal_rmse = |m: &SpektronModel| score(cal, &pred(m, &xc, &mrep)).0;
+            if cal_rmse(&adapted) > cal_rmse(&master) {
+                master.clone()
+            } else {
+                adapted
+            }
+        } else {
+            adapted
+        };
         push(
             "spektron_ttt",
             0,
             score(test, &pred(&adapted, &xt_test, &mrep)),
         );
+        let master_test = pred(&master, &xt_test, &mrep);
 
         for &k in ns {
             let tr: Vec<usize> = tperm[..k].iter().map(|&i| cal[i]).collect();
@@ -313,6 +350,13 @@ pub fn run_model_arms(
                 y: &ytr,
                 modality: &mods(k),
             };
+            if ec.slope_bias {
+                // SBC on the neural master: y ≈ a + b·ŷ fitted on the N transfer samples.
+                let fit = pred(&master, &xtr, &mrep);
+                let (a, b) = slope_bias(&fit, &tr.iter().map(|&r| y[r]).collect::<Vec<_>>());
+                let corrected: Vec<f64> = master_test.iter().map(|&v| a + b * v).collect();
+                push("spektron_sbc", k, score(test, &corrected));
+            }
             on_progress(&format!("repetition {}: LoRA transfer N={k}", s + 1));
             let ls = sub_seed(seed, s, 3, k);
             let _ = seeded(device, ls);
@@ -355,4 +399,245 @@ pub fn run_model_arms(
         .into_iter()
         .map(|(m, k, v)| Cell::aggregate(m, k, &v))
         .collect())
+}
+
+/// E3 (RMSEP vs N) or E4 (the table at one N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    SampleEfficiency,
+    Table,
+}
+
+impl Kind {
+    /// File-name tag and title prefix.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::SampleEfficiency => ("e3", "E3"),
+            Kind::Table => ("e4", "E4"),
+        }
+    }
+}
+
+/// What an experiment reads from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings<'a> {
+    pub arms: ArmSettings<'a>,
+    pub baselines: &'a BaselinesConfig,
+    /// `spektron.corpus.min_std` (spectra resampled and SNV-normalised as in the corpus).
+    pub min_std: f64,
+    pub seed: u64,
+}
+
+/// The data and model of one experiment.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// corn.mat / corn CSV directory / tablets .mat; `None`: synthetic two-instrument data
+    /// (`spektron.experiment.synth_*`).
+    pub data: Option<&'a Path>,
+    pub source: &'a str,
+    pub target: &'a str,
+    /// Property name or 1-based column.
+    pub property: &'a str,
+    /// Pretrained checkpoint (same `[spektron.model]`); `None`: random initial weights.
+    pub checkpoint: Option<&'a Path>,
+    pub modality: Modality,
+    /// The effective config file of the run, recorded in the JSON report.
+    pub config_file: &'a Path,
+}
+
+/// The JSON report of an experiment (`<stem>.json`; `files` and `markdown` are not in it).
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentReport {
+    pub experiment: &'static str,
+    pub data: Option<String>,
+    pub source: String,
+    pub target: String,
+    pub property: String,
+    pub pretrained: Option<String>,
+    pub repeats: usize,
+    pub n_test: usize,
+    pub n_transfer: Vec<usize>,
+    pub model_parameters: usize,
+    pub model_seconds: f64,
+    pub master_lvs: Vec<usize>,
+    pub config: String,
+    pub cells: Vec<Cell>,
+    /// Files written (final paths), CSV, Markdown, [PNG,] JSON.
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+    /// The Markdown table.
+    #[serde(skip)]
+    pub markdown: String,
+}
+
+/// The N values of an experiment.
+pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
+    match kind {
+        Kind::SampleEfficiency => ec.n_transfer.clone(),
+        Kind::Table => vec![ec.table_n],
+    }
+}
+
+/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N.
+pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
+    (ec.repeats * (2 + 2 * n_values(kind, ec).len())) as u64
+}
+
+/// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).
+pub fn sample_efficiency(
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    run(
+        Kind::SampleEfficiency,
+        input,
+        cfg,
+        device,
+        stage,
+        on_progress,
+    )
+}
+
+/// E4: RMSEP/R² table at N = `table_n` plus the N = 0 rows (CSV, Markdown, JSON).
+pub fn table(
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    run(Kind::Table, input, cfg, device, stage, on_progress)
+}
+
+/// One experiment: data (file or synthetic), the classical baselines and the model arms on the
+/// same seeded splits; report files are written into `stage` (visible on its commit).
+pub fn run(
+    kind: Kind,
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    stage: &Stage,
+    mut on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    let ec = cfg.arms.experiment;
+    let ns = n_values(kind, ec);
+    let (data, axis, title, stem, property) = match input.data {
+        Some(d) => {
+            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
+            let prop = pair.property.trim().to_string();
+            (
+                pair.data,
+                pair.axis,
+                format!("{} → {}, {}", input.source, input.target, prop),
+                format!(
+                    "{}_{}_{}",
+                    input.source,
+                    input.target,
+                    prop.to_ascii_lowercase()
+                ),
+                prop,
+            )
+        }
+        None => {
+            let (xm, xs, y) = synth::two_instrument(
+                cfg.seed,
+                ec.synth_samples,
+                ec.synth_channels,
+                ec.synth_shift,
+                ec.synth_gain,
+                ec.synth_offset,
+                ec.synth_noise,
+            );
+            (
+                TransferData {
+                    source: xm,
+                    target: xs,
+                    y,
+                },
+                Vec::new(),
+                format!(
+                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
+                    ec.synth_shift, ec.synth_gain, ec.synth_offset
+                ),
+                "synthetic".to_string(),
+                "analyte 1".to_string(),
+            )
+        }
+    };
+    let short = if input.data.is_some() {
+        title.clone()
+    } else {
+        "synthetic".to_string()
+    };
+    let mut bc = cfg.baselines.clone();
+    bc.n_transfer = ns.clone();
+    bc.repeats = ec.repeats;
+    let base = baselines::evaluate(&data, &bc, |_| {})?;
+    let lay = cfg.arms.model.layout();
+    let (xs, xt) = prepare_spectra(&data, &axis, lay.n_points, cfg.min_std)?;
+    let params = {
+        let mut mc = cfg.arms.model.clone();
+        mc.n_targets = 1;
+        let mut rng = seeded(device, cfg.seed);
+        SpektronModel::new(&mc, &mut rng, device)?.num_params()
+    };
+    let t0 = Instant::now();
+    let arms = run_model_arms(
+        &xs,
+        &xt,
+        &data.y.to_vec(),
+        &ns,
+        cfg.arms,
+        input.checkpoint,
+        input.modality.code(),
+        device,
+        cfg.seed,
+        &mut on_progress,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let mut cells = base.cells.clone();
+    cells.extend(arms);
+    let (tag, name) = kind.names();
+    let stem = safe_component(&format!("{tag}_{stem}"));
+    let title = format!("{name}: {title}");
+    let dir = stage.dir();
+    let mut files = Vec::new();
+    let p = dir.join(format!("{stem}.csv"));
+    report::write_cells_csv(&p, &cells)?;
+    files.push(p);
+    let markdown = report::experiment_markdown(&title, &cells, &ns);
+    let p = dir.join(format!("{stem}.md"));
+    crate::io::write_atomic(&p, |w| std::io::Write::write_all(w, markdown.as_bytes()))?;
+    files.push(p);
+    if kind == Kind::SampleEfficiency {
+        let p = dir.join(format!("{stem}.png"));
+        report::experiment_plot(&p, &format!("{name} {short}"), &cells, &ns)?;
+        files.push(p);
+    }
+    let mut rep = ExperimentReport {
+        experiment: name,
+        data: input.data.map(|d| d.display().to_string()),
+        source: input.source.to_string(),
+        target: input.target.to_string(),
+        property,
+        pretrained: input.checkpoint.map(|d| d.display().to_string()),
+        repeats: ec.repeats,
+        n_test: bc.n_test,
+        n_transfer: ns,
+        model_parameters: params,
+        model_seconds: secs,
+        master_lvs: base.master_lvs,
+        config: input.config_file.display().to_string(),
+        cells,
+        files: Vec::new(),
+        markdown,
+    };
+    let p = dir.join(format!("{stem}.json"));
+    report::write_json(&p, &rep)?;
+    files.push(p);
+    rep.files = files.iter().map(|f| stage.final_path(f)).collect();
+    Ok(rep)
 }

@@ -1,0 +1,220 @@
+//! `spx spektron baselines`, `spx spektron experiment sample-efficiency|table`, and the
+//! Spektron part of `spx demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use spx::config::Config;
+use spx::io::atomic::Stage;
+use spx::spektron::baselines::BaselineReport;
+use spx::spektron::experiment::{self as ex, Kind};
+use spx::spektron::{classical, demo as sdemo};
+use toml::Value;
+
+use super::{Global, int, ints, load, modality};
+
+#[derive(Args, Debug)]
+pub struct BaselinesArgs {
+    /// corn.mat / nir_shootout_2002.mat, or a directory with the corn CSV files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Source (master) instrument, e.g. m5 (corn) or 1 (tablets).
+    #[arg(long)]
+    pub source: String,
+    /// Target (slave) instrument, e.g. mp6.
+    #[arg(long)]
+    pub target: String,
+    /// Property name (from the file's labels) or 1-based column number.
+    #[arg(long)]
+    pub property: String,
+    /// Numbers of transfer samples, e.g. 5,10,20,30,50 (spektron.baselines.n_transfer).
+    #[arg(long, value_delimiter = ',')]
+    pub n_transfer: Option<Vec<usize>>,
+    /// Seeded repetitions (spektron.baselines.repeats).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::super::count)]
+    pub repeats: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExperimentCmd {
+    /// E3: RMSEP vs N transfer samples, model arms and classical baselines (CSV, JSON, MD, PNG).
+    SampleEfficiency(ExperimentArgs),
+    /// E4: RMSEP/R² table at N = spektron.experiment.table_n plus the N = 0 rows (CSV, JSON, MD).
+    Table(ExperimentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExperimentArgs {
+    /// corn.mat / corn CSV directory / tablets .mat; without it, synthetic two-instrument data
+    /// (spektron.experiment.synth_*).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Source (master) instrument.
+    #[arg(long, default_value = "m5")]
+    pub source: String,
+    /// Target (slave) instrument.
+    #[arg(long, default_value = "mp6")]
+    pub target: String,
+    /// Property name or 1-based column.
+    #[arg(long, default_value = "moisture")]
+    pub property: String,
+    /// Pretrained checkpoint (same [spektron.model]); without it the model starts from random
+    /// weights.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Seeded repetitions (spektron.experiment.repeats).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::super::count)]
+    pub repeats: Option<usize>,
+    /// E3: the N values (spektron.experiment.n_transfer); E4: one value (spektron.experiment.table_n).
+    #[arg(long, value_delimiter = ',')]
+    pub n_transfer: Option<Vec<usize>>,
+    /// Modality of the spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
+    /// Small profile for a quick check: d_model 32, layers "mt", 1 repetition, N 5 and 20,
+    /// 20 epochs (keys given with --set win).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+#[derive(Serialize)]
+struct BaselinesSummary<'a> {
+    data: String,
+    source: &'a str,
+    target: &'a str,
+    property: &'a str,
+    samples: usize,
+    channels: usize,
+    files: Vec<String>,
+    report: &'a BaselineReport,
+}
+
+pub fn baselines(g: &Global, a: &BaselinesArgs) -> Result<ExitCode> {
+    let mut extra = Vec::new();
+    if let Some(ns) = &a.n_transfer {
+        extra.push(ints("spektron.baselines.n_transfer", ns, "--n-transfer"));
+    }
+    if let Some(r) = a.repeats {
+        extra.push(int("spektron.baselines.repeats", r, "--repeats"));
+    }
+    let cfg = load(g, extra)?;
+    let stage = Stage::begin(&cfg.run.out_dir)?.inputs([a.data.as_path()]);
+    let input = classical::Input {
+        data: &a.data,
+        source: &a.source,
+        target: &a.target,
+        property: &a.property,
+    };
+    let bc = &cfg.spektron.baselines;
+    let pb = g.progress().bar(bc.repeats as u64, "baselines");
+    let r = classical::run(&input, bc, &stage, |_| pb.inc(1))?;
+    pb.finish_and_clear();
+    let mut files = r.files.clone();
+    files.push(stage.final_path(&cfg.write_effective(stage.dir())?));
+    stage.commit()?;
+    g.say(&r.markdown);
+    g.say(format!(
+        "master LVs (CV) per repetition: {:?}",
+        r.report.master_lvs
+    ));
+    for f in &files {
+        g.say(format!("wrote {}", f.display()));
+    }
+    g.emit_json(&BaselinesSummary {
+        data: a.data.display().to_string(),
+        source: &a.source,
+        target: &a.target,
+        property: &r.property,
+        samples: r.samples,
+        channels: r.channels,
+        files: files.iter().map(|f| f.display().to_string()).collect(),
+        report: &r.report,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
+    let (kind, a) = match cmd {
+        ExperimentCmd::SampleEfficiency(a) => (Kind::SampleEfficiency, a),
+        ExperimentCmd::Table(a) => (Kind::Table, a),
+    };
+    let mut extra = Vec::new();
+    if let Some(r) = a.repeats {
+        extra.push(int("spektron.experiment.repeats", r, "--repeats"));
+    }
+    match (&a.n_transfer, kind) {
+        (Some(ns), Kind::Table) if ns.len() != 1 => {
+            bail!("--n-transfer: the table takes one N (got {ns:?})")
+        }
+        (Some(ns), Kind::Table) => {
+            extra.push(int("spektron.experiment.table_n", ns[0], "--n-transfer"))
+        }
+        (Some(ns), Kind::SampleEfficiency) => {
+            extra.push(ints("spektron.experiment.n_transfer", ns, "--n-transfer"))
+        }
+        (None, _) => {}
+    }
+    // --quick = the `quick` profile (configs/profiles/quick.toml), one layer below --set.
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, extra)?;
+    // Report files and config are staged and appear together at the end; an unwritable OUT
+    // fails here, before training.
+    let stage = Stage::begin(&cfg.run.out_dir)?
+        .inputs(a.data.iter().chain(&a.checkpoint).map(PathBuf::as_path));
+    let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
+    let input = ex::Input {
+        data: a.data.as_deref(),
+        source: &a.source,
+        target: &a.target,
+        property: &a.property,
+        checkpoint: a.checkpoint.as_deref(),
+        modality: modality(&a.modality)?,
+        config_file: &config_file,
+    };
+    let dev = cfg.run.device.autodiff_device()?;
+    let ec = &cfg.spektron.experiment;
+    let label = match kind {
+        Kind::SampleEfficiency => "E3 sample efficiency",
+        Kind::Table => "E4 table",
+    };
+    let pb = g.progress().bar(ex::progress_len(kind, ec), label);
+    let settings = cfg.spektron.experiment_settings(cfg.run.seed);
+    let r = ex::run(kind, &input, settings, &dev, &stage, |m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    g.say(&r.markdown);
+    g.say(format!(
+        "model arms: {} parameters, {:.1} s{}",
+        r.model_parameters,
+        r.model_seconds,
+        if a.checkpoint.is_none() {
+            " (no --checkpoint: the Spektron arms start from random weights)"
+        } else {
+            ""
+        }
+    ));
+    for f in &r.files {
+        g.say(format!("wrote {}", f.display()));
+    }
+    let mut js = serde_json::to_value(&r)?;
+    js["files"] = serde_json::json!(
+        r.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    g.emit_json(&js)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spx demo` hook (see `spx::spektron::demo`).
+pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
+    let r = sdemo::run(&cfg.spektron, cfg.run.seed, out)?;
+    Ok(serde_json::to_value(&r)?)
+}
