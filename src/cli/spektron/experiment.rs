@@ -12,7 +12,6 @@ use spx::io::atomic::Stage;
 use spx::spektron::baselines::BaselineReport;
 use spx::spektron::experiment::{self as ex, Kind};
 use spx::spektron::{classical, demo as sdemo};
-use toml::Value;
 
 use super::{Global, int, ints, load, modality};
 
