@@ -22,6 +22,7 @@ use super::physics::{self, Cplx, GroupGeometry};
 use crate::backend::{seeded, tensor_from, to_vec};
 use crate::error::SpxError;
 use crate::io;
+use crate::train::{Monitor, ReduceOnPlateau};
 
 /// `[ptycho.pinn]`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -324,9 +325,11 @@ pub fn train_with(
     let (val, mut tr) = (order[..n_val].to_vec(), order[n_val..].to_vec());
 
     let mut opt = AdamConfig::new().init();
+    // ReduceLROnPlateau on the validation loss; early stopping on the training loss.
+    let mut plateau =
+        ReduceOnPlateau::new(tc.lr, tc.plateau_factor, tc.plateau_patience, tc.min_lr);
+    let mut stall = Monitor::new(0.0);
     let mut lr = tc.lr;
-    let (mut best_val, mut plateau) = (f64::INFINITY, 0usize);
-    let (mut best_loss, mut stall) = (f64::INFINITY, 0usize);
     let mut history = vec![];
     let mut stopped_early = false;
     if tc.batch_size == 0 {
@@ -353,10 +356,11 @@ pub fn train_with(
             tr.shuffle(&mut rng);
         }
         lr = f64::from_bits(st.lr);
-        best_val = f64::from_bits(st.best_val);
-        plateau = st.plateau;
-        best_loss = f64::from_bits(st.best_loss);
-        stall = st.stall;
+        plateau.lr = lr;
+        plateau.monitor.best = f64::from_bits(st.best_val);
+        plateau.monitor.since = st.plateau;
+        stall.best = f64::from_bits(st.best_loss);
+        stall.since = st.stall;
         stopped_early = st.stopped_early;
         history = st
             .history
@@ -415,24 +419,9 @@ pub fn train_with(
         }
         // ReduceLROnPlateau on the validation loss (training loss without a split)
         let monitored = if val_loss.is_nan() { loss } else { val_loss };
-        if monitored < best_val {
-            best_val = monitored;
-            plateau = 0;
-        } else {
-            plateau += 1;
-            if plateau >= tc.plateau_patience {
-                lr = (lr * tc.plateau_factor).max(tc.min_lr);
-                plateau = 0;
-            }
-        }
-        if loss < best_loss {
-            best_loss = loss;
-            stall = 0;
-        } else {
-            stall += 1;
-            if tc.early_stop_patience > 0 && stall >= tc.early_stop_patience {
-                stopped_early = true;
-            }
+        lr = plateau.observe(epoch, monitored);
+        if !stall.observe(epoch, loss) && stall.stalled(tc.early_stop_patience) {
+            stopped_early = true;
         }
         if let Some(ck) = ck {
             let mut st = EpochState {
@@ -440,10 +429,10 @@ pub fn train_with(
                 epochs_done: epoch + 1,
                 stopped_early,
                 lr: lr.to_bits(),
-                best_val: best_val.to_bits(),
-                plateau,
-                best_loss: best_loss.to_bits(),
-                stall,
+                best_val: plateau.monitor.best.to_bits(),
+                plateau: plateau.monitor.since,
+                best_loss: stall.best.to_bits(),
+                stall: stall.since,
                 history: history
                     .iter()
                     .map(|r| {

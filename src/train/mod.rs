@@ -68,7 +68,8 @@ impl Monitor {
 }
 
 /// Multiply the learning rate by `factor` (not below `min_lr`) whenever the monitored metric
-/// has not improved for `patience` observations; the counter restarts after each reduction.
+/// has not improved for `patience` observations (patience 0: after every observation without
+/// improvement); the counter restarts after each reduction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReduceOnPlateau {
     pub monitor: Monitor,
@@ -91,7 +92,7 @@ impl ReduceOnPlateau {
 
     /// Observe the metric at `at`; returns the learning rate for what follows.
     pub fn observe(&mut self, at: usize, value: f64) -> f64 {
-        if !self.monitor.observe(at, value) && self.monitor.stalled(self.patience) {
+        if !self.monitor.observe(at, value) && self.monitor.since >= self.patience {
             self.lr = (self.lr * self.factor).max(self.min_lr);
             self.monitor.since = 0;
         }

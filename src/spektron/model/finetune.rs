@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{SpektronModel, TokenLayout, lora, losses};
 use crate::backend::{tensor_from, to_vec};
 use crate::error::SpxError;
+use crate::train::Monitor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,8 +239,9 @@ pub fn finetune_scaled(
         .init();
     let trainable = trainable_params(&model);
     let (mut train_loss, mut val_loss) = (Vec::new(), Vec::new());
-    let mut best = (f64::INFINITY, 0usize, model.clone());
-    let mut since = 0;
+    // Early stopping on the validation loss; the best epoch's model is returned.
+    let mut monitor = Monitor::new(0.0);
+    let mut best_model = model.clone();
     let mut epochs_run = 0;
     for epoch in 0..cfg.epochs {
         train.shuffle(&mut rng);
@@ -266,20 +268,16 @@ pub fn finetune_scaled(
         );
         let vl = f64::from(losses::mse(pred, ys(&val)).into_scalar::<f32>());
         val_loss.push(vl);
-        if vl < best.0 {
-            best = (vl, epoch + 1, model.clone());
-            since = 0;
-        } else {
-            since += 1;
-            if since >= cfg.patience {
-                break;
-            }
+        if monitor.observe(epoch + 1, vl) {
+            best_model = model.clone();
+        } else if monitor.stalled(cfg.patience) {
+            break;
         }
     }
     let (best_val_loss, best_epoch, model) = if val.is_empty() {
         (f64::NAN, epochs_run, model)
     } else {
-        best
+        (monitor.best, monitor.best_at, best_model)
     };
     Ok((
         model,
