@@ -451,7 +451,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("spektron.loss.moe", C(0.0, 1e6)),
         ("spektron.pretrain.batch", C(2.0, 65536.0)),
         ("spektron.pretrain.steps", C(1.0, 1e9)),
-        ("spektron.pretrain.lr", GT(0.0, 10.0)),
+        ("spektron.pretrain.lr", GT(0.0, 1.0)),
         ("spektron.pretrain.weight_decay", C(0.0, 10.0)),
         ("spektron.pretrain.warmup", C(0.0, 1e9)),
         ("spektron.pretrain.clip", C(0.0, 1e6)),

@@ -33,6 +33,13 @@ impl WarmupCosine {
         })
     }
 
+    /// Advance past `n` steps (a resumed run continues at step `n`).
+    pub fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.next_lr();
+        }
+    }
+
     /// The learning rate of the next step.
     pub fn next_lr(&mut self) -> f64 {
         let s = self.step;

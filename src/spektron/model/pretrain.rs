@@ -23,15 +23,14 @@ use super::{LossConfig, ModelConfig, PretrainConfig, SpektronModel, TokenLayout}
 use crate::backend::{seeded, tensor_from};
 use crate::error::SpxError;
 use crate::io::hdf5::H5Reader;
+use crate::train::schedule::WarmupCosine;
 
-/// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to 0 at `steps`.
-pub fn lr_at(step: usize, cfg: &PretrainConfig) -> f64 {
-    if cfg.warmup > 0 && step < cfg.warmup {
-        return cfg.lr * (step + 1) as f64 / cfg.warmup as f64;
-    }
-    let span = cfg.steps.saturating_sub(cfg.warmup).max(1) as f64;
-    let t = ((step - cfg.warmup.min(step)) as f64 / span).min(1.0);
-    cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+/// Learning rate at `step` (0-based): linear warm-up to `lr`, then cosine decay to 0 at `steps`
+/// ([`WarmupCosine`], burn-optim's cosine annealing after the warm-up).
+pub fn lr_at(step: usize, cfg: &PretrainConfig) -> Result<f64, SpxError> {
+    let mut s = WarmupCosine::new(cfg.lr, cfg.warmup, cfg.steps)?;
+    s.skip(step);
+    Ok(s.next_lr())
 }
 
 /// Augmentation in place: intensity ×(1±a), integer shift ±s (edge-padded), a random linear
@@ -464,6 +463,8 @@ pub fn pretrain_with(
     let t0 = Instant::now();
     let mut seen = 0usize;
     let mut last = ck_dir.join("last");
+    let mut schedule = WarmupCosine::new(pc.lr, pc.warmup, pc.steps)?;
+    schedule.skip(start);
     for step in start..pc.steps {
         let (x, m) = stream.next_batch(pc.batch, &mut rng)?;
         let (loss, terms) = batch_loss(&model, &ctx, &x, &m, cfg.loss, pc, &mut rng);
@@ -480,7 +481,7 @@ pub fn pretrain_with(
             ));
         }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = lr_at(step, pc);
+        let lr = schedule.next_lr();
         model = opt.step(lr, model, grads);
         seen += pc.batch;
         let mut entry = LogEntry {
