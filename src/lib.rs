@@ -13,6 +13,7 @@ pub mod io;
 pub mod logging;
 pub mod nn;
 pub mod ptycho;
+pub mod shard;
 pub mod spektron;
 pub mod train;
 

@@ -16,32 +16,9 @@ use super::{BANDS, CrrConfig};
 use crate::error::SpxError;
 use crate::io::fits::{Card, FitsReader};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    pub k: usize,
-    pub n: usize,
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once('/')
-            .ok_or_else(|| format!("`{s}`: expected K/N, e.g. 3/16"))?;
-        let k: usize = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}`: K is not a number"))?;
-        let n: usize = b
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}`: N is not a number"))?;
-        if n == 0 || k == 0 || k > n {
-            return Err(format!("`{s}`: need 1 ≤ K ≤ N"));
-        }
-        Ok(Shard { k, n })
-    }
-}
+/// `--shard K/N` of a job array (parsed by [`crate::shard::JobShard`]); CRR gives shard K
+/// the K-th of N contiguous wavelength blocks.
+pub use crate::shard::JobShard as Shard;
 
 impl Shard {
     /// Slice range [start, end) of this shard among `nwave` slices.
@@ -261,9 +238,8 @@ pub fn build_shard(
 
 /// Checkpoint file of block `j` (0-based) of `m` inside a part.
 fn checkpoint_path(part: &Path, j: usize, m: usize) -> PathBuf {
-    let mut name = part.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".ckpt-{}-of-{m}", j + 1));
-    part.with_file_name(name)
+    let stem = part.file_stem().unwrap_or_default().to_string_lossy();
+    part.with_file_name(format!("{stem}.ckpt-{}-of-{m}.fits", j + 1))
 }
 
 /// Build `[start, end)` block by block, reusing valid checkpoints; returns the joined part, the

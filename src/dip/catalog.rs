@@ -117,23 +117,9 @@ pub fn collect_sources(inputs: &[PathBuf]) -> Result<Vec<SourceInput>, SpxError>
     Ok(out)
 }
 
-/// `K/N` (1 ≤ K ≤ N) as (K, N).
+/// `K/N` (1 ≤ K ≤ N) as (K, N) ([`crate::shard::JobShard`]).
 pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let (k, n) = s
-        .split_once('/')
-        .ok_or_else(|| format!("`{s}`: expected K/N, e.g. 3/16"))?;
-    let k: usize = k
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}`: K is not a number"))?;
-    let n: usize = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}`: N is not a number"))?;
-    if n == 0 || k == 0 || k > n {
-        return Err(format!("`{s}`: need 1 <= K <= N"));
-    }
-    Ok((k, n))
+    s.parse::<crate::shard::JobShard>().map(|j| (j.k, j.n))
 }
 
 /// What a catalog run needs besides the sources.

@@ -563,12 +563,16 @@ fn killed_shard_resumes_from_its_checkpoints() {
                 r.filter_map(|e| e.ok())
                     .filter(|e| {
                         // finished checkpoints only (not a temporary being written)
+                        // (temporaries being written start with a dot)
                         let n = e.file_name().to_string_lossy().into_owned();
-                        n.rsplit_once(".ckpt-").is_some_and(|(_, t)| {
-                            t.split_once("-of-").is_some_and(|(j, m)| {
-                                j.parse::<usize>().is_ok() && m.parse::<usize>().is_ok()
+                        !n.starts_with('.')
+                            && n.rsplit_once(".ckpt-").is_some_and(|(_, t)| {
+                                t.strip_suffix(".fits")
+                                    .and_then(|t| t.split_once("-of-"))
+                                    .is_some_and(|(j, m)| {
+                                        j.parse::<usize>().is_ok() && m.parse::<usize>().is_ok()
+                                    })
                             })
-                        })
                     })
                     .count()
             })
