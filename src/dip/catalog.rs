@@ -243,19 +243,13 @@ fn prepare(dc: &DipConfig, src: &SourceInput, grid: &[f64]) -> Result<Prepared, 
     let t0 = Instant::now();
     let (obs, qc) =
         input::quality_control(&src.input, &src.rows, &dc.qc).map_err(|e| e.to_string())?;
-    let centers: Vec<f64> = obs.iter().map(|o| o.wavelength).collect();
-    let widths: Vec<f64> = obs.iter().map(|o| o.bandwidth).collect();
-    let (op, kept) = Operator::build(grid, &centers, &widths);
-    if kept.is_empty() {
-        return Err(format!(
-            "wavelength: no observation's filter overlaps the grid {}–{} µm",
-            dc.wavelength_min, dc.wavelength_max
-        ));
-    }
-    let dropped = obs.len() - kept.len();
-    let obs: Vec<Observation> = kept.iter().map(|&i| obs[i].clone()).collect();
-    let y: Vec<f64> = obs.iter().map(|o| o.flux).collect();
-    let sigma: Vec<f64> = obs.iter().map(|o| o.flux_error).collect();
+    let super::recon::OnGrid {
+        op,
+        obs,
+        y,
+        sigma,
+        dropped,
+    } = super::recon::on_grid(dc, grid, &obs).map_err(|m| format!("wavelength: {m}"))?;
     let base = tikhonov::solve(
         &op,
         &y,

@@ -71,6 +71,41 @@ pub fn score_against(r: &mut Reconstruction, path: &Path, truth: Truth) {
     r.truth = Some(truth.flux);
 }
 
+/// The observations whose filters overlap the grid, their forward operator, fluxes and errors.
+pub(crate) struct OnGrid {
+    pub op: Operator,
+    pub obs: Vec<Observation>,
+    pub y: Vec<f64>,
+    pub sigma: Vec<f64>,
+    /// Observations dropped because no filter overlaps the grid.
+    pub dropped: usize,
+}
+
+/// Build the forward operator of `obs` on `grid`, keeping the observations it can see; an
+/// error (for the `wavelength` field) when none overlaps the grid.
+pub(crate) fn on_grid(dc: &DipConfig, grid: &[f64], obs: &[Observation]) -> Result<OnGrid, String> {
+    let centers: Vec<f64> = obs.iter().map(|o| o.wavelength).collect();
+    let widths: Vec<f64> = obs.iter().map(|o| o.bandwidth).collect();
+    let (op, kept) = Operator::build(grid, &centers, &widths);
+    if kept.is_empty() {
+        return Err(format!(
+            "no observation's filter overlaps the grid {}–{} µm",
+            dc.wavelength_min, dc.wavelength_max
+        ));
+    }
+    let dropped = obs.len() - kept.len();
+    let obs: Vec<Observation> = kept.iter().map(|&i| obs[i].clone()).collect();
+    let y = obs.iter().map(|o| o.flux).collect();
+    let sigma = obs.iter().map(|o| o.flux_error).collect();
+    Ok(OnGrid {
+        op,
+        obs,
+        y,
+        sigma,
+        dropped,
+    })
+}
+
 /// Run the configured solver on the photometry CSV at `input` (no files written); DIP
 /// ensemble member k uses seed `seed + k`.
 pub fn reconstruct(
@@ -84,23 +119,13 @@ pub fn reconstruct(
     dc.validate()?;
     let (obs, qc) = input::load(input, &dc.qc)?;
     let grid = linspace(dc.wavelength_min, dc.wavelength_max, dc.resolution);
-    let centers: Vec<f64> = obs.iter().map(|o| o.wavelength).collect();
-    let widths: Vec<f64> = obs.iter().map(|o| o.bandwidth).collect();
-    let (op, kept) = Operator::build(&grid, &centers, &widths);
-    if kept.is_empty() {
-        return Err(SpxError::field(
-            input,
-            "wavelength",
-            format!(
-                "no observation's filter overlaps the grid {}–{} µm",
-                dc.wavelength_min, dc.wavelength_max
-            ),
-        ));
-    }
-    let dropped_off_grid = obs.len() - kept.len();
-    let obs: Vec<Observation> = kept.iter().map(|&i| obs[i].clone()).collect();
-    let y: Vec<f64> = obs.iter().map(|o| o.flux).collect();
-    let sigma: Vec<f64> = obs.iter().map(|o| o.flux_error).collect();
+    let OnGrid {
+        op,
+        obs,
+        y,
+        sigma,
+        dropped: dropped_off_grid,
+    } = on_grid(dc, &grid, &obs).map_err(|m| SpxError::field(input, "wavelength", m))?;
 
     let base = if dc.solver == Solver::Tikhonov || dc.compare_baseline {
         Some(
