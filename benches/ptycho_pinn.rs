@@ -11,34 +11,25 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use spx::backend::tensor_from;
 use spx::nn::ConvImpl;
 use spx::ptycho::PtychoConfig;
+use spx::ptycho::fixture::{self, PinnBatch};
 use spx::ptycho::losses;
-use spx::ptycho::model::{ModelShape, PtychoPinn};
-use spx::ptycho::physics::{self, Cplx, GroupGeometry};
+use spx::ptycho::model::PtychoPinn;
+use spx::ptycho::physics::{self, Cplx};
 
 fn bench(c: &mut Criterion) {
     let (b, ch, n) = (16usize, 4usize, 64usize);
     let dev = Device::flex();
-    let vals = |k: usize, s: f32| -> Vec<f32> {
-        (0..k)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0) * s)
-            .collect()
-    };
-    let probe = Cplx::new(
-        tensor_from(vals(n * n, 1.0), [1, 1, n, n], &dev),
-        tensor_from(vec![0.0; n * n], [1, 1, n, n], &dev),
-    );
+    let model_cfg = PtychoConfig::default().pinn.model;
+    let PinnBatch {
+        x: x0,
+        probe,
+        geo,
+        shape,
+    } = fixture::pinn_batch((b, ch, n), 1.0, &model_cfg, &dev);
     let obj = Cplx::new(
-        tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev),
-        tensor_from(vals(b * ch * n * n, 0.5), [b, ch, n, n], &dev),
+        tensor_from(fixture::pattern(b * ch * n * n, 1.0), [b, ch, n, n], &dev),
+        tensor_from(fixture::pattern(b * ch * n * n, 0.5), [b, ch, n, n], &dev),
     );
-    let rel: Vec<Vec<(f64, f64)>> = (0..b)
-        .map(|i| {
-            (0..ch)
-                .map(|k| ((k as f64 - 1.5) * 2.0, (i % 3) as f64 - 1.0))
-                .collect()
-        })
-        .collect();
-    let geo = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
     let mut g = c.benchmark_group("ptycho_pinn");
     g.sample_size(10);
     g.bench_function("merge_extract_diffract_b16_c4_n64", |bch| {
@@ -47,10 +38,8 @@ fn bench(c: &mut Criterion) {
             physics::forward_amplitude(&probe, p).into_data()
         })
     });
-    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
     // inference: the whole network + physics without autodiff, batch 16 groups = 64 patterns
     let plain = PtychoPinn::new(&shape, &dev);
-    let x0 = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev);
     g.bench_function("infer_b16_c4_n64", |bch| {
         bch.iter(|| {
             plain
@@ -63,12 +52,12 @@ fn bench(c: &mut Criterion) {
     let ad = dev.autodiff();
     let mut model = PtychoPinn::new(&shape, &ad);
     let mut opt = AdamConfig::new().init();
-    let x = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &ad);
-    let probe_ad = Cplx::new(
-        probe.re.clone().to_device(&ad),
-        probe.im.clone().to_device(&ad),
-    );
-    let geo_ad = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &ad);
+    let PinnBatch {
+        x,
+        probe: probe_ad,
+        geo: geo_ad,
+        ..
+    } = fixture::pinn_batch((b, ch, n), 1.0, &model_cfg, &ad);
     g.bench_function("train_step_b16_c4_n64", |bch| {
         bch.iter(|| {
             let out = model.forward(x.clone(), &geo_ad, &probe_ad);

@@ -26,9 +26,9 @@ use spx::dip::unet::{UNet, UNetSpec};
 use spx::nn::ConvImpl;
 use spx::nn::kernels::{self, ConvGeom, Mat, Need, PadMode};
 use spx::ptycho::PtychoConfig;
+use spx::ptycho::fixture::{self, PinnBatch};
 use spx::ptycho::losses;
 use spx::ptycho::model::{ModelShape, PtychoPinn};
-use spx::ptycho::physics::{self, Cplx, GroupGeometry};
 
 /// CPU seconds used by this process (all threads), from /proc/self/stat.
 fn cpu_seconds() -> f64 {
@@ -224,28 +224,16 @@ fn step_pinn(steps: usize, imp: ConvImpl) {
     let (b, ch, n) = PINN;
     let dev = Device::flex().autodiff();
     dev.seed(1);
-    let vals = |k: usize, s: f32| -> Vec<f32> {
-        (0..k)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0) * s)
-            .collect()
-    };
-    let probe = Cplx::new(
-        tensor_from(vals(n * n, 1.0), [1, 1, n, n], &dev),
-        tensor_from(vec![0.0; n * n], [1, 1, n, n], &dev),
-    );
-    let rel: Vec<Vec<(f64, f64)>> = (0..b)
-        .map(|i| {
-            (0..ch)
-                .map(|k| ((k as f64 - 1.5) * 2.0, (i % 3) as f64 - 1.0))
-                .collect()
-        })
-        .collect();
-    let geo = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
-    let shape = ModelShape::new(&PtychoConfig::default().pinn.model, n, 2, 1e9);
+    let model_cfg = PtychoConfig::default().pinn.model;
+    let PinnBatch {
+        x,
+        probe,
+        geo,
+        shape,
+    } = fixture::pinn_batch((b, ch, n), 1.0, &model_cfg, &dev);
     let mut model = PtychoPinn::new(&shape, &dev).with_convs(imp);
     let params = model.num_params();
     let mut opt = AdamConfig::new().init();
-    let x = tensor_from(vals(b * ch * n * n, 1.0), [b, ch, n, n], &dev);
     let mut loss_v = 0.0;
     let mut one = |model: PtychoPinn| -> PtychoPinn {
         let out = model.forward(x.clone(), &geo, &probe);

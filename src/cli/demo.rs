@@ -30,7 +30,7 @@ struct DemoSummary {
     out_dir: String,
     files: Vec<String>,
     power_peak_bin: (usize, usize),
-    ptycho: serde_json::Value,
+    ptycho: spx::ptycho::demo::DemoReport,
     dip: serde_json::Value,
 }
 

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use spx::config::Config;
 use spx::io;
 use spx::ptycho::pipeline::{self, Hooks, Loss};
-use spx::ptycho::{self, PtychoConfig, RawData, recon};
-use toml::Value;
+use spx::ptycho::{self, PtychoConfig};
 
 use super::{Global, flag, flag_count, flags};
 
@@ -64,13 +63,15 @@ pub struct InferArgs {
 pub struct EpieArgs {
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 50, allow_negative_numbers = true, value_parser = super::count)]
-    pub iterations: usize,
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub alpha: f64,
-    /// Probe step (0 = fixed probe).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    pub beta: f64,
+    /// Iterations (ptycho.epie.iterations, default 50).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::count)]
+    pub iterations: Option<usize>,
+    /// Object step (ptycho.epie.alpha, default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub alpha: Option<f64>,
+    /// Probe step (ptycho.epie.beta, default 0 = fixed probe).
+    #[arg(long, allow_negative_numbers = true)]
+    pub beta: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -114,28 +115,21 @@ pub fn run(g: &Global, cmd: &PtychoCmd) -> Result<ExitCode> {
     }
 }
 
-/// The pipeline hooks of a command: its progress bars and messages, and `spx-config.toml`
-/// (the command's config with the sub-run's `[ptycho]` settings and seed) as the record.
-fn hooks<'a>(
-    g: &Global,
-    say: &'a dyn Fn(String),
-    record: &'a dyn Fn(&Path, &PtychoConfig, u64) -> Result<PathBuf, spx::SpxError>,
-) -> Hooks<'a> {
-    Hooks {
-        progress: g.progress(),
-        say,
-        record,
-    }
-}
-
-/// `record` for [`hooks`]: `cfg` with `p` and `seed` written as the effective config of `dir`.
-fn recorder(cfg: &Config) -> impl Fn(&Path, &PtychoConfig, u64) -> Result<PathBuf, spx::SpxError> {
-    move |dir, p, seed| {
+/// Run `f` with the pipeline hooks of a command: its progress bars and messages, and
+/// `spx-config.toml` (`cfg` with the sub-run's `[ptycho]` settings and seed) as the record.
+fn with_hooks<T>(g: &Global, cfg: &Config, f: impl FnOnce(&Hooks) -> T) -> T {
+    let say = |t: String| g.say(t);
+    let record = |dir: &Path, p: &PtychoConfig, seed: u64| {
         let mut c = cfg.clone();
         c.ptycho = p.clone();
         c.run.seed = seed;
         c.write_effective(dir)
-    }
+    };
+    f(&Hooks {
+        progress: g.progress(),
+        say: &say,
+        record: &record,
+    })
 }
 
 fn simulate(g: &Global, a: &SimulateArgs) -> Result<ExitCode> {
@@ -149,9 +143,10 @@ fn simulate(g: &Global, a: &SimulateArgs) -> Result<ExitCode> {
         ]),
     )?;
     let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?;
-    let (say, record) = (|t: String| g.say(t), recorder(&cfg));
-    let h = hooks(g, &say, &record);
-    let mut s = pipeline::simulate_into(&cfg.ptycho, cfg.run.seed, stage.dir(), &a.name, &h)?;
+    let (dir, seed) = (stage.dir(), cfg.run.seed);
+    let mut s = with_hooks(g, &cfg, |h| {
+        pipeline::simulate_into(&cfg.ptycho, seed, dir, &a.name, h)
+    })?;
     let fin = |p: &str| stage.final_path(Path::new(p)).display().to_string();
     s.npz = fin(&s.npz);
     s.png = s.png.map(|p| fin(&p));
@@ -161,36 +156,23 @@ fn simulate(g: &Global, a: &SimulateArgs) -> Result<ExitCode> {
         "simulated {} patterns of {}×{} in {:.2} s; mean counts/pattern {:.6e} (target {:.3e})",
         s.n_positions, s.n, s.n, s.seconds, s.mean_counts_per_pattern, s.nphotons
     ));
-    g.say(format!("wrote {}", s.npz));
-    if let Some(p) = &s.png {
-        g.say(format!("wrote {p}"));
-    }
-    g.say(format!("wrote {}", s.config));
+    let files = [Some(&s.npz), s.png.as_ref(), Some(&s.config)];
+    say_scores(
+        g,
+        None,
+        false,
+        &files.into_iter().flatten().cloned().collect::<Vec<_>>(),
+    );
     g.emit_json(&s)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `spx demo` hook: a small simulation at 1e4 photons, read back through the loader and
-/// grouped, so the whole data path runs end to end; then the small PINN run.
-pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
-    let (say, record) = (|t: String| g.say(t), recorder(cfg));
-    let h = hooks(g, &say, &record);
-    let dir = out.join("ptycho");
-    let s = pipeline::simulate_into(&cfg.ptycho, cfg.run.seed, &dir, "ptycho_sim.npz", &h)?;
-    let raw = RawData::load(Path::new(&s.npz))?;
-    let grouped = recon::prepare(&raw, &cfg.ptycho.group, cfg.run.seed)?;
-    let pinn = demo_pinn(g, cfg, &out.join("ptycho_pinn"))?;
-    Ok(serde_json::json!({
-        "pinn": pinn,
-        "npz": s.npz,
-        "png": s.png,
-        "n_positions": s.n_positions,
-        "nphotons": s.nphotons,
-        "mean_counts_per_pattern": s.mean_counts_per_pattern,
-        "groups": grouped.len(),
-        "diffraction_grouped_shape": [grouped.len(), grouped.n, grouped.n, grouped.c],
-        "seconds": s.seconds,
-    }))
+/// `spx demo` hook: [`ptycho::demo::run`] with this command's messages and config records.
+pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<ptycho::demo::DemoReport> {
+    let (device, seed) = (&cfg.run.device, cfg.run.seed);
+    Ok(with_hooks(g, cfg, |h| {
+        ptycho::demo::run(&cfg.ptycho, seed, device, out, h)
+    })?)
 }
 
 fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
@@ -205,24 +187,10 @@ fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
             flag("ptycho.pinn.train.mae_weight", mae, "--loss"),
         ]),
     )?;
-    let out = cfg.run.out_dir.clone();
-    let stage = io::atomic::Stage::begin(&out)?.inputs([a.data.as_path()]);
-    let raw = RawData::load(&a.data)?;
-    ptycho::train::check_pattern_size(raw.n())
-        .map_err(|e| spx::SpxError::field(&a.data, raw.diffraction_key.as_str(), e))?;
-    let data_id = io::atomic::file_checksum(&a.data)?;
-    let ck = ptycho::train::Checkpointing {
-        dir: out.join("checkpoint"),
-        fingerprint: pipeline::fingerprint(&cfg.ptycho, cfg.run.seed, &data_id),
-        resume: a.resume,
-    };
-    let (say, record) = (|t: String| g.say(t), recorder(&cfg));
-    let h = hooks(g, &say, &record);
-    let device = cfg.run.device.clone();
-    let (seed, dir) = (cfg.run.seed, stage.dir());
-    let (_, _, mut s) = pipeline::train_into(&cfg.ptycho, seed, &device, &raw, dir, Some(&ck), &h)?;
-    s.model_dir = out.display().to_string();
-    stage.commit()?;
+    let (seed, out, device) = (cfg.run.seed, &cfg.run.out_dir, &cfg.run.device);
+    let s = with_hooks(g, &cfg, |h| {
+        pipeline::train_file(&cfg.ptycho, seed, device, &a.data, out, a.resume, h)
+    })?;
     g.say(format!(
         "trained on {} groups, {} epochs in {:.1} s; final loss {:.6e}; model in {}",
         s.groups, s.epochs_run, s.seconds, s.final_loss, s.model_dir
@@ -231,122 +199,81 @@ fn train_cmd(g: &Global, a: &TrainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Final names of staged files (for messages and the JSON summary).
-fn final_names(stage: &io::atomic::Stage, files: Vec<String>) -> Vec<String> {
-    files
-        .iter()
-        .map(|f| stage.final_path(Path::new(f)).display().to_string())
-        .collect()
+/// The amplitude scores of a reconstruction (with the 255-peak PSNR for `infer`) and its files.
+fn say_scores(g: &Global, m: Option<&ptycho::metrics::Metrics>, psnr_255: bool, files: &[String]) {
+    if let Some(m) = m {
+        let psnr = if psnr_255 {
+            format!(
+                "{:.2} dB (peak = max |O_true|) / {:.2} dB (peak 255)",
+                m.amp_psnr_max, m.amp_psnr_255
+            )
+        } else {
+            format!("{:.2} dB (peak max)", m.amp_psnr_max)
+        };
+        g.say(format!(
+            "amplitude: MAE {:.4}, PSNR {psnr}, SSIM {:.4}, FRC50 {:.1}",
+            m.amp_mae, m.amp_ssim, m.amp_frc50
+        ));
+    }
+    for f in files {
+        g.say(format!("wrote {f}"));
+    }
 }
 
 fn infer_cmd(g: &Global, a: &InferArgs) -> Result<ExitCode> {
     let cfg = g.setup()?;
-    let weights = a.model.join(ptycho::train::WEIGHTS);
-    let stage =
-        io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([a.data.as_path(), weights.as_path()]);
-    let t0 = std::time::Instant::now();
-    let (say, record) = (|t: String| g.say(t), recorder(&cfg));
-    let h = hooks(g, &say, &record);
-    let device = cfg.run.device.clone();
-    let (r, groups) = pipeline::infer(&cfg.ptycho, cfg.run.seed, &device, &a.model, &a.data, &h)?;
-    let files = recon::write_recon(stage.dir(), "pinn_recon", &r)?;
-    cfg.write_effective(stage.dir())?;
-    let files = final_names(&stage, files);
-    stage.commit()?;
-    let secs = t0.elapsed().as_secs_f64();
+    let (seed, out, device) = (cfg.run.seed, &cfg.run.out_dir, &cfg.run.device);
+    let r = with_hooks(g, &cfg, |h| {
+        pipeline::infer_file(&cfg.ptycho, seed, device, &a.model, &a.data, out, h)
+    })?;
+    let (groups, secs) = (r.groups.unwrap_or(0), r.seconds);
     g.say(format!("reconstructed {groups} groups in {secs:.2} s"));
-    if let Some(m) = &r.metrics {
-        g.say(format!(
-            "amplitude: MAE {:.4}, PSNR {:.2} dB (peak = max |O_true|) / {:.2} dB (peak 255), SSIM {:.4}, FRC50 {:.1}",
-            m.amp_mae, m.amp_psnr_max, m.amp_psnr_255, m.amp_ssim, m.amp_frc50
-        ));
-    }
-    for f in &files {
-        g.say(format!("wrote {f}"));
-    }
-    g.emit_json(&serde_json::json!({"files": files, "groups": groups, "seconds": secs, "metrics": r.metrics}))?;
+    say_scores(g, r.metrics.as_ref(), true, &r.files);
+    g.emit_json(&r)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn epie_cmd(g: &Global, a: &EpieArgs) -> Result<ExitCode> {
-    let cfg = g.setup()?;
-    let stage = io::atomic::Stage::begin(&cfg.run.out_dir)?.inputs([a.data.as_path()]);
-    let raw = RawData::load(&a.data)?;
-    let t0 = std::time::Instant::now();
-    let ec = ptycho::epie::EpieConfig {
-        iterations: a.iterations,
-        alpha: a.alpha,
-        beta: a.beta,
-    };
-    let (say, record) = (|t: String| g.say(t), recorder(&cfg));
-    let h = hooks(g, &say, &record);
-    let (rec, errors) = pipeline::epie(&raw, &ec, cfg.run.seed, &h)
-        .with_context(|| a.data.display().to_string())?;
-    let files = recon::write_recon(stage.dir(), "epie_recon", &rec)?;
-    cfg.write_effective(stage.dir())?;
-    let files = final_names(&stage, files);
-    stage.commit()?;
-    let secs = t0.elapsed().as_secs_f64();
+    let cfg = g.setup_with(
+        &[],
+        flags([
+            flag_count("ptycho.epie.iterations", a.iterations, "--iterations"),
+            flag("ptycho.epie.alpha", a.alpha, "--alpha"),
+            flag("ptycho.epie.beta", a.beta, "--beta"),
+        ]),
+    )?;
+    let (seed, out) = (cfg.run.seed, &cfg.run.out_dir);
+    let r = with_hooks(g, &cfg, |h| {
+        pipeline::epie_file(&cfg.ptycho, seed, &a.data, out, h)
+    })?;
+    let errors = r.errors.as_deref().unwrap_or_default();
+    let (e0, e1) = (errors.first(), errors.last());
+    let (e0, e1) = (
+        e0.copied().unwrap_or(f64::NAN),
+        e1.copied().unwrap_or(f64::NAN),
+    );
+    let (n, secs) = (cfg.ptycho.epie.iterations, r.seconds);
     g.say(format!(
-        "ePIE {} iterations in {secs:.2} s; Fourier error {:.3e} → {:.3e}",
-        a.iterations,
-        errors.first().copied().unwrap_or(f64::NAN),
-        errors.last().copied().unwrap_or(f64::NAN)
+        "ePIE {n} iterations in {secs:.2} s; Fourier error {e0:.3e} → {e1:.3e}"
     ));
-    if let Some(m) = &rec.metrics {
-        g.say(format!(
-            "amplitude: MAE {:.4}, PSNR {:.2} dB (peak max), SSIM {:.4}, FRC50 {:.1}",
-            m.amp_mae, m.amp_psnr_max, m.amp_ssim, m.amp_frc50
-        ));
-    }
-    for f in &files {
-        g.say(format!("wrote {f}"));
-    }
-    g.emit_json(&serde_json::json!({"files": files, "errors": errors, "seconds": secs, "metrics": rec.metrics}))?;
+    say_scores(g, r.metrics.as_ref(), false, &r.files);
+    g.emit_json(&r)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn dose_cmd(g: &Global, a: &DoseArgs) -> Result<ExitCode> {
-    let doses = a
-        .doses
-        .as_ref()
-        .map(|d| Value::Array(d.iter().map(|x| Value::Float(*x)).collect()));
     let profiles: &[&str] = if a.quick { &["quick"] } else { &[] };
-    let cfg = g.setup_with(
-        profiles,
-        flags([flag("ptycho.dose.doses", doses, "--doses")]),
-    )?;
+    let doses = flag("ptycho.dose.doses", a.doses.clone(), "--doses");
+    let cfg = g.setup_with(profiles, flags([doses]))?;
     let settings = ptycho::dose::DoseSettings {
         ptycho: cfg.ptycho.clone(),
         seed: cfg.run.seed,
         device: cfg.run.device.clone(),
         resume: a.resume,
     };
-    let (say, record) = (|t: String| g.say(t), recorder(&cfg));
-    let report = ptycho::dose::study(&settings, &cfg.run.out_dir, &hooks(g, &say, &record))?;
+    let report = with_hooks(g, &cfg, |h| {
+        ptycho::dose::study(&settings, &cfg.run.out_dir, h)
+    })?;
     g.emit_json(&report)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Small PINN run for `spx demo` (N = 16, 64 positions, narrow net, 4 epochs; seconds on CPU):
-/// simulate → train → infer/stitch/score.
-fn demo_pinn(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
-    let mut c = cfg.clone();
-    c.ptycho = pipeline::demo_pinn_settings(&cfg.ptycho);
-    let (say, record) = (|t: String| g.say(t), recorder(&c));
-    let h = hooks(g, &say, &record);
-    let device = c.run.device.clone();
-    let (train, files, r) = pipeline::pinn_demo(&c.ptycho, c.run.seed, &device, out, &h)?;
-    if let Some(m) = &r.metrics {
-        g.say(format!(
-            "ptycho PINN demo (N 16, {} epochs, scored on its scan): amplitude SSIM {:.3}, \
-             PSNR {:.2} dB, FRC50 {:.1} on a {} px window",
-            train.epochs_run, m.amp_ssim, m.amp_psnr_max, m.amp_frc50, r.covered
-        ));
-    }
-    Ok(serde_json::json!({
-        "train": train,
-        "files": files,
-        "metrics": r.metrics,
-    }))
 }

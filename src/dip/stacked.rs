@@ -12,11 +12,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::nn::kernels::{self, ConvGeom, Need, PadMode};
-use crate::nn::{self as spxnn, ConvImpl};
+use crate::nn::{self as spxnn, ConvImpl, flex, host, slice};
 
 /// B per-source convs as one op, for burn's CPU backend.
 #[backend_extension(Flex, Autodiff)]
@@ -65,23 +65,6 @@ fn sizes(x: &FlexTensor, w: &FlexTensor, pad: usize) -> Sizes {
             mode: PadMode::Reflect,
         },
     }
-}
-
-fn host(t: &FlexTensor) -> FlexTensor {
-    if t.is_contiguous() && t.layout().start_offset() == 0 {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn slice(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .expect("dip_batch_conv is only routed f32 tensors (see `uses_spx_kernels`)")
-}
-
-fn flex(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(v, shape))
 }
 
 thread_local! {

@@ -75,7 +75,7 @@ fn geom(x: &FlexTensor, w: &FlexTensor, pad: [usize; 4], reflect: bool) -> ConvG
 }
 
 /// The f32 contents of a flex tensor in row-major order (copied only when strided).
-fn host(t: &FlexTensor) -> FlexTensor {
+pub(crate) fn host(t: &FlexTensor) -> FlexTensor {
     if t.is_contiguous() && t.layout().start_offset() == 0 {
         t.clone()
     } else {
@@ -83,12 +83,14 @@ fn host(t: &FlexTensor) -> FlexTensor {
     }
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+/// The f32 data of a contiguous flex tensor ([`host`]'s result).
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
-        .expect("spx_conv is only routed f32 tensors (see `uses_spx_kernels`)")
+        .expect("spx's conv ops are only routed f32 tensors (see `uses_spx_kernels`)")
 }
 
-fn flex(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+/// A flex tensor holding `v` with `shape`.
+pub(crate) fn flex(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 

@@ -19,7 +19,9 @@ use crate::error::SpxError;
 /// scan spx simulates or a real one fits in; it is a corrupt coordinate.
 pub const MAX_OBJECT_PIXELS: usize = 1 << 24;
 
+/// The `[ptycho.epie]` settings of `spx ptycho epie`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct EpieConfig {
     pub iterations: usize,
     pub alpha: f64,

@@ -11,9 +11,11 @@
 //! a patch centred on `(x, y)` holds `obj[y − N/2 + i, x − N/2 + j]`.
 
 pub mod data;
+pub mod demo;
 pub mod dose;
 pub mod epie;
 pub mod fft;
+pub mod fixture;
 pub mod grouping;
 pub mod losses;
 pub mod metrics;
@@ -40,6 +42,7 @@ pub struct PtychoConfig {
     pub group: GroupConfig,
     pub simulate: SimConfig,
     pub pinn: train::PinnConfig,
+    pub epie: epie::EpieConfig,
     pub dose: dose::DoseConfig,
 }
 

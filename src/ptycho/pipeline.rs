@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::PtychoConfig;
 use super::data::RawData;
 use super::epie::EpieConfig;
+use super::metrics::Metrics;
 use super::recon::{self, Recon};
 use super::train::{self, Checkpointing, PinnData, Trained};
 use crate::backend::DeviceSpec;
@@ -373,4 +374,109 @@ pub fn cpu_seconds() -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// `spx ptycho train` as one call: train on the raw NPZ `data` into `out`, staged (the model
+/// directory's files appear together or not at all), with a per-epoch checkpoint in
+/// `out/checkpoint`; `resume` continues from it when it matches the data and settings.
+pub fn train_file(
+    cfg: &PtychoConfig,
+    seed: u64,
+    device: &DeviceSpec,
+    data: &Path,
+    out: &Path,
+    resume: bool,
+    hooks: &Hooks,
+) -> Result<TrainSummary, SpxError> {
+    let stage = io::atomic::Stage::begin(out)?.inputs([data]);
+    let raw = RawData::load(data)?;
+    train::check_pattern_size(raw.n())
+        .map_err(|e| SpxError::field(data, raw.diffraction_key.as_str(), e))?;
+    let ck = Checkpointing {
+        dir: out.join("checkpoint"),
+        fingerprint: fingerprint(cfg, seed, &io::atomic::file_checksum(data)?),
+        resume,
+    };
+    let (_, _, mut s) = train_into(cfg, seed, device, &raw, stage.dir(), Some(&ck), hooks)?;
+    s.model_dir = out.display().to_string();
+    stage.commit()?;
+    Ok(s)
+}
+
+/// What `spx ptycho infer` / `epie` wrote and how the reconstruction scored.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReconReport {
+    /// ePIE's normalised Fourier error per iteration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<f64>>,
+    pub files: Vec<String>,
+    /// Groups the network reconstructed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
+    pub metrics: Option<Metrics>,
+    pub seconds: f64,
+}
+
+/// Write `rec` as `<name>.npz/.png` and the settings record into the stage, commit it, and
+/// report the files under their final names.
+fn commit_recon(
+    stage: io::atomic::Stage,
+    name: &str,
+    rec: Recon,
+    (cfg, seed, hooks): (&PtychoConfig, u64, &Hooks),
+    t0: Instant,
+) -> Result<ReconReport, SpxError> {
+    let files = recon::write_recon(stage.dir(), name, &rec)?;
+    (hooks.record)(stage.dir(), cfg, seed)?;
+    let files = files
+        .iter()
+        .map(|f| stage.final_path(Path::new(f)).display().to_string())
+        .collect();
+    stage.commit()?;
+    Ok(ReconReport {
+        errors: None,
+        files,
+        groups: None,
+        metrics: rec.metrics,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// `spx ptycho infer` as one call: [`infer`] `data` with the model in `model_dir` and write
+/// `pinn_recon.npz/.png` into `out` (staged).
+pub fn infer_file(
+    cfg: &PtychoConfig,
+    seed: u64,
+    device: &DeviceSpec,
+    model_dir: &Path,
+    data: &Path,
+    out: &Path,
+    hooks: &Hooks,
+) -> Result<ReconReport, SpxError> {
+    let weights = model_dir.join(train::WEIGHTS);
+    let stage = io::atomic::Stage::begin(out)?.inputs([data, weights.as_path()]);
+    let t0 = Instant::now();
+    let (r, groups) = infer(cfg, seed, device, model_dir, data, hooks)?;
+    let mut rep = commit_recon(stage, "pinn_recon", r, (cfg, seed, hooks), t0)?;
+    rep.groups = Some(groups);
+    Ok(rep)
+}
+
+/// `spx ptycho epie` as one call: [`epie`] on the raw NPZ `data` with `cfg.epie`, writing
+/// `epie_recon.npz/.png` into `out` (staged).
+pub fn epie_file(
+    cfg: &PtychoConfig,
+    seed: u64,
+    data: &Path,
+    out: &Path,
+    hooks: &Hooks,
+) -> Result<ReconReport, SpxError> {
+    let stage = io::atomic::Stage::begin(out)?.inputs([data]);
+    let raw = RawData::load(data)?;
+    let t0 = Instant::now();
+    let (rec, errors) =
+        epie(&raw, &cfg.epie, seed, hooks).map_err(|e| SpxError::file(data, format!("{e}")))?;
+    let mut rep = commit_recon(stage, "epie_recon", rec, (cfg, seed, hooks), t0)?;
+    rep.errors = Some(errors);
+    Ok(rep)
 }

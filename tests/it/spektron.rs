@@ -180,7 +180,18 @@ fn csv_two_column_and_table() {
     let e = csv::parse_table(Path::new("t.csv"), "a,b\n1,x\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("column `b`"), "{e}");
+    assert!(e.contains("line 2 column `b`"), "{e}");
+    // Tab-separated, a BOM, blank lines and padded cells; a short row is named by its line.
+    let t = csv::parse_table(Path::new("t.tsv"), "\u{feff}x\t y\n\n 1\t2 \n3\t4\n").unwrap();
+    assert_eq!(t.header, vec!["x", "y"]);
+    assert_eq!(t.data, array![[1.0, 2.0], [3.0, 4.0]]);
+    let e = csv::parse_table(Path::new("t.csv"), "a,b\n1,2\n\n3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("line 4") && e.contains("1 values, header has 2"),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------- MAT v5

@@ -75,17 +75,39 @@ impl Table {
     }
 }
 
+/// Read a header row and numeric rows of equal length with the `csv` crate (comma- or, when the
+/// first line holds a tab, tab-separated; cells trimmed; blank lines skipped). Errors name the
+/// line and column.
 pub fn parse_table(path: &Path, text: &str) -> Result<Table, SpxError> {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty());
-    let (_, head) = lines
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let sep = if first.contains('\t') { b'\t' } else { b',' };
+    let mut rd = ::csv::ReaderBuilder::new()
+        .delimiter(sep)
+        .has_headers(false)
+        .flexible(true)
+        .trim(::csv::Trim::All)
+        .from_reader(text.as_bytes());
+    // Line numbers from byte offsets: the csv crate's own line count skips blank lines.
+    let line_at = |p: Option<&::csv::Position>| {
+        let b = text.as_bytes();
+        let mut byte = p.map_or(0, |p| p.byte() as usize).min(b.len());
+        // a record's position can be the start of the blank lines before it
+        while byte < b.len() && (b[byte] == b'\n' || b[byte] == b'\r') {
+            byte += 1;
+        }
+        1 + b[..byte].iter().filter(|&&c| c == b'\n').count()
+    };
+    let line_of = |r: &::csv::StringRecord| line_at(r.position());
+    let bad = |e: ::csv::Error| SpxError::field(path, format!("line {}", line_at(e.position())), e);
+    let mut records = rd
+        .records()
+        .filter(|r| !matches!(r, Ok(r) if r.iter().all(str::is_empty)));
+    let head = records
         .next()
-        .ok_or_else(|| SpxError::file(path, "empty table"))?;
-    let sep = if head.contains('\t') { '\t' } else { ',' };
-    let head = head.strip_prefix('\u{feff}').unwrap_or(head);
-    let header: Vec<String> = head.split(sep).map(|s| s.trim().to_string()).collect();
+        .ok_or_else(|| SpxError::file(path, "empty table"))?
+        .map_err(bad)?;
+    let header: Vec<String> = head.iter().map(str::to_string).collect();
     let mut seen = std::collections::HashMap::with_capacity(header.len());
     for (k, h) in header.iter().enumerate() {
         if let Some(first) = seen.insert(h.as_str(), k) {
@@ -102,21 +124,22 @@ pub fn parse_table(path: &Path, text: &str) -> Result<Table, SpxError> {
     }
     let mut vals = Vec::new();
     let mut rows = 0;
-    for (i, l) in lines {
-        let cells: Vec<&str> = l.split(sep).collect();
-        if cells.len() != header.len() {
+    for rec in records {
+        let rec = rec.map_err(bad)?;
+        let line = line_of(&rec);
+        if rec.len() != header.len() {
             return Err(SpxError::field(
                 path,
-                format!("line {}", i + 1),
-                format!("{} values, header has {}", cells.len(), header.len()),
+                format!("line {line}"),
+                format!("{} values, header has {}", rec.len(), header.len()),
             ));
         }
-        for (c, cell) in cells.iter().enumerate() {
-            let v: f64 = cell.trim().parse().map_err(|_| {
+        for (cell, name) in rec.iter().zip(&header) {
+            let v: f64 = cell.parse().map_err(|_| {
                 SpxError::field(
                     path,
-                    format!("line {} column `{}`", i + 1, header[c]),
-                    format!("not a number: `{}`", cell.trim()),
+                    format!("line {line} column `{name}`"),
+                    format!("not a number: `{cell}`"),
                 )
             })?;
             vals.push(v);

@@ -9,17 +9,11 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use spx::backend::tensor_from;
 use spx::ptycho::PtychoConfig;
+use spx::ptycho::fixture::{self, PinnBatch};
 use spx::ptycho::losses;
-use spx::ptycho::model::{ModelShape, PtychoPinn};
+use spx::ptycho::model::PtychoPinn;
 use spx::ptycho::physics::{self, Cplx, GroupGeometry};
-
-fn vals(k: usize, s: f32) -> Vec<f32> {
-    (0..k)
-        .map(|i| ((i * 37 % 101) as f32 / 101.0) * s)
-        .collect()
-}
 
 /// Median wall time of `reps` runs of `f`, in milliseconds.
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -53,30 +47,23 @@ fn main() {
         "rayon threads: {}, batch {b}, C {ch}, N {n}",
         rayon::current_num_threads()
     );
-    let rel: Vec<Vec<(f64, f64)>> = (0..b)
-        .map(|i| {
-            (0..ch)
-                .map(|k| ((k as f64 - 1.5) * 2.0, (i % 3) as f64 - 1.0))
-                .collect()
-        })
-        .collect();
-    let shape = ModelShape::new(&mc, n, 2, 1e9);
+    let rel = fixture::relative_positions(b, ch);
     for (label, dev) in [
         ("forward only", Device::flex()),
         ("forward + backward", Device::flex().autodiff()),
     ] {
         let grad = label != "forward only";
         println!("-- {label}");
+        let PinnBatch {
+            x,
+            probe,
+            geo,
+            shape,
+        } = fixture::pinn_batch((b, ch, n), 1000.0, &mc, &dev);
         let model = PtychoPinn::new(&shape, &dev);
-        let x = tensor_from(vals(b * ch * n * n, 1000.0), [b, ch, n, n], &dev);
-        let probe = Cplx::new(
-            tensor_from(vals(n * n, 1.0), [1, 1, n, n], &dev),
-            tensor_from(vec![0.0; n * n], [1, 1, n, n], &dev),
-        );
         let t_geo = time(reps, || {
             let _ = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
         });
-        let geo = GroupGeometry::new(&rel, n, physics::padded_size(n, 2), &dev);
         let finish = |t: Tensor<1>| {
             if grad {
                 let _ = t.backward();
