@@ -18,6 +18,7 @@ use crate::backend::DeviceSpec;
 use crate::error::SpxError;
 use crate::io;
 use crate::logging::Progress;
+use crate::train::history::History;
 
 /// How a pipeline talks to its caller: progress bars, one-line messages, and a record of the
 /// effective settings of each sub-run written into its directory (the CLI writes
@@ -206,24 +207,16 @@ pub fn train_into(
     io::write_atomic(&out.join("history.json"), |w| {
         std::io::Write::write_all(w, &hist)
     })?;
-    let ep: Vec<f64> = t.history.iter().map(|r| r.epoch as f64).collect();
-    let mut lp = io::plot::LinePlot::new("PtychoPINN training", "epoch", "loss");
-    lp.series.push(io::plot::Series::line(
-        "train",
-        ep.clone(),
-        t.history.iter().map(|r| r.loss).collect(),
-    ));
-    if t.history.iter().all(|r| r.val_loss.is_finite()) {
-        lp.series.push(io::plot::Series::line(
-            "validation",
-            ep,
-            t.history.iter().map(|r| r.val_loss).collect(),
-        ));
+    // The loss curves in the shared history format (CSV + PNG; the JSON above has every field).
+    let h = &t.history;
+    let col = |f: fn(&train::EpochRecord) -> f64| h.iter().map(f).collect::<Vec<f64>>();
+    let mut hist = History::new("epoch").column("train", col(|r| r.loss));
+    hist.x = col(|r| r.epoch as f64);
+    if h.iter().all(|r| r.val_loss.is_finite()) {
+        hist = hist.column("validation", col(|r| r.val_loss));
     }
-    if t.history.iter().all(|r| r.loss > 0.0) {
-        lp.log_y = true;
-    }
-    io::plot::line_plot(&out.join("history.png"), &lp)?;
+    hist.write_csv(&out.join("history.csv"))?;
+    hist.write_png(&out.join("history.png"), "PtychoPINN training")?;
     (hooks.record)(out, cfg, seed)?;
     let last = t
         .history

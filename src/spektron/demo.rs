@@ -1,6 +1,8 @@
 //! `spx demo`'s Spektron part: a small synthetic corpus, the classical baselines on a synthetic
 //! two-instrument set (slave = master shifted by 1.5 channels, gain 0.9, offset 0.05, noise), a
 //! 20-step pretraining of a small model on the corpus, and the model arms from that checkpoint.
+//! The sizes are the caller's settings: `spx demo` applies the `demo` profile
+//! (`configs/profiles/demo.toml`, section `[spektron.*]`).
 
 use std::path::Path;
 
@@ -38,13 +40,11 @@ pub struct DemoReport {
 pub fn run(cfg: &SpektronConfig, seed: u64, out: &Path) -> Result<DemoReport, SpxError> {
     let dir = out.join("spektron");
     ensure_dir(&dir)?;
-    let mut sc = cfg.synth.clone();
-    sc.n = 200;
     let corpus_file = dir.join("synth.h5");
     let r = synth::write_synth_corpus(
         &corpus_file,
         seed,
-        &sc,
+        &cfg.synth,
         &cfg.corpus,
         &indicatif::ProgressBar::hidden(),
     )?;
@@ -54,10 +54,8 @@ pub fn run(cfg: &SpektronConfig, seed: u64, out: &Path) -> Result<DemoReport, Sp
         target: xs,
         y,
     };
-    let mut bc = cfg.baselines.clone();
-    bc.n_transfer = vec![5, 10, 20];
-    bc.repeats = 3;
-    let base = baselines::evaluate(&data, &bc, |_| {})?;
+    let bc = &cfg.baselines;
+    let base = baselines::evaluate(&data, bc, |_| {})?;
     let files = report::write_baselines(
         &dir,
         "baselines_synthetic",
@@ -66,25 +64,14 @@ pub fn run(cfg: &SpektronConfig, seed: u64, out: &Path) -> Result<DemoReport, Sp
         &bc.n_transfer,
     )?;
     let cell = |m: &str, n: usize| base.get(m, n).map_or(f64::NAN, |c| c.rmsep_mean);
-    // A tiny masked pretraining run on the same corpus (small model, 20 steps).
-    let mut sp = cfg.clone();
-    sp.model.d_model = 32;
-    sp.model.n_heads = 4;
-    sp.model.d_ff = 64;
-    sp.model.layers = "mt".into();
-    sp.model.d_state = 4;
-    sp.pretrain.batch = 8;
-    sp.pretrain.steps = 20;
-    sp.pretrain.warmup = 2;
-    sp.pretrain.lr = 2e-3;
-    sp.pretrain.val_every = 10;
-    sp.pretrain.checkpoint_every = 0;
+    // A tiny masked pretraining run on the same corpus (the demo profile's small model and
+    // 20 steps).
     let dev = DeviceSpec::Cpu.autodiff_device()?;
     let pdir = dir.join("pretrain");
     let (_, prep) = pretrain::pretrain(
         &corpus_file,
         &pdir,
-        sp.pretrain_settings(),
+        cfg.pretrain_settings(),
         &dev,
         seed,
         None,
@@ -92,22 +79,14 @@ pub fn run(cfg: &SpektronConfig, seed: u64, out: &Path) -> Result<DemoReport, Sp
     )?;
     let (loss_json, loss_png) = report::write_loss_files(&pdir, &prep)?;
     // Model arms on the same synthetic two-instrument set, from the checkpoint just written
-    // (one repetition, N = 20, short training).
-    let mut ex = sp.clone();
-    ex.baselines.n_test = 20;
-    ex.experiment.repeats = 1;
-    ex.experiment.master_epochs = 20;
-    ex.experiment.transfer_epochs = 20;
-    ex.experiment.scratch_epochs = 10;
-    ex.finetune.lr = 1e-3;
-    ex.ttt.steps = 3;
-    let (xs, xt) = experiment::prepare_spectra(&data, &[], ex.model.n_points, ex.corpus.min_std)?;
+    // (N = 20; the demo profile's one repetition and short training).
+    let (xs, xt) = experiment::prepare_spectra(&data, &[], cfg.model.n_points, cfg.corpus.min_std)?;
     let arms = experiment::run_model_arms(
         &xs,
         &xt,
         &data.y.to_vec(),
         &[20],
-        ex.arm_settings(),
+        cfg.arm_settings(),
         Some(&prep.checkpoint),
         Modality::Nir.code(),
         &dev,

@@ -623,6 +623,7 @@ fn cli_train_infer_epie() {
         "model.bpk",
         "model.json",
         "history.json",
+        "history.csv",
         "history.png",
         "spx-config.toml",
     ] {
@@ -631,6 +632,18 @@ fn cli_train_infer_epie() {
     let hist: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(d.join("model/history.json")).unwrap()).unwrap();
     assert_eq!(hist.len(), 2);
+    // the shared history CSV holds the same losses as the JSON
+    let csv = std::fs::read_to_string(d.join("model/history.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows[0][..2], ["epoch", "train"]);
+    assert_eq!(rows.len(), 3, "{csv}");
+    for (row, h) in rows[1..].iter().zip(&hist) {
+        assert_eq!(row[0].parse::<f64>().unwrap(), h["epoch"].as_f64().unwrap());
+        assert_eq!(row[1].parse::<f64>().unwrap(), h["loss"].as_f64().unwrap());
+    }
     let i = spx(
         &d.join("inf"),
         &[
