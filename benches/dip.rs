@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     let ad = dev.clone().autodiff();
 
     let mut one = cfg.dip.clone();
-    one.epochs = 1;
+    one.train.epochs = 1;
     let mut g = c.benchmark_group("dip");
     g.sample_size(10);
     g.bench_function("one epoch (3000 px, 6000 obs, U-Net 32x3)", |b| {
@@ -62,10 +62,10 @@ fn bench(c: &mut Criterion) {
     for imp in [ConvImpl::Spx, ConvImpl::Stock] {
         let spec = UNetSpec {
             length: cfg.dip.resolution,
-            depth: cfg.dip.depth,
-            filters: cfg.dip.filters,
-            kernel_size: cfg.dip.kernel_size,
-            leaky_slope: cfg.dip.leaky_slope,
+            depth: cfg.dip.net.depth,
+            filters: cfg.dip.net.filters,
+            kernel_size: cfg.dip.net.kernel_size,
+            leaky_slope: cfg.dip.net.leaky_slope,
             init: NetInit::Pytorch,
             positivity: true,
         };
@@ -92,7 +92,7 @@ fn bench(c: &mut Criterion) {
     // default run (ends at the discrepancy stop) and 3000 epochs with the stop off.
     if std::env::var("SPX_BENCH_DIP_FULL").is_ok() {
         let mut all = cfg.dip.clone();
-        all.stop_chi2 = 0.0;
+        all.train.stop_chi2 = 0.0;
         for (name, dc) in [("default run", &cfg.dip), ("3000 epochs, no stop", &all)] {
             let f = batch::fit(dc, &p, &ad, 1, &ProgressBar::hidden());
             println!(

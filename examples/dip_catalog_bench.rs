@@ -40,11 +40,11 @@ fn main() {
         .collect();
     let mut dip = DipConfig {
         resolution: arg(2, "512").parse().expect("RESOLUTION"),
-        filters: arg(3, "8").parse().expect("FILTERS"),
-        depth: arg(4, "3").parse().expect("DEPTH"),
-        epochs: arg(5, "300").parse().expect("EPOCHS"),
         ..DipConfig::default()
     };
+    dip.net.filters = arg(3, "8").parse().expect("FILTERS");
+    dip.net.depth = arg(4, "3").parse().expect("DEPTH");
+    dip.train.epochs = arg(5, "300").parse().expect("EPOCHS");
     dip.simulate.noise = NoiseModel::Relative;
     dip.simulate.per_band = 65;
     dip.validate().expect("settings");
@@ -68,9 +68,9 @@ fn main() {
     println!(
         "{n} sources, grid {} px, filters {}, depth {}, ≤ {} epochs, rayon threads {}",
         dip.resolution,
-        dip.filters,
-        dip.depth,
-        dip.epochs,
+        dip.net.filters,
+        dip.net.depth,
+        dip.train.epochs,
         rayon::current_num_threads()
     );
     println!(

@@ -3,13 +3,13 @@
 //!
 //! ```sh
 //! DIP_KINDS=qso,ice,star DIP_DENSITIES=65,250,1000 DIP_SEEDS=1,2,3 \
-//!   DIP_VARIANTS='defaults:;old:dip.smooth_output=false,dip.smoothness_weight=0' \
+//!   DIP_VARIANTS='defaults:;old:dip.prior.smooth_output=false,dip.prior.smoothness_weight=0' \
 //!   cargo run --release --example dip_tune
 //! ```
 //!
 //! `DIP_VARIANTS`: `;`-separated `name:key=value,key=value` (config assignments on top of the
 //! defaults; empty = the defaults). `DIP_BASE`: assignments applied to every variant (e.g.
-//! `dip.resolution=1000,dip.filters=16` for quick proxies). Kinds `qso|ice|star` are drawn with
+//! `dip.resolution=1000,dip.net.filters=16` for quick proxies). Kinds `qso|ice|star` are drawn with
 //! the issue's noise model (σ = U(2 %, 10 %)·flux + 10/25 µJy floor, 3 % flagged rows with
 //! corrupted flux, no glitches); kind `default` is the source the defaults were first tuned on.
 //! Prints one CSV row per source and variant, then per (variant, kind, density) the median RMS

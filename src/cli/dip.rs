@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use spx::backend;
 use spx::config::Config;
-use spx::dip::{catalog, grid::linspace, recon, simulate};
+use spx::dip::{catalog, pipeline};
 use toml::Value;
 
 use super::Global;
@@ -43,16 +42,16 @@ pub struct ReconArgs {
     /// dip | tikhonov (overrides dip.solver).
     #[arg(long)]
     pub solver: Option<String>,
-    /// forward | pixel (overrides dip.loss_mode).
+    /// forward | pixel (overrides dip.train.loss_mode).
     #[arg(long)]
     pub loss_mode: Option<String>,
-    /// Training epochs (overrides dip.epochs).
+    /// Training epochs (overrides dip.train.epochs).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Number of ensemble members with seeds seed..seed+K−1 (overrides dip.ensemble).
     #[arg(long)]
     pub ensemble: Option<usize>,
-    /// CWT L1 weight in scaled units (overrides dip.regularization_weight).
+    /// CWT L1 weight in scaled units (overrides dip.prior.cwt_weight).
     #[arg(long)]
     pub reg_weight: Option<f64>,
     /// A known spectrum (CSV with `wavelength`, `flux`, e.g. `spx dip simulate`'s truth.csv):
@@ -101,16 +100,20 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
                 flags.push(("dip.solver", Value::String(s.clone()), "--solver"));
             }
             if let Some(s) = &a.loss_mode {
-                flags.push(("dip.loss_mode", Value::String(s.clone()), "--loss-mode"));
+                flags.push((
+                    "dip.train.loss_mode",
+                    Value::String(s.clone()),
+                    "--loss-mode",
+                ));
             }
             if let Some(e) = a.epochs {
-                flags.push(("dip.epochs", int(e), "--epochs"));
+                flags.push(("dip.train.epochs", int(e), "--epochs"));
             }
             if let Some(k) = a.ensemble {
                 flags.push(("dip.ensemble", int(k), "--ensemble"));
             }
             if let Some(w) = a.reg_weight {
-                flags.push(("dip.regularization_weight", Value::Float(w), "--reg-weight"));
+                flags.push(("dip.prior.cwt_weight", Value::Float(w), "--reg-weight"));
             }
             if let Some(b) = a.batch_sources {
                 flags.push(("dip.batch_sources", int(b), "--batch-sources"));
@@ -178,16 +181,7 @@ pub fn run(g: &Global, cmd: &DipCmd) -> Result<ExitCode> {
 }
 
 fn simulate_to(cfg: &Config, out: &Path) -> Result<(PathBuf, PathBuf)> {
-    cfg.dip.validate()?;
-    let device = cfg.run.device.device()?;
-    let mut rng = backend::seeded(&device, cfg.run.seed);
-    let (src, rows) = simulate::simulate_kind(&cfg.dip.simulate, cfg.run.seed, &mut rng);
-    let grid = linspace(
-        cfg.dip.wavelength_min,
-        cfg.dip.wavelength_max,
-        cfg.dip.resolution,
-    );
-    let files = recon::write_simulation(&rows, &src, &grid, out, cfg.run.seed)?;
+    let files = pipeline::simulate_files(&cfg.dip, &cfg.run.device, cfg.run.seed, out)?;
     cfg.write_effective(out)?;
     Ok(files)
 }
@@ -238,81 +232,18 @@ fn recon_to(
     truth: Option<&Path>,
     out: &Path,
 ) -> Result<serde_json::Value> {
-    // Read the truth before fitting, so that a bad file fails in milliseconds.
-    let grid = linspace(
-        cfg.dip.wavelength_min,
-        cfg.dip.wavelength_max,
-        cfg.dip.resolution,
-    );
-    let known = truth.map(|t| recon::read_truth(t, &grid)).transpose()?;
-    let device: spx::backend::DeviceSpec = cfg.run.device.clone();
-    let mut r = recon::reconstruct(&cfg.dip, &device, cfg.run.seed, input, g.progress())?;
-    if let (Some(t), Some(k)) = (truth, known) {
-        recon::score_against(&mut r, t, k);
-    }
-    let files = recon::write_outputs(&cfg.dip, &mut r, out, |d| cfg.write_effective(d))
-        .with_context(|| format!("writing outputs to {}", out.display()))?;
-    let s = &r.summary;
-    g.say(format!(
-        "{}: {} observations used ({} read), solver {}, χ²/M = {:.3}, {:.1} s",
-        input.display(),
-        s.observations_used,
-        s.qc.rows_read,
-        s.solver,
-        s.chi2_per_obs,
-        s.seconds
-    ));
-    if let Some(t) = &s.tikhonov
-        && (t.lambda_at_cap || t.lambda_at_floor)
-    {
-        g.say(format!(
-            "warning: Tikhonov λ hit the {} of its range ({:.0e}); χ²/M = {:.3} instead of {}",
-            if t.lambda_at_cap { "cap" } else { "floor" },
-            t.lambda,
-            t.chi2_per_obs,
-            cfg.dip.tikhonov.target_chi2
-        ));
-    }
-    if let Some(t) = &s.truth {
-        let lines = |v: &[recon::LineScore]| -> String {
-            v.iter()
-                .map(|l| {
-                    format!(
-                        "{:.3} µm {:.3} (peak {:.2})",
-                        l.wavelength, l.ratio, l.peak_ratio
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        g.say(format!(
-            "vs {}: relative error of the written spectrum {:.2} % (smoothed to λ/R first: {:.2} %)",
-            t.file,
-            100.0 * t.relative_rms,
-            100.0 * t.relative_rms_smoothed_output
-        ));
-        if let Some(b) = &t.baseline {
-            g.say(format!(
-                "  Tikhonov baseline: {:.2} % (smoothed: {:.2} %)",
-                100.0 * b.relative_rms,
-                100.0 * b.relative_rms_smoothed_output
-            ));
-        }
-        match &t.lines_note {
-            Some(n) => g.say(format!("  line ratios: {n}")),
-            None => {
-                g.say(format!(
-                    "  feature flux recovered/true: {}",
-                    lines(&t.lines)
-                ));
-                if let Some(b) = &t.baseline {
-                    g.say(format!("  Tikhonov: {}", lines(&b.lines)));
-                }
-            }
-        }
-    }
-    for f in &files {
-        g.say(format!("wrote {}", f.display()));
+    let paths = pipeline::SourcePaths { input, truth, out };
+    let rep = pipeline::recon_one(
+        &cfg.dip,
+        &cfg.run.device,
+        cfg.run.seed,
+        paths,
+        g.progress(),
+        |d| cfg.write_effective(d),
+    )?;
+    let s = &rep.reconstruction.summary;
+    for line in pipeline::report_lines(s, cfg.dip.tikhonov.target_chi2, &rep.files) {
+        g.say(line);
     }
     Ok(serde_json::to_value(s)?)
 }
@@ -323,8 +254,8 @@ pub fn demo(g: &Global, cfg: &Config, out: &Path) -> Result<serde_json::Value> {
     // A converged fit (discrepancy stop) within the demo's one-minute budget on 2 CPU cores: a
     // 1000-pixel grid and 16 filters; `spx dip recon` runs the 3000-pixel default.
     cfg.dip.resolution = 1000;
-    cfg.dip.filters = 16;
-    cfg.dip.epochs = 1500;
+    cfg.dip.net.filters = 16;
+    cfg.dip.train.epochs = 1500;
     let out = out.join("dip");
     let (csv, truth) = simulate_to(&cfg, &out)?;
     recon_to(g, &cfg, &csv, Some(&truth), &out)

@@ -35,6 +35,7 @@ use super::train::{
 use super::unet::{UNet, UNetSpec};
 use super::{LossMode, Weighting};
 use crate::backend::{self, Elem};
+use crate::train::Monitor;
 
 /// How many fits one batch holds: `dip.batch_sources`, or for 0 (auto) 8 per rayon thread on the
 /// CPU (measured, README) and 64 on a GPU.
@@ -53,7 +54,7 @@ pub fn batch_size(dip: &DipConfig, device: &crate::backend::DeviceSpec) -> usize
 /// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
 /// simulated star.
 pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
-    if cfg.smoothness_weight <= 0.0 {
+    if cfg.prior.smoothness_weight <= 0.0 {
         return 0.0;
     }
     super::tikhonov::solve(
@@ -65,7 +66,7 @@ pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
         cfg.epsilon_weight,
     )
     .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
-    .map(|t| cfg.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
+    .map(|t| cfg.prior.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
     .unwrap_or(0.0)
 }
 
@@ -194,7 +195,8 @@ struct Running {
     best: (f64, usize, Vec<f64>),
     ema: Option<Vec<f64>>,
     history: Vec<EpochLoss>,
-    last_improve: (f64, usize),
+    /// The plateau rule's tracker of the total loss.
+    plateau: Monitor,
 }
 
 /// Stacked weights and their Adam moments.
@@ -253,26 +255,26 @@ pub fn fit_batch(
     let n = jobs[0].problem.op.n;
     let spec = UNetSpec {
         length: n,
-        depth: cfg.depth,
-        filters: cfg.filters,
-        kernel_size: cfg.kernel_size,
-        leaky_slope: cfg.leaky_slope,
-        init: cfg.init,
+        depth: cfg.net.depth,
+        filters: cfg.net.filters,
+        kernel_size: cfg.net.kernel_size,
+        leaky_slope: cfg.net.leaky_slope,
+        init: cfg.net.init,
         positivity: false,
     };
-    let (bank, kmax, pad) = ricker_bank(&cfg.cwt_scales);
+    let (bank, kmax, pad) = ricker_bank(&cfg.prior.cwt_scales);
     let cwt = Cwt {
         bank: bank.clone(),
         kmax,
         pad,
-        scales: cfg.cwt_scales.len(),
-        lambda: cfg.regularization_weight,
+        scales: cfg.prior.cwt_scales.len(),
+        lambda: cfg.prior.cwt_weight,
     };
     let f32s = |v: &[f64]| v.iter().map(|&x| x as Elem).collect::<Vec<_>>();
     // Loss constants live on the autodiff device (untracked); weights and moments on `inner`.
     let bank_t = backend::tensor_from(f32s(&bank), [1, cwt.scales, 1, kmax], device);
     let bank_b = Tensor::<2>::zeros([1, cwt.scales], device);
-    let smooth = cfg.smooth_output.then(|| {
+    let smooth = cfg.prior.smooth_output.then(|| {
         let grid = super::grid::linspace(cfg.wavelength_min, cfg.wavelength_max, n);
         let s = resolution_operator(&grid);
         let idx: Vec<i64> = s.idx.iter().map(|&i| i as i64).collect();
@@ -292,11 +294,15 @@ pub fn fit_batch(
     for (j, job) in jobs.iter().enumerate() {
         let t0 = Instant::now();
         let p = &job.problem;
-        let scale = if cfg.scale_flux { flux_scale(p.y) } else { 1.0 };
+        let scale = if cfg.train.scale_flux {
+            flux_scale(p.y)
+        } else {
+            1.0
+        };
         let mut rng = backend::seeded(device, job.seed);
-        let held_out = validation_rows(p.op.m, cfg.validation_fraction, job.seed);
+        let held_out = validation_rows(p.op.m, cfg.train.validation_fraction, job.seed);
         let d2 = d2_lambda(cfg, p, scale);
-        let normal = Normal::new(0.0, cfg.noise_std.max(0.0)).expect("finite noise std");
+        let normal = Normal::new(0.0, cfg.net.noise_std.max(0.0)).expect("finite noise std");
         let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
         let unet = UNet::new(&spec, device);
         params.push(unet.conv_params());
@@ -332,8 +338,8 @@ pub fn fit_batch(
             d2,
             best: (f64::INFINITY, 0, vec![0f64; n]),
             ema: None,
-            history: Vec::with_capacity(cfg.epochs),
-            last_improve: (f64::INFINITY, 0),
+            history: Vec::with_capacity(cfg.train.epochs),
+            plateau: Monitor::new(cfg.train.early_stop_min_delta),
         });
     }
     let Some(net) = net else {
@@ -395,8 +401,8 @@ pub fn fit_batch(
     let mut z_t = backend::tensor_from(zall, [nb, 1, n], device);
 
     // Flat start: each network's own initial output subtracted (see `train::fit`).
-    let mut start = cfg.start_flat.then(|| {
-        let level = if cfg.positivity {
+    let mut start = cfg.net.start_flat.then(|| {
+        let level = if cfg.net.positivity {
             (1f64.exp() - 1.0).ln()
         } else {
             1.0
@@ -413,7 +419,7 @@ pub fn fit_batch(
     let mut active: Vec<Running> = runs;
     let mut done: Vec<(Running, usize, StopReason, f64)> = Vec::with_capacity(nb);
     let mut time = 0i32;
-    for epoch in 0..cfg.epochs {
+    for epoch in 0..cfg.train.epochs {
         let b = active.len();
         let wa: Vec<Tensor<4>> =
             st.w.iter()
@@ -427,14 +433,14 @@ pub fn fit_batch(
         if let Some(s) = &start {
             u = u + s.clone();
         }
-        if cfg.positivity {
+        if cfg.net.positivity {
             u = softplus(u, 1.0);
         }
         let x = match &smooth {
             None => u,
             Some((sidx, sw, k)) => {
                 let mut x = u;
-                for _ in 0..cfg.smooth_passes.max(1) {
+                for _ in 0..cfg.prior.smooth_passes.max(1) {
                     let g = x.select(1, sidx.clone()).reshape([b, n, *k]);
                     x = (g * sw.clone()).sum_dim(2).reshape([b, n]);
                 }
@@ -448,7 +454,7 @@ pub fn fit_batch(
             .clone()
             .gather(1, idx_t.clone())
             .reshape([b, mmax, kmax_op]);
-        let data = match cfg.loss_mode {
+        let data = match cfg.train.loss_mode {
             LossMode::Forward => {
                 let pred = (g * w_t.clone()).sum_dim(2).reshape([b, mmax]);
                 ((ya - pred).powi_scalar(2) * wta).sum_dim(1)
@@ -483,7 +489,7 @@ pub fn fit_batch(
         let mut stop_now = vec![None; b];
         for (r, run) in active.iter_mut().enumerate() {
             let xr: Vec<f64> = xs[r * n..(r + 1) * n].iter().map(|&v| v as f64).collect();
-            let (d, rg, c2, vc2) = run.terms.eval(&xr, cfg.loss_mode, &cwt);
+            let (d, rg, c2, vc2) = run.terms.eval(&xr, cfg.train.loss_mode, &cwt);
             let validate = !run.held_out.is_empty();
             let vc2 = if validate { vc2 } else { f64::NAN };
             let total = d + rg;
@@ -496,8 +502,8 @@ pub fn fit_batch(
                 val_chi2: vc2,
             });
             let current = match run.ema.as_mut() {
-                Some(e) if cfg.ema_decay > 0.0 => {
-                    let a = cfg.ema_decay;
+                Some(e) if cfg.train.ema_decay > 0.0 => {
+                    let a = cfg.train.ema_decay;
                     for (e, v) in e.iter_mut().zip(&xr) {
                         *e = a * *e + (1.0 - a) * v;
                     }
@@ -508,24 +514,20 @@ pub fn fit_batch(
                     xr
                 }
             };
-            let reached = cfg.stop_chi2 > 0.0 && c2 <= cfg.stop_chi2;
+            let reached = cfg.train.stop_chi2 > 0.0 && c2 <= cfg.train.stop_chi2;
             let score = if validate { vc2 } else { total };
             if score < run.best.0 || (reached && !validate) {
                 run.best = (score, epoch, current);
             }
             stop_now[r] = if reached {
                 Some(StopReason::Discrepancy)
-            } else if validate && epoch - run.best.1 >= cfg.validation_patience {
+            } else if validate && epoch - run.best.1 >= cfg.train.validation_patience {
                 Some(StopReason::Validation)
-            } else if cfg.early_stop_patience > 0 {
-                if total < run.last_improve.0 * (1.0 - cfg.early_stop_min_delta) {
-                    run.last_improve = (total, epoch);
-                    None
-                } else if epoch - run.last_improve.1 >= cfg.early_stop_patience {
-                    Some(StopReason::Patience)
-                } else {
-                    None
-                }
+            } else if cfg.train.early_stop_patience > 0 {
+                run.plateau.observe(epoch, total);
+                run.plateau
+                    .stalled(cfg.train.early_stop_patience)
+                    .then_some(StopReason::Patience)
             } else {
                 None
             };
@@ -534,7 +536,7 @@ pub fn fit_batch(
             }
         }
         pb.inc(1);
-        let last = epoch + 1 == cfg.epochs;
+        let last = epoch + 1 == cfg.train.epochs;
         let keep: Vec<usize> = (0..b).filter(|&r| stop_now[r].is_none()).collect();
         if !keep.is_empty() && !last {
             let grads = loss.backward();
@@ -546,10 +548,10 @@ pub fn fit_batch(
                 let gb = ba[c]
                     .grad(&grads)
                     .expect("stacked biases are tracked leaves");
-                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, cfg.lr);
+                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, cfg.train.lr);
                 st.w[c] = p;
                 st.mw[c] = Some(s);
-                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, cfg.lr);
+                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, cfg.train.lr);
                 st.b[c] = p;
                 st.mb[c] = Some(s);
             }

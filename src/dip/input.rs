@@ -100,38 +100,107 @@ fn parse_flag(s: &str) -> Option<u64> {
     }
 }
 
-/// Split one CSV line into fields (RFC 4180 quoting: `"a,b"` and `""` inside quotes).
-pub fn split_csv_line(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut cur = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
+/// A CSV read by the `csv` crate: the header and the data records, each with its 1-based line
+/// number in the file. Blank lines and `#` comment lines are skipped (they keep their line
+/// numbers), a UTF-8 byte-order mark before the header is stripped, fields are trimmed, quoting
+/// is RFC 4180, and a header naming a column twice is refused (the column is named).
+#[derive(Clone, Debug)]
+pub struct CsvTable {
+    pub headers: csv::StringRecord,
+    pub records: Vec<(usize, csv::StringRecord)>,
+}
+
+impl CsvTable {
+    /// Index of the column `name` (exact, or ASCII case-insensitive when `fold`).
+    pub fn column(&self, name: &str, fold: bool) -> Option<usize> {
+        self.headers.iter().position(|h| {
+            if fold {
+                h.eq_ignore_ascii_case(name)
+            } else {
+                h == name
             }
-            (true, '"') => quoted = false,
-            (false, '"') if cur.trim().is_empty() => {
-                cur.clear();
-                quoted = true;
-            }
-            (false, ',') => fields.push(std::mem::take(&mut cur)),
-            (_, c) => cur.push(c),
+        })
+    }
+}
+
+/// Read `path` as a [`CsvTable`] (see there); `fold` compares header names case-insensitively
+/// when looking for duplicates.
+pub fn read_table(path: &Path, fold: bool) -> Result<CsvTable, SpxError> {
+    let bytes = std::fs::read(path).map_err(|e| SpxError::io(path, e))?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| SpxError::file(path, format!("not UTF-8 text: {e}")))?;
+    // Comment and blank lines become empty lines, which the reader skips, so that every record's
+    // position is still its line in the file.
+    let mut kept = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        if body.trim().is_empty() || body.trim_start().starts_with('#') {
+            kept.push('\n');
+        } else {
+            kept.push_str(line);
         }
     }
-    if quoted {
-        return Err("unterminated quoted field".into());
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(kept.as_bytes());
+    let mut it = rd.records();
+    let line_of = |r: &csv::StringRecord| r.position().map_or(0, |p| p.line() as usize);
+    let csv_err = |e: csv::Error| {
+        let at = e
+            .position()
+            .map(|p| format!("line {}: ", p.line()))
+            .unwrap_or_default();
+        SpxError::file(path, format!("{at}{e}"))
+    };
+    let headers = match it.next() {
+        None => return Err(SpxError::file(path, "empty file: no CSV header")),
+        Some(h) => h.map_err(csv_err)?,
+    };
+    let hline = line_of(&headers);
+    let key = |h: &str| {
+        if fold {
+            h.to_ascii_lowercase()
+        } else {
+            h.to_string()
+        }
+    };
+    let mut seen = std::collections::HashMap::with_capacity(headers.len());
+    for (k, h) in headers.iter().enumerate() {
+        if let Some(first) = seen.insert(key(h), k) {
+            return Err(SpxError::field(
+                path,
+                format!("column `{h}`"),
+                format!(
+                    "line {hline}: appears twice in the header (columns {} and {})",
+                    first + 1,
+                    k + 1
+                ),
+            ));
+        }
     }
-    fields.push(cur);
-    Ok(fields.into_iter().map(|f| f.trim().to_string()).collect())
+    let mut records = Vec::new();
+    for r in it {
+        let r = r.map_err(csv_err)?;
+        let line = line_of(&r);
+        if r.len() != headers.len() {
+            return Err(SpxError::file(
+                path,
+                format!(
+                    "line {line}: {} fields, header has {}",
+                    r.len(),
+                    headers.len()
+                ),
+            ));
+        }
+        records.push((line, r));
+    }
+    Ok(CsvTable { headers, records })
 }
 
 /// Read every data row of a spxquery CSV. Errors name the file, the column and the line.
-// The `csv` crate was the first choice, but adding it changed the feature set of `serde_core`
-// for the whole dependency graph and forced a full rebuild of burn; this reader covers what
-// spxquery writes (comments, header, quoted fields).
 pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
     read_csv_with_ids(path).map(|(rows, _)| rows)
 }
@@ -139,18 +208,8 @@ pub fn read_csv(path: &Path) -> Result<Vec<RawRow>, SpxError> {
 /// [`read_csv`], plus the `source_id` column of a catalog CSV (many sources in one file) when
 /// the file has one.
 pub fn read_csv_with_ids(path: &Path) -> Result<(Vec<RawRow>, Option<Vec<String>>), SpxError> {
-    let text = std::fs::read_to_string(path).map_err(|e| SpxError::io(path, e))?;
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim_start().starts_with('#') && !l.trim().is_empty());
-    let (hline, header) = lines
-        .next()
-        .ok_or_else(|| SpxError::file(path, "empty file: no CSV header"))?;
-    let headers =
-        split_csv_line(header).map_err(|e| SpxError::file(path, format!("line {hline}: {e}")))?;
-    let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let table = read_table(path, true)?;
+    let find = |name: &str| table.column(name, true);
     let mut cols = [0usize; 6];
     for (slot, name) in cols.iter_mut().zip(REQUIRED) {
         *slot = find(name).ok_or_else(|| {
@@ -159,7 +218,7 @@ pub fn read_csv_with_ids(path: &Path) -> Result<(Vec<RawRow>, Option<Vec<String>
                 name,
                 format!(
                     "required column missing (header has: {})",
-                    headers.join(", ")
+                    table.headers.iter().collect::<Vec<_>>().join(", ")
                 ),
             )
         })?;
@@ -168,20 +227,8 @@ pub fn read_csv_with_ids(path: &Path) -> Result<(Vec<RawRow>, Option<Vec<String>
     let id_col = find("source_id");
     let mut ids = Vec::new();
     let mut rows = Vec::new();
-    for (i, (line, text)) in lines.enumerate() {
-        let rec =
-            split_csv_line(text).map_err(|e| SpxError::file(path, format!("line {line}: {e}")))?;
-        if rec.len() != headers.len() {
-            return Err(SpxError::file(
-                path,
-                format!(
-                    "line {line}: {} fields, header has {}",
-                    rec.len(),
-                    headers.len()
-                ),
-            ));
-        }
-        let get = |c: usize| rec.get(c).map(String::as_str).unwrap_or("");
+    for (i, (line, rec)) in table.records.iter().enumerate() {
+        let get = |c: usize| rec.get(c).unwrap_or("");
         let num = |k: usize| {
             parse_f64(get(cols[k])).ok_or_else(|| {
                 SpxError::field(
@@ -227,7 +274,7 @@ pub fn read_csv_with_ids(path: &Path) -> Result<(Vec<RawRow>, Option<Vec<String>
             None => 0.0,
         };
         if let Some(c) = id_col {
-            let id = get(c).trim();
+            let id = get(c);
             if id.is_empty() {
                 return Err(SpxError::field(
                     path,

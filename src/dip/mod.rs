@@ -14,6 +14,7 @@ pub mod grid;
 pub mod input;
 pub mod kernel;
 pub mod output;
+pub mod pipeline;
 pub mod recon;
 pub mod simulate;
 pub mod stacked;
@@ -97,7 +98,9 @@ pub enum NoiseModel {
     Relative,
 }
 
-/// `[dip]` of the config (documented key by key in `configs/dip.toml`).
+/// `[dip]` of the config (documented key by key in `configs/dip.toml`): the grid, the
+/// observation weights and the run shape; the network, its prior, its training, the input QC,
+/// the baseline and the simulator in their own sections.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DipConfig {
@@ -105,12 +108,24 @@ pub struct DipConfig {
     pub wavelength_min: f64,
     pub wavelength_max: f64,
     pub resolution: usize,
-    pub loss_mode: LossMode,
     pub weighting: Weighting,
     pub epsilon_weight: f64,
-    pub scale_flux: bool,
-    pub regularization_weight: f64,
-    pub cwt_scales: Vec<f64>,
+    pub ensemble: usize,
+    /// Fits per batch (sources × ensemble members; 0 = auto, see [`batch::batch_size`]).
+    pub batch_sources: usize,
+    pub compare_baseline: bool,
+    pub net: NetConfig,
+    pub prior: PriorConfig,
+    pub train: TrainConfig,
+    pub qc: QcConfig,
+    pub tikhonov: TikhonovConfig,
+    pub simulate: SimulateConfig,
+}
+
+/// `[dip.net]`: the U-Net, its input and its output layer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
     pub depth: usize,
     pub filters: usize,
     pub kernel_size: usize,
@@ -119,24 +134,33 @@ pub struct DipConfig {
     pub noise_std: f64,
     pub positivity: bool,
     pub start_flat: bool,
+}
+
+/// `[dip.prior]`: what the loss and the output impose beside the data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriorConfig {
+    pub cwt_weight: f64,
+    pub cwt_scales: Vec<f64>,
+    pub smoothness_weight: f64,
+    pub smooth_output: bool,
+    pub smooth_passes: usize,
+}
+
+/// `[dip.train]`: the data term, Adam and the stopping rules.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub loss_mode: LossMode,
+    pub scale_flux: bool,
     pub epochs: usize,
     pub lr: f64,
     pub stop_chi2: f64,
     pub validation_fraction: f64,
     pub validation_patience: usize,
-    pub smooth_output: bool,
-    pub smooth_passes: usize,
-    pub smoothness_weight: f64,
     pub ema_decay: f64,
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
-    pub ensemble: usize,
-    /// Fits per batch (sources × ensemble members; 0 = auto, see [`batch::batch_size`]).
-    pub batch_sources: usize,
-    pub compare_baseline: bool,
-    pub qc: QcConfig,
-    pub tikhonov: TikhonovConfig,
-    pub simulate: SimulateConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -216,39 +240,45 @@ impl DipConfig {
         if self.resolution < 16 {
             return bad("resolution", "need at least 16 grid pixels");
         }
-        if !self.resolution.is_multiple_of(1 << self.depth) {
+        if !self.resolution.is_multiple_of(1 << self.net.depth) {
             return bad(
                 "resolution",
                 &format!(
                     "must be divisible by 2^depth = {} for the U-Net",
-                    1 << self.depth
+                    1 << self.net.depth
                 ),
             );
         }
-        if self.kernel_size.is_multiple_of(2) {
-            return bad("kernel_size", "must be odd");
+        if self.net.kernel_size.is_multiple_of(2) {
+            return bad("net.kernel_size", "must be odd");
         }
         if self.batch_sources > 4096 {
             return bad("batch_sources", "must be in 0..=4096 (0 = auto)");
         }
-        if self.filters == 0 || self.epochs == 0 || self.ensemble == 0 {
-            return bad("filters/epochs/ensemble", "must be >= 1");
+        if self.net.filters == 0 || self.train.epochs == 0 || self.ensemble == 0 {
+            return bad("net.filters/train.epochs/ensemble", "must be >= 1");
         }
-        if self.cwt_scales.iter().any(|s| s.is_nan() || *s <= 0.0) {
-            return bad("cwt_scales", "scales must be > 0");
+        if self
+            .prior
+            .cwt_scales
+            .iter()
+            .any(|s| s.is_nan() || *s <= 0.0)
+        {
+            return bad("prior.cwt_scales", "scales must be > 0");
         }
         let max_r = self
+            .prior
             .cwt_scales
             .iter()
             .map(|s| (4.0 * s).floor() as usize)
             .max()
             .unwrap_or(0);
         if max_r >= self.resolution {
-            return bad("cwt_scales", "largest kernel exceeds the grid");
+            return bad("prior.cwt_scales", "largest kernel exceeds the grid");
         }
-        if self.lr.is_nan() || self.lr <= 0.0 || self.regularization_weight < 0.0 {
+        if self.train.lr.is_nan() || self.train.lr <= 0.0 || self.prior.cwt_weight < 0.0 {
             return bad(
-                "lr/regularization_weight",
+                "train.lr/prior.cwt_weight",
                 "lr > 0 and weight >= 0 required",
             );
         }
@@ -284,29 +314,29 @@ impl DipConfig {
                 return bad(k, &format!("must be in [{lo}, {hi}]"));
             }
         }
-        if !(0.0..=0.5).contains(&self.validation_fraction) {
-            return bad("validation_fraction", "must be in [0, 0.5]");
+        if !(0.0..=0.5).contains(&self.train.validation_fraction) {
+            return bad("train.validation_fraction", "must be in [0, 0.5]");
         }
-        if self.validation_fraction > 0.0 && self.validation_patience == 0 {
+        if self.train.validation_fraction > 0.0 && self.train.validation_patience == 0 {
             return bad(
-                "validation_patience",
+                "train.validation_patience",
                 "must be >= 1 with a validation split",
             );
         }
-        if !(1..=4).contains(&self.smooth_passes) {
-            return bad("smooth_passes", "must be in 1..=4");
+        if !(1..=4).contains(&self.prior.smooth_passes) {
+            return bad("prior.smooth_passes", "must be in 1..=4");
         }
-        if !(0.0..=1e6).contains(&self.smoothness_weight) {
-            return bad("smoothness_weight", "must be in [0, 1e6]");
+        if !(0.0..=1e6).contains(&self.prior.smoothness_weight) {
+            return bad("prior.smoothness_weight", "must be in [0, 1e6]");
         }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            return bad("ema_decay", "must be in [0, 1)");
+        if !(0.0..1.0).contains(&self.train.ema_decay) {
+            return bad("train.ema_decay", "must be in [0, 1)");
         }
-        if !(self.stop_chi2.is_finite() && self.stop_chi2 >= 0.0) {
-            return bad("stop_chi2", "must be finite and >= 0");
+        if !(self.train.stop_chi2.is_finite() && self.train.stop_chi2 >= 0.0) {
+            return bad("train.stop_chi2", "must be finite and >= 0");
         }
-        if !(self.noise_std.is_finite() && self.noise_std >= 0.0) {
-            return bad("noise_std", "must be finite and >= 0");
+        if !(self.net.noise_std.is_finite() && self.net.noise_std >= 0.0) {
+            return bad("net.noise_std", "must be finite and >= 0");
         }
         let s = &self.simulate;
         if s.noise_ujy.len() != 6 || s.noise_ujy.iter().any(|v| !(v.is_finite() && *v > 0.0)) {

@@ -176,7 +176,7 @@ pub fn reconstruct(
             } else {
                 "dip".to_string()
             };
-            let pb = progress.bar((dc.epochs * jobs.len().div_ceil(bs)) as u64, &label);
+            let pb = progress.bar((dc.train.epochs * jobs.len().div_ceil(bs)) as u64, &label);
             let fits: Vec<train::FitResult> = jobs
                 .chunks(bs)
                 .flat_map(|c| super::batch::fit_batch(dc, c, &device, &pb))

@@ -171,9 +171,9 @@ impl LossTerms {
             let n = v.len();
             Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
         };
-        let (bank, kmax, pad) = ricker_bank(&cfg.cwt_scales);
-        let ns = cfg.cwt_scales.len();
-        let smooth = cfg.smooth_output.then(|| {
+        let (bank, kmax, pad) = ricker_bank(&cfg.prior.cwt_scales);
+        let ns = cfg.prior.cwt_scales.len();
+        let smooth = cfg.prior.smooth_output.then(|| {
             let grid = linspace(cfg.wavelength_min, cfg.wavelength_max, op.n);
             let s = resolution_operator(&grid);
             (
@@ -195,11 +195,11 @@ impl LossTerms {
             pad,
             m: op.m,
             k: op.k,
-            mode: cfg.loss_mode,
-            lambda: cfg.regularization_weight,
+            mode: cfg.train.loss_mode,
+            lambda: cfg.prior.cwt_weight,
             d2_lambda,
             smooth,
-            smooth_passes: cfg.smooth_passes.max(1),
+            smooth_passes: cfg.prior.smooth_passes.max(1),
         }
     }
 

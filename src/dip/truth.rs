@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::input::split_csv_line;
+use super::input::read_table;
 use super::simulate::{
     Feature, FeatureKind, feature_half_width, feature_peak, measure_feature, relative_rms,
     relative_rms_written, smooth_to_resolution,
@@ -93,43 +93,50 @@ pub fn read_truth(path: &Path, grid: &[f64]) -> Result<Truth, SpxError> {
             );
         }
     }
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let (_, header) = lines
-        .next()
-        .ok_or_else(|| SpxError::file(path, "empty file (no header)"))?;
-    let header = split_csv_line(header).map_err(|e| SpxError::file(path, e))?;
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| SpxError::field(path, name, "missing column"))
-    };
-    let (cw, cf) = (col("wavelength")?, col("flux")?);
+    let table = read_table(path, false)?;
+    for name in ["wavelength", "flux"] {
+        if table.column(name, false).is_none() {
+            return Err(SpxError::field(path, name, "missing column"));
+        }
+    }
+    /// One row of the truth table (other columns are ignored).
+    #[derive(serde::Deserialize)]
+    struct Row {
+        wavelength: f64,
+        flux: f64,
+    }
     let (mut wl, mut fl) = (Vec::new(), Vec::new());
-    for (i, line) in lines {
-        let f = split_csv_line(line)
-            .map_err(|e| SpxError::file(path, format!("line {}: {e}", i + 1)))?;
-        let num = |c: usize, name: &str| -> Result<f64, SpxError> {
-            f.get(c)
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| {
-                    SpxError::field(path, name, format!("line {}: not a finite number", i + 1))
-                })
-        };
-        let w = num(cw, "wavelength")?;
+    for (line, rec) in &table.records {
+        let row: Row = rec.deserialize(Some(&table.headers)).map_err(|e| {
+            let name = match e.kind() {
+                csv::ErrorKind::Deserialize { err, .. } => err
+                    .field()
+                    .and_then(|k| table.headers.get(k as usize))
+                    .unwrap_or("wavelength")
+                    .to_string(),
+                _ => "wavelength".to_string(),
+            };
+            SpxError::field(path, name, format!("line {line}: not a finite number"))
+        })?;
+        for (v, name) in [(row.wavelength, "wavelength"), (row.flux, "flux")] {
+            if !v.is_finite() {
+                return Err(SpxError::field(
+                    path,
+                    name,
+                    format!("line {line}: not a finite number"),
+                ));
+            }
+        }
+        let w = row.wavelength;
         if wl.last().is_some_and(|&p| w <= p) {
             return Err(SpxError::field(
                 path,
                 "wavelength",
-                format!("line {}: not increasing", i + 1),
+                format!("line {line}: not increasing"),
             ));
         }
         wl.push(w);
-        fl.push(num(cf, "flux")?);
+        fl.push(row.flux);
     }
     let (lo, hi) = (grid[0], grid[grid.len() - 1]);
     if wl.len() < 2 || wl[0] > lo + 1e-9 || wl[wl.len() - 1] < hi - 1e-9 {

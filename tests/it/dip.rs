@@ -162,7 +162,7 @@ fn forward_operator_equals_dense_h() {
     let dev = Device::flex();
     let xt = tensor_from(x.iter().map(|&v| v as f32).collect(), [grid.len()], &dev);
     let mut dc = cfg().dip;
-    dc.regularization_weight = 0.0;
+    dc.prior.cwt_weight = 0.0;
     let p = Problem {
         op: &op,
         y: &y,
@@ -179,7 +179,7 @@ fn forward_operator_equals_dense_h() {
     let c2 = chi2(&op, &x, &y, &sigma);
     assert!((data - c2).abs() < 1e-4 * c2, "{data} vs {c2}");
 
-    dc.loss_mode = LossMode::Pixel;
+    dc.train.loss_mode = LossMode::Pixel;
     dc.weighting = Weighting::Sigma;
     let terms = LossTerms::new(&dc, &p, 1.0, &[], 0.0, &dev);
     let data = to_vec(terms.data(xt))[0] as f64;
@@ -206,7 +206,7 @@ fn device_cwt_matches_host_convolution() {
     let grid = linspace(1.0, 2.0, n);
     let (op, _) = Operator::build(&grid, &[1.5], &[0.1]);
     let mut dc = cfg().dip;
-    dc.cwt_scales = vec![1.0, 2.0, 3.0];
+    dc.prior.cwt_scales = vec![1.0, 2.0, 3.0];
     let p = Problem {
         op: &op,
         y: &[1.0],
@@ -362,6 +362,16 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
             format!("{HEADER}{}", row(100.0, 5.0, 0.8, "D9", 0)),
             "band",
         ),
+        (
+            "dupcol.csv",
+            format!("{}{good_rows}", HEADER.replace("pix_x", "FLUX")),
+            "FLUX",
+        ),
+        (
+            "width.csv",
+            format!("{HEADER}{good_rows}1,2,3\n"),
+            "line 14",
+        ),
     ];
     for (name, text, col) in cases {
         let p = write(dir.path(), name, &text);
@@ -369,12 +379,90 @@ fn bad_csvs_give_one_line_errors_and_no_outputs() {
         let (code, stdout, err) = recon_tikhonov(&p, &out, &[]);
         assert_eq!(code, 2, "{name}: {stdout}{err}");
         assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
-        assert!(
-            err.contains(name) && err.contains(&format!("`{col}`")),
-            "{name}: {err}"
-        );
+        let named = if col.starts_with("line") {
+            col.to_string()
+        } else {
+            format!("`{col}`")
+        };
+        assert!(err.contains(name) && err.contains(&named), "{name}: {err}");
         assert!(!out.exists(), "{name}: no output directory on error");
     }
+    // A UTF-8 byte-order mark before the header is not part of the first column's name, and
+    // comment lines, blank lines and quoted fields are read as before.
+    let text = format!("\u{feff}# a comment\n\n{HEADER}{good_rows}");
+    let text = text.replacen(",D1,", ",\"D1\",", 1);
+    let p = write(dir.path(), "bom.csv", &text);
+    let rows = input::read_csv(&p).unwrap();
+    assert_eq!(rows.len(), 12);
+    assert_eq!(rows[0].obs.band, 1);
+    assert_eq!(rows[0].obs.row, 1);
+    assert!((rows[0].obs.flux - 100.0).abs() < 1e-12);
+}
+
+/// The flat `[dip]` keys of earlier releases, in a `--config` file and in `--set`, still work:
+/// each lands on its new nested key, with a warning naming both.
+#[test]
+fn old_flat_dip_keys_still_work_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "old.toml",
+        "[dip]\nepochs = 7\nregularization_weight = 0.05\nfilters = 12\n",
+    );
+    let out = dir.path().join("out");
+    let (code, stdout, err) = spx(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--set",
+        "dip.lr=0.002",
+        "--set",
+        "dip.start_flat=true",
+        "--out",
+        out.to_str().unwrap(),
+        "dip",
+        "simulate",
+        "--per-band",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    for (old, new) in [
+        ("dip.epochs", "dip.train.epochs"),
+        ("dip.regularization_weight", "dip.prior.cwt_weight"),
+        ("dip.filters", "dip.net.filters"),
+        ("dip.lr", "dip.train.lr"),
+        ("dip.start_flat", "dip.net.start_flat"),
+    ] {
+        assert!(
+            err.contains(&format!("`{old}` is deprecated, use `{new}`")),
+            "{old}: {err}"
+        );
+    }
+    let text = std::fs::read_to_string(out.join("spx-config.toml")).unwrap();
+    let c: Config = toml::from_str(&text).unwrap();
+    assert_eq!(c.dip.train.epochs, 7);
+    assert_eq!(c.dip.prior.cwt_weight, 0.05);
+    assert_eq!(c.dip.net.filters, 12);
+    assert_eq!(c.dip.train.lr, 0.002);
+    assert!(c.dip.net.start_flat);
+    // The recorded config uses the new layout only.
+    let t: toml::Table = text.parse().unwrap();
+    let dip = t["dip"].as_table().unwrap();
+    assert!(!dip.contains_key("epochs") && !dip.contains_key("regularization_weight"));
+    // A new key given beside its old name wins.
+    let (code, shown, err) = spx(&[
+        "--set",
+        "dip.epochs=9",
+        "--set",
+        "dip.train.epochs=11",
+        "config",
+        "show",
+        "dip",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        shown.contains("[dip.train]") && shown.contains("epochs = 11"),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -493,9 +581,9 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     let _rng = crate::common::burn_rng_lock();
     let (c, _grid, op, y, s, _truth) = simulated_problem(5);
     let mut dc = c.dip.clone();
-    dc.filters = 8;
-    dc.epochs = 25;
-    dc.lr = 3e-3;
+    dc.net.filters = 8;
+    dc.train.epochs = 25;
+    dc.train.lr = 3e-3;
     let dev = Device::flex().autodiff();
     let p = Problem {
         op: &op,
@@ -533,29 +621,29 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
         "Softplus output is non-negative"
     );
     // Early stopping: a 50 % improvement is never reached twice in a row.
-    dc.early_stop_patience = 2;
-    dc.early_stop_min_delta = 0.5;
+    dc.train.early_stop_patience = 2;
+    dc.train.early_stop_min_delta = 0.5;
     let e = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
-    assert!(e.stopped_early && e.epochs_run < dc.epochs);
+    assert!(e.stopped_early && e.epochs_run < dc.train.epochs);
     assert_eq!(e.stop_reason, StopReason::Patience);
     // Discrepancy stop with the threshold at the χ²/M the unstopped run had at epoch 10: the fit
     // ends at the first epoch at or below it and returns that epoch's spectrum.
     assert_eq!(a.stop_reason, StopReason::Epochs);
-    dc.early_stop_patience = 0;
-    dc.stop_chi2 = a.history[10].chi2;
+    dc.train.early_stop_patience = 0;
+    dc.train.stop_chi2 = a.history[10].chi2;
     let d = spx::dip::batch::fit(&dc, &p, &dev, 11, &pb);
     let first = a
         .history
         .iter()
-        .position(|h| h.chi2 <= dc.stop_chi2)
+        .position(|h| h.chi2 <= dc.train.stop_chi2)
         .unwrap();
     assert_eq!(d.stop_reason, StopReason::Discrepancy);
     assert_eq!((d.epochs_run, d.best_epoch), (first + 1, first));
     let dc2 = chi2(&op, &d.spectrum, &y, &s) / y.len() as f64;
     assert!(
-        dc2 <= dc.stop_chi2 * (1.0 + 1e-4),
+        dc2 <= dc.train.stop_chi2 * (1.0 + 1e-4),
         "{dc2} vs {}",
-        dc.stop_chi2
+        dc.train.stop_chi2
     );
 }
 
@@ -608,8 +696,8 @@ fn ensemble_is_mean_and_std_of_seeded_members() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg();
     c.dip.resolution = 256;
-    c.dip.filters = 4;
-    c.dip.epochs = 3;
+    c.dip.net.filters = 4;
+    c.dip.train.epochs = 3;
     c.dip.ensemble = 2;
     c.dip.compare_baseline = false;
     c.run.seed = 9;
@@ -721,7 +809,7 @@ fn dip_with_defaults_recovers_simulated_source() {
     match f.stop_reason {
         StopReason::Discrepancy => {
             assert_eq!(f.best_epoch + 1, f.epochs_run);
-            assert!(f.history[f.best_epoch].chi2 <= c.dip.stop_chi2);
+            assert!(f.history[f.best_epoch].chi2 <= c.dip.train.stop_chi2);
         }
         // Neither stop fired within the epoch budget (the plateau rule's minimum gain was not
         // met for long enough): the lowest-loss epoch is returned, as for the plateau stop.
@@ -734,7 +822,7 @@ fn dip_with_defaults_recovers_simulated_source() {
             assert_eq!(f.history[f.best_epoch].total, min);
             assert!(f.epochs_run > f.best_epoch);
             if f.stop_reason == StopReason::Epochs {
-                assert_eq!(f.epochs_run, c.dip.epochs);
+                assert_eq!(f.epochs_run, c.dip.train.epochs);
             }
         }
         other => panic!("unexpected stop {other:?}"),
@@ -1021,7 +1109,7 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
     for (kind, seed) in [(SourceKind::Qso, 11u64), (SourceKind::Ice, 12)] {
         let mut c = cfg();
         c.dip.resolution = 1000;
-        c.dip.filters = 16;
+        c.dip.net.filters = 16;
         c.dip.simulate.kind = kind;
         c.dip.simulate.noise = NoiseModel::Relative;
         c.dip.simulate.glitch_fraction = 0.0;
@@ -1074,8 +1162,8 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         assert!(dpk >= 0.9 * tpk, "{kind:?}: peaks {dpk} vs {tpk}");
         if kind == SourceKind::Qso {
             let mut old = c.clone();
-            old.dip.smooth_output = false;
-            old.dip.smoothness_weight = 0.0;
+            old.dip.prior.smooth_output = false;
+            old.dip.prior.smoothness_weight = 0.0;
             let (o, t2, _, _) = score(&old);
             eprintln!("  pre-issue defaults: DIP {o:.4} (Tikhonov {t2:.4})");
             assert_eq!(t2, tik);
@@ -1094,10 +1182,10 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
 fn small_catalog(dir: &Path, n: usize) -> (Config, Vec<PathBuf>) {
     let mut c = cfg();
     c.dip.resolution = 256;
-    c.dip.filters = 4;
-    c.dip.depth = 2;
-    c.dip.epochs = 30;
-    c.dip.lr = 3e-3;
+    c.dip.net.filters = 4;
+    c.dip.net.depth = 2;
+    c.dip.train.epochs = 30;
+    c.dip.train.lr = 3e-3;
     c.dip.simulate.noise = spx::dip::NoiseModel::Relative;
     let kinds = [
         spx::dip::SourceKind::Qso,
@@ -1168,16 +1256,16 @@ fn batched_fits_equal_lone_fits() {
     let pb = indicatif::ProgressBar::hidden();
     let mut variants = Vec::new();
     let mut a = c.dip.clone();
-    a.early_stop_patience = 4;
-    a.early_stop_min_delta = 0.02;
+    a.train.early_stop_patience = 4;
+    a.train.early_stop_min_delta = 0.02;
     variants.push(a);
     let mut b = c.dip.clone();
-    b.validation_fraction = 0.2;
-    b.validation_patience = 5;
-    b.loss_mode = LossMode::Pixel;
-    b.start_flat = true;
-    b.ema_decay = 0.5;
-    b.smooth_passes = 2;
+    b.train.validation_fraction = 0.2;
+    b.train.validation_patience = 5;
+    b.train.loss_mode = LossMode::Pixel;
+    b.net.start_flat = true;
+    b.train.ema_decay = 0.5;
+    b.prior.smooth_passes = 2;
     variants.push(b);
     for (v, dc) in variants.iter().enumerate() {
         let jobs: Vec<spx::dip::batch::Job> = probs
@@ -1353,11 +1441,11 @@ fn catalog_shard_kill_and_rerun_equals_uninterrupted() {
             "--set",
             "dip.resolution=256",
             "--set",
-            "dip.filters=4",
+            "dip.net.filters=4",
             "--set",
-            "dip.depth=2",
+            "dip.net.depth=2",
             "--set",
-            "dip.epochs=40",
+            "dip.train.epochs=40",
             "--quiet",
         ]
         .iter()

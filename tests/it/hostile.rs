@@ -286,14 +286,14 @@ fn c1_config_sizes_have_ranges() {
     refused(
         d.path(),
         &out,
-        &["--set", "dip.depth=64", "dip", "simulate"],
-        &["--set dip.depth=64", "dip.depth", "[1, 10]"],
+        &["--set", "dip.net.depth=64", "dip", "simulate"],
+        &["--set dip.net.depth=64", "dip.net.depth", "[1, 10]"],
     );
     refused(
         d.path(),
         &out,
-        &["--set", "dip.filters=100000", "dip", "simulate"],
-        &["dip.filters"],
+        &["--set", "dip.net.filters=100000", "dip", "simulate"],
+        &["dip.net.filters"],
     );
     refused(
         d.path(),
@@ -538,8 +538,8 @@ fn c3_non_finite_and_degenerate_knobs_are_refused() {
             "spektron.pretrain.lr=-1",
             vec!["spektron", "corpus", "synth"],
         ),
-        ("dip.regularization_weight=nan", vec!["dip", "simulate"]),
-        ("dip.lr=inf", vec!["dip", "simulate"]),
+        ("dip.prior.cwt_weight=nan", vec!["dip", "simulate"]),
+        ("dip.train.lr=inf", vec!["dip", "simulate"]),
         ("ptycho.pinn.train.batch_size=0", vec!["ptycho", "simulate"]),
         (
             "ptycho.pinn.train.val_fraction=2",
