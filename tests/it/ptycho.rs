@@ -451,8 +451,8 @@ fn grid_order_lays_members_out_row_major() {
             assert_eq!(grid.coords_nn[[b, 0, 0, k]], x[g[k]]);
         }
     }
-    // the default is "grid"
-    assert_eq!(cfg_group().order, ChannelOrder::Grid);
+    // the default is the reference's drawn order
+    assert_eq!(cfg_group().order, ChannelOrder::Random);
 }
 
 #[test]
