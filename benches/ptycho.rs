@@ -18,6 +18,7 @@ fn bench(c: &mut Criterion) {
         gridsize: 2,
         neighbor_count: 7,
         n_groups: 0,
+        order: spx::ptycho::grouping::ChannelOrder::Random,
     };
     let mut g = c.benchmark_group("ptycho");
     g.sample_size(10);

@@ -7,7 +7,8 @@ alone gives about 0.5) and the correlation of the predicted patch amplitudes wit
 
 keys: base (first encoder filters, 16), border (16), lr (1e-3), batch (16), loss (nll|mae),
 eval (200), seed (1), amp (sigmoid|silu), inscale (1: divide the input by exp(log_scale)),
-log1p (0: feed log1p(X) to the encoder instead of X).
+log1p (0: feed log1p(X) to the encoder instead of X), order (0: as dumped; 1: channels
+row-major by position, spx's ptycho.group.order = "grid").
 Needs torch + numpy (/root/.cache/spx-peers-venv).
 """
 
@@ -152,14 +153,32 @@ def load(path):
     return {k: d[k] for k in d.files}
 
 
+def grid_order(d):
+    """spx's `ptycho.group.order = "grid"`: each group's channels row-major by position
+    (rows by y, then x; position = centroid - rel)."""
+    rel = d["rel"]
+    b, c = rel.shape[:2]
+    g = int(round(math.sqrt(c)))
+    pos = -rel
+    for i in range(b):
+        idx = np.argsort(pos[i, :, 1], kind="stable")
+        rows = [sorted(idx[r * g:(r + 1) * g], key=lambda k: pos[i, k, 0]) for r in range(g)]
+        perm = np.array([k for r in rows for k in r])
+        for key in ("x", "rel", "truth_re", "truth_im"):
+            d[key][i] = d[key][i][perm]
+
+
 def main():
     train, test = load(sys.argv[1]), load(sys.argv[2])
     nphot, steps = float(sys.argv[3]), int(sys.argv[4])
     o = dict(base=16, border=16, lr=1e-3, batch=16, loss="nll", eval=200, seed=1,
-             amp="sigmoid", inscale=1, log1p=0)
+             amp="sigmoid", inscale=1, log1p=0, order=0)
     for kv in sys.argv[5:]:
         k, v = kv.split("=")
         o[k] = type(o[k])(v) if not isinstance(o[k], str) else v
+    if o["order"]:
+        for d in (train, test):
+            grid_order(d)
     torch.manual_seed(o["seed"])
     torch.set_num_threads(1)
     b, c, n, _ = train["x"].shape

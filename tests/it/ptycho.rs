@@ -36,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use spx::io::npz::{NpzArray, NpzFile, write_npz};
 use spx::ptycho::fft::{Fft2, far_field_intensity};
-use spx::ptycho::grouping::{gather, group, group_positions};
+use spx::ptycho::grouping::{ChannelOrder, gather, grid_order, group, group_positions};
 use spx::ptycho::object::{gaussian_filter, gaussian_kernel, line_pixels, lines_object};
 use spx::ptycho::probe::{default_probe, probe_disk};
 use spx::ptycho::simulate::{Noise, SimConfig, exit_wave, extract_patch, scan_positions, simulate};
@@ -279,6 +279,7 @@ fn cfg(gridsize: usize, k: usize, n_groups: usize) -> GroupConfig {
         gridsize,
         neighbor_count: k,
         n_groups,
+        order: ChannelOrder::Random,
     }
 }
 
@@ -410,6 +411,48 @@ fn members_are_among_the_k_nearest_of_their_seed() {
     let c = group_positions(&x, &y, &cfg(2, k, 300), &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
     assert_eq!(a, b);
     assert_ne!(a.nn_indices, c.nn_indices);
+}
+
+/// `order = "grid"` lays each group's members out row-major (top row by x, then the next),
+/// with the same members as the drawn order: channel k always holds the same corner of the
+/// group, which is the only geometry the network sees.
+#[test]
+fn grid_order_lays_members_out_row_major() {
+    let mut m = vec![0, 1, 2, 3];
+    // 0: bottom-right, 1: top-left, 2: bottom-left, 3: top-right (y grows downwards)
+    let (x, y) = ([5.0, 1.0, 1.2, 4.8], [5.1, 0.9, 5.0, 1.1]);
+    grid_order(&mut m, &x, &y, 2);
+    assert_eq!(m, vec![1, 3, 2, 0]);
+
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let n = 400;
+    let x: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 60.0).collect();
+    let y: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 60.0).collect();
+    let drawn = group_positions(&x, &y, &cfg(2, 7, 0), &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+    let mut gc = cfg(2, 7, 0);
+    gc.order = ChannelOrder::Grid;
+    let grid = group_positions(&x, &y, &gc, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+    for b in 0..n {
+        let (mut a, g) = (
+            drawn.nn_indices.row(b).to_vec(),
+            grid.nn_indices.row(b).to_vec(),
+        );
+        a.sort();
+        let mut s = g.clone();
+        s.sort();
+        assert_eq!(a, s, "same members");
+        assert!(
+            y[g[0]].max(y[g[1]]) <= y[g[2]].min(y[g[3]]),
+            "top row first"
+        );
+        assert!(x[g[0]] <= x[g[1]] && x[g[2]] <= x[g[3]], "rows by x");
+        for k in 0..4 {
+            // coords_relative follows the reordered members
+            assert_eq!(grid.coords_nn[[b, 0, 0, k]], x[g[k]]);
+        }
+    }
+    // the default is the reference's drawn order
+    assert_eq!(cfg_group().order, ChannelOrder::Random);
 }
 
 #[test]
