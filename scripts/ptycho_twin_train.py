@@ -1,5 +1,5 @@
 """Train the PyTorch twin of spx's PtychoPINN (same layers, physics and loss as
-benches/peers/twins.py, sizes as arguments) on a scan grouped by `examples/ptycho_dump.rs`,
+benches/peers/twins.py, sizes as arguments) on a scan grouped by `examples/diag/ptycho_dump.rs`,
 and report held-out quality every few hundred steps: the Poisson deviance per pixel (noise
 alone gives about 0.5) and the correlation of the predicted patch amplitudes with the truth.
 
