@@ -988,6 +988,11 @@ fn adamw_state_checkpoint_resume_equals_uninterrupted() {
     assert_eq!(st.step, 3);
     let (mut opt_b, restored) = checkpoint::load_optimizer(&ck, new_opt()).unwrap();
     assert!(restored);
+    // The reloaded state (a new hash map inside burn) saves to the same bytes.
+    let dir2 = tempfile::tempdir().unwrap();
+    let ck2 = checkpoint::save_with_optimizer(dir2.path(), &b, Some(&opt_b), 3, &[]).unwrap();
+    let read = |d: &std::path::Path| std::fs::read(d.join("optimizer.bpk")).unwrap();
+    assert!(read(&ck) == read(&ck2), "optimizer.bpk bytes differ");
     // Control: the same resume with fresh moments.
     let (mut c, _) =
         checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
@@ -1106,6 +1111,12 @@ fn pretrain_killed_and_resumed_equals_uninterrupted() {
     assert!(
         bytes(&last("a")) == bytes(&last("b")),
         "resumed from step {start}: weights differ from the uninterrupted run"
+    );
+    // Two processes, the same AdamW state: the same optimizer.bpk bytes (#14 item 10).
+    let opt = |run: &str| format!("{run}/checkpoints/last/optimizer.bpk");
+    assert!(
+        bytes(&opt("a")) == bytes(&opt("b")),
+        "optimizer.bpk differs"
     );
 
     // Control: the same checkpoint without its stream position resumes on other batches.

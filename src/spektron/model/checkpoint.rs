@@ -2,7 +2,9 @@
 //! `state.json` (step, loss log, CRC-32 checksum and length of every weight file) in one directory per
 //! checkpoint; `last` is a copy of the newest. Pretraining also stores the AdamW state
 //! (`optimizer.bpk`, burn's optimizer record keyed by parameter id; burnpack model files keep
-//! those ids), so `--resume` continues the moment estimates instead of restarting them.
+//! those ids), so `--resume` continues the moment estimates instead of restarting them. The
+//! optimizer file is written in a canonical tensor order ([`super::canonical`]), so the same
+//! state gives the same bytes.
 //!
 //! All or nothing: a checkpoint is written into a hidden sibling directory and renamed into
 //! place when complete, and `last` is replaced by a rename too, so a kill leaves either the old
@@ -126,10 +128,14 @@ fn write_into(
     state.checksum.clear();
     if let Some(opt) = opt {
         let f = dir.join(OPTIMIZER);
-        let tmp = dir.join("optimizer.bpk.tmp");
-        opt.save(&tmp)
+        // burn lays the record out in hash-map order; the canonical layout makes the same
+        // state the same bytes (see `canonical`).
+        let raw = opt
+            .into_bytes()
             .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
-        std::fs::rename(written(&tmp), &f).map_err(|e| SpxError::io(&f, e))?;
+        let bytes = super::canonical::canonical(&raw)
+            .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
+        write_atomic(&f, |w| std::io::Write::write_all(w, &bytes))?;
         state.checksum.insert(OPTIMIZER.into(), checksum_of(&f)?);
     }
     let bpk = dir.join(MODEL);
