@@ -1104,7 +1104,7 @@ fn pretrain_killed_and_resumed_equals_uninterrupted() {
     let resume = format!("b/checkpoints/{newest}");
     let b = json(run("b", Some(&resume)).output().unwrap());
     let start = b["start_step"].as_u64().unwrap();
-    assert!(start >= 4 && start < 24 && start.is_multiple_of(4), "{b}");
+    assert!((4..24).contains(&start) && start.is_multiple_of(4), "{b}");
     assert_eq!(b["stream_restored"], true);
     let bytes = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
     let last = |run: &str| format!("{run}/checkpoints/last/model.bpk");
