@@ -988,6 +988,11 @@ fn adamw_state_checkpoint_resume_equals_uninterrupted() {
     assert_eq!(st.step, 3);
     let (mut opt_b, restored) = checkpoint::load_optimizer(&ck, new_opt()).unwrap();
     assert!(restored);
+    // The reloaded state (a new hash map inside burn) saves to the same bytes.
+    let dir2 = tempfile::tempdir().unwrap();
+    let ck2 = checkpoint::save_with_optimizer(dir2.path(), &b, Some(&opt_b), 3, &[]).unwrap();
+    let read = |d: &std::path::Path| std::fs::read(d.join("optimizer.bpk")).unwrap();
+    assert!(read(&ck) == read(&ck2), "optimizer.bpk bytes differ");
     // Control: the same resume with fresh moments.
     let (mut c, _) =
         checkpoint::load(&ck, SpektronModel::new(&cfg, &mut rng, &dev).unwrap()).unwrap();
@@ -1017,4 +1022,114 @@ fn adamw_state_checkpoint_resume_equals_uninterrupted() {
         maxdiff(&sa, &sc) > 1e-4,
         "control: restarting the moments must change the path"
     );
+}
+
+/// `spx spektron pretrain` killed after a checkpoint and resumed from it ends with the same
+/// `model.bpk`, byte for byte, as a run that was never interrupted; a resume from the same
+/// checkpoint without its recorded stream position (an old checkpoint) does not.
+#[test]
+fn pretrain_killed_and_resumed_equals_uninterrupted() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::spx_ok_in(
+        dir.path(),
+        &[
+            "-q",
+            "--set",
+            "spektron.synth.n=80",
+            "--out",
+            "c.h5",
+            "spektron",
+            "corpus",
+            "synth",
+        ],
+    );
+    let sets = [
+        "spektron.model.d_model=16",
+        "spektron.model.n_heads=2",
+        "spektron.model.d_ff=32",
+        "spektron.model.layers=mt",
+        "spektron.model.d_state=4",
+        "spektron.model.dropout=0.1",
+        "spektron.pretrain.warmup=2",
+        "spektron.pretrain.val_every=3",
+        "spektron.pretrain.checkpoint_every=4",
+    ];
+    let run = |out: &str, resume: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spx"));
+        cmd.current_dir(dir.path())
+            .args(["--threads", "1", "-q", "--json", "--seed", "5"]);
+        for s in &sets {
+            cmd.args(["--set", s]);
+        }
+        cmd.args(["--out", out, "spektron", "pretrain", "--corpus", "c.h5"])
+            .args(["--steps", "24", "--batch", "4"]);
+        if let Some(r) = resume {
+            cmd.args(["--resume", r]);
+        }
+        cmd
+    };
+    let json = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let a = json(run("a", None).output().unwrap());
+    assert_eq!(a["steps_done"], 24);
+
+    // Kill the second run as soon as its first checkpoint is complete.
+    let mut child = run("b", None).stdout(Stdio::null()).spawn().unwrap();
+    let first = dir.path().join("b/checkpoints/step-0000004");
+    let t0 = std::time::Instant::now();
+    while !first.join("state.json").is_file() {
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "pretraining ended before its first checkpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = dir.path().join("b/checkpoints/step-0000024");
+    assert!(!done.exists(), "the run finished before the kill");
+
+    // Resume from the newest complete checkpoint (`last` may be mid-swap at the kill).
+    let newest = std::fs::read_dir(dir.path().join("b/checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .max()
+        .unwrap();
+    let resume = format!("b/checkpoints/{newest}");
+    let b = json(run("b", Some(&resume)).output().unwrap());
+    let start = b["start_step"].as_u64().unwrap();
+    assert!((4..24).contains(&start) && start.is_multiple_of(4), "{b}");
+    assert_eq!(b["stream_restored"], true);
+    let bytes = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+    let last = |run: &str| format!("{run}/checkpoints/last/model.bpk");
+    assert!(
+        bytes(&last("a")) == bytes(&last("b")),
+        "resumed from step {start}: weights differ from the uninterrupted run"
+    );
+    // Two processes, the same AdamW state: the same optimizer.bpk bytes (#14 item 10).
+    let opt = |run: &str| format!("{run}/checkpoints/last/optimizer.bpk");
+    assert!(
+        bytes(&opt("a")) == bytes(&opt("b")),
+        "optimizer.bpk differs"
+    );
+
+    // Control: the same checkpoint without its stream position resumes on other batches.
+    let copy = dir.path().join("old");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["model.bpk", "optimizer.bpk"] {
+        std::fs::copy(first.join(f), copy.join(f)).unwrap();
+    }
+    let mut st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.join("state.json")).unwrap()).unwrap();
+    st.as_object_mut().unwrap().remove("stream").unwrap();
+    std::fs::write(copy.join("state.json"), serde_json::to_vec(&st).unwrap()).unwrap();
+    let c = json(run("c", Some("old")).output().unwrap());
+    assert_eq!(c["stream_restored"], false);
+    assert!(bytes(&last("a")) != bytes(&last("c")));
 }

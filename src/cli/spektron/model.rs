@@ -103,6 +103,8 @@ struct PretrainSummary {
     parameters: usize,
     tokens: usize,
     spectra_per_s: f64,
+    /// `--resume` continued the checkpointed batch stream (equal to an uninterrupted run).
+    stream_restored: bool,
     initial_val_msrp: Option<f64>,
     final_val_msrp: Option<f64>,
 }
@@ -170,6 +172,7 @@ pub fn pretrain(g: &Global, a: &PretrainArgs) -> Result<ExitCode> {
         parameters: rep.parameters,
         tokens: rep.n_tokens,
         spectra_per_s: rep.spectra_per_s,
+        stream_restored: rep.stream_restored,
         initial_val_msrp: rep.initial_val.as_ref().map(|v| v.msrp),
         final_val_msrp: final_val,
     })?;

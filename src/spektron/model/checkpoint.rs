@@ -2,7 +2,9 @@
 //! `state.json` (step, loss log, CRC-32 checksum and length of every weight file) in one directory per
 //! checkpoint; `last` is a copy of the newest. Pretraining also stores the AdamW state
 //! (`optimizer.bpk`, burn's optimizer record keyed by parameter id; burnpack model files keep
-//! those ids), so `--resume` continues the moment estimates instead of restarting them.
+//! those ids), so `--resume` continues the moment estimates instead of restarting them. The
+//! optimizer file is written in a canonical tensor order ([`super::canonical`]), so the same
+//! state gives the same bytes.
 //!
 //! All or nothing: a checkpoint is written into a hidden sibling directory and renamed into
 //! place when complete, and `last` is replaced by a rename too, so a kill leaves either the old
@@ -43,6 +45,27 @@ pub struct TrainState {
     /// CRC-32 checksum and length (hex) of each weight file of the checkpoint, by file name.
     #[serde(default)]
     pub checksum: std::collections::BTreeMap<String, String>,
+    /// Where pretraining's batch stream stood after `step` (absent in fine-tuning/TTT
+    /// checkpoints and in pretraining checkpoints written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamState>,
+}
+
+/// The position of pretraining's batch stream after a checkpointed step, so that a resumed
+/// run draws exactly the batches, augmentations and masks the uninterrupted run would have.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct StreamState {
+    /// ChaCha8 key of the host RNG (64 hex digits).
+    pub rng_key: String,
+    /// ChaCha8 stream number.
+    pub rng_stream: u64,
+    /// ChaCha8 word position (a u128, written in decimal).
+    pub rng_word_pos: String,
+    /// First corpus row of the window held in memory.
+    pub window_start: usize,
+    /// Rows of that window not yet served, in serving order from the end (empty: the next
+    /// batch reads a new window).
+    pub window_rows: Vec<usize>,
 }
 
 /// Gives every parameter the id of its position in the module (0, 1, 2, …) instead of burn's
@@ -105,10 +128,14 @@ fn write_into(
     state.checksum.clear();
     if let Some(opt) = opt {
         let f = dir.join(OPTIMIZER);
-        let tmp = dir.join("optimizer.bpk.tmp");
-        opt.save(&tmp)
+        // burn lays the record out in hash-map order; the canonical layout makes the same
+        // state the same bytes (see `canonical`).
+        let raw = opt
+            .into_bytes()
             .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
-        std::fs::rename(written(&tmp), &f).map_err(|e| SpxError::io(&f, e))?;
+        let bytes = super::canonical::canonical(&raw)
+            .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
+        write_atomic(&f, |w| std::io::Write::write_all(w, &bytes))?;
         state.checksum.insert(OPTIMIZER.into(), checksum_of(&f)?);
     }
     let bpk = dir.join(MODEL);
@@ -158,10 +185,23 @@ pub fn save_with_optimizer(
     step: usize,
     log: &[LogEntry],
 ) -> Result<PathBuf, SpxError> {
+    save_resumable(dir, model, opt, step, log, None)
+}
+
+/// [`save_with_optimizer`] plus the batch-stream position (pretraining).
+pub fn save_resumable(
+    dir: &Path,
+    model: &SpektronModel,
+    opt: Option<&ModuleOptimizer>,
+    step: usize,
+    log: &[LogEntry],
+    stream: Option<StreamState>,
+) -> Result<PathBuf, SpxError> {
     let mut state = TrainState {
         step,
         log: log.to_vec(),
         checksum: Default::default(),
+        stream,
     };
     write_one(&dir.join(format!("step-{step:07}")), model, opt, &mut state)?;
     let last = dir.join("last");

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution as _, Normal};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{self, LogEntry};
+use super::checkpoint::{self, LogEntry, StreamState};
 use super::losses::{self, LossTerms};
 use super::{LossConfig, ModelConfig, PretrainConfig, SpektronModel, TokenLayout};
 use crate::backend::{seeded, tensor_from};
@@ -159,6 +159,45 @@ impl CorpusStream {
             m.push(self.modality[r]);
         }
         Ok((x, m))
+    }
+
+    /// The window position for a checkpoint: its first row and the rows not yet served.
+    fn position(&self) -> (usize, Vec<usize>) {
+        (self.buf_start, self.buf.clone())
+    }
+
+    /// Put the window back where [`position`](Self::position) found it (re-reading its rows),
+    /// so the next batches are the ones the uninterrupted run drew. `state` names the file
+    /// the position came from, for errors.
+    fn restore(&mut self, start: usize, rows: &[usize], state: &Path) -> Result<(), SpxError> {
+        if rows.is_empty() {
+            self.buf.clear();
+            return Ok(());
+        }
+        let end = start.checked_add(self.window).filter(|&e| e <= self.n_rows);
+        let fits = end.is_some_and(|e| {
+            rows.iter()
+                .all(|r| (start..e).contains(r) && !self.val_set.contains(r))
+        });
+        if !fits {
+            return Err(SpxError::field(
+                state,
+                "stream",
+                format!(
+                    "window at row {start} does not fit this corpus ({} rows, window {}): \
+                     resume with the corpus and spektron.pretrain.batch of the checkpointed run",
+                    self.n_rows, self.window
+                ),
+            ));
+        }
+        let data = self
+            .reader
+            .read_rows::<f32>("spectra", start, self.window)?;
+        self.buf_data = data.iter().copied().collect();
+        check_finite(&self.path, &self.buf_data, start, self.n_points)?;
+        self.buf_start = start;
+        self.buf = rows.to_vec();
+        Ok(())
     }
 
     /// Validation rows `[i·batch, (i+1)·batch)`.
@@ -365,6 +404,9 @@ pub struct PretrainReport {
     pub initial_val: Option<LossTerms>,
     /// Whether `--resume` restored the AdamW moments (checkpoints without `optimizer.bpk` do not).
     pub optimizer_restored: bool,
+    /// Whether `--resume` continued the checkpointed batch stream (RNG state and corpus
+    /// window), which makes the resumed run equal to an uninterrupted one.
+    pub stream_restored: bool,
     pub log: Vec<LogEntry>,
     pub checkpoint: PathBuf,
 }
@@ -424,7 +466,11 @@ pub fn pretrain_with(
     let mut model = checkpoint::renumber_params(SpektronModel::new(cfg.model, &mut rng, device)?);
     let mut log: Vec<LogEntry> = Vec::new();
     let mut start = 0;
+    let mut saved_stream = None;
     if let Some(dir) = resume {
+        if !dir.is_dir() {
+            return Err(SpxError::file(dir, "checkpoint directory not found"));
+        }
         if !checkpoint::has_optimizer(dir) && !reset_optimizer {
             return Err(SpxError::file(
                 dir.join("optimizer.bpk"),
@@ -436,12 +482,25 @@ pub fn pretrain_with(
         model = st.0;
         start = st.1.step;
         log = st.1.log;
+        saved_stream = st.1.stream;
     }
     let lay = cfg.model.layout();
     let ctx = LossContext::new(lay.clone(), device);
     let mut stream = CorpusStream::open(corpus, lay.n_points, pc, &mut rng)?;
-    // Distinct host stream per resumed segment, so a resume does not replay the same batches.
+    // A checkpoint that records the stream continues it exactly (same batches, augmentations,
+    // masks and device draws as the uninterrupted run); an older one starts a distinct host
+    // stream per resumed segment, so it does not replay the same batches.
     let mut rng = ChaCha8Rng::seed_from_u64_mixed(seed, start as u64);
+    let stream_restored = match (resume, &saved_stream) {
+        (Some(dir), Some(st)) => {
+            let state = dir.join("state.json");
+            rng = restore_rng(st, &state)?;
+            stream.restore(st.window_start, &st.window_rows, &state)?;
+            device.seed(device_seed(seed, start));
+            true
+        }
+        _ => false,
+    };
     let clip = (pc.clip > 0.0).then_some(GradientClippingConfig::Norm(pc.clip as f32));
     let mut opt = AdamWConfig::new()
         .with_weight_decay(pc.weight_decay as f32)
@@ -498,7 +557,10 @@ pub fn pretrain_with(
         pb.inc(1);
         log.push(entry);
         if (pc.checkpoint_every > 0 && (step + 1) % pc.checkpoint_every == 0) || is_last {
-            last = checkpoint::save_with_optimizer(&ck_dir, &model, Some(&opt), step + 1, &log)?;
+            let st = stream_state(&rng, &stream);
+            last =
+                checkpoint::save_resumable(&ck_dir, &model, Some(&opt), step + 1, &log, Some(st))?;
+            device.seed(device_seed(seed, step + 1));
         }
     }
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -513,6 +575,7 @@ pub fn pretrain_with(
             n_tokens: lay.n_tokens,
             initial_val,
             optimizer_restored,
+            stream_restored,
             log,
             checkpoint: last,
         },
@@ -564,6 +627,48 @@ pub fn validate(
         }
     }
     Ok(acc)
+}
+
+/// The batch stream's position after a step: host RNG state and the corpus window.
+fn stream_state(rng: &ChaCha8Rng, stream: &CorpusStream) -> StreamState {
+    let (window_start, window_rows) = stream.position();
+    StreamState {
+        rng_key: rng.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+        rng_stream: rng.get_stream(),
+        rng_word_pos: rng.get_word_pos().to_string(),
+        window_start,
+        window_rows,
+    }
+}
+
+/// The host RNG recorded by [`stream_state`]; `state` names the file for errors.
+fn restore_rng(st: &StreamState, state: &Path) -> Result<ChaCha8Rng, SpxError> {
+    use rand::SeedableRng;
+    let bad = |what: &str| SpxError::field(state, "stream", format!("unreadable {what}"));
+    let hex = st.rng_key.as_bytes();
+    if hex.len() != 64 {
+        return Err(bad("rng_key (64 hex digits)"));
+    }
+    let mut key = [0u8; 32];
+    for (k, pair) in key.iter_mut().zip(hex.chunks(2)) {
+        let txt = std::str::from_utf8(pair).map_err(|_| bad("rng_key"))?;
+        *k = u8::from_str_radix(txt, 16).map_err(|_| bad("rng_key"))?;
+    }
+    let pos: u128 = st.rng_word_pos.parse().map_err(|_| bad("rng_word_pos"))?;
+    let mut rng = ChaCha8Rng::from_seed(key);
+    rng.set_stream(st.rng_stream);
+    rng.set_word_pos(pos);
+    Ok(rng)
+}
+
+/// Seed of burn's device RNG (VIB sampling, dropout) after checkpointed `step`: the device
+/// RNG's state cannot be read back, so a run re-seeds it from `(seed, step)` after every
+/// checkpoint, and a resume does the same, so both continue with the same draws.
+fn device_seed(seed: u64, step: usize) -> u64 {
+    seed ^ (step as u64)
+        .wrapping_add(1)
+        .wrapping_mul(0xD1B5_4A32_D192_ED03)
+        .rotate_left(29)
 }
 
 trait SeedMix {
