@@ -59,6 +59,7 @@ impl SpektronConfig {
             mask_block: self.loss.mask_block,
             experiment: &self.experiment,
             n_test: self.baselines.n_test,
+            baselines: &self.baselines,
         }
     }
 

@@ -17,7 +17,16 @@
 //!   predictions fitted on the N labelled target spectra (as the classical SBC);
 //! - `spektron_lora`: the master model + LoRA adapters trained on N labelled target spectra,
 //!   keeping the master's target standardisation;
-//! - `scratch`: a randomly initialised model trained on the N labelled target spectra only.
+//! - `scratch`: a randomly initialised model trained on the N labelled target spectra only;
+//! - `pls_sbc_inputs` / `spektron_residual` (`spektron.experiment.residual`): PLS calibrated on
+//!   the source calibration set (the model's SNV-resampled input spectra) with slope/bias
+//!   correction on the N target samples, and the same plus a LoRA correction of its residuals
+//!   learned by the master model from the N target samples (a residual design: the network
+//!   corrects PLS/SBC, it does not replace it).
+//!
+//! `spektron.experiment.adapt_unlabelled` adapts the initial model self-supervised (masked
+//! reconstruction, `[spektron.ttt]`) on the task's unlabelled spectra before the master
+//! calibration, so every arm starts from it.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -50,6 +59,17 @@ pub struct ExperimentConfig {
     /// Add the `spektron_sbc` arm (slope/bias of the master's predictions on the N samples).
     #[serde(default)]
     pub slope_bias: bool,
+    /// Add the `pls_sbc_inputs` and `spektron_residual` arms: PLS calibrated on the source
+    /// calibration set (the model's input spectra, LVs by CV as the classical master),
+    /// slope/bias-corrected on the N target samples; the residual arm adds a correction the
+    /// master model learns (LoRA) from the N target residuals of that prediction.
+    #[serde(default)]
+    pub residual: bool,
+    /// Self-supervised adaptation (masked reconstruction, `[spektron.ttt]` steps/lr/scope) of
+    /// the initial model on the task's unlabelled spectra (source and target calibration and
+    /// target test spectra, transductive as `recentre_test`) before the master calibration.
+    #[serde(default)]
+    pub adapt_unlabelled: bool,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -69,6 +89,8 @@ pub struct ArmSettings<'a> {
     pub experiment: &'a ExperimentConfig,
     /// `spektron.baselines.n_test` (the same test split as the classical rows).
     pub n_test: usize,
+    /// `[spektron.baselines]` (PLS LV selection of the residual arm).
+    pub baselines: &'a BaselinesConfig,
 }
 
 /// Resample every row of both instruments to the model length (+ SNV, as the corpus).
@@ -99,6 +121,12 @@ pub fn prepare_spectra(
         Ok(out)
     };
     Ok((one(&data.source, "source")?, one(&data.target, "target")?))
+}
+
+/// Row-major `p`-column spectra as an f64 matrix (for PLS).
+fn to_array(x: &[f32], p: usize) -> ndarray::Array2<f64> {
+    let n = x.len() / p.max(1);
+    ndarray::Array2::from_shape_fn((n, p), |(i, j)| f64::from(x[i * p + j]))
 }
 
 fn take(x: &[f32], rows: &[usize], p: usize) -> Vec<f32> {
@@ -278,6 +306,39 @@ pub fn run_model_arms(
             base = checkpoint::load(dir, base)?.0;
         }
         let (xc, yc) = (cm.apply(&take(xs, cal, p)), yv(cal));
+        if ec.adapt_unlabelled {
+            // Unlabelled spectra of the task: source and target calibration, target test.
+            let mut u = xc.clone();
+            u.extend(cm.apply(&take(xt, cal, p)));
+            u.extend_from_slice(&xt_test);
+            let us = sub_seed(seed, s, 5, 0);
+            let _ = seeded(device, us);
+            base = finetune::ttt(
+                base,
+                &lay,
+                &u,
+                &mods(u.len() / p),
+                cfg.ttt,
+                cfg.mask_block,
+                device,
+                us,
+            )?
+            .0;
+        }
+        // Source PLS on the model's input spectra (residual arm), LVs by CV as the classical
+        // master.
+        let pls = if ec.residual {
+            let x = to_array(&take(xs, cal, p), p);
+            let yc64 = ndarray::Array1::from(cal.iter().map(|&r| y[r]).collect::<Vec<_>>());
+            Some(baselines::fit_cv(
+                x.view(),
+                yc64.view(),
+                cfg.baselines,
+                s as u32,
+            ))
+        } else {
+            None
+        };
         let mcfg = FinetuneConfig {
             epochs: ec.master_epochs,
             ..full.clone()
@@ -356,6 +417,38 @@ pub fn run_model_arms(
                 let (a, b) = slope_bias(&fit, &tr.iter().map(|&r| y[r]).collect::<Vec<_>>());
                 let corrected: Vec<f64> = master_test.iter().map(|&v| a + b * v).collect();
                 push("spektron_sbc", k, score(test, &corrected));
+            }
+            if let Some((pls, a)) = &pls {
+                // PLS + SBC on the N target samples, then a LoRA correction of its residuals.
+                let ytr64: Vec<f64> = tr.iter().map(|&r| y[r]).collect();
+                let on = |rows: &[usize]| pls.predict(to_array(&take(xt, rows, p), p).view(), *a);
+                let fit = on(&tr).to_vec();
+                let (a0, b0) = slope_bias(&fit, &ytr64);
+                let base_test: Vec<f64> = on(test).iter().map(|&v| a0 + b0 * v).collect();
+                push("pls_sbc_inputs", k, score(test, &base_test));
+                let resid: Vec<f32> = fit
+                    .iter()
+                    .zip(&ytr64)
+                    .map(|(&f, &t)| (t - (a0 + b0 * f)) as f32)
+                    .collect();
+                let rs = sub_seed(seed, s, 6, k);
+                let _ = seeded(device, rs);
+                let (m, rep) = finetune::finetune_scaled(
+                    master.clone(),
+                    &lay,
+                    &Labelled {
+                        x: &xtr,
+                        y: &resid,
+                        modality: &mods(k),
+                    },
+                    &lora,
+                    device,
+                    rs,
+                    None,
+                )?;
+                let corr = pred(&m, &xt_test, &rep);
+                let yh: Vec<f64> = base_test.iter().zip(&corr).map(|(b, c)| b + c).collect();
+                push("spektron_residual", k, score(test, &yh));
             }
             on_progress(&format!("repetition {}: LoRA transfer N={k}", s + 1));
             let ls = sub_seed(seed, s, 3, k);

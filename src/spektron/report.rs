@@ -20,6 +20,8 @@ pub const ARMS: &[&str] = &[
     "spektron_no_transfer",
     "spektron_ttt",
     "spektron_sbc",
+    "pls_sbc_inputs",
+    "spektron_residual",
     "spektron_lora",
     "scratch",
 ];
@@ -42,6 +44,8 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_no_transfer" => "Spektron master model on target (no transfer)",
         "spektron_ttt" => "Spektron + TTT on the unlabelled target test spectra",
         "spektron_sbc" => "Spektron master + slope/bias on N labelled target spectra",
+        "pls_sbc_inputs" => "PLS on the model's inputs + slope/bias on N target spectra",
+        "spektron_residual" => "PLS + slope/bias + Spektron LoRA correction of its residuals",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
         _ => "?",
@@ -217,10 +221,12 @@ pub fn experiment_plot(
         "RMSEP",
     );
     lp.log_y = true;
-    for m in METHODS[4..]
-        .iter()
-        .chain(&["spektron_sbc", "spektron_lora", "scratch"])
-    {
+    for m in METHODS[4..].iter().chain(&[
+        "spektron_sbc",
+        "spektron_residual",
+        "spektron_lora",
+        "scratch",
+    ]) {
         let pts: Vec<(f64, f64)> = ns
             .iter()
             .filter_map(|&n| {

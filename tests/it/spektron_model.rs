@@ -617,6 +617,7 @@ fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
     e.scratch_epochs = 10;
     e.synth_shift = 20.0;
     e.slope_bias = true;
+    e.residual = true;
     c.ttt.steps = 3;
     c
 }
@@ -688,6 +689,10 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
         after < 0.9 * before,
         "LoRA transfer RMSEP {after} vs untransferred {before}"
     );
+    // The residual arm starts from PLS + SBC and adds a bounded correction to it.
+    let (pls_sbc, resid) = (get("pls_sbc_inputs", 20), get("spektron_residual", 20));
+    assert!(pls_sbc < before, "PLS + SBC {pls_sbc} vs {before}");
+    assert!(resid < before, "residual arm {resid} vs {before}");
     // Same seed → same numbers.
     let again = run();
     for (a, b) in cells.iter().zip(&again) {
