@@ -250,6 +250,18 @@ pub fn fit_batch(
     device: &Device,
     pb: &ProgressBar,
 ) -> Vec<FitResult> {
+    fit_batch_with(cfg, jobs, device, pb, &mut |_, _| {})
+}
+
+/// [`fit_batch`], calling `on_done(job index, result)` as soon as each fit ends (e.g. to store
+/// it before the rest of the batch finishes).
+pub fn fit_batch_with(
+    cfg: &DipConfig,
+    jobs: &[Job],
+    device: &Device,
+    pb: &ProgressBar,
+    on_done: &mut dyn FnMut(usize, &FitResult),
+) -> Vec<FitResult> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -472,7 +484,26 @@ pub fn fit_batch(
     });
 
     let mut active: Vec<Running> = runs;
-    let mut done: Vec<(Running, usize, StopReason, f64)> = Vec::with_capacity(nb);
+    let mut done: Vec<(usize, FitResult)> = Vec::with_capacity(nb);
+    let mut finish = |run: Running, epochs_run: usize, stop: StopReason, secs: f64| {
+        let job = run.job;
+        let f = FitResult {
+            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
+            best_epoch: run.best.1,
+            best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
+            epochs_run,
+            stopped_early: stop != StopReason::Epochs,
+            stop_reason: stop,
+            seconds: secs,
+            history: run.history,
+            seed: jobs[job].seed,
+            scale: run.scale,
+            held_out: run.held_out,
+            d2_lambda: run.d2,
+        };
+        on_done(job, &f);
+        (job, f)
+    };
     let mut time = 0i32;
     for epoch in 0..cfg.train.epochs {
         let b = active.len();
@@ -621,7 +652,7 @@ pub fn fit_batch(
                 match stop_now[r] {
                     Some(reason) => {
                         let secs = run.t0.elapsed().as_secs_f64();
-                        done.push((run, epoch + 1, reason, secs));
+                        done.push(finish(run, epoch + 1, reason, secs));
                     }
                     None => still.push(run),
                 }
@@ -660,23 +691,8 @@ pub fn fit_batch(
     for run in active {
         let secs = run.t0.elapsed().as_secs_f64();
         let e = run.history.len();
-        done.push((run, e, StopReason::Epochs, secs));
+        done.push(finish(run, e, StopReason::Epochs, secs));
     }
-    done.sort_by_key(|d| d.0.job);
-    done.into_iter()
-        .map(|(run, epochs_run, stop, secs)| FitResult {
-            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
-            best_epoch: run.best.1,
-            best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
-            epochs_run,
-            stopped_early: stop != StopReason::Epochs,
-            stop_reason: stop,
-            seconds: secs,
-            history: run.history,
-            seed: jobs[run.job].seed,
-            scale: run.scale,
-            held_out: run.held_out,
-            d2_lambda: run.d2,
-        })
-        .collect()
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|(_, f)| f).collect()
 }

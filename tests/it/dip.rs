@@ -1542,3 +1542,121 @@ fn catalog_shard_kill_and_rerun_equals_uninterrupted() {
     assert_eq!(rc, 1, "{out}");
     assert!(out.contains("failed: empty"), "{out}");
 }
+
+/// `spx dip recon --ensemble 3`, killed after its first member was stored, resumes: the rerun
+/// reuses the stored member, fits the rest, removes the parts, and writes the same bytes as an
+/// uninterrupted run.
+#[test]
+fn ensemble_kill_and_resume_equals_uninterrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sim = d.join("sim");
+    let (code, _, err) = spx(&[
+        "--seed",
+        "5",
+        "--out",
+        sim.to_str().unwrap(),
+        "dip",
+        "simulate",
+        "--kind",
+        "qso",
+        "--noise",
+        "relative",
+        "--per-band",
+        "40",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let csv = sim.join("simulated.csv");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "dip.resolution=512",
+            "--set",
+            "dip.net.filters=4",
+            "--set",
+            "dip.net.depth=2",
+            "--set",
+            "dip.train.stop_chi2=0",
+            "--set",
+            "dip.train.early_stop_patience=0",
+            "--set",
+            "dip.batch_sources=1",
+            "dip",
+            "recon",
+            csv.to_str().unwrap(),
+            "--ensemble",
+            "3",
+            "--epochs",
+            "400",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = d.join("whole");
+    let a: Vec<String> = args(&whole);
+    let (code, _, err) = spx(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(!whole.join("ensemble-parts").exists(), "parts removed");
+
+    let killed = d.join("killed");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spx"))
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = killed.join("ensemble-parts");
+    let t0 = std::time::Instant::now();
+    let stored = |p: &Path| {
+        std::fs::read_dir(p).map_or(0, |r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("member-"))
+                .count()
+        })
+    };
+    while stored(&parts) == 0 && t0.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let n = stored(&parts);
+    assert!(
+        (1..3).contains(&n),
+        "killed with {n} of 3 members stored (too fast a box?)"
+    );
+    assert!(!killed.join("spectrum.csv").exists());
+    let b: Vec<String> = args(&killed);
+    let (code, stdout, err) = spx(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains(&format!("resumed {n} of 3 ensemble members")),
+        "{stdout}"
+    );
+    assert!(
+        !parts.exists(),
+        "parts removed after the outputs are written"
+    );
+    for f in ["spectrum.csv", "loss.csv"] {
+        assert_eq!(
+            std::fs::read(whole.join(f)).unwrap(),
+            std::fs::read(killed.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // summary.toml equal but for timings and paths.
+    let norm = |p: &Path| -> String {
+        std::fs::read_to_string(p.join("summary.toml"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("seconds") && !l.contains(p.to_str().unwrap()))
+            .filter(|l| !l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(norm(&whole), norm(&killed));
+}
