@@ -161,13 +161,13 @@ pub fn effective_parameters(op: &Operator, sigma_scaled: &[f64], lambda: f64) ->
     let l = a.cholesky()?;
     let mut p = 0.0;
     let mut e = vec![0.0; op.n];
-    for i in 0..op.m {
+    for (i, &wi) in wt.iter().enumerate() {
         let (s, len) = (op.start[i], op.len[i]);
         let row = &op.w[i * op.k..i * op.k + len];
         e.iter_mut().for_each(|v| *v = 0.0);
         e[s..s + len].copy_from_slice(row);
         let z = a.substitute(&l, &e);
-        p += wt[i]
+        p += wi
             * row
                 .iter()
                 .zip(&z[s..s + len])
