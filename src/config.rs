@@ -594,6 +594,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.net.kernel_size", C(1.0, 63.0)),
         ("dip.net.leaky_slope", C(0.0, 1.0)),
         ("dip.net.noise_std", C(0.0, 1e3)),
+        ("dip.net.baseline_smoothing", C(1.0, 1e8)),
         ("dip.train.epochs", C(1.0, 1e7)),
         ("dip.train.lr", GT(0.0, 10.0)),
         ("dip.train.stop_chi2", C(0.0, 1e12)),

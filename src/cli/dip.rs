@@ -242,6 +242,9 @@ fn recon_to(
         |d| cfg.write_effective(d),
     )?;
     let s = &rep.reconstruction.summary;
+    if let Some(line) = pipeline::resumed_line(&rep.reconstruction) {
+        g.say(line);
+    }
     for line in pipeline::report_lines(s, cfg.dip.tikhonov.target_chi2, &rep.files) {
         g.say(line);
     }

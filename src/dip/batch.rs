@@ -193,6 +193,8 @@ struct Running {
     d2: f64,
     terms: HostTerms,
     best: (f64, usize, Vec<f64>),
+    /// χ²/M at which the discrepancy stop fires.
+    stop_at: f64,
     ema: Option<Vec<f64>>,
     history: Vec<EpochLoss>,
     /// The plateau rule's tracker of the total loss.
@@ -248,6 +250,18 @@ pub fn fit_batch(
     device: &Device,
     pb: &ProgressBar,
 ) -> Vec<FitResult> {
+    fit_batch_with(cfg, jobs, device, pb, &mut |_, _| {})
+}
+
+/// [`fit_batch`], calling `on_done(job index, result)` as soon as each fit ends (e.g. to store
+/// it before the rest of the batch finishes).
+pub fn fit_batch_with(
+    cfg: &DipConfig,
+    jobs: &[Job],
+    device: &Device,
+    pb: &ProgressBar,
+    on_done: &mut dyn FnMut(usize, &FitResult),
+) -> Vec<FitResult> {
     if jobs.is_empty() {
         return Vec::new();
     }
@@ -291,6 +305,7 @@ pub fn fit_batch(
     let mut runs = Vec::with_capacity(jobs.len());
     let mut zs = Vec::with_capacity(jobs.len());
     let mut params: Vec<Vec<(Tensor<3>, Tensor<1>)>> = Vec::with_capacity(jobs.len());
+    let mut bases: Vec<Vec<f64>> = Vec::with_capacity(jobs.len());
     for (j, job) in jobs.iter().enumerate() {
         let t0 = Instant::now();
         let p = &job.problem;
@@ -302,6 +317,51 @@ pub fn fit_batch(
         let mut rng = backend::seeded(device, job.seed);
         let held_out = validation_rows(p.op.m, cfg.train.validation_fraction, job.seed);
         let d2 = d2_lambda(cfg, p, scale);
+        let tik = (cfg.net.start_baseline || cfg.train.stop_dof)
+            .then(|| {
+                super::tikhonov::solve(
+                    p.op,
+                    p.y,
+                    p.sigma,
+                    &cfg.tikhonov,
+                    cfg.weighting,
+                    cfg.epsilon_weight,
+                )
+            })
+            .flatten();
+        let m_fit = (p.op.m - held_out.len()).max(1) as f64;
+        let stop_at = cfg.train.stop_chi2
+            - if cfg.train.stop_dof {
+                tik.as_ref()
+                    .and_then(|t| {
+                        let ss: Vec<f64> = p.sigma.iter().map(|v| v / t.scale).collect();
+                        super::tikhonov::effective_parameters(p.op, &ss, t.lambda)
+                    })
+                    .map_or(0.0, |pe| pe / m_fit)
+            } else {
+                0.0
+            };
+        // The start: a smoother Tikhonov solution (λ × baseline_smoothing), or the baseline
+        // itself when its λ sits at the cap (the smoothest solution already fits the data below
+        // the target: a smoother one would only be a worse fit, e.g. a blackbody).
+        let start_spec = match &tik {
+            Some(t)
+                if cfg.net.start_baseline
+                    && cfg.net.baseline_smoothing > 1.0
+                    && !t.lambda_at_cap =>
+            {
+                let mut tc = cfg.tikhonov.clone();
+                tc.lambda = t.lambda * cfg.net.baseline_smoothing;
+                super::tikhonov::solve(p.op, p.y, p.sigma, &tc, cfg.weighting, cfg.epsilon_weight)
+                    .map(|s| s.spectrum)
+            }
+            Some(t) if cfg.net.start_baseline => Some(t.spectrum.clone()),
+            _ => None,
+        };
+        bases.push(match start_spec {
+            Some(v) => v.iter().map(|v| v / scale).collect(),
+            None => vec![0.0; n],
+        });
         let normal = Normal::new(0.0, cfg.net.noise_std.max(0.0)).expect("finite noise std");
         let z: Vec<Elem> = (0..n).map(|_| normal.sample(&mut rng) as Elem).collect();
         let unet = UNet::new(&spec, device);
@@ -337,6 +397,7 @@ pub fn fit_batch(
             held_out,
             d2,
             best: (f64::INFINITY, 0, vec![0f64; n]),
+            stop_at,
             ema: None,
             history: Vec::with_capacity(cfg.train.epochs),
             plateau: Monitor::new(cfg.train.early_stop_min_delta),
@@ -401,8 +462,14 @@ pub fn fit_batch(
     let mut z_t = backend::tensor_from(zall, [nb, 1, n], device);
 
     // Flat start: each network's own initial output subtracted (see `train::fit`).
-    let mut start = cfg.net.start_flat.then(|| {
-        let level = if cfg.net.positivity {
+    let mut base_t = cfg
+        .net
+        .start_baseline
+        .then(|| backend::tensor_from(f32s(&bases.concat()), [nb, n], device));
+    let mut start = (cfg.net.start_flat || cfg.net.start_baseline).then(|| {
+        let level = if cfg.net.start_baseline {
+            0.0
+        } else if cfg.net.positivity {
             (1f64.exp() - 1.0).ln()
         } else {
             1.0
@@ -417,7 +484,26 @@ pub fn fit_batch(
     });
 
     let mut active: Vec<Running> = runs;
-    let mut done: Vec<(Running, usize, StopReason, f64)> = Vec::with_capacity(nb);
+    let mut done: Vec<(usize, FitResult)> = Vec::with_capacity(nb);
+    let mut finish = |run: Running, epochs_run: usize, stop: StopReason, secs: f64| {
+        let job = run.job;
+        let f = FitResult {
+            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
+            best_epoch: run.best.1,
+            best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
+            epochs_run,
+            stopped_early: stop != StopReason::Epochs,
+            stop_reason: stop,
+            seconds: secs,
+            history: run.history,
+            seed: jobs[job].seed,
+            scale: run.scale,
+            held_out: run.held_out,
+            d2_lambda: run.d2,
+        };
+        on_done(job, &f);
+        (job, f)
+    };
     let mut time = 0i32;
     for epoch in 0..cfg.train.epochs {
         let b = active.len();
@@ -433,10 +519,10 @@ pub fn fit_batch(
         if let Some(s) = &start {
             u = u + s.clone();
         }
-        if cfg.net.positivity {
+        if cfg.net.positivity && !cfg.net.start_baseline {
             u = softplus(u, 1.0);
         }
-        let x = match &smooth {
+        let mut x = match &smooth {
             None => u,
             Some((sidx, sw, k)) => {
                 let mut x = u;
@@ -447,6 +533,9 @@ pub fn fit_batch(
                 x
             }
         };
+        if let Some(bt) = &base_t {
+            x = x + bt.clone();
+        }
         // Device loss (for the gradient only).
         let ya = y_t.clone();
         let wta = wt_t.clone();
@@ -514,7 +603,7 @@ pub fn fit_batch(
                     xr
                 }
             };
-            let reached = cfg.train.stop_chi2 > 0.0 && c2 <= cfg.train.stop_chi2;
+            let reached = cfg.train.stop_chi2 > 0.0 && c2 <= run.stop_at;
             let score = if validate { vc2 } else { total };
             if score < run.best.0 || (reached && !validate) {
                 run.best = (score, epoch, current);
@@ -563,7 +652,7 @@ pub fn fit_batch(
                 match stop_now[r] {
                     Some(reason) => {
                         let secs = run.t0.elapsed().as_secs_f64();
-                        done.push((run, epoch + 1, reason, secs));
+                        done.push(finish(run, epoch + 1, reason, secs));
                     }
                     None => still.push(run),
                 }
@@ -596,28 +685,14 @@ pub fn fit_batch(
             d2_t = d2_t.select(0, ka.clone());
             z_t = z_t.select(0, ka.clone());
             start = start.map(|s| s.select(0, ka.clone()));
+            base_t = base_t.map(|s| s.select(0, ka.clone()));
         }
     }
     for run in active {
         let secs = run.t0.elapsed().as_secs_f64();
         let e = run.history.len();
-        done.push((run, e, StopReason::Epochs, secs));
+        done.push(finish(run, e, StopReason::Epochs, secs));
     }
-    done.sort_by_key(|d| d.0.job);
-    done.into_iter()
-        .map(|(run, epochs_run, stop, secs)| FitResult {
-            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
-            best_epoch: run.best.1,
-            best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
-            epochs_run,
-            stopped_early: stop != StopReason::Epochs,
-            stop_reason: stop,
-            seconds: secs,
-            history: run.history,
-            seed: jobs[run.job].seed,
-            scale: run.scale,
-            held_out: run.held_out,
-            d2_lambda: run.d2,
-        })
-        .collect()
+    done.sort_by_key(|d| d.0);
+    done.into_iter().map(|(_, f)| f).collect()
 }

@@ -2,8 +2,8 @@
 //!
 //! A source's SPHEREx photometry (one narrow-band flux per exposure, at a wavelength set by the
 //! linear variable filter) is inverted to a spectrum on a fine grid by fitting the weights of a
-//! 1-D U-Net that maps fixed noise to the spectrum, with a Ricker-CWT L1 penalty
-//! ([`train`]). A weighted Tikhonov solver ([`tikhonov`]) is the baseline; [`simulate`] makes
+//! 1-D U-Net that maps fixed noise to a correction of a smooth Tikhonov start, with a Ricker-CWT
+//! L1 penalty and a second-difference prior ([`train`], [`batch`]). A weighted Tikhonov solver ([`tikhonov`]) is the baseline; [`simulate`] makes
 //! sources with a known answer. Pipeline: [`input`] (CSV + QC) → [`grid`] → [`forward`]
 //! (observation operator) → solver → [`output`].
 
@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grid;
 pub mod input;
 pub mod kernel;
+pub mod members;
 pub mod output;
 pub mod pipeline;
 pub mod recon;
@@ -134,6 +135,8 @@ pub struct NetConfig {
     pub noise_std: f64,
     pub positivity: bool,
     pub start_flat: bool,
+    pub start_baseline: bool,
+    pub baseline_smoothing: f64,
 }
 
 /// `[dip.prior]`: what the loss and the output impose beside the data.
@@ -161,6 +164,7 @@ pub struct TrainConfig {
     pub ema_decay: f64,
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
+    pub stop_dof: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -334,6 +338,15 @@ impl DipConfig {
         }
         if !(self.train.stop_chi2.is_finite() && self.train.stop_chi2 >= 0.0) {
             return bad("train.stop_chi2", "must be finite and >= 0");
+        }
+        if !(self.net.baseline_smoothing.is_finite() && self.net.baseline_smoothing >= 1.0) {
+            return bad("net.baseline_smoothing", "must be finite and >= 1");
+        }
+        if self.net.start_flat && self.net.start_baseline {
+            return bad(
+                "net.start_flat",
+                "cannot be combined with net.start_baseline (set one of them false)",
+            );
         }
         if !(self.net.noise_std.is_finite() && self.net.noise_std >= 0.0) {
             return bad("net.noise_std", "must be finite and >= 0");

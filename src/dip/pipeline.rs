@@ -29,6 +29,9 @@ pub fn simulate_files(
     recon::write_simulation(&rows, &src, &grid, out, seed)
 }
 
+/// Directory in `--out` holding the finished members of an ensemble while it runs.
+pub const ENSEMBLE_PARTS: &str = "ensemble-parts";
+
 /// A finished single-source reconstruction and the files written for it.
 #[derive(Clone, Debug)]
 pub struct ReconReport {
@@ -63,11 +66,19 @@ pub fn recon_one(
         .truth
         .map(|t| recon::read_truth(t, &grid))
         .transpose()?;
-    let mut r = recon::reconstruct(dc, device, seed, paths.input, progress)?;
+    // An ensemble keeps its finished members until the outputs are written, so that a killed
+    // run resumes per member.
+    let parts = (dc.solver == super::Solver::Dip && dc.ensemble > 1)
+        .then(|| paths.out.join(ENSEMBLE_PARTS));
+    let mut r =
+        recon::reconstruct_resuming(dc, device, seed, paths.input, progress, parts.as_deref())?;
     if let (Some(t), Some(k)) = (paths.truth, known) {
         recon::score_against(&mut r, t, k);
     }
     let files = recon::write_outputs(dc, &mut r, paths.out, write_config)?;
+    if let Some(p) = parts.filter(|p| p.exists()) {
+        std::fs::remove_dir_all(&p).map_err(|e| SpxError::io(&p, e))?;
+    }
     Ok(ReconReport {
         reconstruction: r,
         files,
@@ -134,4 +145,15 @@ pub fn report_lines(s: &Summary, target_chi2: f64, files: &[PathBuf]) -> Vec<Str
     }
     out.extend(files.iter().map(|f| format!("wrote {}", f.display())));
     out
+}
+
+/// The line `spx dip recon` prints when ensemble members were reused (none otherwise).
+pub fn resumed_line(r: &Reconstruction) -> Option<String> {
+    (r.resumed_members > 0).then(|| {
+        format!(
+            "resumed {} of {} ensemble members from {ENSEMBLE_PARTS}/",
+            r.resumed_members,
+            r.summary.dip.as_ref().map_or(0, |d| d.members)
+        )
+    })
 }

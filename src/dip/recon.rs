@@ -8,6 +8,7 @@ use super::batch::Job;
 use super::forward::{Operator, chi2};
 use super::grid::linspace;
 use super::input::{self, Observation};
+use super::members;
 use super::output::{self, DipRun, PlotInput, Summary};
 use super::simulate::{FeatureKind, SimRow, Source, smooth_to_resolution};
 use super::train::{self, Problem};
@@ -31,6 +32,8 @@ pub struct Reconstruction {
     pub histories: Vec<Vec<train::EpochLoss>>,
     /// A known spectrum on the grid (`--truth`), drawn on the plot.
     pub truth: Option<Vec<f64>>,
+    /// Ensemble members reused from an earlier run's stored parts.
+    pub resumed_members: usize,
     pub summary: Summary,
 }
 
@@ -115,7 +118,22 @@ pub fn reconstruct(
     input: &Path,
     progress: Progress,
 ) -> Result<Reconstruction, SpxError> {
+    reconstruct_resuming(dc, spec, seed, input, progress, None)
+}
+
+/// [`reconstruct`], keeping each finished DIP ensemble member in `parts` (see [`members`]) and
+/// reusing those an earlier, killed run with the same input and settings left there: the result
+/// is bit-identical to an uninterrupted run.
+pub fn reconstruct_resuming(
+    dc: &DipConfig,
+    spec: &DeviceSpec,
+    seed: u64,
+    input: &Path,
+    progress: Progress,
+    parts: Option<&Path>,
+) -> Result<Reconstruction, SpxError> {
     let t0 = Instant::now();
+    let mut resumed = 0;
     dc.validate()?;
     let (obs, qc) = input::load(input, &dc.qc)?;
     let grid = linspace(dc.wavelength_min, dc.wavelength_max, dc.resolution);
@@ -163,9 +181,32 @@ pub fn reconstruct(
                 sigma: &sigma,
             };
             // Ensemble members train together, `batch_size` fits per batch; each equals its
-            // fit alone.
-            let jobs: Vec<Job> = (0..dc.ensemble)
-                .map(|k| Job {
+            // fit alone. With `parts`, members an earlier run with the same input and settings
+            // finished are reused, and each new member is stored as soon as its fit ends.
+            let keys: Vec<String> = match parts {
+                Some(_) => {
+                    let bytes = std::fs::read(input).map_err(|e| SpxError::io(input, e))?;
+                    (0..dc.ensemble)
+                        .map(|k| members::member_key(dc, &bytes, seed + k as u64, spec))
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            let mut slots: Vec<Option<train::FitResult>> = (0..dc.ensemble)
+                .map(|k| {
+                    let dir = parts?;
+                    members::load(
+                        &members::member_path(dir, k, &keys[k]),
+                        &keys[k],
+                        grid.len(),
+                    )
+                })
+                .collect();
+            resumed = slots.iter().filter(|s| s.is_some()).count();
+            let todo: Vec<usize> = (0..dc.ensemble).filter(|&k| slots[k].is_none()).collect();
+            let jobs: Vec<Job> = todo
+                .iter()
+                .map(|&k| Job {
                     problem: problem.clone(),
                     seed: seed + k as u64,
                 })
@@ -177,11 +218,23 @@ pub fn reconstruct(
                 "dip".to_string()
             };
             let pb = progress.bar((dc.train.epochs * jobs.len().div_ceil(bs)) as u64, &label);
-            let fits: Vec<train::FitResult> = jobs
-                .chunks(bs)
-                .flat_map(|c| super::batch::fit_batch(dc, c, &device, &pb))
-                .collect();
+            let mut stored: Result<(), SpxError> = Ok(());
+            for (c, chunk) in jobs.chunks(bs).enumerate() {
+                let mut save = |j: usize, f: &train::FitResult| {
+                    let k = todo[c * bs + j];
+                    if let (Some(dir), Ok(())) = (parts, &stored) {
+                        stored =
+                            members::save(&members::member_path(dir, k, &keys[k]), &keys[k], f);
+                    }
+                };
+                let fits = super::batch::fit_batch_with(dc, chunk, &device, &pb, &mut save);
+                for (j, f) in fits.into_iter().enumerate() {
+                    slots[todo[c * bs + j]] = Some(f);
+                }
+            }
             pb.finish_and_clear();
+            stored?;
+            let fits: Vec<train::FitResult> = slots.into_iter().flatten().collect();
             let n = grid.len();
             let kf = fits.len() as f64;
             let mean: Vec<f64> = (0..n)
@@ -245,6 +298,7 @@ pub fn reconstruct(
         files: Vec::new(),
     };
     Ok(Reconstruction {
+        resumed_members: resumed,
         grid,
         flux,
         flux_std,

@@ -60,6 +60,12 @@ impl Banded {
 
     /// Solve A x = b by banded Cholesky; `None` if A is not positive definite.
     pub fn solve(&self, b: &[f64]) -> Option<Vec<f64>> {
+        let l = self.cholesky()?;
+        Some(self.substitute(&l, b))
+    }
+
+    /// The banded Cholesky factor `l[j*(kb+1) + d] = L[j+d][j]`; `None` if not positive definite.
+    pub fn cholesky(&self) -> Option<Vec<f64>> {
         let (n, kb) = (self.n, self.kb);
         let w = kb + 1;
         // l[j*w + d] = L[j+d][j]
@@ -83,6 +89,13 @@ impl Banded {
                 l[j * w + (i - j)] = s / dj;
             }
         }
+        Some(l)
+    }
+
+    /// Solve A x = b with the factor from [`Banded::cholesky`].
+    pub fn substitute(&self, l: &[f64], b: &[f64]) -> Vec<f64> {
+        let (n, kb) = (self.n, self.kb);
+        let w = kb + 1;
         let mut z = b.to_vec();
         for i in 0..n {
             let mut s = z[i];
@@ -98,7 +111,7 @@ impl Banded {
             }
             z[i] = s / l[i * w];
         }
-        Some(z)
+        z
     }
 }
 
@@ -130,6 +143,38 @@ pub fn add_second_difference(a: &mut Banded, lambda: f64) {
             }
         }
     }
+}
+
+/// Effective number of parameters of the Tikhonov solution at `lambda` (scaled units): the trace
+/// of its hat matrix, Σ_i w_i h_iᵀ (HᵀWH + λD2ᵀD2)⁻¹ h_i with w = 1/σ², the number of degrees of
+/// freedom the smoothed solution spends on the data (so that E[χ²] ≈ M − p for a fit that
+/// leaves only noise).
+pub fn effective_parameters(op: &Operator, sigma_scaled: &[f64], lambda: f64) -> Option<f64> {
+    let wt: Vec<f64> = sigma_scaled.iter().map(|s| 1.0 / (s * s)).collect();
+    let zeros = vec![0.0; op.m];
+    let (mut a, _) = normal_equations(op, &zeros, &wt);
+    add_second_difference(&mut a, lambda);
+    let tr = (0..a.n).map(|j| a.get(j, j)).sum::<f64>() / a.n as f64;
+    for j in 0..a.n {
+        a.band[j * (a.kb + 1)] += 1e-12 * tr;
+    }
+    let l = a.cholesky()?;
+    let mut p = 0.0;
+    let mut e = vec![0.0; op.n];
+    for (i, &wi) in wt.iter().enumerate() {
+        let (s, len) = (op.start[i], op.len[i]);
+        let row = &op.w[i * op.k..i * op.k + len];
+        e.iter_mut().for_each(|v| *v = 0.0);
+        e[s..s + len].copy_from_slice(row);
+        let z = a.substitute(&l, &e);
+        p += wi
+            * row
+                .iter()
+                .zip(&z[s..s + len])
+                .map(|(h, z)| h * z)
+                .sum::<f64>();
+    }
+    Some(p)
 }
 
 fn solve_at(a0: &Banded, b: &[f64], lambda: f64, fixed: &[bool]) -> Option<Vec<f64>> {

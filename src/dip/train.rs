@@ -79,7 +79,7 @@ pub struct EpochLoss {
 }
 
 /// Why a fit ended.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// All `epochs` ran.
