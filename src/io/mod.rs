@@ -3,6 +3,7 @@
 //! complete, so a failure never leaves a half-written result under the final name.
 
 pub mod atomic;
+pub mod burnpack;
 pub mod fits;
 pub mod hdf5;
 pub mod npz;

@@ -235,8 +235,14 @@ fn save_epoch(
             .save_file(&wp)
             .map_err(|e| SpxError::file(&wp, format!("saving checkpoint: {e}")))?;
         let op = tmp.join(CK_OPT);
-        opt.save(&op)
+        // burn lays the record out in hash-map order; the canonical layout makes the same
+        // state the same bytes (see `io::burnpack`).
+        let bytes = opt
+            .into_bytes()
+            .map_err(|e| format!("{e}"))
+            .and_then(|raw| io::burnpack::canonical(&raw))
             .map_err(|e| SpxError::file(&op, format!("saving optimizer state: {e}")))?;
+        io::write_atomic(&op, |w| w.write_all(&bytes))?;
         st.checksum.clear();
         for f in [WEIGHTS, CK_OPT] {
             st.checksum

@@ -546,7 +546,7 @@ fn tikhonov_reaches_target_chi2_and_tracks_truth() {
         t.chi2_per_obs
     );
     let err = relative_rms(&grid, &t.spectrum, &truth, 0.8, 4.95);
-    // Measured 2.0–2.1 % on seeds 1–3 (examples/dip_tune.rs, 1000 observations per band).
+    // Measured 2.0–2.1 % on seeds 1–3 (examples/diag/dip_tune.rs, 1000 observations per band).
     assert!(err < 0.04, "Tikhonov relative RMS vs smoothed truth {err}");
     for (l, r) in LINES.iter().zip(line_ratios(&grid, &t.spectrum, &c)) {
         assert!((r - 1.0).abs() < 0.15, "line {} µm recovered at {r}", l.0);

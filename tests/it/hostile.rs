@@ -865,6 +865,13 @@ fn c6_ptycho_train_killed_and_resumed_equals_uninterrupted() {
         std::fs::read(d.path().join("b/model.bpk")).unwrap(),
         "resumed weights differ (killed: {killed})"
     );
+    // The last epoch's optimizer state is written in a canonical layout: same state, same bytes.
+    let opt = |dir: &str| std::fs::read(d.path().join(dir).join("checkpoint/optimizer.bpk"));
+    assert_eq!(
+        opt("a").unwrap(),
+        opt("b").unwrap(),
+        "resumed optimizer state differs (killed: {killed})"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! checkpoint; `last` is a copy of the newest. Pretraining also stores the AdamW state
 //! (`optimizer.bpk`, burn's optimizer record keyed by parameter id; burnpack model files keep
 //! those ids), so `--resume` continues the moment estimates instead of restarting them. The
-//! optimizer file is written in a canonical tensor order ([`super::canonical`]), so the same
+//! optimizer file is written in a canonical tensor order ([`crate::io::burnpack`]), so the same
 //! state gives the same bytes.
 //!
 //! All or nothing: a checkpoint is written into a hidden sibling directory and renamed into
@@ -133,7 +133,7 @@ fn write_into(
         let raw = opt
             .into_bytes()
             .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
-        let bytes = super::canonical::canonical(&raw)
+        let bytes = crate::io::burnpack::canonical(&raw)
             .map_err(|e| SpxError::file(&f, format!("saving optimizer state: {e}")))?;
         write_atomic(&f, |w| std::io::Write::write_all(w, &bytes))?;
         state.checksum.insert(OPTIMIZER.into(), checksum_of(&f)?);

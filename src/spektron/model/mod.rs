@@ -2,7 +2,6 @@
 //! reconstruction/regression heads, pretraining losses and the masked pretraining loop.
 
 pub mod backbone;
-pub mod canonical;
 pub mod checkpoint;
 pub mod finetune;
 pub mod fno;
