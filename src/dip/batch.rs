@@ -53,21 +53,19 @@ pub fn batch_size(dip: &DipConfig, device: &crate::backend::DeviceSpec) -> usize
 /// the discrepancy (at the cap, e.g. a blackbody, even the smoothest solution fits), the value is
 /// the range's end, not a measurement, and a weight of 3·10⁷ froze the fit at χ²/M ≈ 34 on a
 /// simulated star.
-pub fn d2_lambda(cfg: &DipConfig, p: &Problem, scale: f64) -> f64 {
+/// `baseline`: the Tikhonov solution on the fit's data (`None` when it could not be solved).
+pub fn d2_lambda(
+    cfg: &DipConfig,
+    baseline: Option<&super::tikhonov::TikhonovResult>,
+    scale: f64,
+) -> f64 {
     if cfg.prior.smoothness_weight <= 0.0 {
         return 0.0;
     }
-    super::tikhonov::solve(
-        p.op,
-        p.y,
-        p.sigma,
-        &cfg.tikhonov,
-        cfg.weighting,
-        cfg.epsilon_weight,
-    )
-    .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
-    .map(|t| cfg.prior.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
-    .unwrap_or(0.0)
+    baseline
+        .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
+        .map(|t| cfg.prior.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
+        .unwrap_or(0.0)
 }
 
 /// Fit one network with `seed`. `device` must be an autodiff device. A batch of one
@@ -316,19 +314,21 @@ pub fn fit_batch_with(
         };
         let mut rng = backend::seeded(device, job.seed);
         let held_out = validation_rows(p.op.m, cfg.train.validation_fraction, job.seed);
-        let d2 = d2_lambda(cfg, p, scale);
-        let tik = (cfg.net.start_baseline || cfg.train.stop_dof)
-            .then(|| {
-                super::tikhonov::solve(
-                    p.op,
-                    p.y,
-                    p.sigma,
-                    &cfg.tikhonov,
-                    cfg.weighting,
-                    cfg.epsilon_weight,
-                )
-            })
-            .flatten();
+        // The baseline, solved once: it sets λ_D2, the start and the dof-corrected stop.
+        let tik =
+            (cfg.prior.smoothness_weight > 0.0 || cfg.net.start_baseline || cfg.train.stop_dof)
+                .then(|| {
+                    super::tikhonov::solve(
+                        p.op,
+                        p.y,
+                        p.sigma,
+                        &cfg.tikhonov,
+                        cfg.weighting,
+                        cfg.epsilon_weight,
+                    )
+                })
+                .flatten();
+        let d2 = d2_lambda(cfg, tik.as_ref(), scale);
         let m_fit = (p.op.m - held_out.len()).max(1) as f64;
         let stop_at = cfg.train.stop_chi2
             - if cfg.train.stop_dof {
