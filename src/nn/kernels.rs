@@ -236,12 +236,33 @@ impl<'a> Mat<'a> {
 /// `dst` must be valid for writes at every `i·dst_rs + j` (i < m, j < n), not aliased by `lhs`
 /// or `rhs`, and written by nobody else during the call.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(
+pub(crate) unsafe fn gemm_raw(
     m: usize,
     n: usize,
     k: usize,
     dst: *mut f32,
     dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    parallel: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { gemm_strided(m, n, k, dst, dst_rs, 1, accumulate, lhs, rhs, parallel) }
+}
+
+/// [`gemm_raw`] with a column stride for `dst`: element `(i, j)` at `dst[i·dst_rs + j·dst_cs]`.
+///
+/// # Safety
+/// As [`gemm_raw`], for every `i·dst_rs + j·dst_cs`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    dst_cs: usize,
     accumulate: bool,
     lhs: Mat,
     rhs: Mat,
@@ -264,7 +285,7 @@ unsafe fn gemm_raw(
             n,
             k,
             dst,
-            1,
+            dst_cs as isize,
             dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
@@ -296,7 +317,7 @@ pub fn gemm(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, lhs
 
 /// A raw output pointer shared by tiles that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(crate) struct Out(pub(crate) *mut f32);
 // SAFETY: only used to hand disjoint regions of one live buffer to rayon tasks.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
@@ -307,6 +328,46 @@ unsafe impl Sync for Out {}
 /// gather) into a cache-resident buffer and multiplies it by the weight into its own columns of
 /// the output (`out[b, :, p0..p1]`, one strided GEMM per tile).
 pub fn conv_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeom) -> Vec<f32> {
+    conv_forward_act(x, weight, bias, g, None)
+}
+
+/// `v ← max(v, slope·v)`: a leaky ReLU (`slope` in [0, 1]; 0 is the ReLU).
+pub fn activate(v: &mut [f32], slope: f32) {
+    for a in v {
+        if *a <= 0.0 {
+            *a *= slope;
+        }
+    }
+}
+
+/// The output gradient before [`activate`]: `gout` where the activated output `y > 0`,
+/// `slope·gout` elsewhere (burn's ReLU / leaky-ReLU backward).
+pub fn deactivate(gout: &[f32], y: &[f32], slope: f32) -> Vec<f32> {
+    let mut g = gout.to_vec();
+    g.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(g, y)| {
+            for (a, &v) in g.iter_mut().zip(y) {
+                if v <= 0.0 {
+                    *a *= slope;
+                }
+            }
+        });
+    g
+}
+
+/// [`conv_forward`] followed by the leaky ReLU of slope `act` (when given), applied to each
+/// tile of the output while it is still in cache.
+pub fn conv_forward_act(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    act: Option<f32>,
+) -> Vec<f32> {
+    if super::shifted::worth_it(g, g.cout, g.cin) {
+        return super::shifted::forward(x, weight, bias, g, act);
+    }
     let (k, l, co) = (g.k(), g.l(), g.cout);
     let chw = g.cin * g.h * g.w;
     assert_eq!(x.len(), g.batch * chw, "conv_forward: input size");
@@ -352,6 +413,12 @@ pub fn conv_forward(x: &[f32], weight: &[f32], bias: Option<&[f32]>, g: &ConvGeo
                     rhs,
                     false,
                 );
+                if let Some(slope) = act {
+                    for o in 0..co {
+                        let row = d.0.add(b * co * l + o * l + p0);
+                        activate(std::slice::from_raw_parts_mut(row, np), slope);
+                    }
+                }
             }
         });
     out
@@ -447,10 +514,16 @@ fn input_grad(weight: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     };
     if g.mode == PadMode::Zero || g.pad == [0; 4] {
         let full = [kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr];
-        return conv_forward(gout, &wt, None, &back(full));
+        return conv_forward_act(gout, &wt, None, &back(full), None);
     }
     let (hp, wp) = (g.h + pt + pb, g.w + pl + pr);
-    let dxp = conv_forward(gout, &wt, None, &back([kh - 1, kh - 1, kw - 1, kw - 1]));
+    let dxp = conv_forward_act(
+        gout,
+        &wt,
+        None,
+        &back([kh - 1, kh - 1, kw - 1, kw - 1]),
+        None,
+    );
     let fy: Vec<usize> = (0..hp).map(|i| reflect(i, pt, g.h)).collect();
     let fx: Vec<usize> = (0..wp).map(|i| reflect(i, pl, g.w)).collect();
     let mut dx = vec![0f32; g.batch * ci * g.h * g.w];
@@ -518,8 +591,20 @@ pub fn conv_backward(
             .collect()
     });
     ConvGrads {
-        x: need.x.then(|| input_grad(weight, gout, g)),
-        weight: need.weight.then(|| weight_grad(x, gout, g)),
+        x: need.x.then(|| {
+            if super::shifted::worth_it(g, g.cin, g.cout) {
+                super::shifted::input_grad(weight, gout, g)
+            } else {
+                input_grad(weight, gout, g)
+            }
+        }),
+        weight: need.weight.then(|| {
+            if super::shifted::worth_it(g, g.cout, usize::MAX) {
+                super::shifted::weight_grad(x, gout, g)
+            } else {
+                weight_grad(x, gout, g)
+            }
+        }),
         bias,
     }
 }
@@ -590,6 +675,11 @@ mod tests {
             (2, 64, 11, 13, 3, 3, 3, [1, 1, 1, 1], PadMode::Zero),
             (1, 200, 1, 400, 2, 1, 3, [0, 0, 1, 1], PadMode::Reflect),
             (1, 300, 1, 300, 2, 1, 1, [0, 0, 0, 0], PadMode::Zero),
+            // many output channels: the shifted input gradient; several grid tiles
+            (2, 17, 9, 10, 20, 3, 3, [1, 1, 1, 1], PadMode::Reflect),
+            (3, 16, 12, 12, 24, 3, 3, [1, 1, 1, 1], PadMode::Zero),
+            (1, 24, 1, 700, 32, 1, 5, [0, 0, 2, 2], PadMode::Reflect),
+            (2, 40, 33, 35, 16, 2, 3, [1, 0, 2, 0], PadMode::Zero),
         ] {
             v.push(ConvGeom {
                 batch,
@@ -673,6 +763,35 @@ mod tests {
                     .sum();
                 assert!((gb[c] as f64 - s).abs() < 1e-4, "{g:?} bias {c}");
             }
+        }
+    }
+
+    /// The shifted-GEMM kernels on every geometry, whatever their channel counts: forward
+    /// against the definition, both gradients against the adjoint identities.
+    #[test]
+    fn shifted_gemm_matches_the_definition() {
+        use crate::nn::shifted;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for g in geoms() {
+            let x = rand_vec(&mut rng, g.batch * g.cin * g.h * g.w);
+            let w = rand_vec(&mut rng, g.cout * g.k());
+            let b = rand_vec(&mut rng, g.cout);
+            let got = shifted::forward(&x, &w, Some(&b), &g, None);
+            let want = naive(&x, &w, &b, &g);
+            for (a, e) in got.iter().zip(&want) {
+                assert!((*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()), "{g:?}");
+            }
+            let gout = rand_vec(&mut rng, g.batch * g.cout * g.l());
+            let y = shifted::forward(&x, &w, None, &g, None);
+            let dot = |a: &[f32], b: &[f32]| -> f64 {
+                a.iter().zip(b).map(|(p, q)| *p as f64 * *q as f64).sum()
+            };
+            let lhs = dot(&y, &gout);
+            let via_x = dot(&shifted::input_grad(&w, &gout, &g), &x);
+            let via_w = dot(&shifted::weight_grad(&x, &gout, &g), &w);
+            let tol = 1e-4 * (1.0 + lhs.abs());
+            assert!((lhs - via_x).abs() < tol, "{g:?} {lhs} {via_x}");
+            assert!((lhs - via_w).abs() < tol, "{g:?} {lhs} {via_w}");
         }
     }
 

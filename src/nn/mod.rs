@@ -13,6 +13,7 @@
 //! the same function with burn's stock conv ([`ConvImpl::Stock`] forces that path).
 
 pub mod kernels;
+pub mod shifted;
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -52,6 +53,7 @@ pub trait SpxConvBackend: burn::backend::Backend {
         bias: FloatTensor<Self>,
         pad: [usize; 4],
         reflect: bool,
+        act: Option<f32>,
     ) -> FloatTensor<Self>;
 }
 
@@ -100,10 +102,11 @@ fn flex_forward(
     b: &FlexTensor,
     pad: [usize; 4],
     reflect: bool,
+    act: Option<f32>,
 ) -> FlexTensor {
     let g = geom(x, w, pad, reflect);
     let (x, w, b) = (host(x), host(w), host(b));
-    let out = kernels::conv_forward(slice(&x), slice(&w), Some(slice(&b)), &g);
+    let out = kernels::conv_forward_act(slice(&x), slice(&w), Some(slice(&b)), &g, act);
     flex(out, vec![g.batch, g.cout, g.ho(), g.wo()])
 }
 
@@ -114,8 +117,9 @@ impl SpxConvBackend for Flex {
         bias: FlexTensor,
         pad: [usize; 4],
         reflect: bool,
+        act: Option<f32>,
     ) -> FlexTensor {
-        flex_forward(&x, &weight, &bias, pad, reflect)
+        flex_forward(&x, &weight, &bias, pad, reflect, act)
     }
 }
 
@@ -123,12 +127,18 @@ impl SpxConvBackend for Flex {
 struct SpxConvBackward;
 
 impl Backward<Flex, 3> for SpxConvBackward {
-    type State = (NodeId, NodeId, [usize; 4], bool);
+    /// Input and weight nodes, padding, reflect, and (slope, activated output) when fused.
+    type State = (NodeId, NodeId, [usize; 4], bool, Option<(f32, FlexTensor)>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
-        let gout = host(&grads.consume::<Flex>(&ops.node));
-        let (x_id, w_id, pad, reflect) = ops.state;
+        let mut gout = host(&grads.consume::<Flex>(&ops.node));
+        let (x_id, w_id, pad, reflect, act) = ops.state;
+        if let Some((slope, y)) = act {
+            let shape = gout.shape().to_vec();
+            let pre = kernels::deactivate(slice(&gout), slice(&host(&y)), slope);
+            gout = flex(pre, shape);
+        }
         let x: FlexTensor = host(&ckpt.retrieve_node_output(x_id));
         let w: FlexTensor = host(&ckpt.retrieve_node_output(w_id));
         let g = geom(&x, &w, pad, reflect);
@@ -157,6 +167,7 @@ impl<C: CheckpointStrategy> SpxConvBackend for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         pad: [usize; 4],
         reflect: bool,
+        act: Option<f32>,
     ) -> FloatTensor<Self> {
         match SpxConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -172,8 +183,10 @@ impl<C: CheckpointStrategy> SpxConvBackend for Autodiff<Flex, C> {
                     bias.primitive(),
                     pad,
                     reflect,
+                    act,
                 );
-                prep.finish((x_id, w_id, pad, reflect), out)
+                let keep = act.map(|slope| (slope, out.clone()));
+                prep.finish((x_id, w_id, pad, reflect, keep), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(flex_forward(
                 x.primitive(),
@@ -181,6 +194,7 @@ impl<C: CheckpointStrategy> SpxConvBackend for Autodiff<Flex, C> {
                 bias.primitive(),
                 pad,
                 reflect,
+                act,
             )),
         }
     }
@@ -197,6 +211,20 @@ pub fn uses_spx_kernels<const D: usize>(x: &Tensor<D>) -> bool {
     on_flex && x.dtype() == DType::F32
 }
 
+/// The activation fused into a conv: `None`, or a leaky ReLU `max(v, slope·v)` (`slope` in
+/// [0, 1); 0 is the ReLU). Fused, the activation runs on each output tile while it is in cache
+/// and its backward is folded into the conv's, instead of two more passes over the tensor.
+pub type Act = Option<f32>;
+
+/// `act` applied with burn's own ops (the stock path).
+fn activate<const D: usize>(y: Tensor<D>, act: Act) -> Tensor<D> {
+    match act {
+        None => y,
+        Some(0.0) => burn::tensor::activation::relu(y),
+        Some(s) => burn::tensor::activation::leaky_relu(y, s as f64),
+    }
+}
+
 /// Stride-1 2-D convolution of `x` `[n, cin, h, w]` with `weight` `[cout, cin, kh, kw]`,
 /// padding (top, bottom, left, right) filled per `mode`.
 pub fn conv2d_with(
@@ -206,6 +234,19 @@ pub fn conv2d_with(
     pad: [usize; 4],
     mode: PadMode,
     imp: ConvImpl,
+) -> Tensor<4> {
+    conv2d_with_act(x, weight, bias, pad, mode, imp, None)
+}
+
+/// [`conv2d_with`] followed by the activation `act`.
+pub fn conv2d_with_act(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    pad: [usize; 4],
+    mode: PadMode,
+    imp: ConvImpl,
+    act: Act,
 ) -> Tensor<4> {
     let [n, cin, h, w] = x.dims();
     let [cout, wcin, kh, kw] = weight.dims();
@@ -228,10 +269,11 @@ pub fn conv2d_with(
             bias.into_dispatch(),
             pad,
             mode == PadMode::Reflect,
+            act,
         ));
     }
     let [pt, pb, pl, pr] = pad;
-    match mode {
+    let y = match mode {
         PadMode::Zero => tm::conv2d(
             x,
             weight,
@@ -246,7 +288,8 @@ pub fn conv2d_with(
             };
             tm::conv2d(x, weight, bias, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
         }
-    }
+    };
+    activate(y, act)
 }
 
 /// Stride-1 1-D convolution of `x` `[n, cin, l]` with `weight` `[cout, cin, k]`, padding
@@ -259,23 +302,40 @@ pub fn conv1d_with(
     mode: PadMode,
     imp: ConvImpl,
 ) -> Tensor<3> {
+    conv1d_with_act(x, weight, bias, pad, mode, imp, None)
+}
+
+/// [`conv1d_with`] followed by the activation `act`.
+pub fn conv1d_with_act(
+    x: Tensor<3>,
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+    pad: [usize; 2],
+    mode: PadMode,
+    imp: ConvImpl,
+    act: Act,
+) -> Tensor<3> {
     if imp == ConvImpl::Stock || !uses_spx_kernels(&x) {
         let x = match (mode, pad) {
             (_, [0, 0]) => x,
             (PadMode::Reflect, [l, r]) => x.pad([(l, r)], BurnPad::Reflect),
             (PadMode::Zero, [l, r]) => x.pad([(l, r)], 0.0),
         };
-        return tm::conv1d(x, weight, bias, ConvOptions::new([1], [0], [1], 1));
+        return activate(
+            tm::conv1d(x, weight, bias, ConvOptions::new([1], [0], [1], 1)),
+            act,
+        );
     }
     let [n, cin, l] = x.dims();
     let [cout, wcin, k] = weight.dims();
-    let y = conv2d_with(
+    let y = conv2d_with_act(
         x.reshape([n, cin, 1, l]),
         weight.reshape([cout, wcin, 1, k]),
         bias,
         [0, 0, pad[0], pad[1]],
         mode,
         imp,
+        act,
     );
     let [n, c, _, lo] = y.dims();
     y.reshape([n, c, lo])
@@ -290,8 +350,13 @@ fn same(k: usize) -> (usize, usize) {
 /// burn's `Conv2d::forward`, computed by spx's kernels on the CPU. `mode` fills the module's
 /// padding (burn's own conv only knows zeros).
 pub fn conv2d(m: &Conv2d, x: Tensor<4>, mode: PadMode, imp: ConvImpl) -> Tensor<4> {
+    conv2d_act(m, x, mode, imp, None)
+}
+
+/// [`conv2d`] followed by the activation `act` (fused on the CPU).
+pub fn conv2d_act(m: &Conv2d, x: Tensor<4>, mode: PadMode, imp: ConvImpl, act: Act) -> Tensor<4> {
     if m.stride != [1, 1] || m.dilation != [1, 1] || m.groups != 1 {
-        return m.forward(x);
+        return activate(m.forward(x), act);
     }
     let pad = match m.padding {
         PaddingConfig2d::Valid => [0; 4],
@@ -301,19 +366,32 @@ pub fn conv2d(m: &Conv2d, x: Tensor<4>, mode: PadMode, imp: ConvImpl) -> Tensor<
         }
         PaddingConfig2d::Explicit(t, l, b, r) => [t, b, l, r],
     };
-    conv2d_with(
+    conv2d_with_act(
         x,
         m.weight.val(),
         m.bias.as_ref().map(|b| b.val()),
         pad,
         mode,
         imp,
+        act,
     )
 }
 
 /// burn's `Conv1d::forward` after `extra` samples of `mode` padding on each side (DIP's reflect
 /// padding, fused into the conv), computed by spx's kernels on the CPU.
 pub fn conv1d(m: &Conv1d, x: Tensor<3>, extra: usize, mode: PadMode, imp: ConvImpl) -> Tensor<3> {
+    conv1d_act(m, x, extra, mode, imp, None)
+}
+
+/// [`conv1d`] followed by the activation `act` (fused on the CPU).
+pub fn conv1d_act(
+    m: &Conv1d,
+    x: Tensor<3>,
+    extra: usize,
+    mode: PadMode,
+    imp: ConvImpl,
+    act: Act,
+) -> Tensor<3> {
     let own = match m.padding {
         PaddingConfig1d::Valid => (0, 0),
         PaddingConfig1d::Same => same(m.kernel_size),
@@ -328,19 +406,20 @@ pub fn conv1d(m: &Conv1d, x: Tensor<3>, extra: usize, mode: PadMode, imp: ConvIm
         } else {
             x
         };
-        return m.forward(x);
+        return activate(m.forward(x), act);
     }
     let (pad, mode) = if extra > 0 {
         ([extra, extra], mode)
     } else {
         ([own.0, own.1], PadMode::Zero)
     };
-    conv1d_with(
+    conv1d_with_act(
         x,
         m.weight.val(),
         m.bias.as_ref().map(|b| b.val()),
         pad,
         mode,
         imp,
+        act,
     )
 }

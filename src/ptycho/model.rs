@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::activation::{relu, sigmoid, silu, tanh};
+use burn::tensor::activation::{sigmoid, silu, tanh};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -102,10 +102,13 @@ impl DoubleConv {
         }
     }
     fn forward(&self, x: Tensor<4>, imp: ConvImpl) -> Tensor<4> {
-        let h = relu(conv2d(&self.a, x, imp));
-        relu(conv2d(&self.b, h, imp))
+        let h = nn::conv2d_act(&self.a, x, PadMode::Zero, imp, RELU);
+        nn::conv2d_act(&self.b, h, PadMode::Zero, imp, RELU)
     }
 }
+
+/// ReLU, fused into spx's conv on the CPU.
+const RELU: nn::Act = Some(0.0);
 
 /// A 3×3 "same" conv through spx's kernels (burn's stock conv off the CPU, or when `imp` says).
 fn conv2d(c: &Conv2d, x: Tensor<4>, imp: ConvImpl) -> Tensor<4> {

@@ -64,6 +64,9 @@ fn cases() -> Vec<Case> {
         // several cache tiles per sample, tiles starting mid-row
         (2, 64, 13, 15, 3, [3, 3], [1, 1, 1, 1], Zero),
         (1, 40, 1, 700, 3, [1, 3], [0, 0, 1, 1], Reflect),
+        // few input channels, many output channels: the shifted-GEMM input gradient
+        (2, 4, 12, 12, 20, [3, 3], [1, 1, 1, 1], Zero),
+        (1, 3, 1, 300, 24, [1, 3], [0, 0, 1, 1], Reflect),
     ]
 }
 
@@ -75,12 +78,12 @@ struct Run {
 }
 
 /// loss = Σ r·y² for the conv of (x, w, b); returns y and the three gradients.
-fn run(case: &Case, data: &[Vec<f32>; 4], imp: ConvImpl, dev: &Device) -> Run {
+fn run(case: &Case, data: &[Vec<f32>; 4], imp: ConvImpl, act: nn::Act, dev: &Device) -> Run {
     let &(n, ci, h, w, co, [kh, kw], pad, mode) = case;
     let x = tensor_from(data[0].clone(), [n, ci, h, w], dev).require_grad();
     let wt = tensor_from(data[1].clone(), [co, ci, kh, kw], dev).require_grad();
     let b = tensor_from(data[2].clone(), [co], dev).require_grad();
-    let y = nn::conv2d_with(x.clone(), wt.clone(), Some(b.clone()), pad, mode, imp);
+    let y = nn::conv2d_with_act(x.clone(), wt.clone(), Some(b.clone()), pad, mode, imp, act);
     let r = tensor_from(data[3].clone(), y.dims(), dev);
     let loss = (y.clone().powi_scalar(2) * r).sum();
     let g = loss.backward();
@@ -113,10 +116,14 @@ fn forward_and_gradients_equal_burns_stock_conv() {
     );
     assert!(nn::uses_spx_kernels(&probe.to_device(&Device::flex())));
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for case in cases() {
+    // no activation, and the fused ReLU and leaky ReLU against burn's own after the stock conv
+    for (case, act) in cases()
+        .into_iter()
+        .flat_map(|c| [None, Some(0.0), Some(0.1)].map(|a| (c, a)))
+    {
         let data = case_data(&case, &mut rng);
-        let a = run(&case, &data, ConvImpl::Spx, &dev);
-        let s = run(&case, &data, ConvImpl::Stock, &dev);
+        let a = run(&case, &data, ConvImpl::Spx, act, &dev);
+        let s = run(&case, &data, ConvImpl::Stock, act, &dev);
         for (name, got, want) in [
             ("y", &a.y, &s.y),
             ("dx", &a.gx, &s.gx),
@@ -124,7 +131,10 @@ fn forward_and_gradients_equal_burns_stock_conv() {
             ("db", &a.gb, &s.gb),
         ] {
             let e = rel(got, want);
-            assert!(e < 1e-4, "{case:?} {name}: relative difference {e:e}");
+            assert!(
+                e < 1e-4,
+                "{case:?} {act:?} {name}: relative difference {e:e}"
+            );
         }
     }
 }
@@ -135,9 +145,9 @@ fn gradients_pass_finite_differences() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     for case in cases() {
         let data = case_data(&case, &mut rng);
-        let a = run(&case, &data, ConvImpl::Spx, &dev);
+        let a = run(&case, &data, ConvImpl::Spx, None, &dev);
         let loss = |d: &[Vec<f32>; 4]| -> f64 {
-            let y = run(&case, d, ConvImpl::Spx, &dev).y;
+            let y = run(&case, d, ConvImpl::Spx, None, &dev).y;
             y.iter()
                 .zip(&d[3])
                 .map(|(v, r)| (*v as f64).powi(2) * *r as f64)

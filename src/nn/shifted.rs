@@ -1,0 +1,381 @@
+//! Shifted-GEMM convolution ("implicit im2col") for stride-1 convs with enough channels.
+//!
+//! The padded input of the whole batch is laid out channel-major on one flat grid,
+//! `xp[c][q]` with `q = (b·hp + py)·wp + px` (`hp`, `wp` the padded sizes), followed by `reach =
+//! (kh − 1)·wp + kw − 1` zeros. Output pixel `(b, oy, ox)` sits at grid index `q = (b·hp +
+//! oy)·wp + ox`, and its input under kernel offset `(ky, kx)` at `q + ky·wp + kx`, so for every
+//! offset the im2col rows of all output pixels are one plain strided view of `xp`:
+//!
+//! - forward: `out[o, q] = Σ_{ky,kx} W_{ky,kx}[o, :] · xp[:, q + ky·wp + kx]`, `kh·kw` GEMMs with
+//!   inner dimension `cin` accumulating into a cache-sized tile of `q`, no im2col copy; grid
+//!   positions that are not output pixels (the last `kw − 1` columns and `kh − 1` rows of each
+//!   sample) are computed and dropped;
+//! - weight gradient: `dW_{ky,kx} = Gw · xp[:, · + ky·wp + kx]ᵀ`, where `Gw` is the output
+//!   gradient on the same grid with zeros at the dropped positions; batch folded into the GEMM's
+//!   inner dimension;
+//! - input gradient: the gradient of the padded grid, `dxp[c, p] = Σ_{ky,kx} W_{ky,kx}[:, c]ᵀ ·
+//!   Gw[:, p − ky·wp − kx]` (`Gw` preceded by `reach` zeros), then folded back onto the input:
+//!   zero padding drops the border, reflect padding adds it onto the pixels it mirrors.
+//!
+//! The layout costs one copy of the input and of the output gradient, instead of the `kh·kw`
+//! copies an im2col makes, but `kh·kw` GEMMs with a short inner dimension instead of one with
+//! `cin·kh·kw`; [`worth_it`] says for which passes that wins.
+
+use rayon::prelude::*;
+
+use super::kernels::{ConvGeom, Mat, Out, PadMode, gemm_strided};
+
+/// The padded grid of one conv: sizes and the reach of its largest kernel offset.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    hp: usize,
+    wp: usize,
+    /// Grid positions: `batch·hp·wp`.
+    s: usize,
+    /// `(kh − 1)·wp + kw − 1`: the largest kernel offset on the flat grid.
+    reach: usize,
+}
+
+impl Grid {
+    fn new(g: &ConvGeom) -> Self {
+        let (hp, wp) = (g.h + g.pad[0] + g.pad[1], g.w + g.pad[2] + g.pad[3]);
+        Grid {
+            hp,
+            wp,
+            s: g.batch * hp * wp,
+            reach: (g.kh - 1) * wp + g.kw - 1,
+        }
+    }
+    fn offset(&self, g: &ConvGeom, k: usize) -> usize {
+        (k / g.kw) * self.wp + k % g.kw
+    }
+}
+
+/// Whether the shifted GEMMs beat im2col for a pass whose GEMM writes `rows` output channels
+/// (`cout` forward and for the weight gradient, `cin` for the input gradient) with inner
+/// dimension `inner` (`cin` forward, `cout` for the input gradient): for few output rows (the
+/// PtychoPINN's C→4 heads, the input gradient of its 4→C layers) `gemm` packs the whole im2col
+/// tile for a handful of output rows, which is where im2col loses (measured per layer with
+/// `conv_profile layers pinn`: 64→4 weight gradient 14 → 35 GFLOP per CPU-s, 60→4 forward
+/// 19 → 41, 4→64 input gradient 20 → 34); for wide layers one GEMM over `cin·kh·kw` keeps the
+/// output in registers longer and im2col wins (64→64 input gradient 83 vs 48).
+pub fn worth_it(g: &ConvGeom, rows: usize, inner: usize) -> bool {
+    rows <= 8 && inner >= 16 && g.kh * g.kw > 1 && g.check().is_ok()
+}
+
+/// A channel-major flat grid: channel `c` at `data[c·stride..]`, `head` zeros, the grid, zeros.
+struct Flat {
+    data: Vec<f32>,
+    stride: usize,
+}
+
+/// Where grid index `i` of an axis reads from a source axis of `len` samples placed at `off`.
+fn axis(grid_len: usize, len: usize, off: usize, mode: PadMode) -> Vec<Option<usize>> {
+    (0..grid_len)
+        .map(|i| {
+            let j = i as isize - off as isize;
+            let n = len as isize;
+            if (0..n).contains(&j) {
+                Some(j as usize)
+            } else if mode == PadMode::Reflect && j > -n && j < 2 * n - 1 {
+                Some(if j < 0 { -j } else { 2 * (n - 1) - j } as usize)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// `src` `[batch, c, sh, sw]` on the grid: position `(b, py, px)` of channel `c` holds
+/// `src[b, c, py − y0, px − x0]`, `mode` padding outside the source; `head` zeros before each
+/// channel's grid and `tail` after it.
+#[allow(clippy::too_many_arguments)]
+fn flatten(
+    src: &[f32],
+    (_, c, sh, sw): (usize, usize, usize, usize),
+    gr: &Grid,
+    (y0, x0): (usize, usize),
+    mode: PadMode,
+    head: usize,
+    tail: usize,
+) -> Flat {
+    let stride = head + gr.s + tail;
+    let mut data = vec![0f32; c * stride];
+    let fy = axis(gr.hp, sh, y0, mode);
+    let fx = axis(gr.wp, sw, x0, mode);
+    let inner = x0.min(gr.wp)..(x0 + sw).min(gr.wp);
+    data.par_chunks_mut(stride)
+        .enumerate()
+        .for_each(|(ch, plane)| {
+            let grid = &mut plane[head..head + gr.s];
+            for (row, d) in grid.chunks_exact_mut(gr.wp).enumerate() {
+                let (b, py) = (row / gr.hp, row % gr.hp);
+                let Some(sy) = fy[py] else { continue };
+                let srow = &src[((b * c + ch) * sh + sy) * sw..][..sw];
+                d[inner.clone()].copy_from_slice(&srow[inner.start - x0..inner.end - x0]);
+                for px in (0..inner.start).chain(inner.end..gr.wp) {
+                    if let Some(sx) = fx[px] {
+                        d[px] = srow[sx];
+                    }
+                }
+            }
+        });
+    Flat { data, stride }
+}
+
+/// `w` `[cout, cin, kh, kw]` regrouped per kernel offset: `[kh·kw][cout][cin]`, or
+/// `[kh·kw][cin][cout]` when `transpose`.
+fn per_offset(w: &[f32], g: &ConvGeom, transpose: bool) -> Vec<f32> {
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(co * ci).enumerate().for_each(|(k, m)| {
+        for o in 0..co {
+            for c in 0..ci {
+                let v = w[(o * ci + c) * kk + k];
+                if transpose {
+                    m[c * co + o] = v;
+                } else {
+                    m[o * ci + c] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Grid positions per tile: `rows` output rows of `tile` stay near 512 KiB; a multiple of 64,
+/// so that `gemm` uses the unit-stride views as they are instead of packing them.
+fn tile_len(rows: usize) -> usize {
+    (131072 / rows.max(1)).clamp(256, 16384) / 64 * 64
+}
+
+fn starts(s: usize, t: usize) -> Vec<usize> {
+    (0..s).step_by(t.max(1)).collect()
+}
+
+/// Forward of a stride-1 conv: `out` `[batch, cout, ho, wo]`.
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    g: &ConvGeom,
+    act: Option<f32>,
+) -> Vec<f32> {
+    let gr = Grid::new(g);
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
+    let (ho, wo, l) = (g.ho(), g.wo(), g.l());
+    assert_eq!(
+        x.len(),
+        g.batch * ci * g.h * g.w,
+        "conv forward: input size"
+    );
+    assert_eq!(w.len(), co * ci * kk, "conv forward: weight size");
+    let xp = flatten(
+        x,
+        (g.batch, ci, g.h, g.w),
+        &gr,
+        (g.pad[0], g.pad[2]),
+        g.mode,
+        0,
+        gr.reach,
+    );
+    let wk = per_offset(w, g, false);
+    let mut out = vec![0f32; g.batch * co * l];
+    let dst = Out(out.as_mut_ptr());
+    let t = tile_len(co + ci);
+    starts(gr.s, t)
+        .into_par_iter()
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, q0| {
+            let n = t.min(gr.s - q0);
+            buf.resize(co * n, 0.0);
+            for k in 0..kk {
+                let off = gr.offset(g, k);
+                // SAFETY: buf is this task's own co·n buffer.
+                unsafe {
+                    gemm_strided(
+                        co,
+                        n,
+                        ci,
+                        buf.as_mut_ptr(),
+                        n,
+                        1,
+                        k > 0,
+                        Mat::row_major(&wk[k * co * ci..][..co * ci], ci),
+                        Mat {
+                            data: &xp.data[q0 + off..],
+                            rs: xp.stride,
+                            cs: 1,
+                        },
+                        false,
+                    )
+                };
+            }
+            // keep the output pixels of this tile: grid rows (b, oy < ho), columns ox < wo
+            let mut q = q0;
+            while q < q0 + n {
+                let (row, ox) = (q / gr.wp, q % gr.wp);
+                let (b, oy) = (row / gr.hp, row % gr.hp);
+                let end = (q0 + n).min(q + gr.wp - ox);
+                if oy < ho && ox < wo {
+                    let e = end.min(q + wo - ox);
+                    for o in 0..co {
+                        let src = &buf[o * n + q - q0..][..e - q];
+                        let add = bias.map_or(0.0, |bv| bv[o]);
+                        // SAFETY: pixel (b, o, oy, ox..) belongs to grid positions of this tile
+                        // only; tiles are disjoint.
+                        let d = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                { dst }.0.add(((b * co + o) * ho + oy) * wo + ox),
+                                e - q,
+                            )
+                        };
+                        for (a, v) in d.iter_mut().zip(src) {
+                            *a = v + add;
+                        }
+                        if let Some(slope) = act {
+                            super::kernels::activate(d, slope);
+                        }
+                    }
+                }
+                q = end;
+            }
+        });
+    out
+}
+
+/// Weight gradient `[cout, cin, kh, kw]` for the output gradient `gout` `[batch, cout, ho, wo]`.
+pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let gr = Grid::new(g);
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
+    let xp = flatten(
+        x,
+        (g.batch, ci, g.h, g.w),
+        &gr,
+        (g.pad[0], g.pad[2]),
+        g.mode,
+        0,
+        gr.reach,
+    );
+    let gw = flatten(
+        gout,
+        (g.batch, co, g.ho(), g.wo()),
+        &gr,
+        (0, 0),
+        PadMode::Zero,
+        0,
+        0,
+    );
+    let t = tile_len(co + ci);
+    let acc = starts(gr.s, t)
+        .into_par_iter()
+        .fold(
+            || vec![0f32; kk * co * ci],
+            |mut acc, q0| {
+                let n = t.min(gr.s - q0);
+                for k in 0..kk {
+                    let off = gr.offset(g, k);
+                    // SAFETY: acc is this fold's own kk·co·ci buffer.
+                    unsafe {
+                        gemm_strided(
+                            co,
+                            ci,
+                            n,
+                            acc.as_mut_ptr().add(k * co * ci),
+                            ci,
+                            1,
+                            true,
+                            Mat {
+                                data: &gw.data[q0..],
+                                rs: gw.stride,
+                                cs: 1,
+                            },
+                            Mat {
+                                data: &xp.data[q0 + off..],
+                                rs: 1,
+                                cs: xp.stride,
+                            },
+                            false,
+                        )
+                    };
+                }
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(u, v)| *u += v);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; kk * co * ci]);
+    let mut dw = vec![0f32; co * ci * kk];
+    dw.par_chunks_mut(ci * kk).enumerate().for_each(|(o, row)| {
+        for c in 0..ci {
+            for k in 0..kk {
+                row[c * kk + k] = acc[(k * co + o) * ci + c];
+            }
+        }
+    });
+    dw
+}
+
+/// Input gradient `[batch, cin, h, w]` for the output gradient `gout` `[batch, cout, ho, wo]`.
+pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
+    let gr = Grid::new(g);
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
+    let gw = flatten(
+        gout,
+        (g.batch, co, g.ho(), g.wo()),
+        &gr,
+        (0, 0),
+        PadMode::Zero,
+        gr.reach,
+        0,
+    );
+    let wt = per_offset(w, g, true);
+    let mut dxp = vec![0f32; ci * gr.s];
+    let dst = Out(dxp.as_mut_ptr());
+    let t = tile_len(co + ci);
+    starts(gr.s, t).into_par_iter().for_each(|p0| {
+        let n = t.min(gr.s - p0);
+        for k in 0..kk {
+            let off = gr.offset(g, k);
+            // SAFETY: this task alone writes columns p0..p0+n of every row of dxp.
+            unsafe {
+                gemm_strided(
+                    ci,
+                    n,
+                    co,
+                    { dst }.0.add(p0),
+                    gr.s,
+                    1,
+                    k > 0,
+                    Mat::row_major(&wt[k * co * ci..][..co * ci], co),
+                    Mat {
+                        data: &gw.data[gr.reach + p0 - off..],
+                        rs: gw.stride,
+                        cs: 1,
+                    },
+                    false,
+                )
+            };
+        }
+    });
+    // fold the padded grid back onto the input
+    let (h, w) = (g.h, g.w);
+    let fy = axis(gr.hp, h, g.pad[0], g.mode);
+    let fx = axis(gr.wp, w, g.pad[2], g.mode);
+    let mut dx = vec![0f32; g.batch * ci * h * w];
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
+        let (b, c) = (i / ci, i % ci);
+        let src = &dxp[c * gr.s + b * gr.hp * gr.wp..][..gr.hp * gr.wp];
+        for (py, srow) in src.chunks_exact(gr.wp).enumerate() {
+            let Some(y) = fy[py] else { continue };
+            let drow = &mut plane[y * w..][..w];
+            for (px, v) in srow.iter().enumerate() {
+                if let Some(x) = fx[px] {
+                    drow[x] += v;
+                }
+            }
+        }
+    });
+    dx
+}
