@@ -93,6 +93,8 @@ pub fn design_matrix(
         .map(|i| (xs[i], ys[i], &rows[row_of[i]].1, i))
         .collect();
     let mut a = Mat::<f64>::zeros(xs.len(), fit.len());
+    // Beyond the kernel radius K = 0 (most of B for large bundles): skip the square root.
+    let r2max = table.rmax * table.rmax;
     for (c, &(px, py)) in centres.iter().enumerate() {
         let col = a
             .col_mut(c)
@@ -101,7 +103,10 @@ pub fn design_matrix(
         let col = col.as_slice_mut();
         for &(x, y, row, i) in &live {
             let (dx, dy) = (x - px, y - py);
-            col[i] = row.eval((dx * dx + dy * dy).sqrt()) * p2;
+            let d2 = dx * dx + dy * dy;
+            if d2 <= r2max {
+                col[i] = row.eval(d2.sqrt()) * p2;
+            }
         }
     }
     a
