@@ -14,7 +14,7 @@ use spx::crr::logcube;
 use spx::crr::rss::Rss;
 use spx::crr::shard::{self, Shard};
 use spx::crr::weights::{
-    Workspace, crr_weights_gram, crr_weights_literal, crr_weights_svd, design_matrix,
+    Workspace, band_coverage, crr_weights_gram, crr_weights_literal, crr_weights_svd, design_matrix,
 };
 use spx::crr::{CrrConfig, KernelConvention, Method, cubebits, quality, simulate};
 use spx::io::fits::{self, Column, FitsReader};
@@ -92,6 +92,49 @@ fn fast_weights_equal_literal_formula() {
                     assert!((0..w.nrows()).all(|j| w[(j, i)] == 0.0));
                 }
             }
+        }
+    }
+}
+
+/// A 127-fiber bundle takes the banded Gram path (panels of fit pixels × the sample rows near
+/// them); its weights must equal the thin-SVD weights, bad samples included.
+#[test]
+fn banded_gram_weights_equal_svd_on_127_fibers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg();
+    c.simulate.nfiber = 127;
+    c.simulate.nexp = 3;
+    c.simulate.nwave = 3;
+    c.simulate.dead_fibers = 2;
+    c.simulate.reject_fraction = 0.05;
+    let rss = sim(dir.path(), "w127.fits", &c, 5);
+    let b = Builder::new(&rss, &c).unwrap();
+    let (xs, ys, good) = b.samples(1);
+    assert!(good.iter().any(|g| !g), "case must contain bad samples");
+    let fit = b.grid.pixels_near(&xs, &ys, c.fit_radius);
+    let na = design_matrix(&b.table, &b.grid, &fit, &xs, &ys, &b.seeing_rows(1), &good);
+    let cov = band_coverage(na.as_ref(), &good);
+    assert!(cov < 0.5, "127 fibers should be banded, coverage {cov}");
+    let svd = crr_weights_svd(na.as_ref(), &good, c.lambda, c.sv_cutoff).unwrap();
+    let mut ws = Workspace::default();
+    let gram = crr_weights_gram(na.as_ref(), &good, c.lambda, c.sv_cutoff, &mut ws).unwrap();
+    // A reused workspace (second call) gives the same weights.
+    let again = crr_weights_gram(na.as_ref(), &good, c.lambda, c.sv_cutoff, &mut ws).unwrap();
+    let scale = max_abs_diff(
+        svd.as_ref(),
+        faer::Mat::<f64>::zeros(svd.nrows(), svd.ncols()).as_ref(),
+    );
+    let d = max_abs_diff(gram.as_ref(), svd.as_ref());
+    eprintln!(
+        "W {}×{}, band coverage {cov:.3}, max|ΔW| banded Gram vs SVD {d:.2e} (max|W| {scale:.3})",
+        svd.nrows(),
+        svd.ncols()
+    );
+    assert!(d < 1e-7 * scale, "banded Gram vs SVD differ by {d}");
+    assert_eq!(max_abs_diff(gram.as_ref(), again.as_ref()), 0.0);
+    for (i, g) in good.iter().enumerate() {
+        if !g {
+            assert!((0..gram.nrows()).all(|j| gram[(j, i)] == 0.0));
         }
     }
 }
