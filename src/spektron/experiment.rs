@@ -36,10 +36,11 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::baselines;
-use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
+use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep};
 use super::data::{Modality, corpus, instruments, synth};
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
 use super::model::{ModelConfig, SpektronModel, checkpoint};
+use super::protocol::{Centring, Split, slope_bias, sub_seed, take, to_array};
 use super::report;
 use crate::backend::seeded;
 use crate::error::SpxError;
@@ -121,85 +122,6 @@ pub fn prepare_spectra(
         Ok(out)
     };
     Ok((one(&data.source, "source")?, one(&data.target, "target")?))
-}
-
-/// Row-major `p`-column spectra as an f64 matrix (for PLS).
-fn to_array(x: &[f32], p: usize) -> ndarray::Array2<f64> {
-    let n = x.len() / p.max(1);
-    ndarray::Array2::from_shape_fn((n, p), |(i, j)| f64::from(x[i * p + j]))
-}
-
-fn take(x: &[f32], rows: &[usize], p: usize) -> Vec<f32> {
-    rows.iter()
-        .flat_map(|&r| x[r * p..(r + 1) * p].iter().copied())
-        .collect()
-}
-
-/// Centring of a calibration set, as PLS centres X: the mean spectrum and one RMS scale of the
-/// centred rows (the sample-to-sample differences that carry the property are ~1 % of an SNV
-/// spectrum; uncentred they are a small perturbation of one shared input).
-#[derive(Clone, Debug)]
-struct Centring {
-    mean: Vec<f32>,
-    scale: f32,
-}
-
-impl Centring {
-    fn fit(x: &[f32], p: usize) -> Self {
-        let n = (x.len() / p).max(1);
-        let mut mean = vec![0.0f64; p];
-        for row in x.chunks(p) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += f64::from(v) / n as f64;
-            }
-        }
-        let ss: f64 = x
-            .chunks(p)
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&mean)
-                    .map(|(&v, m)| (f64::from(v) - m).powi(2))
-            })
-            .sum();
-        let rms = (ss / x.len().max(1) as f64).sqrt();
-        Centring {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            scale: if rms > 0.0 { rms as f32 } else { 1.0 },
-        }
-    }
-
-    fn identity(p: usize) -> Self {
-        Centring {
-            mean: vec![0.0; p],
-            scale: 1.0,
-        }
-    }
-
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        x.chunks(self.mean.len())
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&self.mean)
-                    .map(|(v, m)| (v - m) / self.scale)
-            })
-            .collect()
-    }
-}
-
-/// Least-squares `y ≈ a + b·x`; a constant `x` gives the mean offset (b = 1).
-fn slope_bias(x: &[f64], y: &[f64]) -> (f64, f64) {
-    let n = x.len().max(1) as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
-    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let b = if sxx > 1e-12 * n { sxy / sxx } else { 1.0 };
-    (my - b * mx, b)
-}
-
-/// Seed for one (repetition, arm, N) training run: burn's dropout draws from the global RNG,
-/// so every training call reseeds it.
-fn sub_seed(seed: u64, rep: usize, arm: u64, n: usize) -> u64 {
-    seed ^ (((rep as u64) << 40) | (arm << 32) | n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// Run the model arms for every repetition and N; returns one [`Cell`] per (arm, N).
@@ -286,9 +208,8 @@ pub fn run_model_arms(
         None => acc.push((m, k, vec![e])),
     };
     for s in 0..ec.repeats {
-        let perm = splits::permutation(s as u32, n);
-        let (test, cal) = perm.split_at(n_test);
-        let tperm = splits::permutation(1000 + s as u32, cal.len());
+        let sp = Split::new(s, n, n_test);
+        let (test, cal, tperm) = (&sp.test[..], &sp.cal[..], &sp.tperm);
         let mods = |k: usize| vec![modality; k];
         // Master-side centring (from the source calibration rows) for the master, TTT and LoRA
         // arms, as the classical methods reuse the master PLS centring.

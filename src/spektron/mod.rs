@@ -5,7 +5,7 @@
 //! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4), [`demo::run`] — with their
 //! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
 //!
-//! Layers (a module only imports modules listed before it): `baselines` → `data` → `model` →
+//! Layers (a module only imports modules listed before it): `baselines` → `protocol` → `data` → `model` →
 //! `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
 //! `demo`.
 //!
@@ -20,5 +20,6 @@ pub mod demo;
 pub mod experiment;
 pub mod finetune;
 pub mod model;
+pub mod protocol;
 pub mod report;
 pub mod ttt;
