@@ -42,6 +42,8 @@ use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttCo
 use super::model::{ModelConfig, SpektronModel, checkpoint};
 use super::protocol::{Centring, Split, slope_bias, sub_seed, take, to_array};
 use super::report;
+use super::supervised::SupervisedConfig;
+use super::supervised::arms::{self as supervised_arms, SupervisedSummary};
 use crate::backend::seeded;
 use crate::error::SpxError;
 use crate::io::atomic::{Stage, safe_component};
@@ -71,6 +73,10 @@ pub struct ExperimentConfig {
     /// target test spectra, transductive as `recentre_test`) before the master calibration.
     #[serde(default)]
     pub adapt_unlabelled: bool,
+    /// Add the supervised deep baselines (`[spektron.supervised]`: 1-D CNN, plain Transformer,
+    /// LoRA-CT), trained on the source calibration set and transferred with the N target samples.
+    #[serde(default)]
+    pub supervised: bool,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -437,6 +443,8 @@ impl Kind {
 pub struct Settings<'a> {
     pub arms: ArmSettings<'a>,
     pub baselines: &'a BaselinesConfig,
+    /// `[spektron.supervised]` (with `spektron.experiment.supervised`).
+    pub supervised: &'a SupervisedConfig,
     /// `spektron.corpus.min_std` (spectra resampled and SNV-normalised as in the corpus).
     pub min_std: f64,
     pub seed: u64,
@@ -474,6 +482,9 @@ pub struct ExperimentReport {
     pub model_parameters: usize,
     pub model_seconds: f64,
     pub master_lvs: Vec<usize>,
+    /// Sizes and master epochs of the supervised deep baselines (when they ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<SupervisedSummary>,
     pub config: String,
     pub cells: Vec<Cell>,
     /// Files written (final paths), CSV, Markdown, [PNG,] JSON.
@@ -492,9 +503,12 @@ pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
     }
 }
 
-/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N.
+/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N (and with the
+/// supervised baselines two masters + LoRA-CT per N).
 pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
-    (ec.repeats * (2 + 2 * n_values(kind, ec).len())) as u64
+    let ns = n_values(kind, ec).len();
+    let sup = if ec.supervised { 2 + ns } else { 0 };
+    (ec.repeats * (2 + 2 * ns + sup)) as u64
 }
 
 /// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).
@@ -611,9 +625,33 @@ pub fn run(
         cfg.seed,
         &mut on_progress,
     )?;
-    let secs = t0.elapsed().as_secs_f64();
     let mut cells = base.cells.clone();
     cells.extend(arms);
+    let supervised = if ec.supervised {
+        let pr = supervised_arms::Protocol {
+            cfg: cfg.supervised,
+            n_test: bc.n_test,
+            repeats: ec.repeats,
+            centre: ec.centre,
+            seed: cfg.seed,
+        };
+        let y = data.y.to_vec();
+        let (c, summary) = supervised_arms::run_arms(
+            &xs,
+            &xt,
+            &y,
+            lay.n_points,
+            &ns,
+            pr,
+            device,
+            &mut on_progress,
+        )?;
+        cells.extend(c);
+        Some(summary)
+    } else {
+        None
+    };
+    let secs = t0.elapsed().as_secs_f64();
     let (tag, name) = kind.names();
     let stem = safe_component(&format!("{tag}_{stem}"));
     let title = format!("{name}: {title}");
@@ -644,6 +682,7 @@ pub fn run(
         model_parameters: params,
         model_seconds: secs,
         master_lvs: base.master_lvs,
+        supervised,
         config: input.config_file.display().to_string(),
         cells,
         files: Vec::new(),

@@ -5,8 +5,8 @@
 //! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4), [`demo::run`] — with their
 //! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
 //!
-//! Layers (a module only imports modules listed before it): `baselines` → `protocol` → `data` → `model` →
-//! `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
+//! Layers (a module only imports modules listed before it): `baselines` → `protocol` → `supervised` → `data` →
+//! `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
 //! `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
@@ -22,4 +22,5 @@ pub mod finetune;
 pub mod model;
 pub mod protocol;
 pub mod report;
+pub mod supervised;
 pub mod ttt;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::baselines::{BaselineReport, Cell, METHODS};
 use super::model::checkpoint::LogEntry;
 use super::model::pretrain::PretrainReport;
+use super::supervised::arms::ROWS as SUPERVISED_ROWS;
 use crate::error::SpxError;
 use crate::io::{plot, write_atomic};
 
@@ -48,6 +49,13 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_residual" => "PLS + slope/bias + Spektron LoRA correction of its residuals",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
+        "cnn_master_on_master" => "1-D CNN (source-trained) on master test spectra",
+        "cnn_no_transfer" => "1-D CNN (source-trained) on target (no transfer)",
+        "cnn_transfer" => "1-D CNN fine-tuned on N labelled target spectra",
+        "transformer_master_on_master" => "Transformer (source-trained) on master test spectra",
+        "transformer_no_transfer" => "Transformer (source-trained) on target (no transfer)",
+        "transformer_transfer" => "Transformer fine-tuned on N labelled target spectra",
+        "lora_ct" => "LoRA-CT: Transformer + LoRA on N labelled target spectra",
         _ => "?",
     }
 }
@@ -176,7 +184,7 @@ pub fn experiment_markdown(title: &str, cells: &[Cell], ns: &[usize]) -> String 
         md.push_str("---|");
     }
     md.push('\n');
-    for m in METHODS.iter().chain(ARMS) {
+    for m in METHODS.iter().chain(ARMS).chain(SUPERVISED_ROWS) {
         if !cells.iter().any(|c| c.method == *m) {
             continue;
         }
@@ -226,6 +234,9 @@ pub fn experiment_plot(
         "spektron_residual",
         "spektron_lora",
         "scratch",
+        "cnn_transfer",
+        "transformer_transfer",
+        "lora_ct",
     ]) {
         let pts: Vec<(f64, f64)> = ns
             .iter()
