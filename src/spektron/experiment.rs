@@ -77,6 +77,9 @@ pub struct ExperimentConfig {
     /// LoRA-CT), trained on the source calibration set and transferred with the N target samples.
     #[serde(default)]
     pub supervised: bool,
+    /// E9 (`experiment ttt-steps`): the test-time-training step counts reported.
+    #[serde(default)]
+    pub ttt_steps: Vec<usize>,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -128,6 +131,80 @@ pub fn prepare_spectra(
         Ok(out)
     };
     Ok((one(&data.source, "source")?, one(&data.target, "target")?))
+}
+
+/// The source side of one repetition: centred calibration spectra and property values, the
+/// task's unlabelled target spectra (centred target calibration + test; used with
+/// `adapt_unlabelled`), the modality code and the repetition index.
+pub struct MasterInput<'a> {
+    pub xc: &'a [f32],
+    pub yc: &'a [f32],
+    pub unlabelled_target: &'a [f32],
+    pub modality: i8,
+    pub repetition: usize,
+}
+
+/// The master model of one repetition: random weights (seed `sub_seed(seed, s, 1, 0)`) or the
+/// checkpoint, adapted self-supervised on the task's unlabelled spectra when `adapt_unlabelled`,
+/// then fully fine-tuned on the labelled source calibration set (`master_epochs`, `full_lr`).
+pub fn calibrate_master(
+    cfg: ArmSettings<'_>,
+    pretrained: Option<&Path>,
+    m: &MasterInput<'_>,
+    device: &Device,
+    seed: u64,
+) -> Result<(SpektronModel, finetune::FinetuneReport), SpxError> {
+    let ec = cfg.experiment;
+    let lay = cfg.model.layout();
+    let p = lay.n_points;
+    let s = m.repetition;
+    let mut mc = cfg.model.clone();
+    mc.n_targets = 1;
+    let mods = |k: usize| vec![m.modality; k];
+    let ms = sub_seed(seed, s, 1, 0);
+    let mut rng = seeded(device, ms);
+    let mut base = SpektronModel::new(&mc, &mut rng, device)?;
+    if let Some(dir) = pretrained {
+        base = checkpoint::load(dir, base)?.0;
+    }
+    if ec.adapt_unlabelled {
+        // Unlabelled spectra of the task: source and target calibration, target test.
+        let mut u = m.xc.to_vec();
+        u.extend_from_slice(m.unlabelled_target);
+        let us = sub_seed(seed, s, 5, 0);
+        let _ = seeded(device, us);
+        base = finetune::ttt(
+            base,
+            &lay,
+            &u,
+            &mods(u.len() / p),
+            cfg.ttt,
+            cfg.mask_block,
+            device,
+            us,
+        )?
+        .0;
+    }
+    let mcfg = FinetuneConfig {
+        mode: FinetuneMode::Full,
+        lr: ec.full_lr,
+        epochs: ec.master_epochs,
+        ..cfg.finetune.clone()
+    };
+    let _ = seeded(device, ms);
+    finetune::finetune_scaled(
+        base,
+        &lay,
+        &Labelled {
+            x: m.xc,
+            y: m.yc,
+            modality: &mods(m.yc.len()),
+        },
+        &mcfg,
+        device,
+        ms,
+        None,
+    )
 }
 
 /// Run the model arms for every repetition and N; returns one [`Cell`] per (arm, N).
@@ -227,31 +304,7 @@ pub fn run_model_arms(
         let xt_test = cm.apply(&take(xt, test, p));
 
         on_progress(&format!("repetition {}: master calibration", s + 1));
-        let ms = sub_seed(seed, s, 1, 0);
-        let mut base = fresh(ms)?;
-        if let Some(dir) = pretrained {
-            base = checkpoint::load(dir, base)?.0;
-        }
         let (xc, yc) = (cm.apply(&take(xs, cal, p)), yv(cal));
-        if ec.adapt_unlabelled {
-            // Unlabelled spectra of the task: source and target calibration, target test.
-            let mut u = xc.clone();
-            u.extend(cm.apply(&take(xt, cal, p)));
-            u.extend_from_slice(&xt_test);
-            let us = sub_seed(seed, s, 5, 0);
-            let _ = seeded(device, us);
-            base = finetune::ttt(
-                base,
-                &lay,
-                &u,
-                &mods(u.len() / p),
-                cfg.ttt,
-                cfg.mask_block,
-                device,
-                us,
-            )?
-            .0;
-        }
         // Source PLS on the model's input spectra (residual arm), LVs by CV as the classical
         // master.
         let pls = if ec.residual {
@@ -266,24 +319,21 @@ pub fn run_model_arms(
         } else {
             None
         };
-        let mcfg = FinetuneConfig {
-            epochs: ec.master_epochs,
-            ..full.clone()
+        let unlabelled_target = if ec.adapt_unlabelled {
+            let mut u = cm.apply(&take(xt, cal, p));
+            u.extend_from_slice(&xt_test);
+            u
+        } else {
+            Vec::new()
         };
-        let _ = seeded(device, ms);
-        let (master, mrep) = finetune::finetune_scaled(
-            base,
-            &lay,
-            &Labelled {
-                x: &xc,
-                y: &yc,
-                modality: &mods(cal.len()),
-            },
-            &mcfg,
-            device,
-            ms,
-            None,
-        )?;
+        let master_in = MasterInput {
+            xc: &xc,
+            yc: &yc,
+            unlabelled_target: &unlabelled_target,
+            modality,
+            repetition: s,
+        };
+        let (master, mrep) = calibrate_master(cfg, pretrained, &master_in, device, seed)?;
         let pred = |m: &SpektronModel, x: &[f32], rep: &finetune::FinetuneReport| {
             finetune::predict(&m.valid(), &lay, x, &mods(x.len() / p), rep, device)
         };
@@ -540,6 +590,65 @@ pub fn table(
     run(Kind::Table, input, cfg, device, stage, on_progress)
 }
 
+/// The data of an experiment and its names.
+pub struct Task {
+    pub data: TransferData,
+    /// The file's x axis (empty: channel index).
+    pub axis: Vec<f64>,
+    pub title: String,
+    /// File-name stem `<src>_<tgt>_<property>` or `synthetic`.
+    pub stem: String,
+    pub property: String,
+}
+
+/// Open the paired data file of `input`, or make the synthetic two-instrument data
+/// (`spektron.experiment.synth_*`, seeded by `seed`).
+pub fn task_data(input: &Input, ec: &ExperimentConfig, seed: u64) -> Result<Task, SpxError> {
+    Ok(match input.data {
+        Some(d) => {
+            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
+            let prop = pair.property.trim().to_string();
+            Task {
+                data: pair.data,
+                axis: pair.axis,
+                title: format!("{} → {}, {}", input.source, input.target, prop),
+                stem: format!(
+                    "{}_{}_{}",
+                    input.source,
+                    input.target,
+                    prop.to_ascii_lowercase()
+                ),
+                property: prop,
+            }
+        }
+        None => {
+            let (xm, xs, y) = synth::two_instrument(
+                seed,
+                ec.synth_samples,
+                ec.synth_channels,
+                ec.synth_shift,
+                ec.synth_gain,
+                ec.synth_offset,
+                ec.synth_noise,
+            );
+            Task {
+                data: TransferData {
+                    source: xm,
+                    target: xs,
+                    y,
+                },
+                axis: Vec::new(),
+                title: format!(
+                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
+                    ec.synth_shift, ec.synth_gain, ec.synth_offset
+                ),
+                stem: "synthetic".to_string(),
+                property: "analyte 1".to_string(),
+            }
+        }
+    })
+}
+
 /// One experiment: data (file or synthetic), the classical baselines and the model arms on the
 /// same seeded splits; report files are written into `stage` (visible on its commit).
 pub fn run(
@@ -552,49 +661,13 @@ pub fn run(
 ) -> Result<ExperimentReport, SpxError> {
     let ec = cfg.arms.experiment;
     let ns = n_values(kind, ec);
-    let (data, axis, title, stem, property) = match input.data {
-        Some(d) => {
-            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
-            let prop = pair.property.trim().to_string();
-            (
-                pair.data,
-                pair.axis,
-                format!("{} → {}, {}", input.source, input.target, prop),
-                format!(
-                    "{}_{}_{}",
-                    input.source,
-                    input.target,
-                    prop.to_ascii_lowercase()
-                ),
-                prop,
-            )
-        }
-        None => {
-            let (xm, xs, y) = synth::two_instrument(
-                cfg.seed,
-                ec.synth_samples,
-                ec.synth_channels,
-                ec.synth_shift,
-                ec.synth_gain,
-                ec.synth_offset,
-                ec.synth_noise,
-            );
-            (
-                TransferData {
-                    source: xm,
-                    target: xs,
-                    y,
-                },
-                Vec::new(),
-                format!(
-                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
-                    ec.synth_shift, ec.synth_gain, ec.synth_offset
-                ),
-                "synthetic".to_string(),
-                "analyte 1".to_string(),
-            )
-        }
-    };
+    let Task {
+        data,
+        axis,
+        title,
+        stem,
+        property,
+    } = task_data(input, ec, cfg.seed)?;
     let short = if input.data.is_some() {
         title.clone()
     } else {

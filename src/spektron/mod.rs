@@ -6,7 +6,7 @@
 //! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` → `supervised` → `data` →
-//! `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
+//! `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` → `ttt_steps` → `config` →
 //! `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
@@ -24,3 +24,4 @@ pub mod protocol;
 pub mod report;
 pub mod supervised;
 pub mod ttt;
+pub mod ttt_steps;

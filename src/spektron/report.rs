@@ -206,7 +206,9 @@ pub fn experiment_markdown(title: &str, cells: &[Cell], ns: &[usize]) -> String 
     md
 }
 
-/// RMSEP vs N (log axis) of the N > 0 methods and arms; the N = 0 levels go in the title.
+/// RMSEP vs N (log axis) of the N > 0 methods and arms, mean ± 1 sd over the splits (the count
+/// in the title), spelled-out method names in a legend beside the axes; the N = 0 levels go in
+/// the title.
 pub fn experiment_plot(
     path: &Path,
     title: &str,
@@ -219,16 +221,18 @@ pub fn experiment_plot(
             .find(|c| c.method == m && c.n_transfer == 0)
             .map_or(f64::NAN, |c| c.rmsep_mean)
     };
+    let splits = cells.iter().map(|c| c.rmsep.len()).max().unwrap_or(0);
     let mut lp = plot::LinePlot::new(
         format!(
-            "{title}; N=0: no transfer {:.3}, Spektron TTT {:.3}",
+            "{title} ({splits} splits, ± 1 sd); N=0: no transfer {:.3}, Spektron TTT {:.3}",
             cell("no_transfer"),
             cell("spektron_ttt")
         ),
-        "N transfer samples",
-        "RMSEP",
+        "N labelled target transfer samples",
+        "RMSEP on target test spectra (property units)",
     );
     lp.log_y = true;
+    lp.legend_outside = true;
     for m in METHODS[4..].iter().chain(&[
         "spektron_sbc",
         "spektron_residual",
@@ -238,21 +242,19 @@ pub fn experiment_plot(
         "transformer_transfer",
         "lora_ct",
     ]) {
-        let pts: Vec<(f64, f64)> = ns
+        let pts: Vec<&Cell> = ns
             .iter()
-            .filter_map(|&n| {
-                cells
-                    .iter()
-                    .find(|c| c.method == *m && c.n_transfer == n)
-                    .map(|c| (n as f64, c.rmsep_mean))
-            })
+            .filter_map(|&n| cells.iter().find(|c| c.method == *m && c.n_transfer == n))
             .collect();
         if !pts.is_empty() {
-            lp.series.push(plot::Series::line(
-                *m,
-                pts.iter().map(|p| p.0).collect(),
-                pts.iter().map(|p| p.1).collect(),
-            ));
+            let mut s = plot::Series::points_with_errors(
+                method_label(m),
+                pts.iter().map(|c| c.n_transfer as f64).collect(),
+                pts.iter().map(|c| c.rmsep_mean).collect(),
+                pts.iter().map(|c| c.rmsep_std).collect(),
+            );
+            s.mark = plot::Mark::LineAndPoints;
+            lp.series.push(s);
         }
     }
     plot::line_plot(path, &lp)

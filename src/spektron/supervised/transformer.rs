@@ -1,6 +1,7 @@
 //! A plain Transformer regressor: the spectrum cut into patches of `patch` points (zero-padded
 //! at the end), a linear patch embedding plus learned positions, a pre-norm Transformer encoder,
-//! a final LayerNorm, the mean over tokens and one linear output. No wavelet tokens, no
+//! a final LayerNorm and one linear output over the flattened tokens (position-specific, as the
+//! CNN's and a PLS regression vector: a mean over tokens fits even a linear target poorly). No wavelet tokens, no
 //! pretraining, no VIB: the supervised baseline of the plan's E4 table. LoRA-CT puts adapters on
 //! its attention projections ([`with_lora`]).
 
@@ -67,7 +68,7 @@ impl SpectrumTransformer {
             pos: Param::from_tensor(pos),
             encoder: cfg.init(device),
             norm: LayerNormConfig::new(d.d_model).init(device),
-            head: LinearConfig::new(d.d_model, 1).init(device),
+            head: LinearConfig::new(n_tokens * d.d_model, 1).init(device),
             patch: d.patch,
             n_tokens,
         })
@@ -88,8 +89,8 @@ impl Regressor for SpectrumTransformer {
         let h = self
             .norm
             .forward(self.encoder.forward(TransformerEncoderInput::new(h)));
-        let d = h.dims()[2];
-        self.head.forward(h.mean_dim(1).reshape([b, d]))
+        let [_, t, d] = h.dims();
+        self.head.forward(h.reshape([b, t * d]))
     }
 }
 
