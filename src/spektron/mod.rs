@@ -6,7 +6,7 @@
 //! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` → `supervised` → `data` →
-//! `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` → `ttt_steps` → `config` →
+//! `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` → `ttt_steps`/`pretrain_ablation` → `config` →
 //! `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
@@ -20,6 +20,7 @@ pub mod demo;
 pub mod experiment;
 pub mod finetune;
 pub mod model;
+pub mod pretrain_ablation;
 pub mod protocol;
 pub mod report;
 pub mod supervised;

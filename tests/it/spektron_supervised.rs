@@ -203,7 +203,7 @@ fn splits(c: &serde_json::Value) -> Vec<f64> {
 }
 
 #[test]
-fn cli_table_with_supervised_rows_and_e9_on_the_same_splits() {
+fn cli_table_with_supervised_rows_and_e9_e1_on_the_same_splits() {
     let _rng = crate::common::burn_rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let run = |tail: &[&str]| {
@@ -301,4 +301,53 @@ fn cli_table_with_supervised_rows_and_e9_on_the_same_splits() {
     // header + 2 settings × 3 step counts + 2 classical references.
     assert_eq!(csv.lines().count(), 1 + 6 + 2);
     assert!(dir.path().join("e9/e9_synthetic.png").is_file());
+
+    // E1: the `none` variant is E4 without a checkpoint (same splits and seeds); the pretrained
+    // variants start elsewhere; working files are gone.
+    let e1 = run(&[
+        "--out",
+        "e1",
+        "spektron",
+        "experiment",
+        "pretraining",
+        "--quick",
+        "--repeats",
+        "2",
+        "--n-transfer",
+        "10",
+    ]);
+    let e1c = cells(&e1, "cells");
+    let of = |v: &str, m: &str, n: u64| {
+        splits(
+            e1c.iter()
+                .find(|c| c["variant"] == v && c["method"] == m && c["n_transfer"] == n)
+                .unwrap_or_else(|| panic!("E1 {v} {m} N={n}")),
+        )
+    };
+    for (m, n) in [
+        ("spektron_no_transfer", 0),
+        ("spektron_lora", 10),
+        ("scratch", 10),
+    ] {
+        assert_eq!(
+            of("none", m, n),
+            splits(find(&cs, "method", m, "n_transfer", n)),
+            "E1 none vs E4 {m}"
+        );
+    }
+    assert_ne!(
+        of("msrp", "spektron_master_on_master", 0),
+        of("none", "spektron_master_on_master", 0)
+    );
+    let vs = cells(&e1, "variants");
+    assert_eq!(vs.len(), 3);
+    for v in &vs[1..] {
+        assert_eq!(v["steps"], 30, "{v}");
+        assert!(v["val_msrp"].as_f64().is_some_and(f64::is_finite), "{v}");
+    }
+    assert!(!dir.path().join("e1/e1-work").exists());
+    let csv = std::fs::read_to_string(dir.path().join("e1/e1_synthetic.csv")).unwrap();
+    // header + 3 variants × 5 arms + 2 classical references.
+    assert_eq!(csv.lines().count(), 1 + 15 + 2);
+    assert!(dir.path().join("e1/e1_synthetic.png").is_file());
 }
