@@ -108,3 +108,19 @@ pub fn slope_bias(x: &[f64], y: &[f64]) -> (f64, f64) {
 pub fn sub_seed(seed: u64, rep: usize, arm: u64, n: usize) -> u64 {
     seed ^ (((rep as u64) << 40) | (arm << 32) | n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
+
+/// (RMSEP, R²) of every repetition per (row name, N), rows in first-seen order.
+#[derive(Clone, Debug, Default)]
+pub struct Acc(pub Vec<Row>);
+
+/// One row of an [`Acc`]: name, N, per-repetition (RMSEP, R²).
+pub type Row = (&'static str, usize, Vec<(f64, f64)>);
+
+impl Acc {
+    pub fn push(&mut self, m: &'static str, k: usize, e: (f64, f64)) {
+        match self.0.iter_mut().find(|(mm, kk, _)| *mm == m && *kk == k) {
+            Some(c) => c.2.push(e),
+            None => self.0.push((m, k, vec![e])),
+        }
+    }
+}

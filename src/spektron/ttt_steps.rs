@@ -23,7 +23,7 @@ use super::baselines::{self, r2, rmsep};
 use super::experiment::{self, Input, MasterInput, Settings, Task};
 use super::model::SpektronModel;
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, FinetuneReport, Labelled};
-use super::protocol::{Centring, Split, sub_seed, take};
+use super::protocol::{Acc, Centring, Split, sub_seed, take};
 use super::report;
 use crate::backend::seeded;
 use crate::error::SpxError;
@@ -144,13 +144,7 @@ pub fn run(
         ..arms.ttt.clone()
     };
     let t0 = Instant::now();
-    let mut acc: Vec<((&'static str, usize), Vec<(f64, f64)>)> = Vec::new();
-    let mut push =
-        |key: (&'static str, usize), e: (f64, f64)| match acc.iter_mut().find(|(kk, _)| *kk == key)
-        {
-            Some(c) => c.1.push(e),
-            None => acc.push((key, vec![e])),
-        };
+    let mut acc = Acc::default();
     for s in 0..ec.repeats {
         on_progress(&format!("repetition {}", s + 1));
         let sp = Split::new(s, n, n_test);
@@ -231,7 +225,7 @@ pub fn run(
                 ts,
                 |step, m| {
                     if steps.binary_search(&step).is_ok() {
-                        push((name, step), score(m, rep));
+                        acc.push(name, step, score(m, rep));
                     }
                     Ok(())
                 },
@@ -240,8 +234,9 @@ pub fn run(
     }
     let secs = t0.elapsed().as_secs_f64();
     let mut rows: Vec<StepRow> = acc
+        .0
         .iter()
-        .map(|((m, st), v)| aggregate(m, *st, v))
+        .map(|(m, st, v)| aggregate(m, *st, v))
         .collect();
     for (m, nn) in [("recentre_test", 0), ("sbc", k)] {
         if let Some(c) = base.get(m, nn) {

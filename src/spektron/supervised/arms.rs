@@ -16,7 +16,7 @@ use super::{Fit, SupervisedConfig, fit, predict};
 use crate::backend::seeded;
 use crate::error::SpxError;
 use crate::spektron::baselines::{Cell, r2, rmsep};
-use crate::spektron::protocol::{Centring, Split, sub_seed, take};
+use crate::spektron::protocol::{Acc, Centring, Split, sub_seed, take};
 
 /// Row names, in table order.
 pub const ROWS: &[&str] = &[
@@ -152,14 +152,8 @@ pub fn run_arms(
         cnn_master_epochs: Vec::new(),
         transformer_master_epochs: Vec::new(),
     };
-    let mut acc: Vec<(&'static str, usize, Vec<(f64, f64)>)> = Vec::new();
-    let mut push = |m: &'static str, k: usize, e: (f64, f64)| match acc
-        .iter_mut()
-        .find(|(mm, kk, _)| *mm == m && *kk == k)
-    {
-        Some(c) => c.2.push(e),
-        None => acc.push((m, k, vec![e])),
-    };
+    let mut acc = Acc::default();
+    let mut push = |m: &'static str, k: usize, e: (f64, f64)| acc.push(m, k, e);
     for s in 0..pr.repeats {
         let sp = Split::new(s, n, pr.n_test);
         let cm = if pr.centre {
@@ -255,7 +249,7 @@ pub fn run_arms(
     }
     let cells = ROWS
         .iter()
-        .flat_map(|r| acc.iter().filter(move |(m, _, _)| m == r))
+        .flat_map(|r| acc.0.iter().filter(move |(m, _, _)| m == r))
         .map(|(m, k, v)| Cell::aggregate(m, *k, v))
         .collect();
     Ok((cells, summary))
