@@ -224,7 +224,8 @@ pub fn experiment_plot(
     let splits = cells.iter().map(|c| c.rmsep.len()).max().unwrap_or(0);
     let mut lp = plot::LinePlot::new(
         format!(
-            "{title} ({splits} splits, ± 1 sd); N=0: no transfer {:.3}, Spektron TTT {:.3}",
+            "{title} ({splits} seeded split{}, ± 1 sd); N=0: no transfer {:.3}, Spektron TTT {:.3}",
+            if splits == 1 { "" } else { "s" },
             cell("no_transfer"),
             cell("spektron_ttt")
         ),
