@@ -89,7 +89,13 @@ pub struct LinePlot {
     pub series: Vec<Series>,
     pub log_y: bool,
     pub size: (u32, u32),
+    /// Legend in a column right of the axes (the image widens by [`LEGEND_WIDTH`]) instead of
+    /// over the curves.
+    pub legend_outside: bool,
 }
+
+/// Width in pixels of the legend column of `legend_outside` plots.
+pub const LEGEND_WIDTH: u32 = 480;
 
 impl LinePlot {
     pub fn new(
@@ -104,6 +110,7 @@ impl LinePlot {
             series: Vec::new(),
             log_y: false,
             size: (1000, 600),
+            legend_outside: false,
         }
     }
 }
@@ -288,9 +295,23 @@ pub fn line_plot(path: &Path, plot: &LinePlot) -> Result<(), SpxError> {
         finite_range(ys.into_iter()).ok_or_else(|| perr(path, "no finite y values to plot"))?;
     let xr = padded(xr);
     with_atomic_path(path, |tmp| {
-        let root = BitMapBackend::new(tmp, plot.size).into_drawing_area();
+        let size = if plot.legend_outside {
+            (plot.size.0 + LEGEND_WIDTH, plot.size.1)
+        } else {
+            plot.size
+        };
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| perr(path, e))?;
-        let mut builder = ChartBuilder::on(&root);
+        let (area, legend) = if plot.legend_outside {
+            let (a, b) = root.split_horizontally(plot.size.0);
+            (a, Some(b))
+        } else {
+            (root.clone(), None)
+        };
+        if let Some(lg) = &legend {
+            draw_legend_column(lg, plot, path)?;
+        }
+        let mut builder = ChartBuilder::on(&area);
         builder
             .caption(&plot.title, ("sans-serif", 24))
             .margin(15)
@@ -330,6 +351,34 @@ pub fn line_plot(path: &Path, plot: &LinePlot) -> Result<(), SpxError> {
         root.present().map_err(|e| perr(path, e))?;
         Ok(())
     })
+}
+
+/// The legend of `plot` as a column of (line sample, label) entries in `area`.
+fn draw_legend_column(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    plot: &LinePlot,
+    path: &Path,
+) -> Result<(), SpxError> {
+    for (i, s) in plot.series.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        let y = 70 + 26 * i as i32;
+        area.draw(&PathElement::new(
+            vec![(8, y), (36, y)],
+            color.stroke_width(2),
+        ))
+        .map_err(|e| perr(path, e))?;
+        if s.mark != Mark::Line {
+            area.draw(&Circle::new((22, y), 3, color.filled()))
+                .map_err(|e| perr(path, e))?;
+        }
+        area.draw(&Text::new(
+            s.label.clone(),
+            (44, y - 8),
+            ("sans-serif", 15).into_font(),
+        ))
+        .map_err(|e| perr(path, e))?;
+    }
+    Ok(())
 }
 
 fn draw_series<'a, Y>(
@@ -385,6 +434,9 @@ where
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| perr(path, e))?;
         }
+    }
+    if plot.legend_outside {
+        return Ok(());
     }
     chart
         .configure_series_labels()

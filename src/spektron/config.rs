@@ -24,6 +24,7 @@ pub struct SpektronConfig {
     pub finetune: super::model::finetune::FinetuneConfig,
     pub ttt: super::model::finetune::TttConfig,
     pub experiment: super::experiment::ExperimentConfig,
+    pub supervised: super::supervised::SupervisedConfig,
 }
 
 /// The built-in defaults, so a config file without a `[spektron]` section (e.g. one that only
@@ -68,6 +69,7 @@ impl SpektronConfig {
         experiment::Settings {
             arms: self.arm_settings(),
             baselines: &self.baselines,
+            supervised: &self.supervised,
             min_std: self.corpus.min_std,
             seed,
         }

@@ -36,11 +36,14 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::baselines;
-use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
+use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep};
 use super::data::{Modality, corpus, instruments, synth};
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
 use super::model::{ModelConfig, SpektronModel, checkpoint};
+use super::protocol::{Centring, Split, slope_bias, sub_seed, take, to_array};
 use super::report;
+use super::supervised::SupervisedConfig;
+use super::supervised::arms::{self as supervised_arms, SupervisedSummary};
 use crate::backend::seeded;
 use crate::error::SpxError;
 use crate::io::atomic::{Stage, safe_component};
@@ -70,6 +73,13 @@ pub struct ExperimentConfig {
     /// target test spectra, transductive as `recentre_test`) before the master calibration.
     #[serde(default)]
     pub adapt_unlabelled: bool,
+    /// Add the supervised deep baselines (`[spektron.supervised]`: 1-D CNN, plain Transformer,
+    /// LoRA-CT), trained on the source calibration set and transferred with the N target samples.
+    #[serde(default)]
+    pub supervised: bool,
+    /// E9 (`experiment ttt-steps`): the test-time-training step counts reported.
+    #[serde(default)]
+    pub ttt_steps: Vec<usize>,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
@@ -123,83 +133,78 @@ pub fn prepare_spectra(
     Ok((one(&data.source, "source")?, one(&data.target, "target")?))
 }
 
-/// Row-major `p`-column spectra as an f64 matrix (for PLS).
-fn to_array(x: &[f32], p: usize) -> ndarray::Array2<f64> {
-    let n = x.len() / p.max(1);
-    ndarray::Array2::from_shape_fn((n, p), |(i, j)| f64::from(x[i * p + j]))
+/// The source side of one repetition: centred calibration spectra and property values, the
+/// task's unlabelled target spectra (centred target calibration + test; used with
+/// `adapt_unlabelled`), the modality code and the repetition index.
+pub struct MasterInput<'a> {
+    pub xc: &'a [f32],
+    pub yc: &'a [f32],
+    pub unlabelled_target: &'a [f32],
+    pub modality: i8,
+    pub repetition: usize,
 }
 
-fn take(x: &[f32], rows: &[usize], p: usize) -> Vec<f32> {
-    rows.iter()
-        .flat_map(|&r| x[r * p..(r + 1) * p].iter().copied())
-        .collect()
-}
-
-/// Centring of a calibration set, as PLS centres X: the mean spectrum and one RMS scale of the
-/// centred rows (the sample-to-sample differences that carry the property are ~1 % of an SNV
-/// spectrum; uncentred they are a small perturbation of one shared input).
-#[derive(Clone, Debug)]
-struct Centring {
-    mean: Vec<f32>,
-    scale: f32,
-}
-
-impl Centring {
-    fn fit(x: &[f32], p: usize) -> Self {
-        let n = (x.len() / p).max(1);
-        let mut mean = vec![0.0f64; p];
-        for row in x.chunks(p) {
-            for (m, &v) in mean.iter_mut().zip(row) {
-                *m += f64::from(v) / n as f64;
-            }
-        }
-        let ss: f64 = x
-            .chunks(p)
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&mean)
-                    .map(|(&v, m)| (f64::from(v) - m).powi(2))
-            })
-            .sum();
-        let rms = (ss / x.len().max(1) as f64).sqrt();
-        Centring {
-            mean: mean.into_iter().map(|m| m as f32).collect(),
-            scale: if rms > 0.0 { rms as f32 } else { 1.0 },
-        }
+/// The master model of one repetition: random weights (seed `sub_seed(seed, s, 1, 0)`) or the
+/// checkpoint, adapted self-supervised on the task's unlabelled spectra when `adapt_unlabelled`,
+/// then fully fine-tuned on the labelled source calibration set (`master_epochs`, `full_lr`).
+pub fn calibrate_master(
+    cfg: ArmSettings<'_>,
+    pretrained: Option<&Path>,
+    m: &MasterInput<'_>,
+    device: &Device,
+    seed: u64,
+) -> Result<(SpektronModel, finetune::FinetuneReport), SpxError> {
+    let ec = cfg.experiment;
+    let lay = cfg.model.layout();
+    let p = lay.n_points;
+    let s = m.repetition;
+    let mut mc = cfg.model.clone();
+    mc.n_targets = 1;
+    let mods = |k: usize| vec![m.modality; k];
+    let ms = sub_seed(seed, s, 1, 0);
+    let mut rng = seeded(device, ms);
+    let mut base = SpektronModel::new(&mc, &mut rng, device)?;
+    if let Some(dir) = pretrained {
+        base = checkpoint::load(dir, base)?.0;
     }
-
-    fn identity(p: usize) -> Self {
-        Centring {
-            mean: vec![0.0; p],
-            scale: 1.0,
-        }
+    if ec.adapt_unlabelled {
+        // Unlabelled spectra of the task: source and target calibration, target test.
+        let mut u = m.xc.to_vec();
+        u.extend_from_slice(m.unlabelled_target);
+        let us = sub_seed(seed, s, 5, 0);
+        let _ = seeded(device, us);
+        base = finetune::ttt(
+            base,
+            &lay,
+            &u,
+            &mods(u.len() / p),
+            cfg.ttt,
+            cfg.mask_block,
+            device,
+            us,
+        )?
+        .0;
     }
-
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        x.chunks(self.mean.len())
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&self.mean)
-                    .map(|(v, m)| (v - m) / self.scale)
-            })
-            .collect()
-    }
-}
-
-/// Least-squares `y ≈ a + b·x`; a constant `x` gives the mean offset (b = 1).
-fn slope_bias(x: &[f64], y: &[f64]) -> (f64, f64) {
-    let n = x.len().max(1) as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let sxx: f64 = x.iter().map(|v| (v - mx).powi(2)).sum();
-    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let b = if sxx > 1e-12 * n { sxy / sxx } else { 1.0 };
-    (my - b * mx, b)
-}
-
-/// Seed for one (repetition, arm, N) training run: burn's dropout draws from the global RNG,
-/// so every training call reseeds it.
-fn sub_seed(seed: u64, rep: usize, arm: u64, n: usize) -> u64 {
-    seed ^ (((rep as u64) << 40) | (arm << 32) | n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let mcfg = FinetuneConfig {
+        mode: FinetuneMode::Full,
+        lr: ec.full_lr,
+        epochs: ec.master_epochs,
+        ..cfg.finetune.clone()
+    };
+    let _ = seeded(device, ms);
+    finetune::finetune_scaled(
+        base,
+        &lay,
+        &Labelled {
+            x: m.xc,
+            y: m.yc,
+            modality: &mods(m.yc.len()),
+        },
+        &mcfg,
+        device,
+        ms,
+        None,
+    )
 }
 
 /// Run the model arms for every repetition and N; returns one [`Cell`] per (arm, N).
@@ -286,9 +291,8 @@ pub fn run_model_arms(
         None => acc.push((m, k, vec![e])),
     };
     for s in 0..ec.repeats {
-        let perm = splits::permutation(s as u32, n);
-        let (test, cal) = perm.split_at(n_test);
-        let tperm = splits::permutation(1000 + s as u32, cal.len());
+        let sp = Split::new(s, n, n_test);
+        let (test, cal, tperm) = (&sp.test[..], &sp.cal[..], &sp.tperm);
         let mods = |k: usize| vec![modality; k];
         // Master-side centring (from the source calibration rows) for the master, TTT and LoRA
         // arms, as the classical methods reuse the master PLS centring.
@@ -300,31 +304,7 @@ pub fn run_model_arms(
         let xt_test = cm.apply(&take(xt, test, p));
 
         on_progress(&format!("repetition {}: master calibration", s + 1));
-        let ms = sub_seed(seed, s, 1, 0);
-        let mut base = fresh(ms)?;
-        if let Some(dir) = pretrained {
-            base = checkpoint::load(dir, base)?.0;
-        }
         let (xc, yc) = (cm.apply(&take(xs, cal, p)), yv(cal));
-        if ec.adapt_unlabelled {
-            // Unlabelled spectra of the task: source and target calibration, target test.
-            let mut u = xc.clone();
-            u.extend(cm.apply(&take(xt, cal, p)));
-            u.extend_from_slice(&xt_test);
-            let us = sub_seed(seed, s, 5, 0);
-            let _ = seeded(device, us);
-            base = finetune::ttt(
-                base,
-                &lay,
-                &u,
-                &mods(u.len() / p),
-                cfg.ttt,
-                cfg.mask_block,
-                device,
-                us,
-            )?
-            .0;
-        }
         // Source PLS on the model's input spectra (residual arm), LVs by CV as the classical
         // master.
         let pls = if ec.residual {
@@ -339,24 +319,21 @@ pub fn run_model_arms(
         } else {
             None
         };
-        let mcfg = FinetuneConfig {
-            epochs: ec.master_epochs,
-            ..full.clone()
+        let unlabelled_target = if ec.adapt_unlabelled {
+            let mut u = cm.apply(&take(xt, cal, p));
+            u.extend_from_slice(&xt_test);
+            u
+        } else {
+            Vec::new()
         };
-        let _ = seeded(device, ms);
-        let (master, mrep) = finetune::finetune_scaled(
-            base,
-            &lay,
-            &Labelled {
-                x: &xc,
-                y: &yc,
-                modality: &mods(cal.len()),
-            },
-            &mcfg,
-            device,
-            ms,
-            None,
-        )?;
+        let master_in = MasterInput {
+            xc: &xc,
+            yc: &yc,
+            unlabelled_target: &unlabelled_target,
+            modality,
+            repetition: s,
+        };
+        let (master, mrep) = calibrate_master(cfg, pretrained, &master_in, device, seed)?;
         let pred = |m: &SpektronModel, x: &[f32], rep: &finetune::FinetuneReport| {
             finetune::predict(&m.valid(), &lay, x, &mods(x.len() / p), rep, device)
         };
@@ -516,6 +493,8 @@ impl Kind {
 pub struct Settings<'a> {
     pub arms: ArmSettings<'a>,
     pub baselines: &'a BaselinesConfig,
+    /// `[spektron.supervised]` (with `spektron.experiment.supervised`).
+    pub supervised: &'a SupervisedConfig,
     /// `spektron.corpus.min_std` (spectra resampled and SNV-normalised as in the corpus).
     pub min_std: f64,
     pub seed: u64,
@@ -553,6 +532,9 @@ pub struct ExperimentReport {
     pub model_parameters: usize,
     pub model_seconds: f64,
     pub master_lvs: Vec<usize>,
+    /// Sizes and master epochs of the supervised deep baselines (when they ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<SupervisedSummary>,
     pub config: String,
     pub cells: Vec<Cell>,
     /// Files written (final paths), CSV, Markdown, [PNG,] JSON.
@@ -571,9 +553,12 @@ pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
     }
 }
 
-/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N.
+/// Progress units [`run`] reports: per repetition, master + TTT + two arms per N (and with the
+/// supervised baselines two masters + LoRA-CT per N).
 pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
-    (ec.repeats * (2 + 2 * n_values(kind, ec).len())) as u64
+    let ns = n_values(kind, ec).len();
+    let sup = if ec.supervised { 2 + ns } else { 0 };
+    (ec.repeats * (2 + 2 * ns + sup)) as u64
 }
 
 /// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).
@@ -605,6 +590,65 @@ pub fn table(
     run(Kind::Table, input, cfg, device, stage, on_progress)
 }
 
+/// The data of an experiment and its names.
+pub struct Task {
+    pub data: TransferData,
+    /// The file's x axis (empty: channel index).
+    pub axis: Vec<f64>,
+    pub title: String,
+    /// File-name stem `<src>_<tgt>_<property>` or `synthetic`.
+    pub stem: String,
+    pub property: String,
+}
+
+/// Open the paired data file of `input`, or make the synthetic two-instrument data
+/// (`spektron.experiment.synth_*`, seeded by `seed`).
+pub fn task_data(input: &Input, ec: &ExperimentConfig, seed: u64) -> Result<Task, SpxError> {
+    Ok(match input.data {
+        Some(d) => {
+            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
+            let prop = pair.property.trim().to_string();
+            Task {
+                data: pair.data,
+                axis: pair.axis,
+                title: format!("{} → {}, {}", input.source, input.target, prop),
+                stem: format!(
+                    "{}_{}_{}",
+                    input.source,
+                    input.target,
+                    prop.to_ascii_lowercase()
+                ),
+                property: prop,
+            }
+        }
+        None => {
+            let (xm, xs, y) = synth::two_instrument(
+                seed,
+                ec.synth_samples,
+                ec.synth_channels,
+                ec.synth_shift,
+                ec.synth_gain,
+                ec.synth_offset,
+                ec.synth_noise,
+            );
+            Task {
+                data: TransferData {
+                    source: xm,
+                    target: xs,
+                    y,
+                },
+                axis: Vec::new(),
+                title: format!(
+                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
+                    ec.synth_shift, ec.synth_gain, ec.synth_offset
+                ),
+                stem: "synthetic".to_string(),
+                property: "analyte 1".to_string(),
+            }
+        }
+    })
+}
+
 /// One experiment: data (file or synthetic), the classical baselines and the model arms on the
 /// same seeded splits; report files are written into `stage` (visible on its commit).
 pub fn run(
@@ -617,49 +661,13 @@ pub fn run(
 ) -> Result<ExperimentReport, SpxError> {
     let ec = cfg.arms.experiment;
     let ns = n_values(kind, ec);
-    let (data, axis, title, stem, property) = match input.data {
-        Some(d) => {
-            let pair = instruments::load_pair(d, input.source, input.target, input.property)?;
-            let prop = pair.property.trim().to_string();
-            (
-                pair.data,
-                pair.axis,
-                format!("{} → {}, {}", input.source, input.target, prop),
-                format!(
-                    "{}_{}_{}",
-                    input.source,
-                    input.target,
-                    prop.to_ascii_lowercase()
-                ),
-                prop,
-            )
-        }
-        None => {
-            let (xm, xs, y) = synth::two_instrument(
-                cfg.seed,
-                ec.synth_samples,
-                ec.synth_channels,
-                ec.synth_shift,
-                ec.synth_gain,
-                ec.synth_offset,
-                ec.synth_noise,
-            );
-            (
-                TransferData {
-                    source: xm,
-                    target: xs,
-                    y,
-                },
-                Vec::new(),
-                format!(
-                    "synthetic master → slave (shift {} ch, gain {}, offset {})",
-                    ec.synth_shift, ec.synth_gain, ec.synth_offset
-                ),
-                "synthetic".to_string(),
-                "analyte 1".to_string(),
-            )
-        }
-    };
+    let Task {
+        data,
+        axis,
+        title,
+        stem,
+        property,
+    } = task_data(input, ec, cfg.seed)?;
     let short = if input.data.is_some() {
         title.clone()
     } else {
@@ -690,9 +698,33 @@ pub fn run(
         cfg.seed,
         &mut on_progress,
     )?;
-    let secs = t0.elapsed().as_secs_f64();
     let mut cells = base.cells.clone();
     cells.extend(arms);
+    let supervised = if ec.supervised {
+        let pr = supervised_arms::Protocol {
+            cfg: cfg.supervised,
+            n_test: bc.n_test,
+            repeats: ec.repeats,
+            centre: ec.centre,
+            seed: cfg.seed,
+        };
+        let y = data.y.to_vec();
+        let (c, summary) = supervised_arms::run_arms(
+            &xs,
+            &xt,
+            &y,
+            lay.n_points,
+            &ns,
+            pr,
+            device,
+            &mut on_progress,
+        )?;
+        cells.extend(c);
+        Some(summary)
+    } else {
+        None
+    };
+    let secs = t0.elapsed().as_secs_f64();
     let (tag, name) = kind.names();
     let stem = safe_component(&format!("{tag}_{stem}"));
     let title = format!("{name}: {title}");
@@ -723,6 +755,7 @@ pub fn run(
         model_parameters: params,
         model_seconds: secs,
         master_lvs: base.master_lvs,
+        supervised,
         config: input.config_file.display().to_string(),
         cells,
         files: Vec::new(),

@@ -2,12 +2,14 @@
 //! calibration-transfer baselines (`baselines/`), the neural model with its pretraining,
 //! fine-tuning and test-time training (`model/`), and the pipelines on top of them — one
 //! function per command: [`classical::run`] (baselines), [`finetune::run`], [`ttt::run`],
-//! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4), [`demo::run`] — with their
-//! report writers in [`report`]. [`config`] gathers the settings types and sits above all of them.
+//! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4, with the supervised deep
+//! baselines of [`supervised`]), [`ttt_steps::run`] (E9), [`pretrain_ablation::run`] (E1),
+//! [`demo::run`] — with their report writers in [`report`]. [`config`] gathers the settings types
+//! and sits above all of them.
 //!
-//! Layers (a module only imports modules listed before it): `baselines` → `data` → `model` →
-//! `report` → `classical`/`experiment`/`finetune`/`ttt` → `config` →
-//! `demo`.
+//! Layers (a module only imports modules listed before it): `baselines` → `protocol` →
+//! `supervised` → `data` → `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
+//! `ttt_steps`/`pretrain_ablation` → `config` → `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
 //! project's shared notes, beside the repository).
@@ -20,5 +22,9 @@ pub mod demo;
 pub mod experiment;
 pub mod finetune;
 pub mod model;
+pub mod pretrain_ablation;
+pub mod protocol;
 pub mod report;
+pub mod supervised;
 pub mod ttt;
+pub mod ttt_steps;

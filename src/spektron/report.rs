@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::baselines::{BaselineReport, Cell, METHODS};
 use super::model::checkpoint::LogEntry;
 use super::model::pretrain::PretrainReport;
+use super::supervised::arms::ROWS as SUPERVISED_ROWS;
 use crate::error::SpxError;
 use crate::io::{plot, write_atomic};
 
@@ -48,6 +49,13 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_residual" => "PLS + slope/bias + Spektron LoRA correction of its residuals",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
+        "cnn_master_on_master" => "1-D CNN (source-trained) on master test spectra",
+        "cnn_no_transfer" => "1-D CNN (source-trained) on target (no transfer)",
+        "cnn_transfer" => "1-D CNN fine-tuned on N labelled target spectra",
+        "transformer_master_on_master" => "Transformer (source-trained) on master test spectra",
+        "transformer_no_transfer" => "Transformer (source-trained) on target (no transfer)",
+        "transformer_transfer" => "Transformer fine-tuned on N labelled target spectra",
+        "lora_ct" => "LoRA-CT: Transformer + LoRA on N labelled target spectra",
         _ => "?",
     }
 }
@@ -176,7 +184,7 @@ pub fn experiment_markdown(title: &str, cells: &[Cell], ns: &[usize]) -> String 
         md.push_str("---|");
     }
     md.push('\n');
-    for m in METHODS.iter().chain(ARMS) {
+    for m in METHODS.iter().chain(ARMS).chain(SUPERVISED_ROWS) {
         if !cells.iter().any(|c| c.method == *m) {
             continue;
         }
@@ -198,7 +206,9 @@ pub fn experiment_markdown(title: &str, cells: &[Cell], ns: &[usize]) -> String 
     md
 }
 
-/// RMSEP vs N (log axis) of the N > 0 methods and arms; the N = 0 levels go in the title.
+/// RMSEP vs N (log axis) of the N > 0 methods and arms, mean ± 1 sd over the splits (the count
+/// in the title), spelled-out method names in a legend beside the axes; the N = 0 levels go in
+/// the title.
 pub fn experiment_plot(
     path: &Path,
     title: &str,
@@ -211,37 +221,41 @@ pub fn experiment_plot(
             .find(|c| c.method == m && c.n_transfer == 0)
             .map_or(f64::NAN, |c| c.rmsep_mean)
     };
+    let splits = cells.iter().map(|c| c.rmsep.len()).max().unwrap_or(0);
     let mut lp = plot::LinePlot::new(
         format!(
-            "{title}; N=0: no transfer {:.3}, Spektron TTT {:.3}",
+            "{title} ({splits} seeded split{}, ± 1 sd); N=0: no transfer {:.3}, Spektron TTT {:.3}",
+            if splits == 1 { "" } else { "s" },
             cell("no_transfer"),
             cell("spektron_ttt")
         ),
-        "N transfer samples",
-        "RMSEP",
+        "N labelled target transfer samples",
+        "RMSEP on target test spectra (property units)",
     );
     lp.log_y = true;
+    lp.legend_outside = true;
     for m in METHODS[4..].iter().chain(&[
         "spektron_sbc",
         "spektron_residual",
         "spektron_lora",
         "scratch",
+        "cnn_transfer",
+        "transformer_transfer",
+        "lora_ct",
     ]) {
-        let pts: Vec<(f64, f64)> = ns
+        let pts: Vec<&Cell> = ns
             .iter()
-            .filter_map(|&n| {
-                cells
-                    .iter()
-                    .find(|c| c.method == *m && c.n_transfer == n)
-                    .map(|c| (n as f64, c.rmsep_mean))
-            })
+            .filter_map(|&n| cells.iter().find(|c| c.method == *m && c.n_transfer == n))
             .collect();
         if !pts.is_empty() {
-            lp.series.push(plot::Series::line(
-                *m,
-                pts.iter().map(|p| p.0).collect(),
-                pts.iter().map(|p| p.1).collect(),
-            ));
+            let mut s = plot::Series::points_with_errors(
+                method_label(m),
+                pts.iter().map(|c| c.n_transfer as f64).collect(),
+                pts.iter().map(|c| c.rmsep_mean).collect(),
+                pts.iter().map(|c| c.rmsep_std).collect(),
+            );
+            s.mark = plot::Mark::LineAndPoints;
+            lp.series.push(s);
         }
     }
     plot::line_plot(path, &lp)

@@ -14,3 +14,4 @@ mod ptycho;
 mod ptycho_pinn;
 mod spektron;
 mod spektron_model;
+mod spektron_supervised;

@@ -13,7 +13,7 @@ use spx::spektron::baselines::BaselineReport;
 use spx::spektron::experiment::{self as ex, Kind};
 use spx::spektron::{classical, demo as sdemo};
 
-use super::{Global, int, ints, load, modality};
+use super::{Flag, Global, int, ints, load, modality};
 
 #[derive(Args, Debug)]
 pub struct BaselinesArgs {
@@ -43,6 +43,22 @@ pub enum ExperimentCmd {
     SampleEfficiency(ExperimentArgs),
     /// E4: RMSEP/R² table at N = spektron.experiment.table_n plus the N = 0 rows (CSV, JSON, MD).
     Table(ExperimentArgs),
+    /// E9: RMSEP vs test-time-training steps, from the master (0-shot) and from master + LoRA on
+    /// N = spektron.experiment.table_n target spectra (few-shot) (CSV, JSON, MD, PNG).
+    TttSteps(TttStepsArgs),
+    /// E1: pretraining ablation (none / masked reconstruction only / all losses) on a synthetic
+    /// corpus made in the run ([spektron.synth], [spektron.pretrain]), then E4's model arms at
+    /// N = spektron.experiment.table_n (CSV, JSON, MD, PNG).
+    Pretraining(ExperimentArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TttStepsArgs {
+    #[command(flatten)]
+    pub common: ExperimentArgs,
+    /// TTT step counts, e.g. 0,5,10,20,50 (spektron.experiment.ttt_steps).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Option<Vec<usize>>,
 }
 
 #[derive(Args, Debug)]
@@ -139,11 +155,10 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
     let (kind, a) = match cmd {
         ExperimentCmd::SampleEfficiency(a) => (Kind::SampleEfficiency, a),
         ExperimentCmd::Table(a) => (Kind::Table, a),
+        ExperimentCmd::TttSteps(t) => return ttt_steps(g, t),
+        ExperimentCmd::Pretraining(a) => return pretraining(g, a),
     };
-    let mut extra = Vec::new();
-    if let Some(r) = a.repeats {
-        extra.push(int("spektron.experiment.repeats", r, "--repeats"));
-    }
+    let mut extra = common_flags(a);
     match (&a.n_transfer, kind) {
         (Some(ns), Kind::Table) if ns.len() != 1 => {
             bail!("--n-transfer: the table takes one N (got {ns:?})")
@@ -163,15 +178,7 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
     let stage = Stage::begin(&cfg.run.out_dir)?
         .inputs(a.data.iter().chain(&a.checkpoint).map(PathBuf::as_path));
     let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
-    let input = ex::Input {
-        data: a.data.as_deref(),
-        source: &a.source,
-        target: &a.target,
-        property: &a.property,
-        checkpoint: a.checkpoint.as_deref(),
-        modality: modality(&a.modality)?,
-        config_file: &config_file,
-    };
+    let input = input_of(a, &config_file)?;
     let dev = cfg.run.device.autodiff_device()?;
     let ec = &cfg.spektron.experiment;
     let label = match kind {
@@ -198,6 +205,117 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
             ""
         }
     ));
+    for f in &r.files {
+        g.say(format!("wrote {}", f.display()));
+    }
+    let mut js = serde_json::to_value(&r)?;
+    js["files"] = serde_json::json!(
+        r.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    g.emit_json(&js)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags every experiment takes (--repeats).
+fn common_flags(a: &ExperimentArgs) -> Vec<Flag> {
+    let mut extra = Vec::new();
+    if let Some(r) = a.repeats {
+        extra.push(int("spektron.experiment.repeats", r, "--repeats"));
+    }
+    extra
+}
+
+fn input_of<'a>(a: &'a ExperimentArgs, config_file: &'a Path) -> Result<ex::Input<'a>> {
+    Ok(ex::Input {
+        data: a.data.as_deref(),
+        source: &a.source,
+        target: &a.target,
+        property: &a.property,
+        checkpoint: a.checkpoint.as_deref(),
+        modality: modality(&a.modality)?,
+        config_file,
+    })
+}
+
+/// E9: `spx spektron experiment ttt-steps`.
+fn ttt_steps(g: &Global, t: &TttStepsArgs) -> Result<ExitCode> {
+    let a = &t.common;
+    let mut extra = common_flags(a);
+    match &a.n_transfer {
+        Some(ns) if ns.len() != 1 => bail!("--n-transfer: E9 takes one N (got {ns:?})"),
+        Some(ns) => extra.push(int("spektron.experiment.table_n", ns[0], "--n-transfer")),
+        None => {}
+    }
+    if let Some(st) = &t.steps {
+        extra.push(ints("spektron.experiment.ttt_steps", st, "--steps"));
+    }
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, extra)?;
+    let stage = Stage::begin(&cfg.run.out_dir)?
+        .inputs(a.data.iter().chain(&a.checkpoint).map(PathBuf::as_path));
+    let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
+    let input = input_of(a, &config_file)?;
+    let dev = cfg.run.device.autodiff_device()?;
+    let ec = &cfg.spektron.experiment;
+    let pb = g.progress().bar(ec.repeats as u64, "E9 TTT steps");
+    let settings = cfg.spektron.experiment_settings(cfg.run.seed);
+    let r = spx::spektron::ttt_steps::run(&input, settings, &dev, &stage, |m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    g.say(&r.markdown);
+    for f in &r.files {
+        g.say(format!("wrote {}", f.display()));
+    }
+    let mut js = serde_json::to_value(&r)?;
+    js["files"] = serde_json::json!(
+        r.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+    );
+    g.emit_json(&js)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// E1: `spx spektron experiment pretraining`.
+fn pretraining(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
+    let mut extra = common_flags(a);
+    match &a.n_transfer {
+        Some(ns) if ns.len() != 1 => bail!("--n-transfer: E1 takes one N (got {ns:?})"),
+        Some(ns) => extra.push(int("spektron.experiment.table_n", ns[0], "--n-transfer")),
+        None => {}
+    }
+    if a.checkpoint.is_some() {
+        bail!("--checkpoint: E1 pretrains its own models (it takes none)");
+    }
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, extra)?;
+    let stage = Stage::begin(&cfg.run.out_dir)?.inputs(a.data.iter().map(PathBuf::as_path));
+    let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
+    let input = input_of(a, &config_file)?;
+    let dev = cfg.run.device.autodiff_device()?;
+    let sc = &cfg.spektron;
+    let pb = g.progress().bar(7, "E1 pretraining ablation");
+    let pre = spx::spektron::pretrain_ablation::PretrainInput {
+        loss: &sc.loss,
+        pretrain: &sc.pretrain,
+        synth: &sc.synth,
+        corpus: &sc.corpus,
+    };
+    let settings = sc.experiment_settings(cfg.run.seed);
+    let r = spx::spektron::pretrain_ablation::run(&input, settings, pre, &dev, &stage, |m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    g.say(&r.markdown);
     for f in &r.files {
         g.say(format!("wrote {}", f.display()));
     }

@@ -307,6 +307,32 @@ pub fn ttt(
     device: &Device,
     seed: u64,
 ) -> Result<(SpektronModel, Vec<f64>), SpxError> {
+    ttt_observed(
+        model,
+        lay,
+        x,
+        modality,
+        cfg,
+        mask_block,
+        device,
+        seed,
+        |_, _| Ok(()),
+    )
+}
+
+/// [`ttt`] calling `observe(k, model)` with the model after k steps, for k = 0..=steps.
+#[allow(clippy::too_many_arguments)]
+pub fn ttt_observed(
+    model: SpektronModel,
+    lay: &TokenLayout,
+    x: &[f32],
+    modality: &[i8],
+    cfg: &TttConfig,
+    mask_block: usize,
+    device: &Device,
+    seed: u64,
+    mut observe: impl FnMut(usize, &SpektronModel) -> Result<(), SpxError>,
+) -> Result<(SpektronModel, Vec<f64>), SpxError> {
     let n = modality.len();
     if n == 0 || x.len() != n * lay.n_points {
         return Err(SpxError::field(
@@ -323,7 +349,8 @@ pub fn ttt(
     let mut opt = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut hist = Vec::with_capacity(cfg.steps);
     let mut order: Vec<usize> = (0..n).collect();
-    for _ in 0..cfg.steps {
+    observe(0, &model)?;
+    for step in 0..cfg.steps {
         order.shuffle(&mut rng);
         let b: Vec<usize> = order.iter().copied().take(cfg.batch.max(1)).collect();
         let mask: Vec<f32> = b
@@ -338,6 +365,7 @@ pub fn ttt(
         hist.push(f64::from(loss.clone().into_scalar::<f32>()));
         let g = GradientsParams::from_grads(loss.backward(), &model);
         model = opt.step(cfg.lr, model, g);
+        observe(step + 1, &model)?;
     }
     Ok((model, hist))
 }
