@@ -137,6 +137,7 @@ pub struct NetConfig {
     pub start_flat: bool,
     pub start_baseline: bool,
     pub baseline_smoothing: f64,
+    pub start_fit_sigmas: f64,
 }
 
 /// `[dip.prior]`: what the loss and the output impose beside the data.
@@ -165,6 +166,8 @@ pub struct TrainConfig {
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub stop_dof: bool,
+    pub fallback_baseline: bool,
+    pub warmup_epochs: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -347,6 +350,11 @@ impl DipConfig {
                 "net.start_flat",
                 "cannot be combined with net.start_baseline (set one of them false)",
             );
+        }
+        if !(self.net.start_fit_sigmas.is_finite()
+            && (0.0..=1e6).contains(&self.net.start_fit_sigmas))
+        {
+            return bad("net.start_fit_sigmas", "must be in [0, 1e6]");
         }
         if !(self.net.noise_std.is_finite() && self.net.noise_std >= 0.0) {
             return bad("net.noise_std", "must be finite and >= 0");
