@@ -27,6 +27,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::DipConfig;
 use super::kernel::ricker_bank;
+use super::simulate::smooth_to_resolution;
 use super::stacked::conv;
 use super::train::{
     EpochLoss, FitResult, Problem, StopReason, flux_scale, obs_weights, resolution_operator,
@@ -108,6 +109,20 @@ pub fn smoothed_start(
         }
     }
     Some(best)
+}
+
+/// How many instrument resolution elements λ/R the grid spans (Σ Δλ / (λ/R) over its pixels):
+/// ~16 per band, ~95 on 0.75–5 µm.
+pub fn resolution_elements(grid: &[f64]) -> f64 {
+    let n = grid.len();
+    if n < 2 {
+        return 1.0;
+    }
+    let d = (grid[n - 1] - grid[0]) / (n - 1) as f64;
+    grid.iter()
+        .map(|&l| d / super::grid::resolution_width(l))
+        .sum::<f64>()
+        .max(1.0)
 }
 
 /// Fit one network with `seed`. `device` must be an autodiff device. A batch of one
@@ -242,6 +257,8 @@ struct Running {
     /// The Tikhonov baseline (scaled units) returned instead of a fit that ends fitting the
     /// data worse than it (`train.fallback_baseline`).
     fallback: Option<Vec<f64>>,
+    /// Pass the returned spectrum through the λ/R kernel (`prior.smooth_written_density`).
+    smooth_written: bool,
 }
 
 /// Stacked weights and their Adam moments.
@@ -342,6 +359,7 @@ pub fn fit_batch_with(
         )
     });
 
+    let grid = super::grid::linspace(cfg.wavelength_min, cfg.wavelength_max, n);
     // Per job, in job order and in the order a lone fit draws them: seed, split, λ_D2, noise,
     // network.
     let mut net: Option<UNet> = None;
@@ -427,8 +445,13 @@ pub fn fit_batch_with(
             ivar[i] = 0.0;
             wt[i] = 0.0;
         }
+        // Observations per λ/R element of the grid: at or above `smooth_written_density` the
+        // written spectrum is passed through the λ/R kernel.
+        let smooth_written = cfg.prior.smooth_written_density > 0.0
+            && p.op.m as f64 / resolution_elements(&grid) >= cfg.prior.smooth_written_density;
         runs.push(Running {
             fallback,
+            smooth_written,
             job: j,
             t0,
             scale,
@@ -548,8 +571,12 @@ pub fn fit_batch_with(
                 stop = StopReason::Baseline;
             }
         }
+        let mut spectrum: Vec<f64> = run.best.2.iter().map(|&v| v * run.scale).collect();
+        if run.smooth_written {
+            spectrum = smooth_to_resolution(&grid, &spectrum);
+        }
         let f = FitResult {
-            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
+            spectrum,
             best_epoch: run.best.1,
             best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
             epochs_run,

@@ -149,6 +149,7 @@ pub struct PriorConfig {
     pub smoothness_weight: f64,
     pub smooth_output: bool,
     pub smooth_passes: usize,
+    pub smooth_written_density: f64,
 }
 
 /// `[dip.train]`: the data term, Adam and the stopping rules.
@@ -350,6 +351,11 @@ impl DipConfig {
                 "net.start_flat",
                 "cannot be combined with net.start_baseline (set one of them false)",
             );
+        }
+        if !(self.prior.smooth_written_density.is_finite()
+            && (0.0..=1e9).contains(&self.prior.smooth_written_density))
+        {
+            return bad("prior.smooth_written_density", "must be in [0, 1e9]");
         }
         if !(self.net.start_fit_sigmas.is_finite()
             && (0.0..=1e6).contains(&self.net.start_fit_sigmas))
