@@ -21,10 +21,11 @@ use std::collections::BTreeMap;
 use burn::tensor::Device;
 use spx::backend;
 use spx::config::{Config, ConfigBuilder};
+use spx::dip::forward::chi2;
 use spx::dip::grid::linspace;
 use spx::dip::input::median;
 use spx::dip::recon::{self, LineScore};
-use spx::dip::simulate::{FeatureKind, simulate_kind};
+use spx::dip::simulate::{FeatureKind, simulate_kind, smooth_to_resolution};
 use spx::logging::Progress;
 
 fn list(var: &str, default: &str) -> Vec<String> {
@@ -82,7 +83,7 @@ fn main() {
         })
         .collect();
     println!(
-        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,rows_on_features,clipped_on_features,clipped_elsewhere"
+        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere"
     );
     // (variant, kind, density) → (dip, tik) errors.
     let mut cells: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
@@ -145,7 +146,7 @@ fn main() {
                     let cl = &r.summary.qc.clipped_rows;
                     let cl_on = cl.iter().filter(|o| on(o.wavelength, o.bandwidth)).count();
                     println!(
-                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{on_rows},{cl_on},{}",
+                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{}",
                         r.summary.observations_used,
                         t.relative_rms,
                         t.relative_rms_smoothed_output,
@@ -161,6 +162,17 @@ fn main() {
                         d.stop_reason[0],
                         r.summary.tikhonov.as_ref().is_some_and(|t| t.lambda_at_cap),
                         r.summary.seconds,
+                        r.histories[0].first().map_or(f64::NAN, |h| h.chi2),
+                        r.summary
+                            .tikhonov
+                            .as_ref()
+                            .map_or(f64::NAN, |t| t.chi2_per_obs),
+                        {
+                            let xs = smooth_to_resolution(&r.grid, &r.flux);
+                            let y: Vec<f64> = r.obs.iter().map(|o| o.flux).collect();
+                            let s: Vec<f64> = r.obs.iter().map(|o| o.flux_error).collect();
+                            chi2(&r.op, &xs, &y, &s) / y.len() as f64
+                        },
                         cl.len() - cl_on,
                     );
                     cells

@@ -27,6 +27,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::DipConfig;
 use super::kernel::ricker_bank;
+use super::simulate::smooth_to_resolution;
 use super::stacked::conv;
 use super::train::{
     EpochLoss, FitResult, Problem, StopReason, flux_scale, obs_weights, resolution_operator,
@@ -66,6 +67,62 @@ pub fn d2_lambda(
         .filter(|t| !(t.lambda_at_cap || t.lambda_at_floor))
         .map(|t| cfg.prior.smoothness_weight * t.lambda * (scale / t.scale).powi(2))
         .unwrap_or(0.0)
+}
+
+/// The smoothed Tikhonov start (µJy): the solution at λ × `net.baseline_smoothing`, λ being the
+/// baseline `t`'s. With `net.start_fit_sigmas` = k > 0 the factor is lowered, by bisection in
+/// log between 1 and `baseline_smoothing`, until the start fits the data within k standard
+/// deviations of χ²/M (√(2/M)) of the baseline's fit: at high density the smoothed start fits
+/// much worse than the baseline (ice at 1000 per band: χ²/M 1.14–1.24, 8–13 σ), and a network
+/// that cannot improve on it returns it. `None` when a solve fails.
+pub fn smoothed_start(
+    cfg: &DipConfig,
+    p: &Problem,
+    t: &super::tikhonov::TikhonovResult,
+) -> Option<Vec<f64>> {
+    let at = |s: f64| {
+        let mut tc = cfg.tikhonov.clone();
+        tc.lambda = t.lambda * s;
+        super::tikhonov::solve(p.op, p.y, p.sigma, &tc, cfg.weighting, cfg.epsilon_weight)
+    };
+    let smax = cfg.net.baseline_smoothing;
+    let first = at(smax)?;
+    let k = cfg.net.start_fit_sigmas;
+    if k <= 0.0 {
+        return Some(first.spectrum);
+    }
+    let limit = t.chi2_per_obs + k * (2.0 / p.op.m.max(1) as f64).sqrt();
+    if first.chi2_per_obs <= limit {
+        return Some(first.spectrum);
+    }
+    // χ²/M rises with λ: keep the largest factor found whose start is within the limit.
+    let (mut lo, mut hi) = (0.0, smax.ln());
+    let mut best = t.spectrum.clone();
+    for _ in 0..12 {
+        let mid = 0.5 * (lo + hi);
+        let r = at(mid.exp())?;
+        if r.chi2_per_obs <= limit {
+            lo = mid;
+            best = r.spectrum;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(best)
+}
+
+/// How many instrument resolution elements λ/R the grid spans (Σ Δλ / (λ/R) over its pixels):
+/// ~16 per band, ~95 on 0.75–5 µm.
+pub fn resolution_elements(grid: &[f64]) -> f64 {
+    let n = grid.len();
+    if n < 2 {
+        return 1.0;
+    }
+    let d = (grid[n - 1] - grid[0]) / (n - 1) as f64;
+    grid.iter()
+        .map(|&l| d / super::grid::resolution_width(l))
+        .sum::<f64>()
+        .max(1.0)
 }
 
 /// Fit one network with `seed`. `device` must be an autodiff device. A batch of one
@@ -197,6 +254,11 @@ struct Running {
     history: Vec<EpochLoss>,
     /// The plateau rule's tracker of the total loss.
     plateau: Monitor,
+    /// The Tikhonov baseline (scaled units) returned instead of a fit that ends fitting the
+    /// data worse than it (`train.fallback_baseline`).
+    fallback: Option<Vec<f64>>,
+    /// Pass the returned spectrum through the λ/R kernel (`prior.smooth_written_density`).
+    smooth_written: bool,
 }
 
 /// Stacked weights and their Adam moments.
@@ -297,6 +359,7 @@ pub fn fit_batch_with(
         )
     });
 
+    let grid = super::grid::linspace(cfg.wavelength_min, cfg.wavelength_max, n);
     // Per job, in job order and in the order a lone fit draws them: seed, split, λ_D2, noise,
     // network.
     let mut net: Option<UNet> = None;
@@ -315,19 +378,21 @@ pub fn fit_batch_with(
         let mut rng = backend::seeded(device, job.seed);
         let held_out = validation_rows(p.op.m, cfg.train.validation_fraction, job.seed);
         // The baseline, solved once: it sets λ_D2, the start and the dof-corrected stop.
-        let tik =
-            (cfg.prior.smoothness_weight > 0.0 || cfg.net.start_baseline || cfg.train.stop_dof)
-                .then(|| {
-                    super::tikhonov::solve(
-                        p.op,
-                        p.y,
-                        p.sigma,
-                        &cfg.tikhonov,
-                        cfg.weighting,
-                        cfg.epsilon_weight,
-                    )
-                })
-                .flatten();
+        let tik = (cfg.prior.smoothness_weight > 0.0
+            || cfg.net.start_baseline
+            || cfg.train.stop_dof
+            || cfg.train.fallback_baseline)
+            .then(|| {
+                super::tikhonov::solve(
+                    p.op,
+                    p.y,
+                    p.sigma,
+                    &cfg.tikhonov,
+                    cfg.weighting,
+                    cfg.epsilon_weight,
+                )
+            })
+            .flatten();
         let d2 = d2_lambda(cfg, tik.as_ref(), scale);
         let m_fit = (p.op.m - held_out.len()).max(1) as f64;
         let stop_at = cfg.train.stop_chi2
@@ -350,14 +415,16 @@ pub fn fit_batch_with(
                     && cfg.net.baseline_smoothing > 1.0
                     && !t.lambda_at_cap =>
             {
-                let mut tc = cfg.tikhonov.clone();
-                tc.lambda = t.lambda * cfg.net.baseline_smoothing;
-                super::tikhonov::solve(p.op, p.y, p.sigma, &tc, cfg.weighting, cfg.epsilon_weight)
-                    .map(|s| s.spectrum)
+                smoothed_start(cfg, p, t)
             }
             Some(t) if cfg.net.start_baseline => Some(t.spectrum.clone()),
             _ => None,
         };
+        // The baseline this fit must not fit worse than (`train.fallback_baseline`).
+        let fallback = tik
+            .as_ref()
+            .filter(|_| cfg.train.fallback_baseline)
+            .map(|t| t.spectrum.iter().map(|v| v / scale).collect::<Vec<f64>>());
         bases.push(match start_spec {
             Some(v) => v.iter().map(|v| v / scale).collect(),
             None => vec![0.0; n],
@@ -378,7 +445,13 @@ pub fn fit_batch_with(
             ivar[i] = 0.0;
             wt[i] = 0.0;
         }
+        // Observations per λ/R element of the grid: at or above `smooth_written_density` the
+        // written spectrum is passed through the λ/R kernel.
+        let smooth_written = cfg.prior.smooth_written_density > 0.0
+            && p.op.m as f64 / resolution_elements(&grid) >= cfg.prior.smooth_written_density;
         runs.push(Running {
+            fallback,
+            smooth_written,
             job: j,
             t0,
             scale,
@@ -485,10 +558,25 @@ pub fn fit_batch_with(
 
     let mut active: Vec<Running> = runs;
     let mut done: Vec<(usize, FitResult)> = Vec::with_capacity(nb);
-    let mut finish = |run: Running, epochs_run: usize, stop: StopReason, secs: f64| {
+    let mut finish = |mut run: Running, epochs_run: usize, mut stop: StopReason, secs: f64| {
         let job = run.job;
+        if let Some(b) = run.fallback.take() {
+            // χ²/M over the fitted rows of the spectrum the fit would return, and of the
+            // baseline: the fit falls back when it fits worse than both the baseline and the
+            // discrepancy target.
+            let fit_c2 = run.terms.eval(&run.best.2, cfg.train.loss_mode, &cwt).2;
+            let base_c2 = run.terms.eval(&b, cfg.train.loss_mode, &cwt).2;
+            if fit_c2 > base_c2.max(cfg.train.stop_chi2) {
+                run.best.2 = b;
+                stop = StopReason::Baseline;
+            }
+        }
+        let mut spectrum: Vec<f64> = run.best.2.iter().map(|&v| v * run.scale).collect();
+        if run.smooth_written {
+            spectrum = smooth_to_resolution(&grid, &spectrum);
+        }
         let f = FitResult {
-            spectrum: run.best.2.iter().map(|&v| v * run.scale).collect(),
+            spectrum,
             best_epoch: run.best.1,
             best_loss: run.history.get(run.best.1).map_or(f64::NAN, |h| h.total),
             epochs_run,
@@ -630,6 +718,11 @@ pub fn fit_batch_with(
         if !keep.is_empty() && !last {
             let grads = loss.backward();
             time += 1;
+            // Linear warm-up of the step size over `warmup_epochs` steps.
+            let lr = match cfg.train.warmup_epochs {
+                0 => cfg.train.lr,
+                w => cfg.train.lr * (time as f64 / w as f64).min(1.0),
+            };
             for c in 0..nconv {
                 let gw = wa[c]
                     .grad(&grads)
@@ -637,10 +730,10 @@ pub fn fit_batch_with(
                 let gb = ba[c]
                     .grad(&grads)
                     .expect("stacked biases are tracked leaves");
-                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, cfg.train.lr);
+                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, lr);
                 st.w[c] = p;
                 st.mw[c] = Some(s);
-                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, cfg.train.lr);
+                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, lr);
                 st.b[c] = p;
                 st.mb[c] = Some(s);
             }

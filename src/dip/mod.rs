@@ -137,6 +137,7 @@ pub struct NetConfig {
     pub start_flat: bool,
     pub start_baseline: bool,
     pub baseline_smoothing: f64,
+    pub start_fit_sigmas: f64,
 }
 
 /// `[dip.prior]`: what the loss and the output impose beside the data.
@@ -148,6 +149,7 @@ pub struct PriorConfig {
     pub smoothness_weight: f64,
     pub smooth_output: bool,
     pub smooth_passes: usize,
+    pub smooth_written_density: f64,
 }
 
 /// `[dip.train]`: the data term, Adam and the stopping rules.
@@ -165,6 +167,8 @@ pub struct TrainConfig {
     pub early_stop_patience: usize,
     pub early_stop_min_delta: f64,
     pub stop_dof: bool,
+    pub fallback_baseline: bool,
+    pub warmup_epochs: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -347,6 +351,16 @@ impl DipConfig {
                 "net.start_flat",
                 "cannot be combined with net.start_baseline (set one of them false)",
             );
+        }
+        if !(self.prior.smooth_written_density.is_finite()
+            && (0.0..=1e9).contains(&self.prior.smooth_written_density))
+        {
+            return bad("prior.smooth_written_density", "must be in [0, 1e9]");
+        }
+        if !(self.net.start_fit_sigmas.is_finite()
+            && (0.0..=1e6).contains(&self.net.start_fit_sigmas))
+        {
+            return bad("net.start_fit_sigmas", "must be in [0, 1e6]");
         }
         if !(self.net.noise_std.is_finite() && self.net.noise_std >= 0.0) {
             return bad("net.noise_std", "must be finite and >= 0");

@@ -90,6 +90,9 @@ pub enum StopReason {
     Patience,
     /// The held-out χ² did not improve for `validation_patience` epochs.
     Validation,
+    /// The fit ended fitting the data worse than the Tikhonov baseline (and than the
+    /// discrepancy target), which is returned instead (`train.fallback_baseline`).
+    Baseline,
 }
 
 #[derive(Clone, Debug)]
