@@ -123,6 +123,12 @@ fn flatten(
     Flat { data, stride }
 }
 
+/// The padded input on the grid, followed by `reach` zeros so that every offset's view fits.
+fn padded_input(x: &[f32], g: &ConvGeom, gr: &Grid) -> Flat {
+    let dims = (g.batch, g.cin, g.h, g.w);
+    flatten(x, dims, gr, (g.pad[0], g.pad[2]), g.mode, 0, gr.reach)
+}
+
 /// `w` `[cout, cin, kh, kw]` regrouped per kernel offset: `[kh·kw][cout][cin]`, or
 /// `[kh·kw][cin][cout]` when `transpose`.
 fn per_offset(w: &[f32], g: &ConvGeom, transpose: bool) -> Vec<f32> {
@@ -170,15 +176,7 @@ pub fn forward(
         "conv forward: input size"
     );
     assert_eq!(w.len(), co * ci * kk, "conv forward: weight size");
-    let xp = flatten(
-        x,
-        (g.batch, ci, g.h, g.w),
-        &gr,
-        (g.pad[0], g.pad[2]),
-        g.mode,
-        0,
-        gr.reach,
-    );
+    let xp = padded_input(x, g, &gr);
     let wk = per_offset(w, g, false);
     let mut out = vec![0f32; g.batch * co * l];
     let dst = Out(out.as_mut_ptr());
@@ -247,15 +245,7 @@ pub fn forward(
 pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let gr = Grid::new(g);
     let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
-    let xp = flatten(
-        x,
-        (g.batch, ci, g.h, g.w),
-        &gr,
-        (g.pad[0], g.pad[2]),
-        g.mode,
-        0,
-        gr.reach,
-    );
+    let xp = padded_input(x, g, &gr);
     let gw = flatten(
         gout,
         (g.batch, co, g.ho(), g.wo()),
