@@ -649,6 +649,29 @@ pub fn task_data(input: &Input, ec: &ExperimentConfig, seed: u64) -> Result<Task
     })
 }
 
+/// What every corn experiment (E4, E9, E1) starts from: the task's data, its classical rows at
+/// `ns` transfer samples on the seeded splits, and the model-input spectra (source, target).
+pub struct Prepared {
+    pub task: Task,
+    pub base: baselines::BaselineReport,
+    pub xs: Vec<f32>,
+    pub xt: Vec<f32>,
+}
+
+/// Open (or synthesise) `input`'s data, evaluate the classical baselines at `ns` with the
+/// experiment's repeats, and resample/normalise the spectra for the model.
+pub fn prepare_task(input: &Input, cfg: &Settings, ns: &[usize]) -> Result<Prepared, SpxError> {
+    let ec = cfg.arms.experiment;
+    let task = task_data(input, ec, cfg.seed)?;
+    let mut bc = cfg.baselines.clone();
+    bc.n_transfer = ns.to_vec();
+    bc.repeats = ec.repeats;
+    let base = baselines::evaluate(&task.data, &bc, |_| {})?;
+    let n_points = cfg.arms.model.layout().n_points;
+    let (xs, xt) = prepare_spectra(&task.data, &task.axis, n_points, cfg.min_std)?;
+    Ok(Prepared { task, base, xs, xt })
+}
+
 /// One experiment: data (file or synthetic), the classical baselines and the model arms on the
 /// same seeded splits; report files are written into `stage` (visible on its commit).
 pub fn run(
@@ -661,24 +684,25 @@ pub fn run(
 ) -> Result<ExperimentReport, SpxError> {
     let ec = cfg.arms.experiment;
     let ns = n_values(kind, ec);
-    let Task {
-        data,
-        axis,
-        title,
-        stem,
-        property,
-    } = task_data(input, ec, cfg.seed)?;
+    let Prepared {
+        task:
+            Task {
+                data,
+                title,
+                stem,
+                property,
+                ..
+            },
+        base,
+        xs,
+        xt,
+    } = prepare_task(input, &cfg, &ns)?;
+    let lay = cfg.arms.model.layout();
     let short = if input.data.is_some() {
         title.clone()
     } else {
         "synthetic".to_string()
     };
-    let mut bc = cfg.baselines.clone();
-    bc.n_transfer = ns.clone();
-    bc.repeats = ec.repeats;
-    let base = baselines::evaluate(&data, &bc, |_| {})?;
-    let lay = cfg.arms.model.layout();
-    let (xs, xt) = prepare_spectra(&data, &axis, lay.n_points, cfg.min_std)?;
     let params = {
         let mut mc = cfg.arms.model.clone();
         mc.n_targets = 1;
@@ -703,7 +727,7 @@ pub fn run(
     let supervised = if ec.supervised {
         let pr = supervised_arms::Protocol {
             cfg: cfg.supervised,
-            n_test: bc.n_test,
+            n_test: cfg.baselines.n_test,
             repeats: ec.repeats,
             centre: ec.centre,
             seed: cfg.seed,
@@ -750,7 +774,7 @@ pub fn run(
         property,
         pretrained: input.checkpoint.map(|d| d.display().to_string()),
         repeats: ec.repeats,
-        n_test: bc.n_test,
+        n_test: cfg.baselines.n_test,
         n_transfer: ns,
         model_parameters: params,
         model_seconds: secs,

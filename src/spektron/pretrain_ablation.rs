@@ -15,10 +15,10 @@ use burn::tensor::Device;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::baselines::{self, Cell};
+use super::baselines::Cell;
 use super::data::corpus::CorpusConfig;
 use super::data::synth::{self, SynthConfig};
-use super::experiment::{self, Input, Settings, Task};
+use super::experiment::{self, Input, Prepared, Settings, Task};
 use super::model::LossConfig;
 use super::model::pretrain;
 use super::report;
@@ -114,20 +114,20 @@ pub fn run(
             ),
         ));
     }
-    let Task {
-        data,
-        axis,
-        title,
-        stem,
-        property,
-    } = experiment::task_data(input, ec, cfg.seed)?;
     let k = ec.table_n;
-    let mut bc = cfg.baselines.clone();
-    bc.n_transfer = vec![k];
-    bc.repeats = ec.repeats;
-    let base = baselines::evaluate(&data, &bc, |_| {})?;
-    let lay = arms.model.layout();
-    let (xs, xt) = experiment::prepare_spectra(&data, &axis, lay.n_points, cfg.min_std)?;
+    let Prepared {
+        task:
+            Task {
+                data,
+                title,
+                stem,
+                property,
+                ..
+            },
+        base,
+        xs,
+        xt,
+    } = experiment::prepare_task(input, &cfg, &[k])?;
     let y = data.y.to_vec();
     let work = stage.dir().join("e1-work");
     std::fs::create_dir_all(&work).map_err(|e| SpxError::file(&work, e))?;

@@ -20,7 +20,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use super::baselines::{self, r2, rmsep};
-use super::experiment::{self, Input, MasterInput, Settings, Task};
+use super::experiment::{self, Input, MasterInput, Prepared, Settings, Task};
 use super::model::SpektronModel;
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, FinetuneReport, Labelled};
 use super::protocol::{Acc, Centring, Split, sub_seed, take};
@@ -106,21 +106,22 @@ pub fn run(
             "must be >= 1",
         ));
     }
-    let Task {
-        data,
-        axis,
-        title,
-        stem,
-        property,
-    } = experiment::task_data(input, ec, cfg.seed)?;
     let k = ec.table_n;
-    let mut bc = cfg.baselines.clone();
-    bc.n_transfer = vec![k];
-    bc.repeats = ec.repeats;
-    let base = baselines::evaluate(&data, &bc, |_| {})?;
+    let Prepared {
+        task:
+            Task {
+                data,
+                title,
+                stem,
+                property,
+                ..
+            },
+        base,
+        xs,
+        xt,
+    } = experiment::prepare_task(input, &cfg, &[k])?;
     let lay = arms.model.layout();
     let p = lay.n_points;
-    let (xs, xt) = experiment::prepare_spectra(&data, &axis, p, cfg.min_std)?;
     let y = data.y.to_vec();
     let n = y.len();
     let n_test = arms.n_test;
