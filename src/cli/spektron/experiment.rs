@@ -205,12 +205,17 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
             ""
         }
     ));
-    for f in &r.files {
+    report_files(g, &r, &r.files)
+}
+
+/// Say which files an experiment wrote and emit its report as JSON with their final paths.
+fn report_files(g: &Global, report: &impl Serialize, files: &[PathBuf]) -> Result<ExitCode> {
+    for f in files {
         g.say(format!("wrote {}", f.display()));
     }
-    let mut js = serde_json::to_value(&r)?;
+    let mut js = serde_json::to_value(report)?;
     js["files"] = serde_json::json!(
-        r.files
+        files
             .iter()
             .map(|f| f.display().to_string())
             .collect::<Vec<_>>()
@@ -269,18 +274,7 @@ fn ttt_steps(g: &Global, t: &TttStepsArgs) -> Result<ExitCode> {
     cfg.write_effective(stage.dir())?;
     stage.commit()?;
     g.say(&r.markdown);
-    for f in &r.files {
-        g.say(format!("wrote {}", f.display()));
-    }
-    let mut js = serde_json::to_value(&r)?;
-    js["files"] = serde_json::json!(
-        r.files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-    );
-    g.emit_json(&js)?;
-    Ok(ExitCode::SUCCESS)
+    report_files(g, &r, &r.files)
 }
 
 /// E1: `spx spektron experiment pretraining`.
@@ -316,18 +310,7 @@ fn pretraining(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
     cfg.write_effective(stage.dir())?;
     stage.commit()?;
     g.say(&r.markdown);
-    for f in &r.files {
-        g.say(format!("wrote {}", f.display()));
-    }
-    let mut js = serde_json::to_value(&r)?;
-    js["files"] = serde_json::json!(
-        r.files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-    );
-    g.emit_json(&js)?;
-    Ok(ExitCode::SUCCESS)
+    report_files(g, &r, &r.files)
 }
 
 /// `spx demo` hook (see `spx::spektron::demo`).
