@@ -343,17 +343,10 @@ pub fn activate(v: &mut [f32], slope: f32) {
 /// The output gradient before [`activate`]: `gout` where the activated output `y > 0`,
 /// `slope·gout` elsewhere (burn's ReLU / leaky-ReLU backward).
 pub fn deactivate(gout: &[f32], y: &[f32], slope: f32) -> Vec<f32> {
-    let mut g = gout.to_vec();
-    g.par_chunks_mut(4096)
-        .zip(y.par_chunks(4096))
-        .for_each(|(g, y)| {
-            for (a, &v) in g.iter_mut().zip(y) {
-                if v <= 0.0 {
-                    *a *= slope;
-                }
-            }
-        });
-    g
+    gout.par_iter()
+        .zip(y)
+        .map(|(&g, &v)| if v <= 0.0 { g * slope } else { g })
+        .collect()
 }
 
 /// [`conv_forward`] followed by the leaky ReLU of slope `act` (when given), applied to each
