@@ -19,6 +19,7 @@ fn bench(c: &mut Criterion) {
         neighbor_count: 7,
         n_groups: 0,
         order: spx::ptycho::grouping::ChannelOrder::Random,
+        mode: spx::ptycho::grouping::GroupMode::Neighbors,
     };
     let mut g = c.benchmark_group("ptycho");
     g.sample_size(10);

@@ -27,6 +27,22 @@ pub struct GroupConfig {
     /// Order of a group's members along the channel axis.
     #[serde(default)]
     pub order: ChannelOrder,
+    /// How groups are formed.
+    #[serde(default)]
+    pub mode: GroupMode,
+}
+
+/// How the positions of a scan are formed into groups.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMode {
+    /// Each group's members are drawn from a seed position's K nearest neighbours
+    /// (PtychoPINN `generate_grouped_data`, for random scans).
+    #[default]
+    Neighbors,
+    /// Consecutive runs of C = gridsize² positions in file order are the groups, members in
+    /// stored order (a grid scan from `ptycho.simulate.scan = "grid"`, PtychoPINN's grid mode).
+    Blocks,
 }
 
 /// How the C members of a group are laid out along the channel axis.
@@ -125,6 +141,9 @@ pub fn group_positions(
             cfg.gridsize
         )));
     }
+    if cfg.mode == GroupMode::Blocks {
+        return block_groups(x, y, cfg, rng);
+    }
     let seeds: Vec<usize> = if cfg.n_groups == 0 || cfg.n_groups >= n {
         (0..n).collect()
     } else {
@@ -180,6 +199,39 @@ pub fn group_positions(
             }
         }
     }
+    Ok(index_from_members(seeds, nn, x, y))
+}
+
+/// [`GroupMode::Blocks`]: group g = positions g·C … g·C + C − 1 (all blocks, or `n_groups`
+/// of them drawn without replacement, kept in file order).
+fn block_groups(
+    x: &[f64],
+    y: &[f64],
+    cfg: &GroupConfig,
+    rng: &mut impl Rng,
+) -> Result<GroupIndex, SpxError> {
+    let (n, c) = (x.len(), cfg.channels());
+    if n % c != 0 {
+        return Err(SpxError::Config(format!(
+            "ptycho.group.mode = \"blocks\" needs a multiple of C = gridsize² = {c} positions, \
+             the scan has {n}"
+        )));
+    }
+    let blocks = n / c;
+    let mut picked: Vec<usize> = if cfg.n_groups == 0 || cfg.n_groups >= blocks {
+        (0..blocks).collect()
+    } else {
+        sample(rng, blocks, cfg.n_groups).into_vec()
+    };
+    picked.sort_unstable();
+    let nn = Array2::from_shape_fn((picked.len(), c), |(g, j)| picked[g] * c + j);
+    let seeds = picked.iter().map(|&g| g * c).collect();
+    Ok(index_from_members(seeds, nn, x, y))
+}
+
+/// Coordinates, centroids and relative offsets of the groups `nn` (B, C).
+fn index_from_members(seeds: Vec<usize>, nn: Array2<usize>, x: &[f64], y: &[f64]) -> GroupIndex {
+    let (b, c) = nn.dim();
     let mut coords_nn = Array4::<f64>::zeros((b, 1, 2, c));
     let mut offsets = Array4::<f64>::zeros((b, 1, 2, 1));
     for g in 0..b {
@@ -195,13 +247,13 @@ pub fn group_positions(
     let relative = Array4::from_shape_fn((b, 1, 2, c), |(g, _, a, j)| {
         -(coords_nn[[g, 0, a, j]] - offsets[[g, 0, a, 0]])
     });
-    Ok(GroupIndex {
+    GroupIndex {
         seeds,
         nn_indices: nn,
         coords_nn,
         coords_offsets: offsets,
         coords_relative: relative,
-    })
+    }
 }
 
 /// Gather the (n, N, N) patterns into (B, N, N, C) and normalise (PtychoPINN

@@ -13,6 +13,7 @@ use super::data::RawData;
 use super::epie::EpieConfig;
 use super::metrics::Metrics;
 use super::recon::{self, Recon};
+use super::simulate::Scan;
 use super::train::{self, Checkpointing, PinnData, Trained};
 use crate::backend::DeviceSpec;
 use crate::error::SpxError;
@@ -129,7 +130,7 @@ pub fn simulate_into(
         png,
         config: config.display().to_string(),
         seed,
-        n_positions: sc.n_positions,
+        n_positions: sim.raw.n_positions(),
         n: sc.n,
         object_size: sc.object_size,
         nphotons: sc.nphotons,
@@ -151,6 +152,9 @@ pub fn simulate_split_into(
     hooks: &Hooks,
 ) -> Result<(RawData, RawData, f64), SpxError> {
     io::ensure_dir(out)?;
+    if cfg.simulate.scan == Scan::Grid {
+        return simulate_grid_split(cfg, seed, out, names, (n_first, n_second), hooks);
+    }
     let mut c = cfg.clone();
     c.simulate.n_positions = n_first + n_second;
     let pb = hooks
@@ -158,6 +162,16 @@ pub fn simulate_split_into(
         .bar(c.simulate.n_positions as u64, "simulating diffraction");
     let sim = super::simulate::simulate(&c.simulate, seed, &pb)?;
     pb.finish_and_clear();
+    let have = sim.raw.n_positions();
+    if have < n_first + n_second {
+        return Err(SpxError::Config(format!(
+            "ptycho.dose.n_train + n_test = {} positions, but the {:?} scan of a {} px object \
+             holds {have} (ptycho.simulate.object_size / grid_pitch)",
+            n_first + n_second,
+            c.simulate.scan,
+            c.simulate.object_size
+        )));
+    }
     let mut scans = vec![];
     for (name, range) in names.iter().zip([0..n_first, n_first..n_first + n_second]) {
         let part = sim.select(range);
@@ -168,6 +182,45 @@ pub fn simulate_split_into(
     let test = scans.pop().expect("two scans");
     let train = scans.pop().expect("two scans");
     Ok((train, test, sim.photon_scale))
+}
+
+/// Grid scans: the training scan is the lattice (at most `n_first` positions, whole groups, a
+/// seeded random subset of the lattice's groups), the held-out scan the same lattice shifted by
+/// half a pitch along x and y (at most `n_second` positions): new positions on the same object
+/// (same seed, so same object and probe), covering it as densely as the training scan.
+fn simulate_grid_split(
+    c: &PtychoConfig,
+    seed: u64,
+    out: &Path,
+    names: [&str; 2],
+    (n_first, n_second): (usize, usize),
+    hooks: &Hooks,
+) -> Result<(RawData, RawData, f64), SpxError> {
+    let (_, pitch) = c.simulate.grid_geometry();
+    let mut scans = vec![];
+    let mut scale = None;
+    let mut object = None;
+    for (k, (name, cap)) in names.iter().zip([n_first, n_second]).enumerate() {
+        let mut ck = c.simulate.clone();
+        ck.n_positions = cap;
+        ck.grid_phase += k as f64 * pitch / 2.0;
+        let pb = hooks.progress.bar(cap as u64, "simulating diffraction");
+        let sim = super::simulate::simulate(&ck, seed, &pb)?;
+        pb.finish_and_clear();
+        if object.is_some() && object != sim.raw.object {
+            return Err(SpxError::Config(
+                "grid split: the held-out scan's object differs from the training scan's".into(),
+            ));
+        }
+        object.clone_from(&sim.raw.object);
+        sim.save(&out.join(name))?;
+        scale.get_or_insert(sim.photon_scale);
+        scans.push(sim.raw);
+    }
+    (hooks.record)(out, c, seed)?;
+    let test = scans.pop().expect("two scans");
+    let train = scans.pop().expect("two scans");
+    Ok((train, test, scale.expect("two scans")))
 }
 
 /// What `train_into` wrote and how training went.

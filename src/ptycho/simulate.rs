@@ -11,6 +11,7 @@ use std::path::Path;
 use indicatif::ProgressBar;
 use ndarray::{Array1, Array2, Array3, Axis};
 use num_complex::{Complex32, Complex64};
+use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Poisson};
@@ -33,6 +34,20 @@ pub enum Noise {
     None,
 }
 
+/// Scan pattern of the simulator.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scan {
+    /// Uniformly random positions (PtychoPINN `nongrid_simulation`).
+    #[default]
+    Random,
+    /// PtychoPINN's grid mode (the paper's dose study): groups of `grid_size`² positions on a
+    /// square of side `(grid_size − 1)·grid_step`, group centres on a lattice of pitch
+    /// `grid_pitch`; stored group after group (members row-major), groups in seeded random
+    /// order, so any leading range of whole groups is a random subset of the lattice.
+    Grid,
+}
+
 /// `[ptycho.simulate]`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -44,13 +59,40 @@ pub struct SimConfig {
     pub probe_scale: f64,
     pub n_positions: usize,
     pub buffer: f64,
+    #[serde(default)]
+    pub scan: Scan,
+    /// Grid scan: members per group side (PtychoPINN gridsize).
+    #[serde(default = "default_grid_size")]
+    pub grid_size: usize,
+    /// Grid scan: spacing of a group's members in pixels; 0 = N/16 (reference `offset` 4 at N 64).
+    #[serde(default)]
+    pub grid_step: f64,
+    /// Grid scan: lattice pitch of the group centres in pixels; 0 = N/8 (reference
+    /// `outer_offset_train` 8 at N 64).
+    #[serde(default)]
+    pub grid_pitch: f64,
+    /// Grid scan: shift of the lattice along x and y in pixels (the dose study's held-out scan
+    /// is the training lattice shifted by half a pitch).
+    #[serde(default)]
+    pub grid_phase: f64,
     pub nphotons: f64,
     pub noise: Noise,
     pub save_patches: bool,
     pub plot: bool,
 }
 
+fn default_grid_size() -> usize {
+    2
+}
+
 impl SimConfig {
+    /// (member spacing, lattice pitch) of a grid scan in pixels, defaults resolved.
+    pub fn grid_geometry(&self) -> (f64, f64) {
+        let or = |v: f64, d: f64| if v > 0.0 { v } else { d };
+        let n = self.n as f64;
+        (or(self.grid_step, n / 16.0), or(self.grid_pitch, n / 8.0))
+    }
+
     fn validate(&self) -> Result<(), SpxError> {
         let bad = |k: &str, m: &str| Err(SpxError::Config(format!("ptycho.simulate.{k} {m}")));
         if self.n < 2 {
@@ -73,6 +115,24 @@ impl SimConfig {
         }
         if !self.object_phase.is_finite() {
             return bad("object_phase", "must be finite");
+        }
+        if self.scan == Scan::Grid {
+            let (step, pitch) = self.grid_geometry();
+            if self.grid_size == 0 {
+                return bad("grid_size", "must be >= 1");
+            }
+            if !(step.is_finite() && pitch.is_finite() && step >= 0.0 && pitch > 0.0) {
+                return bad("grid_pitch", "and grid_step must be finite, pitch > 0");
+            }
+            if !(self.grid_phase.is_finite() && self.grid_phase >= 0.0) {
+                return bad("grid_phase", "must be finite and >= 0");
+            }
+            if self.n_positions < self.grid_size * self.grid_size {
+                return bad(
+                    "n_positions",
+                    "must hold at least one grid group (grid_size² positions)",
+                );
+            }
         }
         Ok(())
     }
@@ -110,6 +170,57 @@ pub fn scan_positions(
     let x = draw(w);
     let y = draw(h);
     (x, y)
+}
+
+/// PtychoPINN's grid scan on an h×w object: group centres on a lattice of pitch `pitch`
+/// covering [b + r, len − b − r] (b = buffer capped at min(h, w)/2 − 1, r = half the group's
+/// side), each group `g`² members at centre + (j − (g−1)/2, i − (g−1)/2)·`step`, row-major.
+/// The lattice is centred in that range, then shifted by `phase` (points past the range are
+/// dropped). Groups are shuffled with `rng` and stored one after the other; at most
+/// `max_positions` positions (whole groups) are kept. Errors when there is room for no group.
+pub fn grid_positions(
+    h: usize,
+    w: usize,
+    (g, step, pitch, phase): (usize, f64, f64, f64),
+    buffer: f64,
+    max_positions: usize,
+    rng: &mut impl Rng,
+) -> Result<(Vec<f64>, Vec<f64>), SpxError> {
+    let b = buffer.min(h.min(w) as f64 / 2.0 - 1.0).max(0.0);
+    let r = (g as f64 - 1.0) * step / 2.0;
+    let axis = |len: usize| -> Vec<f64> {
+        let (lo, hi) = (b + r, len as f64 - b - r);
+        let count = if hi >= lo { ((hi - lo) / pitch).floor() as usize + 1 } else { 0 };
+        // centre the lattice in the allowed range
+        let start = lo + (hi - lo - (count.max(1) - 1) as f64 * pitch) / 2.0 + phase;
+        (0..count)
+            .map(|k| start + k as f64 * pitch)
+            .filter(|&v| v <= hi + 1e-9)
+            .collect()
+    };
+    let (cy, cx) = (axis(h), axis(w));
+    let mut centres: Vec<(f64, f64)> = cy
+        .iter()
+        .flat_map(|&y| cx.iter().map(move |&x| (x, y)))
+        .collect();
+    if centres.is_empty() {
+        return Err(SpxError::Config(format!(
+            "ptycho.simulate.object_size {h}×{w} has no room for a grid group \
+             (buffer {buffer}, grid_step {step})"
+        )));
+    }
+    centres.shuffle(rng);
+    let keep = (max_positions / (g * g)).min(centres.len());
+    let (mut x, mut y) = (vec![], vec![]);
+    for &(ox, oy) in &centres[..keep] {
+        for i in 0..g {
+            for j in 0..g {
+                x.push(ox + (j as f64 - (g as f64 - 1.0) / 2.0) * step);
+                y.push(oy + (i as f64 - (g as f64 - 1.0) / 2.0) * step);
+            }
+        }
+    }
+    Ok((x, y))
 }
 
 /// N×N patch centred on (x, y) = (column, row): `patch[i, j] = O(y − N/2 + i, x − N/2 + j)`,
@@ -241,19 +352,33 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let object = lines_object(cfg.object_size, cfg.nlines, cfg.object_phase, &mut rng);
     let probe = default_probe(cfg.n, cfg.probe_scale);
-    let (x, y) = scan_positions(
-        cfg.object_size,
-        cfg.object_size,
-        cfg.n_positions,
-        cfg.buffer,
-        &mut rng,
-    );
+    let (x, y) = match cfg.scan {
+        Scan::Random => scan_positions(
+            cfg.object_size,
+            cfg.object_size,
+            cfg.n_positions,
+            cfg.buffer,
+            &mut rng,
+        ),
+        Scan::Grid => {
+            let (step, pitch) = cfg.grid_geometry();
+            grid_positions(
+                cfg.object_size,
+                cfg.object_size,
+                (cfg.grid_size, step, pitch, cfg.grid_phase),
+                cfg.buffer,
+                cfg.n_positions,
+                &mut rng,
+            )?
+        }
+    };
+    let m = x.len();
     let det = Detector {
         nphotons: cfg.nphotons,
         noise: cfg.noise,
         seed: rng.next_u64(),
     };
-    pb.set_length(cfg.n_positions as u64);
+    pb.set_length(m as u64);
     let (diffraction, photon_scale, mean_counts) = diffract(&object, &probe, &x, &y, &det, pb);
     let patches = cfg.save_patches.then(|| {
         let n = cfg.n;
@@ -274,7 +399,7 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
             ycoords_start: ys.clone(),
             xcoords: xs,
             ycoords: ys,
-            scan_index: Array1::zeros(cfg.n_positions),
+            scan_index: Array1::zeros(m),
             diffraction,
             probe,
             object: Some(object),

@@ -280,6 +280,7 @@ fn cfg(gridsize: usize, k: usize, n_groups: usize) -> GroupConfig {
         neighbor_count: k,
         n_groups,
         order: ChannelOrder::Random,
+        mode: spx::ptycho::grouping::GroupMode::Neighbors,
     }
 }
 
@@ -453,6 +454,63 @@ fn grid_order_lays_members_out_row_major() {
     }
     // the default is the reference's drawn order
     assert_eq!(cfg_group().order, ChannelOrder::Random);
+}
+
+#[test]
+fn grid_scan_groups_are_exact_squares_on_the_lattice_and_blocks_keep_them() {
+    use spx::ptycho::grouping::GroupMode;
+    use spx::ptycho::simulate::grid_positions;
+    // 40 px object, buffer 4, members 2 px apart, pitch 4: centres span [5, 35] → 8 per axis
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (x, y) = grid_positions(40, 40, (2, 2.0, 4.0, 0.0), 4.0, 1000, &mut rng).unwrap();
+    assert_eq!(x.len(), 8 * 8 * 4);
+    let mut centres = vec![];
+    for g in 0..64 {
+        let (gx, gy) = (&x[4 * g..4 * g + 4], &y[4 * g..4 * g + 4]);
+        let (cx, cy) = (gx.iter().sum::<f64>() / 4.0, gy.iter().sum::<f64>() / 4.0);
+        // members row-major: (−1,−1), (+1,−1), (−1,+1), (+1,+1) around the centre
+        let want = [(-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)];
+        for k in 0..4 {
+            assert!((gx[k] - cx - want[k].0).abs() < 1e-12, "group {g} member {k} x");
+            assert!((gy[k] - cy - want[k].1).abs() < 1e-12, "group {g} member {k} y");
+        }
+        // lattice 6, 10, …, 34 (7 pitches centred in [5, 35]: start 5 + (30 − 28)/2)
+        for v in [cx, cy] {
+            assert!(((v - 6.0) / 4.0 - ((v - 6.0) / 4.0).round()).abs() < 1e-12, "{v}");
+            assert!((6.0..=34.0).contains(&v), "{v}");
+        }
+        centres.push(((cx * 10.0) as i64, (cy * 10.0) as i64));
+    }
+    let stored = centres.clone();
+    centres.sort();
+    centres.dedup();
+    assert_eq!(centres.len(), 64, "every lattice point once");
+    assert_ne!(stored, centres, "groups are stored in shuffled order");
+    // a cap keeps whole groups
+    let (xc, _) = grid_positions(40, 40, (2, 2.0, 4.0, 0.0), 4.0, 30, &mut rng).unwrap();
+    assert_eq!(xc.len(), 28);
+    // no room: an error, not an empty scan
+    assert!(grid_positions(6, 6, (2, 6.0, 4.0, 0.0), 3.0, 100, &mut rng).is_err());
+
+    // blocks grouping takes the stored runs of C as groups, in stored order
+    let mut gc = cfg(2, 7, 0);
+    gc.mode = GroupMode::Blocks;
+    let gi = group_positions(&x, &y, &gc, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    assert_eq!(gi.n_groups(), 64);
+    for g in 0..64 {
+        assert_eq!(gi.nn_indices.row(g).to_vec(), vec![4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3]);
+        assert!((gi.coords_relative[[g, 0, 0, 0]] - 1.0).abs() < 1e-12, "rel = −(x − centroid)");
+        assert!((gi.coords_relative[[g, 0, 1, 3]] + 1.0).abs() < 1e-12);
+    }
+    gc.n_groups = 10;
+    let sub = group_positions(&x, &y, &gc, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    assert_eq!(sub.n_groups(), 10);
+    assert!(sub.nn_indices.column(0).iter().all(|&i| i % 4 == 0));
+    // a scan that is not whole blocks is refused, naming the key
+    let e = group_positions(&x[..7], &y[..7], &gc, &mut ChaCha8Rng::seed_from_u64(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ptycho.group.mode"), "{e}");
 }
 
 #[test]
@@ -633,6 +691,11 @@ fn small_cfg(nphotons: f64, noise: Noise) -> SimConfig {
         probe_scale: 0.7,
         n_positions: 60,
         buffer: 8.0,
+        scan: spx::ptycho::simulate::Scan::Random,
+        grid_size: 2,
+        grid_step: 0.0,
+        grid_pitch: 0.0,
+        grid_phase: 0.0,
         nphotons,
         noise,
         save_patches: true,
