@@ -8,7 +8,7 @@ alone gives about 0.5) and the correlation of the predicted patch amplitudes wit
 keys: base (first encoder filters, 16), border (16), lr (1e-3), batch (16), loss (nll|mae),
 eval (200), seed (1), amp (sigmoid|silu), inscale (1: divide the input by exp(log_scale)),
 log1p (0: feed log1p(X) to the encoder instead of X), order (0: as dumped; 1: channels
-row-major by position, spx's ptycho.group.order = "grid").
+row-major by position, spx's ptycho.group.order = "grid"; 2: shuffled per group, seed 5).
 Needs torch + numpy (/root/.cache/spx-peers-venv).
 """
 
@@ -176,9 +176,16 @@ def main():
     for kv in sys.argv[5:]:
         k, v = kv.split("=")
         o[k] = type(o[k])(v) if not isinstance(o[k], str) else v
-    if o["order"]:
+    if o["order"] == 1:
         for d in (train, test):
             grid_order(d)
+    if o["order"] == 2:
+        r = np.random.default_rng(5)
+        for d in (train, test):
+            for i in range(len(d["x"])):
+                perm = r.permutation(d["x"].shape[1])
+                for key in ("x", "rel", "truth_re", "truth_im"):
+                    d[key][i] = d[key][i][perm]
     torch.manual_seed(o["seed"])
     torch.set_num_threads(1)
     b, c, n, _ = train["x"].shape

@@ -51,8 +51,8 @@ pub fn run(
         pipeline::pinn_demo(&small, seed, device, &out.join("ptycho_pinn"), hooks)?;
     if let Some(m) = &r.metrics {
         (hooks.say)(format!(
-            "ptycho PINN demo (N 16, {} epochs, scored on its scan): amplitude SSIM {:.3}, \
-             PSNR {:.2} dB, FRC50 {:.1} on a {} px window",
+            "ptycho PINN demo (N 32 grid scan, {} epochs, scored on its scan): amplitude SSIM \
+             {:.3}, PSNR {:.2} dB, FRC50 {:.1} on a {} px window",
             train.epochs_run, m.amp_ssim, m.amp_psnr_max, m.amp_frc50, r.covered
         ));
     }

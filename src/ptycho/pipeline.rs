@@ -358,25 +358,34 @@ pub fn epie(
     Ok((rec, r.errors))
 }
 
-/// The sizes of `spx demo`'s PINN run on top of `cfg`: N = 16, 64 positions at 1e6 photons on
-/// a 40² object, K = 4, a narrow net, 4 epochs (seconds on a CPU).
+/// The sizes of `spx demo`'s PINN run on top of `cfg`: the cpu profile's grid scan on a 64²
+/// object (121 groups), N 32 at 1e6 photons, an 8-filter net, 70 epochs (≈ 490 Adam steps,
+/// ≈ 20 CPU-s) — enough for the lines to show (#16), where the old 4-epoch N 16 run gave a
+/// flat field.
 pub fn demo_pinn_settings(cfg: &PtychoConfig) -> PtychoConfig {
     let mut c = cfg.clone();
     let s = &mut c.simulate;
-    s.n = 16;
-    s.object_size = 40;
-    s.nlines = 30;
-    s.buffer = 8.0;
-    s.n_positions = 64;
+    s.n = 32;
+    s.object_size = 64;
+    s.nlines = 33;
+    s.buffer = 10.0;
+    s.n_positions = 100_000;
     s.nphotons = 1e6;
     s.plot = false;
-    c.group.neighbor_count = 4;
+    s.scan = super::simulate::Scan::Grid;
+    s.grid_step = 0.0;
+    s.grid_pitch = 0.0;
+    s.grid_phase = 0.0;
+    c.group.mode = super::grouping::GroupMode::Blocks;
+    c.group.gridsize = 2;
+    c.group.n_groups = 0;
     let p = &mut c.pinn;
     p.nphotons = 1e6;
-    p.stitch_crop = 8;
+    p.stitch_crop = 12;
     p.model.filters_base = 8;
-    p.model.border_filters = 4;
-    p.train.epochs = 4;
+    p.model.border_filters = 8;
+    p.train.epochs = 70;
+    p.train.early_stop_patience = 0;
     c
 }
 

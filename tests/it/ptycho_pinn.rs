@@ -331,42 +331,53 @@ fn forward_shapes_training_and_checkpoint() {
     assert!(a.1.iter().all(|w| w.iter().all(|v| *v == 0.0 || *v == 1.0)));
 }
 
-/// A short training at a tiny size (N 32, gridsize 2, K 7, 1e9 photons, 16 epochs of a narrow
-/// net) scored on HELD-OUT positions of the same object (the reference study's test split),
-/// over the hole-filled covered square. Before, this test scored the training positions
-/// against a random initialisation (a bar a smooth blob passes) with a Pearson correlation on
-/// a small window (dominated by the background trend). Measured here: see the eprintln; the
-/// asserted floor is the level the network reaches today (it learns the low-frequency
-/// transmission, not yet the lines: #16), so a regression in the network or the physics
-/// that loses even that fails.
+/// A short training at a tiny size — the cpu profile's grid scan (2×2 groups of side 2 px on a
+/// 4 px lattice, groups as stored) on a 96² lines object, N 32, 1e9 photons, a narrow net,
+/// ≈ 1000 Adam steps — scored on HELD-OUT positions (the lattice shifted by half a pitch, same
+/// object: the dose study's split) over the covered square. With random scans and drawn channel
+/// order the network learned only each group's transmission level (held-out SSIM ≈ 0.35 here,
+/// #16); with the grid layout it learns the lines: measured 0.589 (random init 0.152) after
+/// 45 epochs of 18 steps, and 0.72 after 1000 steps in `examples/diag/ptycho_learn`. The floor
+/// 0.52 is above anything the random-scan runs reached (≤ 0.43), so a regression in the
+/// network, the physics or the grouping fails.
 #[test]
 fn training_reaches_held_out_ssim() {
     use burn::module::Module;
+    use spx::ptycho::grouping::GroupMode;
+    use spx::ptycho::simulate::Scan;
     let _rng = crate::common::burn_rng_lock();
     let dev = Device::flex();
     let mut pc = PtychoConfig::default();
     let s = &mut pc.simulate;
     s.n = 32;
-    s.object_size = 64;
-    s.nlines = 25;
-    s.n_positions = 256 + 128;
+    s.object_size = 96;
+    s.nlines = 49;
     s.buffer = 10.0;
     s.nphotons = 1e9;
-    let sim = spx::ptycho::simulate::simulate(&pc.simulate, 11, &indicatif::ProgressBar::hidden())
-        .unwrap();
-    let (train_scan, test_scan) = (sim.select(0..256), sim.select(256..384));
+    s.scan = Scan::Grid;
+    s.n_positions = 100_000;
+    pc.group.mode = GroupMode::Blocks;
+    let hidden = indicatif::ProgressBar::hidden();
+    let train_scan = spx::ptycho::simulate::simulate(&pc.simulate, 11, &hidden).unwrap();
+    let mut shifted = pc.simulate.clone();
+    shifted.grid_phase = shifted.grid_geometry().1 / 2.0;
+    let test_scan = spx::ptycho::simulate::simulate(&shifted, 11, &hidden).unwrap();
+    assert_eq!(train_scan.raw.object, test_scan.raw.object, "same object");
     let data = spx::ptycho::recon::prepare(&train_scan.raw, &pc.group, 11).unwrap();
     let test = spx::ptycho::recon::prepare(&test_scan.raw, &pc.group, 11).unwrap();
+    assert_eq!((data.len(), test.len()), (19 * 19, 18 * 18));
     let mut cfg = pc.pinn.clone();
     cfg.nphotons = 1e9;
     cfg.stitch_crop = 12;
     cfg.model.filters_base = 16;
     cfg.model.border_filters = 16;
-    cfg.train.epochs = 16;
+    cfg.train.epochs = 45;
     cfg.train.early_stop_patience = 0;
+    // 18 validation groups make a noisy plateau signal that halves the rate within a few
+    // epochs at this size (held-out SSIM 0.50 instead of ≈ 0.7): keep lr 1e-3 throughout
+    cfg.train.plateau_patience = 45;
     let ad = dev.clone().autodiff();
-    let pb = indicatif::ProgressBar::hidden();
-    let t = train::train(&cfg, &data, &sim.raw.probe, &ad, 3, &pb).unwrap();
+    let t = train::train(&cfg, &data, &train_scan.raw.probe, &ad, 3, &hidden).unwrap();
     let h = &t.history;
     assert!(h.last().unwrap().loss < h[0].loss);
     let score = |m: &PtychoPinn| {
@@ -378,7 +389,7 @@ fn training_reaches_held_out_ssim() {
             &cfg,
             64,
             &dev,
-            &pb,
+            &hidden,
         );
         (r.metrics.unwrap(), r.covered)
     };
@@ -390,9 +401,9 @@ fn training_reaches_held_out_ssim() {
         "held-out amp SSIM {:.3} PSNR {:.2} FRC50 {:.1} on {window} px; random init SSIM {:.3}",
         trained.amp_ssim, trained.amp_psnr_max, trained.amp_frc50, fresh.amp_ssim
     );
-    assert!(window >= 32, "scored window {window} px");
+    assert!(window >= 64, "scored window {window} px");
     assert!(
-        trained.amp_ssim >= HELD_OUT_SSIM && trained.amp_ssim > fresh.amp_ssim + 0.1,
+        trained.amp_ssim >= HELD_OUT_SSIM && trained.amp_ssim > fresh.amp_ssim + 0.3,
         "held-out amp SSIM {} (floor {HELD_OUT_SSIM}), random init {}",
         trained.amp_ssim,
         fresh.amp_ssim
@@ -400,7 +411,7 @@ fn training_reaches_held_out_ssim() {
 }
 
 /// The held-out amplitude SSIM `training_reaches_held_out_ssim` asserts.
-const HELD_OUT_SSIM: f64 = 0.25;
+const HELD_OUT_SSIM: f64 = 0.52;
 
 // ---------------------------------------------------------------------------------------------
 // metrics, stitching, ePIE
