@@ -386,6 +386,8 @@ pub fn demo_pinn_settings(cfg: &PtychoConfig) -> PtychoConfig {
     p.model.border_filters = 8;
     p.train.epochs = 70;
     p.train.early_stop_patience = 0;
+    // 6 validation groups: too noisy a plateau signal, it would halve the rate every few epochs
+    p.train.plateau_patience = 70;
     c
 }
 
