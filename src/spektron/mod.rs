@@ -3,17 +3,19 @@
 //! fine-tuning and test-time training (`model/`), and the pipelines on top of them — one
 //! function per command: [`classical::run`] (baselines), [`finetune::run`], [`ttt::run`],
 //! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4, with the supervised deep
-//! baselines of [`supervised`]), [`ttt_steps::run`] (E9), [`pretrain_ablation::run`] (E1),
+//! baselines of [`supervised`]), [`ttt_steps::run`] (E9), [`pretrain_ablation::run`] (E1, on the
+//! shared ablation driver [`ablation`]),
 //! [`demo::run`] — with their report writers in [`report`]. [`config`] gathers the settings types
 //! and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` →
 //! `supervised` → `data` → `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
-//! `ttt_steps`/`pretrain_ablation` → `config` → `demo`.
+//! `ttt_steps`/`ablation` → `pretrain_ablation` → `config` → `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
 //! project's shared notes, beside the repository).
 
+pub mod ablation;
 pub mod baselines;
 pub mod classical;
 pub mod config;
