@@ -177,16 +177,8 @@ pub fn run(
     let prepared = experiment::prepare_task(input, &cfg, &[k])?;
     let y = prepared.task.data.y.to_vec();
     let work = stage.dir().join(format!("{tag}-work"));
-    std::fs::create_dir_all(&work).map_err(|e| SpxError::file(&work, e))?;
-    let corpus = work.join("corpus.h5");
     on_progress("synthetic corpus");
-    synth::write_synth_corpus(
-        &corpus,
-        cfg.seed,
-        pre.synth,
-        pre.corpus,
-        &ProgressBar::hidden(),
-    )?;
+    let corpus = make_corpus(&work, cfg.seed, &pre)?;
     let mut runs = Vec::new();
     let mut cells = Vec::new();
     let mut arms_seconds = Vec::new();
@@ -194,28 +186,7 @@ pub fn run(
         let t0 = Instant::now();
         let (ckpt, val_msrp, steps) = if v.pretrain {
             on_progress(&format!("pretraining: {}", v.name));
-            let settings = pretrain::Settings {
-                model: &v.model,
-                loss: &v.loss,
-                pretrain: pre.pretrain,
-            };
-            let out = work.join(format!("pretrain-{}", v.name));
-            let (_, rep) = pretrain::pretrain(
-                &corpus,
-                &out,
-                settings,
-                device,
-                cfg.seed,
-                None,
-                &ProgressBar::hidden(),
-            )?;
-            let val = rep
-                .log
-                .iter()
-                .rev()
-                .find_map(|e| e.val.as_ref())
-                .map(|t| t.msrp);
-            (Some(rep.checkpoint), val, rep.steps_done)
+            pretrain_variant(&corpus, &work, v, &pre, device, cfg.seed)?
         } else {
             (None, None, 0)
         };
@@ -274,6 +245,48 @@ pub fn run(
         classical,
         arms_seconds,
     })
+}
+
+/// Create `work` and write the synthetic pretraining corpus (`[spektron.synth]`, `seed`) into it.
+pub fn make_corpus(work: &Path, seed: u64, pre: &PretrainInput<'_>) -> Result<PathBuf, SpxError> {
+    std::fs::create_dir_all(work).map_err(|e| SpxError::file(work, e))?;
+    let corpus = work.join("corpus.h5");
+    synth::write_synth_corpus(&corpus, seed, pre.synth, pre.corpus, &ProgressBar::hidden())?;
+    Ok(corpus)
+}
+
+/// Pretrain `v` on `corpus` (checkpoints under `work/pretrain-<name>`): its last checkpoint,
+/// last validation MSRP and steps done.
+pub fn pretrain_variant(
+    corpus: &Path,
+    work: &Path,
+    v: &Variant,
+    pre: &PretrainInput<'_>,
+    device: &Device,
+    seed: u64,
+) -> Result<(Option<PathBuf>, Option<f64>, usize), SpxError> {
+    let settings = pretrain::Settings {
+        model: &v.model,
+        loss: &v.loss,
+        pretrain: pre.pretrain,
+    };
+    let out = work.join(format!("pretrain-{}", v.name));
+    let (_, rep) = pretrain::pretrain(
+        corpus,
+        &out,
+        settings,
+        device,
+        seed,
+        None,
+        &ProgressBar::hidden(),
+    )?;
+    let val = rep
+        .log
+        .iter()
+        .rev()
+        .find_map(|e| e.val.as_ref())
+        .map(|t| t.msrp);
+    Ok((Some(rep.checkpoint), val, rep.steps_done))
 }
 
 /// Write `<tag>_<stem>.{csv,md,png,json}` of an ablation into `stage`.

@@ -283,3 +283,135 @@ fn cli_masking_architecture_and_losses_quick() {
     assert!(md.contains("| physics-violation rate | roughness | range |"));
     png_size(&dir.path().join("e8/e8_synthetic.png"));
 }
+
+#[test]
+fn swap_test_and_pca_on_latents_with_a_known_structure() {
+    use ndarray::Array2;
+    use spx::spektron::disentangle::{pca2, swap_test};
+    use spx::spektron::protocol::Split;
+    // Spectra = A·z_chem + B·z_inst + 1: z_chem per sample (same on both instruments), z_inst per
+    // instrument (its offset). A linear decoder recovers them exactly, so decoding with the
+    // other instrument's z_inst reproduces the other instrument's spectrum (swapped ≈ floor ≈ 0)
+    // while the unswapped decode keeps the wrong instrument offset.
+    let (n, p) = (30, 12);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    use rand::Rng;
+    let chem = Array2::from_shape_fn((n, 3), |_| rng.random::<f64>() - 0.5);
+    let a = Array2::from_shape_fn((3, p), |_| rng.random::<f64>() - 0.5);
+    let b = Array2::from_shape_fn(
+        (2, p),
+        |(k, j)| if k == 0 { (j as f64 * 0.3).sin() } else { 0.2 },
+    );
+    let inst = |v: f64| Array2::from_shape_fn((n, 2), |(_, k)| if k == 0 { v } else { -v });
+    let (is, it) = (inst(1.0), inst(-1.0));
+    let xs = chem.dot(&a) + is.dot(&b) + 1.0;
+    let xt = chem.dot(&a) + it.dot(&b) + 1.0;
+    let split = Split::new(0, n, 10);
+    let s = swap_test((&chem, &is), (&chem, &it), &xs, &xt, &split);
+    assert_eq!(s.test_samples, 10);
+    assert!(s.swapped_rmse < 1e-2 && s.own_rmse < 1e-2, "{s:?}");
+    assert!(s.unswapped_rmse > 0.5, "{s:?}");
+    assert_eq!(s.swap_closer_fraction, 1.0);
+    // Swapping latents that carry no instrument (z_inst equal on both) changes nothing.
+    let s0 = swap_test((&chem, &is), (&chem, &is), &xs, &xs, &split);
+    assert_eq!(s0.swap_closer_fraction, 0.0);
+    assert!((s0.swapped_rmse - s0.unswapped_rmse).abs() < 1e-12);
+
+    // PCA of points on a plane in 5-D: two components explain everything, scores are centred and
+    // keep the pairwise distances.
+    let basis = Array2::from_shape_fn((2, 5), |(k, j)| ((k + 1) as f64 * (j as f64 + 0.5)).cos());
+    let coef = Array2::from_shape_fn((n, 2), |_| rng.random::<f64>() * 4.0 - 2.0);
+    let z = coef.dot(&basis) + 3.0;
+    let (pcs, ex) = pca2(&z).unwrap();
+    assert!(
+        (ex[0] + ex[1] - 1.0).abs() < 1e-9 && ex[0] >= ex[1],
+        "{ex:?}"
+    );
+    for k in 0..2 {
+        assert!(pcs.column(k).sum().abs() < 1e-9);
+    }
+    let d = |m: &Array2<f64>, i: usize, j: usize| (&m.row(i) - &m.row(j)).mapv(|v| v * v).sum();
+    for (i, j) in [(0, 1), (3, 17), (8, 29)] {
+        assert!((d(&pcs, i, j) - d(&z, i, j)).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn cli_disentanglement_quick() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = crate::common::spx_ok_in(
+        dir.path(),
+        &[
+            "-q",
+            "--json",
+            "--threads",
+            "1",
+            "--out",
+            "e10",
+            "spektron",
+            "experiment",
+            "disentanglement",
+            "--quick",
+        ],
+    );
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["pretrain_steps"], 30);
+    assert_eq!(j["samples"], 80);
+    let text = std::fs::read_to_string(dir.path().join("e10/e10_synthetic.csv")).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some("instrument,sample,property,zchem_pc1,zchem_pc2,zinst_pc1,zinst_pc2")
+    );
+    let rs = rows(&text);
+    assert_eq!(rs.len(), 160);
+    // Source rows first, then target rows (the CLI's default instrument names).
+    assert!(rs[..80].iter().all(|r| r[0] == "m5") && rs[80..].iter().all(|r| r[0] == "mp6"));
+    // Both instruments' rows of a sample carry its property value.
+    for i in 0..80 {
+        assert_eq!((&rs[i][1], &rs[i][2]), (&rs[80 + i][1], &rs[80 + i][2]));
+    }
+    // PCA scores read back: finite, centred, PC1 variance ≥ PC2 variance (to the 6 printed
+    // decimals), as the JSON's explained fractions say.
+    for (c, latent) in [(3, "z_chem"), (5, "z_inst")] {
+        let col = |k: usize| -> Vec<f64> { rs.iter().map(|r| r[k].parse().unwrap()).collect() };
+        let (a, b) = (col(c), col(c + 1));
+        assert!(a.iter().chain(&b).all(|v| v.is_finite()));
+        let var = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64;
+        let spread = var(&a).sqrt().max(1e-12);
+        assert!(
+            a.iter().sum::<f64>().abs() / 160.0 < 1e-4 * spread + 1e-6,
+            "{latent}"
+        );
+        assert!(var(&a) >= var(&b) * (1.0 - 1e-6), "{latent}");
+        let ex = &j[latent]["explained"];
+        let (e1, e2) = (ex[0].as_f64().unwrap(), ex[1].as_f64().unwrap());
+        assert!(e1 >= e2 && e1 + e2 <= 1.0 + 1e-9, "{latent}: {ex}");
+        if var(&b) > 0.0 {
+            let ratio = var(&a) / var(&b);
+            assert!(
+                (ratio / (e1 / e2) - 1.0).abs() < 1e-3,
+                "{latent}: {ratio} vs {e1}/{e2}"
+            );
+        }
+        let acc = j[latent]["instrument_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(j[latent]["same_sample_ratio"].as_f64().unwrap() > 0.0);
+    }
+    let s = &j["swap"];
+    assert_eq!(s["test_samples"], 20);
+    for k in ["unswapped_rmse", "swapped_rmse", "own_rmse"] {
+        assert!(
+            s[k].as_f64().is_some_and(|v| v.is_finite() && v > 0.0),
+            "{k}: {s}"
+        );
+    }
+    for f in [
+        "zchem_by_instrument",
+        "zchem_by_sample",
+        "zinst_by_instrument",
+        "zinst_by_sample",
+    ] {
+        png_size(&dir.path().join(format!("e10/e10_synthetic_{f}.png")));
+    }
+    assert!(!dir.path().join("e10/e10-work").exists());
+}

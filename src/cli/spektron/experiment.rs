@@ -62,6 +62,10 @@ pub enum ExperimentCmd {
     /// + VIB), each pretrained, then E4's model arms, with the physics-violation rate of the
     /// reconstructions (CSV, JSON, MD, PNG).
     Losses(ExperimentArgs),
+    /// E10: disentanglement: 2-D PCA of z_chem and z_inst by instrument and by sample, scores,
+    /// and the z_inst swap test, on the --checkpoint or a model pretrained in the run (CSV, JSON,
+    /// MD, PNG).
+    Disentanglement(ExperimentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +176,7 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
         ExperimentCmd::Masking(a) => return ablation(g, a, Ablation::Masking),
         ExperimentCmd::Architecture(a) => return ablation(g, a, Ablation::Architecture),
         ExperimentCmd::Losses(a) => return ablation(g, a, Ablation::Losses),
+        ExperimentCmd::Disentanglement(a) => return disentanglement(g, a),
     };
     let mut extra = common_flags(a);
     match (&a.n_transfer, kind) {
@@ -353,6 +358,37 @@ fn ablation(g: &Global, a: &ExperimentArgs, which: Ablation) -> Result<ExitCode>
         Ablation::Architecture => arch_ablation::run(&input, settings, pre, &dev, &stage, progress),
         Ablation::Losses => loss_ablation::run(&input, settings, pre, &dev, &stage, progress),
     }?;
+    pb.finish_and_clear();
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    g.say(&r.markdown);
+    report_files(g, &r, &r.files)
+}
+
+/// E10: `spx spektron experiment disentanglement`.
+fn disentanglement(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
+    if a.n_transfer.is_some() {
+        bail!("--n-transfer: E10 transfers nothing (it takes none)");
+    }
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, common_flags(a))?;
+    let stage = Stage::begin(&cfg.run.out_dir)?
+        .inputs(a.data.iter().chain(&a.checkpoint).map(PathBuf::as_path));
+    let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
+    let input = input_of(a, &config_file)?;
+    let dev = cfg.run.device.autodiff_device()?;
+    let sc = &cfg.spektron;
+    let pb = g.progress().bar(3, "E10 disentanglement");
+    let pre = spx::spektron::ablation::PretrainInput {
+        loss: &sc.loss,
+        pretrain: &sc.pretrain,
+        synth: &sc.synth,
+        corpus: &sc.corpus,
+    };
+    let settings = sc.experiment_settings(cfg.run.seed);
+    let r = spx::spektron::disentangle::run(&input, settings, pre, &dev, &stage, |m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
     pb.finish_and_clear();
     cfg.write_effective(stage.dir())?;
     stage.commit()?;
