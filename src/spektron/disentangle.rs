@@ -61,6 +61,9 @@ pub struct SwapTest {
     pub unswapped_rmse: f64,
     pub swapped_rmse: f64,
     pub own_rmse: f64,
+    /// Mean RMSE between the two instruments' measured spectra of the same test sample (how
+    /// far apart the instruments are).
+    pub instrument_rmse: f64,
     /// Fraction of (test sample, direction) pairs where swapping brings the decoded spectrum
     /// closer to the `to` instrument's measurement.
     pub swap_closer_fraction: f64,
@@ -186,7 +189,10 @@ pub fn swap_test(
         (yh.iter().zip(m).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / m.len() as f64).sqrt()
     };
     let (mut un, mut sw, mut own, mut closer, mut cnt) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    let mut apart = 0.0;
     for &i in &split.test {
+        let d = &xs.row(i) - &xt.row(i);
+        apart += (d.mapv(|v| v * v).sum() / d.len() as f64).sqrt();
         for (cf, if_, ito, cto, to) in [(cs, is, it, ct, xt.row(i)), (ct, it, is, cs, xs.row(i))] {
             let u = rmse(feats(cf.row(i), if_.row(i)), to);
             let s = rmse(feats(cf.row(i), ito.row(i)), to);
@@ -203,6 +209,7 @@ pub fn swap_test(
         unswapped_rmse: un / m,
         swapped_rmse: sw / m,
         own_rmse: own / m,
+        instrument_rmse: apart / split.test.len().max(1) as f64,
         swap_closer_fraction: closer as f64 / m,
         ridge_lambda: lambda,
     }
@@ -317,6 +324,11 @@ pub fn run(
 
     let stem = safe_component(&format!("e10_{}", task.stem));
     let title = format!("E10: {}", task.title);
+    let short = if input.data.is_some() {
+        format!("E10 {} → {}", input.source, input.target)
+    } else {
+        "E10 synthetic".to_string()
+    };
     let dir = stage.dir();
     let mut files = Vec::new();
     let path = dir.join(format!("{stem}.csv"));
@@ -332,7 +344,7 @@ pub fn run(
     ] {
         for by in ["instrument", "sample"] {
             let path = dir.join(format!("{stem}_{tag}_by_{by}.png"));
-            plot(&path, &title, name, pcs, sc, by, input, &y)?;
+            plot(&path, &short, name, pcs, sc, by, input, &y)?;
             files.push(path);
         }
     }
@@ -416,12 +428,13 @@ fn markdown(
     }
     let _ = write!(
         md,
-        "\nSwap test ({} test samples × 2 directions; linear decoder [z_chem, z_inst] → spectrum, ridge λ = {:.3e}; RMSE against the other instrument's measured SNV spectrum):\n\n| decoded from | mean RMSE |\n|---|---|\n| z_chem and z_inst of the same instrument (unswapped) | {:.4} |\n| z_chem of that instrument, z_inst of the other (swapped) | {:.4} |\n| both latents of the other instrument (decoder floor) | {:.4} |\n\nSwapping brings the decoded spectrum closer in {:.1} % of the pairs.\n",
+        "\nSwap test ({} test samples × 2 directions; linear decoder [z_chem, z_inst] → spectrum, ridge λ = {:.3e}; RMSE against the other instrument's measured SNV spectrum):\n\n| decoded from | mean RMSE |\n|---|---|\n| z_chem and z_inst of the same instrument (unswapped) | {:.5} |\n| z_chem of that instrument, z_inst of the other (swapped) | {:.5} |\n| both latents of the other instrument (decoder floor) | {:.5} |\n| (measured spectrum of the first instrument, no decoder) | {:.5} |\n\nSwapping brings the decoded spectrum closer in {:.1} % of the pairs.\n",
         swap.test_samples,
         swap.ridge_lambda,
         swap.unswapped_rmse,
         swap.swapped_rmse,
         swap.own_rmse,
+        swap.instrument_rmse,
         100.0 * swap.swap_closer_fraction
     );
     md
@@ -441,7 +454,7 @@ fn plot(
 ) -> Result<(), SpxError> {
     let n = y.len();
     let mut lp = iplot::LinePlot::new(
-        format!("{title}: {latent} by {by} ({n} samples × 2 instruments)"),
+        format!("{title}: {latent} by {by}, {n} samples × 2 instruments"),
         format!(
             "{latent} PC1 ({:.1} % of variance)",
             100.0 * sc.explained[0]

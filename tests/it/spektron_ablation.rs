@@ -251,6 +251,19 @@ fn cli_masking_architecture_and_losses_quick() {
         cell(&r7, "transformer", "spektron_master_on_master")
             != cell(&r7, "hybrid", "spektron_master_on_master")
     );
+    // Mamba only: [CLS] is the first token and the scan (and its conv) is causal, so z_chem sees
+    // no spectrum and the master predicts one constant — the same RMSEP on the source and the
+    // target test spectra of a split. With a Transformer block they differ.
+    let on = |v: &str| {
+        (
+            cell(&r7, v, "spektron_master_on_master"),
+            cell(&r7, v, "spektron_no_transfer"),
+        )
+    };
+    let (a, b) = on("mamba");
+    assert_eq!(a, b);
+    let (a, b) = on("hybrid");
+    assert_ne!(a, b);
     png_size(&dir.path().join("e7/e7_synthetic.png"));
 
     // E8: progressive losses; the full list is E2's contiguous run; the violation rate is a
@@ -312,9 +325,16 @@ fn swap_test_and_pca_on_latents_with_a_known_structure() {
     assert!(s.swapped_rmse < 1e-2 && s.own_rmse < 1e-2, "{s:?}");
     assert!(s.unswapped_rmse > 0.5, "{s:?}");
     assert_eq!(s.swap_closer_fraction, 1.0);
+    // The instruments differ by (is − it)·B = 2·[1, −1]·B on every sample.
+    let gap = (2.0 * (&b.row(0) - &b.row(1)))
+        .mapv(|v| v * v)
+        .mean()
+        .unwrap()
+        .sqrt();
+    assert!((s.instrument_rmse - gap).abs() < 1e-12, "{s:?} vs {gap}");
     // Swapping latents that carry no instrument (z_inst equal on both) changes nothing.
     let s0 = swap_test((&chem, &is), (&chem, &is), &xs, &xs, &split);
-    assert_eq!(s0.swap_closer_fraction, 0.0);
+    assert_eq!((s0.swap_closer_fraction, s0.instrument_rmse), (0.0, 0.0));
     assert!((s0.swapped_rmse - s0.unswapped_rmse).abs() < 1e-12);
 
     // PCA of points on a plane in 5-D: two components explain everything, scores are centred and
