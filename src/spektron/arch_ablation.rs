@@ -107,10 +107,17 @@ pub fn variants(cfg: &Settings<'_>, pre: &PretrainInput<'_>) -> Result<Vec<Varia
             Variant {
                 name: name.to_string(),
                 label: format!("{what} ({layers}){extra}, {tok}"),
+                // Short: the plot's x axis names every arm on one line.
                 axis: format!(
-                    "{}{}, {tok}",
-                    what.replace("hybrid Mamba + Transformer", "hybrid"),
-                    if moe.is_some() { " + MoE" } else { "" }
+                    "{}{}{}",
+                    what.replace("hybrid Mamba + Transformer", "hybrid")
+                        .replace(" only", ""),
+                    if moe.is_some() { " + MoE" } else { "" },
+                    if emb == Embedding::Raw {
+                        ", raw tokens"
+                    } else {
+                        ""
+                    }
                 ),
                 model: moe.unwrap_or_else(|| mk(layers, emb, false)),
                 loss: pre.loss.clone(),

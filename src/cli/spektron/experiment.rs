@@ -58,8 +58,8 @@ pub enum ExperimentCmd {
     /// only, Mamba only, hybrid, hybrid with raw-spectrum tokens, hybrid + MoE), each pretrained,
     /// then E4's model arms; parameters and training time per arm (CSV, JSON, MD, PNG).
     Architecture(ExperimentArgs),
-    /// E8: progressive pretraining losses (MSRP, + contrastive, + denoising, + OT, + physics,
-    /// + VIB), each pretrained, then E4's model arms, with the physics-violation rate of the
+    /// E8: progressive pretraining losses (MSRP, then adding contrastive, denoising, OT, physics
+    /// and VIB), each pretrained, then E4's model arms, with the physics-violation rate of the
     /// reconstructions (CSV, JSON, MD, PNG).
     Losses(ExperimentArgs),
     /// E10: disentanglement: 2-D PCA of z_chem and z_inst by instrument and by sample, scores,
