@@ -247,6 +247,24 @@ pub fn run(
     })
 }
 
+/// The `steps` column of a report (pretraining steps per variant).
+pub fn steps_column(runs: &[VariantRun]) -> (String, Vec<String>) {
+    (
+        "steps".to_string(),
+        runs.iter().map(|r| r.steps.to_string()).collect(),
+    )
+}
+
+/// A column of each variant's last validation MSRP (`–` without one), headed `header`.
+pub fn val_msrp_column(runs: &[VariantRun], header: &str) -> (String, Vec<String>) {
+    (
+        header.to_string(),
+        runs.iter()
+            .map(|r| r.val_msrp.map_or("–".to_string(), |x| format!("{x:.4}")))
+            .collect(),
+    )
+}
+
 /// Create `work` and write the synthetic pretraining corpus (`[spektron.synth]`, `seed`) into it.
 pub fn make_corpus(work: &Path, seed: u64, pre: &PretrainInput<'_>) -> Result<PathBuf, SpxError> {
     std::fs::create_dir_all(work).map_err(|e| SpxError::file(work, e))?;

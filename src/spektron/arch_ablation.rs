@@ -190,13 +190,7 @@ pub fn run(
                 "model arms (s, wall)".to_string(),
                 ab.arms_seconds.iter().map(|s| format!("{s:.1}")).collect(),
             ),
-            (
-                "val MSRP".to_string(),
-                ab.runs
-                    .iter()
-                    .map(|r| r.val_msrp.map_or("–".to_string(), |x| format!("{x:.4}")))
-                    .collect(),
-            ),
+            ablation::val_msrp_column(&ab.runs, "val MSRP"),
         ],
     };
     ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)

@@ -178,13 +178,7 @@ pub fn run(
         tag: "e8",
         variant_header: "pretraining losses",
         columns: vec![
-            (
-                "val MSRP".to_string(),
-                ab.runs
-                    .iter()
-                    .map(|r| r.val_msrp.map_or("–".to_string(), |x| format!("{x:.4}")))
-                    .collect(),
-            ),
+            ablation::val_msrp_column(&ab.runs, "val MSRP"),
             ("physics-violation rate".to_string(), pct(|v| v.rate)),
             ("roughness".to_string(), pct(|v| v.roughness)),
             ("range".to_string(), pct(|v| v.range)),

@@ -80,17 +80,8 @@ pub fn run(
         tag: "e2",
         variant_header: "MSRP masking",
         columns: vec![
-            (
-                "steps".to_string(),
-                ab.runs.iter().map(|r| r.steps.to_string()).collect(),
-            ),
-            (
-                "val MSRP (own masks)".to_string(),
-                ab.runs
-                    .iter()
-                    .map(|r| r.val_msrp.map_or("–".to_string(), |x| format!("{x:.4}")))
-                    .collect(),
-            ),
+            ablation::steps_column(&ab.runs),
+            ablation::val_msrp_column(&ab.runs, "val MSRP (own masks)"),
         ],
     };
     ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)

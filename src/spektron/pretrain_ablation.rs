@@ -85,17 +85,8 @@ pub fn run(
         tag: "e1",
         variant_header: "pretraining",
         columns: vec![
-            (
-                "steps".to_string(),
-                ab.runs.iter().map(|r| r.steps.to_string()).collect(),
-            ),
-            (
-                "val MSRP".to_string(),
-                ab.runs
-                    .iter()
-                    .map(|r| r.val_msrp.map_or("–".to_string(), |x| format!("{x:.4}")))
-                    .collect(),
-            ),
+            ablation::steps_column(&ab.runs),
+            ablation::val_msrp_column(&ab.runs, "val MSRP"),
         ],
     };
     ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)
