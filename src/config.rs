@@ -514,6 +514,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("spektron.experiment.synth_offset", C(-1e6, 1e6)),
         ("spektron.experiment.synth_noise", C(0.0, 100.0)),
         ("spektron.experiment.ttt_steps", C(0.0, 1e7)),
+        ("spektron.experiment.ablation_moe_experts", C(1.0, 256.0)),
         ("spektron.supervised.cnn_channels", C(1.0, 4096.0)),
         ("spektron.supervised.cnn_kernel", C(1.0, 4096.0)),
         ("spektron.supervised.cnn_stride", C(1.0, 4096.0)),

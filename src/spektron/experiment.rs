@@ -80,12 +80,20 @@ pub struct ExperimentConfig {
     /// E9 (`experiment ttt-steps`): the test-time-training step counts reported.
     #[serde(default)]
     pub ttt_steps: Vec<usize>,
+    /// E7 (`experiment architecture`): experts of the MoE arm when `spektron.model.moe_experts`
+    /// is 0.
+    #[serde(default = "default_ablation_moe_experts")]
+    pub ablation_moe_experts: usize,
     pub synth_samples: usize,
     pub synth_channels: usize,
     pub synth_shift: f64,
     pub synth_gain: f64,
     pub synth_offset: f64,
     pub synth_noise: f64,
+}
+
+fn default_ablation_moe_experts() -> usize {
+    4
 }
 
 /// What the model arms read from the config.

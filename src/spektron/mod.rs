@@ -4,23 +4,31 @@
 //! function per command: [`classical::run`] (baselines), [`finetune::run`], [`ttt::run`],
 //! [`experiment::sample_efficiency`] / [`experiment::table`] (E3/E4, with the supervised deep
 //! baselines of [`supervised`]), [`ttt_steps::run`] (E9), [`pretrain_ablation::run`] (E1),
+//! [`mask_ablation::run`] (E2), [`arch_ablation::run`] (E7), [`loss_ablation::run`] (E8) — the
+//! four on the shared ablation driver [`ablation`] —, [`disentangle::run`] (E10),
 //! [`demo::run`] — with their report writers in [`report`]. [`config`] gathers the settings types
 //! and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` →
 //! `supervised` → `data` → `model` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
-//! `ttt_steps`/`pretrain_ablation` → `config` → `demo`.
+//! `ttt_steps`/`ablation` → `pretrain_ablation`/`mask_ablation`/`arch_ablation`/`loss_ablation`/
+//! `disentangle` → `config` → `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
 //! project's shared notes, beside the repository).
 
+pub mod ablation;
+pub mod arch_ablation;
 pub mod baselines;
 pub mod classical;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod disentangle;
 pub mod experiment;
 pub mod finetune;
+pub mod loss_ablation;
+pub mod mask_ablation;
 pub mod model;
 pub mod pretrain_ablation;
 pub mod protocol;

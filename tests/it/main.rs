@@ -13,5 +13,6 @@ mod nn;
 mod ptycho;
 mod ptycho_pinn;
 mod spektron;
+mod spektron_ablation;
 mod spektron_model;
 mod spektron_supervised;

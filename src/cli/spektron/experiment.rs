@@ -50,6 +50,22 @@ pub enum ExperimentCmd {
     /// corpus made in the run ([spektron.synth], [spektron.pretrain]), then E4's model arms at
     /// N = spektron.experiment.table_n (CSV, JSON, MD, PNG).
     Pretraining(ExperimentArgs),
+    /// E2: MSRP masking strategy (random / contiguous / peak-aware), each pretrained on a
+    /// synthetic corpus made in the run, then E4's model arms at N = spektron.experiment.table_n
+    /// (CSV, JSON, MD, PNG).
+    Masking(ExperimentArgs),
+    /// E7: architecture, one factor at a time around the hybrid with wavelet tokens (Transformer
+    /// only, Mamba only, hybrid, hybrid with raw-spectrum tokens, hybrid + MoE), each pretrained,
+    /// then E4's model arms; parameters and training time per arm (CSV, JSON, MD, PNG).
+    Architecture(ExperimentArgs),
+    /// E8: progressive pretraining losses (MSRP, then adding contrastive, denoising, OT, physics
+    /// and VIB), each pretrained, then E4's model arms, with the physics-violation rate of the
+    /// reconstructions (CSV, JSON, MD, PNG).
+    Losses(ExperimentArgs),
+    /// E10: disentanglement: 2-D PCA of z_chem and z_inst by instrument and by sample, scores,
+    /// and the z_inst swap test, on the --checkpoint or a model pretrained in the run (CSV, JSON,
+    /// MD, PNG).
+    Disentanglement(ExperimentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,7 +172,11 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
         ExperimentCmd::SampleEfficiency(a) => (Kind::SampleEfficiency, a),
         ExperimentCmd::Table(a) => (Kind::Table, a),
         ExperimentCmd::TttSteps(t) => return ttt_steps(g, t),
-        ExperimentCmd::Pretraining(a) => return pretraining(g, a),
+        ExperimentCmd::Pretraining(a) => return ablation(g, a, Ablation::Pretraining),
+        ExperimentCmd::Masking(a) => return ablation(g, a, Ablation::Masking),
+        ExperimentCmd::Architecture(a) => return ablation(g, a, Ablation::Architecture),
+        ExperimentCmd::Losses(a) => return ablation(g, a, Ablation::Losses),
+        ExperimentCmd::Disentanglement(a) => return disentanglement(g, a),
     };
     let mut extra = common_flags(a);
     match (&a.n_transfer, kind) {
@@ -277,16 +297,38 @@ fn ttt_steps(g: &Global, t: &TttStepsArgs) -> Result<ExitCode> {
     report_files(g, &r, &r.files)
 }
 
-/// E1: `spx spektron experiment pretraining`.
-fn pretraining(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
+/// The pretraining ablations (E1, E2, E7, E8): one CLI shape, one library driver each.
+#[derive(Clone, Copy)]
+enum Ablation {
+    Pretraining,
+    Masking,
+    Architecture,
+    Losses,
+}
+
+impl Ablation {
+    /// (experiment name, progress label, variants).
+    fn names(self) -> (&'static str, &'static str, u64) {
+        match self {
+            Ablation::Pretraining => ("E1", "E1 pretraining ablation", 3),
+            Ablation::Masking => ("E2", "E2 masking strategy", 3),
+            Ablation::Architecture => ("E7", "E7 architecture ablation", 5),
+            Ablation::Losses => ("E8", "E8 loss ablation", 7),
+        }
+    }
+}
+
+/// `spx spektron experiment pretraining|masking|architecture|losses`.
+fn ablation(g: &Global, a: &ExperimentArgs, which: Ablation) -> Result<ExitCode> {
+    let (name, label, variants) = which.names();
     let mut extra = common_flags(a);
     match &a.n_transfer {
-        Some(ns) if ns.len() != 1 => bail!("--n-transfer: E1 takes one N (got {ns:?})"),
+        Some(ns) if ns.len() != 1 => bail!("--n-transfer: {name} takes one N (got {ns:?})"),
         Some(ns) => extra.push(int("spektron.experiment.table_n", ns[0], "--n-transfer")),
         None => {}
     }
     if a.checkpoint.is_some() {
-        bail!("--checkpoint: E1 pretrains its own models (it takes none)");
+        bail!("--checkpoint: {name} pretrains its own models (it takes none)");
     }
     let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, extra)?;
     let stage = Stage::begin(&cfg.run.out_dir)?.inputs(a.data.iter().map(PathBuf::as_path));
@@ -294,15 +336,56 @@ fn pretraining(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
     let input = input_of(a, &config_file)?;
     let dev = cfg.run.device.autodiff_device()?;
     let sc = &cfg.spektron;
-    let pb = g.progress().bar(7, "E1 pretraining ablation");
-    let pre = spx::spektron::pretrain_ablation::PretrainInput {
+    // Corpus, then pretraining + model arms per variant.
+    let pb = g.progress().bar(1 + 2 * variants, label);
+    let pre = spx::spektron::ablation::PretrainInput {
         loss: &sc.loss,
         pretrain: &sc.pretrain,
         synth: &sc.synth,
         corpus: &sc.corpus,
     };
     let settings = sc.experiment_settings(cfg.run.seed);
-    let r = spx::spektron::pretrain_ablation::run(&input, settings, pre, &dev, &stage, |m| {
+    let progress = |m: &str| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    };
+    use spx::spektron::{arch_ablation, loss_ablation, mask_ablation, pretrain_ablation};
+    let r = match which {
+        Ablation::Pretraining => {
+            pretrain_ablation::run(&input, settings, pre, &dev, &stage, progress)
+        }
+        Ablation::Masking => mask_ablation::run(&input, settings, pre, &dev, &stage, progress),
+        Ablation::Architecture => arch_ablation::run(&input, settings, pre, &dev, &stage, progress),
+        Ablation::Losses => loss_ablation::run(&input, settings, pre, &dev, &stage, progress),
+    }?;
+    pb.finish_and_clear();
+    cfg.write_effective(stage.dir())?;
+    stage.commit()?;
+    g.say(&r.markdown);
+    report_files(g, &r, &r.files)
+}
+
+/// E10: `spx spektron experiment disentanglement`.
+fn disentanglement(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
+    if a.n_transfer.is_some() {
+        bail!("--n-transfer: E10 transfers nothing (it takes none)");
+    }
+    let cfg = g.setup_with(if a.quick { &["quick"] } else { &[] }, common_flags(a))?;
+    let stage = Stage::begin(&cfg.run.out_dir)?
+        .inputs(a.data.iter().chain(&a.checkpoint).map(PathBuf::as_path));
+    let config_file = stage.out().join(spx::config::EFFECTIVE_CONFIG_NAME);
+    let input = input_of(a, &config_file)?;
+    let dev = cfg.run.device.autodiff_device()?;
+    let sc = &cfg.spektron;
+    let pb = g.progress().bar(3, "E10 disentanglement");
+    let pre = spx::spektron::ablation::PretrainInput {
+        loss: &sc.loss,
+        pretrain: &sc.pretrain,
+        synth: &sc.synth,
+        corpus: &sc.corpus,
+    };
+    let settings = sc.experiment_settings(cfg.run.seed);
+    let r = spx::spektron::disentangle::run(&input, settings, pre, &dev, &stage, |m| {
         pb.set_message(m.to_string());
         pb.inc(1);
     })?;

@@ -127,6 +127,56 @@ pub fn predict(
     out
 }
 
+/// Reconstructed spectra: the unmasked forward pass's reconstructed tokens of every row of `x`
+/// decoded back to `n_points` values (row-major, as `x`).
+pub fn reconstruct(
+    model: &SpektronModel,
+    lay: &TokenLayout,
+    x: &[f32],
+    modality: &[i8],
+    device: &Device,
+) -> Vec<f32> {
+    let n = modality.len();
+    let mut out = Vec::with_capacity(n * lay.n_points);
+    let rows: Vec<usize> = (0..n).collect();
+    for chunk in rows.chunks(64) {
+        let o = model.forward(
+            patches(lay, x, chunk, device),
+            domains(modality, chunk, device),
+            None,
+        );
+        let tok = to_vec(o.recon);
+        for t in tok.chunks(lay.padded()) {
+            out.extend(lay.decode(t));
+        }
+    }
+    out
+}
+
+/// The latent means of every row of `x`: z_chem `[n, z_chem]` and z_inst `[n, z_inst]`,
+/// row-major.
+pub fn latents(
+    model: &SpektronModel,
+    lay: &TokenLayout,
+    x: &[f32],
+    modality: &[i8],
+    device: &Device,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = modality.len();
+    let (mut chem, mut inst) = (Vec::new(), Vec::new());
+    let rows: Vec<usize> = (0..n).collect();
+    for chunk in rows.chunks(64) {
+        let o = model.forward(
+            patches(lay, x, chunk, device),
+            domains(modality, chunk, device),
+            None,
+        );
+        chem.extend(to_vec(o.chem.mu));
+        inst.extend(to_vec(o.inst.mu));
+    }
+    (chem, inst)
+}
+
 /// Count of parameters that currently receive gradients.
 pub fn trainable_params(model: &SpektronModel) -> usize {
     struct C(usize);

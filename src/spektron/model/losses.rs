@@ -39,6 +39,97 @@ pub fn block_mask(n: usize, ratio: f64, block: usize, rng: &mut impl Rng) -> Vec
     m
 }
 
+/// Which patches MSRP masks (`spektron.loss.mask_strategy`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskStrategy {
+    /// Blocks of `mask_block` patches at uniform random starts ([`block_mask`]).
+    #[default]
+    Contiguous,
+    /// Single patches drawn uniformly without replacement ([`random_mask`]).
+    Random,
+    /// Blocks of `mask_block` patches centred on patches drawn with probability proportional to
+    /// their energy plus the mean energy ([`peak_mask`]): patches holding bands (large token
+    /// values) are masked more often than flat ones.
+    PeakAware,
+}
+
+/// Scattered mask: exactly `round(ratio·n)` patches, drawn uniformly without replacement.
+pub fn random_mask(n: usize, ratio: f64, rng: &mut impl Rng) -> Vec<bool> {
+    let target = ((ratio * n as f64).round() as usize).min(n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    // Partial Fisher–Yates: the first `target` entries are a uniform sample.
+    for i in 0..target {
+        let j = rng.random_range(i..n);
+        idx.swap(i, j);
+    }
+    let mut m = vec![false; n];
+    for &i in &idx[..target] {
+        m[i] = true;
+    }
+    m
+}
+
+/// Peak-aware block mask over `n` patches with energies `energy` (one per patch, ≥ 0): block
+/// centres are drawn with probability ∝ energy + mean energy (uniform when every energy is 0),
+/// blocks of `block` patches are masked around them until exactly `round(ratio·n)` patches are
+/// masked (the last block is cut to hit the count).
+pub fn peak_mask(energy: &[f64], ratio: f64, block: usize, rng: &mut impl Rng) -> Vec<bool> {
+    let n = energy.len();
+    let target = ((ratio * n as f64).round() as usize).min(n);
+    let block = block.max(1).min(n.max(1));
+    let mean = energy.iter().sum::<f64>() / n.max(1) as f64;
+    let mut cum = Vec::with_capacity(n);
+    let mut total = 0.0;
+    for &e in energy {
+        total += if mean > 0.0 && e.is_finite() {
+            e.max(0.0) + mean
+        } else {
+            1.0
+        };
+        cum.push(total);
+    }
+    let mut m = vec![false; n];
+    let mut count = 0;
+    while count < target {
+        let u = rng.random::<f64>() * total;
+        let c = cum.partition_point(|&x| x <= u).min(n - 1);
+        let start = c.saturating_sub(block / 2).min(n - block);
+        for v in m.iter_mut().skip(start).take(block) {
+            if count < target && !*v {
+                *v = true;
+                count += 1;
+            }
+        }
+    }
+    m
+}
+
+/// The mask of one spectrum's `n` patches under `strategy`; `patches` (row-major `[n, patch]`
+/// token values) are read by the peak-aware strategy only.
+pub fn strategy_mask(
+    strategy: MaskStrategy,
+    patches: &[f32],
+    n: usize,
+    ratio: f64,
+    block: usize,
+    rng: &mut impl Rng,
+) -> Vec<bool> {
+    match strategy {
+        MaskStrategy::Contiguous => block_mask(n, ratio, block, rng),
+        MaskStrategy::Random => random_mask(n, ratio, rng),
+        MaskStrategy::PeakAware => {
+            let k = patches.len() / n.max(1);
+            let energy: Vec<f64> = patches
+                .chunks(k.max(1))
+                .take(n)
+                .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+                .collect();
+            peak_mask(&energy, ratio, block, rng)
+        }
+    }
+}
+
 /// Mean squared error over the masked patches only: Σ mask·mean_k (p−t)² / Σ mask.
 /// `pred`, `target`: `[B, P, K]`; `mask`: `[B, P]` of 0/1.
 pub fn masked_mse(pred: Tensor<3>, target: Tensor<3>, mask: Tensor<2>) -> Tensor<1> {

@@ -25,6 +25,9 @@ pub struct ModelConfig {
     pub n_points: usize,
     pub level: usize,
     pub patch: usize,
+    /// Token values: db4 wavelet coefficients (default) or the raw spectrum (E7's ablation).
+    #[serde(default)]
+    pub embedding: Embedding,
     pub d_model: usize,
     pub n_heads: usize,
     pub d_ff: usize,
@@ -47,6 +50,17 @@ pub struct ModelConfig {
     pub fno_layers: usize,
 }
 
+/// What the patch tokens hold (`spektron.model.embedding`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Embedding {
+    /// The concatenated db4 coefficients (`level` levels).
+    #[default]
+    Wavelet,
+    /// The resampled spectrum itself.
+    Raw,
+}
+
 /// Property head on z_chem's mean.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -57,7 +71,10 @@ pub enum HeadKind {
 
 impl ModelConfig {
     pub fn layout(&self) -> TokenLayout {
-        TokenLayout::new(self.n_points, self.level, self.patch)
+        match self.embedding {
+            Embedding::Wavelet => TokenLayout::new(self.n_points, self.level, self.patch),
+            Embedding::Raw => TokenLayout::raw(self.n_points, self.patch),
+        }
     }
 }
 
@@ -66,6 +83,10 @@ impl ModelConfig {
 pub struct LossConfig {
     pub mask_ratio: f64,
     pub mask_block: usize,
+    /// Which patches MSRP masks: contiguous blocks (default), random single patches, or
+    /// peak-aware blocks (E2).
+    #[serde(default)]
+    pub mask_strategy: losses::MaskStrategy,
     pub msrp: f64,
     pub contrastive: f64,
     pub temperature: f64,

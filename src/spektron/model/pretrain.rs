@@ -322,8 +322,23 @@ pub fn batch_loss(
         augment(a, pc, rng);
         augment(c, pc, rng);
     }
-    let mask: Vec<f32> = (0..b)
-        .flat_map(|_| losses::block_mask(lay.n_patches, lc.mask_ratio, lc.mask_block, rng))
+    // View 1's tokens (host), read by the peak-aware mask.
+    let enc1: Vec<f32> = v1
+        .chunks(lay.n_points)
+        .flat_map(|s| lay.encode(s))
+        .collect();
+    let mask: Vec<f32> = enc1
+        .chunks(lay.padded())
+        .flat_map(|t| {
+            losses::strategy_mask(
+                lc.mask_strategy,
+                t,
+                lay.n_patches,
+                lc.mask_ratio,
+                lc.mask_block,
+                rng,
+            )
+        })
         .map(|m| if m { 1.0 } else { 0.0 })
         .collect();
     let mask = tensor_from(mask, [b, lay.n_patches], &dev);
@@ -335,7 +350,7 @@ pub fn batch_loss(
             .as_slice(),
         &dev,
     );
-    let p1 = patches_of(lay, &v1, &dev);
+    let p1 = tensor_from(enc1, [b, lay.n_patches, lay.patch], &dev);
     let p2 = patches_of(lay, &v2, &dev);
     let clean = patches_of(lay, spectra, &dev);
     let o1 = model.forward(p1.clone(), dom.clone(), Some(mask.clone()));

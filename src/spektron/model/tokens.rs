@@ -1,5 +1,6 @@
 //! Wavelet tokens: the concatenated db4 coefficients `[cA4 | cD4 | cD3 | cD2 | cD1]` cut into
-//! non-overlapping patches (zero-padded at the end), then `[CLS]` and `[DOMAIN]` in front.
+//! non-overlapping patches (zero-padded at the end), then `[CLS]` and `[DOMAIN]` in front; or,
+//! with `spektron.model.embedding = "raw"` (E7's ablation), the spectrum itself cut into patches.
 //! Every consumer (embedding, masking, heads, losses) takes its sizes from [`TokenLayout`].
 
 use super::wavelet;
@@ -20,6 +21,8 @@ pub struct TokenLayout {
     pub n_patches: usize,
     /// `n_patches + N_SPECIAL`.
     pub n_tokens: usize,
+    /// Wavelet coefficients (true) or the raw spectrum (false, `level` 0) as token values.
+    pub wavelet: bool,
 }
 
 impl TokenLayout {
@@ -36,6 +39,22 @@ impl TokenLayout {
             n_coeffs,
             n_patches,
             n_tokens: n_patches + N_SPECIAL,
+            wavelet: true,
+        }
+    }
+
+    /// Raw-spectrum tokens: the `n_points` values cut into patches (no wavelet transform).
+    pub fn raw(n_points: usize, patch: usize) -> Self {
+        let n_patches = n_points.div_ceil(patch);
+        TokenLayout {
+            n_points,
+            level: 0,
+            patch,
+            coeff_lens: vec![n_points],
+            n_coeffs: n_points,
+            n_patches,
+            n_tokens: n_patches + N_SPECIAL,
+            wavelet: false,
         }
     }
 
@@ -47,6 +66,11 @@ impl TokenLayout {
     /// Spectrum → padded coefficient vector (row-major `[n_patches, patch]`).
     pub fn encode(&self, x: &[f32]) -> Vec<f32> {
         assert_eq!(x.len(), self.n_points, "spectrum length");
+        if !self.wavelet {
+            let mut out = x.to_vec();
+            out.resize(self.padded(), 0.0);
+            return out;
+        }
         let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
         let mut out = Vec::with_capacity(self.padded());
         for c in wavelet::wavedec(&xd, self.level) {
@@ -59,6 +83,9 @@ impl TokenLayout {
     /// Padded coefficient vector → spectrum (the padding is ignored).
     pub fn decode(&self, p: &[f32]) -> Vec<f32> {
         assert_eq!(p.len(), self.padded(), "patch vector length");
+        if !self.wavelet {
+            return p[..self.n_points].to_vec();
+        }
         let mut coeffs = Vec::with_capacity(self.coeff_lens.len());
         let mut o = 0;
         for &l in &self.coeff_lens {
