@@ -190,7 +190,11 @@ pub fn grid_positions(
     let r = (g as f64 - 1.0) * step / 2.0;
     let axis = |len: usize| -> Vec<f64> {
         let (lo, hi) = (b + r, len as f64 - b - r);
-        let count = if hi >= lo { ((hi - lo) / pitch).floor() as usize + 1 } else { 0 };
+        let count = if hi >= lo {
+            ((hi - lo) / pitch).floor() as usize + 1
+        } else {
+            0
+        };
         // centre the lattice in the allowed range
         let start = lo + (hi - lo - (count.max(1) - 1) as f64 * pitch) / 2.0 + phase;
         (0..count)

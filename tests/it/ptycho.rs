@@ -471,12 +471,21 @@ fn grid_scan_groups_are_exact_squares_on_the_lattice_and_blocks_keep_them() {
         // members row-major: (−1,−1), (+1,−1), (−1,+1), (+1,+1) around the centre
         let want = [(-1.0, -1.0), (1.0, -1.0), (-1.0, 1.0), (1.0, 1.0)];
         for k in 0..4 {
-            assert!((gx[k] - cx - want[k].0).abs() < 1e-12, "group {g} member {k} x");
-            assert!((gy[k] - cy - want[k].1).abs() < 1e-12, "group {g} member {k} y");
+            assert!(
+                (gx[k] - cx - want[k].0).abs() < 1e-12,
+                "group {g} member {k} x"
+            );
+            assert!(
+                (gy[k] - cy - want[k].1).abs() < 1e-12,
+                "group {g} member {k} y"
+            );
         }
         // lattice 6, 10, …, 34 (7 pitches centred in [5, 35]: start 5 + (30 − 28)/2)
         for v in [cx, cy] {
-            assert!(((v - 6.0) / 4.0 - ((v - 6.0) / 4.0).round()).abs() < 1e-12, "{v}");
+            assert!(
+                ((v - 6.0) / 4.0 - ((v - 6.0) / 4.0).round()).abs() < 1e-12,
+                "{v}"
+            );
             assert!((6.0..=34.0).contains(&v), "{v}");
         }
         centres.push(((cx * 10.0) as i64, (cy * 10.0) as i64));
@@ -498,8 +507,14 @@ fn grid_scan_groups_are_exact_squares_on_the_lattice_and_blocks_keep_them() {
     let gi = group_positions(&x, &y, &gc, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
     assert_eq!(gi.n_groups(), 64);
     for g in 0..64 {
-        assert_eq!(gi.nn_indices.row(g).to_vec(), vec![4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3]);
-        assert!((gi.coords_relative[[g, 0, 0, 0]] - 1.0).abs() < 1e-12, "rel = −(x − centroid)");
+        assert_eq!(
+            gi.nn_indices.row(g).to_vec(),
+            vec![4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3]
+        );
+        assert!(
+            (gi.coords_relative[[g, 0, 0, 0]] - 1.0).abs() < 1e-12,
+            "rel = −(x − centroid)"
+        );
         assert!((gi.coords_relative[[g, 0, 1, 3]] + 1.0).abs() < 1e-12);
     }
     gc.n_groups = 10;
