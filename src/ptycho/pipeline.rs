@@ -140,7 +140,8 @@ pub fn simulate_into(
     })
 }
 
-/// Simulate `n_first + n_second` positions of `cfg.simulate` on one object and write them as
+/// Simulate `n_first + n_second` positions of `cfg.simulate` on one object (grid scans: see
+/// [`simulate_grid_split`]) and write them as
 /// two scans `names` (training and held-out test positions) plus the effective settings into
 /// `out`; returns the two loaded scans and the photon scale.
 pub fn simulate_split_into(
@@ -162,16 +163,6 @@ pub fn simulate_split_into(
         .bar(c.simulate.n_positions as u64, "simulating diffraction");
     let sim = super::simulate::simulate(&c.simulate, seed, &pb)?;
     pb.finish_and_clear();
-    let have = sim.raw.n_positions();
-    if have < n_first + n_second {
-        return Err(SpxError::Config(format!(
-            "ptycho.dose.n_train + n_test = {} positions, but the {:?} scan of a {} px object \
-             holds {have} (ptycho.simulate.object_size / grid_pitch)",
-            n_first + n_second,
-            c.simulate.scan,
-            c.simulate.object_size
-        )));
-    }
     let mut scans = vec![];
     for (name, range) in names.iter().zip([0..n_first, n_first..n_first + n_second]) {
         let part = sim.select(range);
