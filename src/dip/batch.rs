@@ -315,12 +315,34 @@ pub fn fit_batch(
 
 /// [`fit_batch`], calling `on_done(job index, result)` as soon as each fit ends (e.g. to store
 /// it before the rest of the batch finishes).
+///
+/// The fit runs on a worker of rayon's global pool: the ops that split work with rayon (spx's
+/// convs, several of burn's CPU kernels) then run on the thread that calls them, instead of
+/// handing each op to the pool and waking the caller afterwards (18 % of a one-thread fit's
+/// CPU time went to those hand-offs). Results differ from a fit called from outside the pool in
+/// the last bits (rayon splits a job injected from outside the pool once more than one started
+/// on a worker, which regroups sums reduced over rayon splits); batched and lone fits both run
+/// here, so they still agree bit for bit.
 pub fn fit_batch_with(
     cfg: &DipConfig,
     jobs: &[Job],
     device: &Device,
     pb: &ProgressBar,
-    on_done: &mut dyn FnMut(usize, &FitResult),
+    on_done: &mut (dyn FnMut(usize, &FitResult) + Send),
+) -> Vec<FitResult> {
+    if rayon::current_thread_index().is_some() {
+        fit_batch_here(cfg, jobs, device, pb, on_done)
+    } else {
+        rayon::scope(|_| fit_batch_here(cfg, jobs, device, pb, on_done))
+    }
+}
+
+fn fit_batch_here(
+    cfg: &DipConfig,
+    jobs: &[Job],
+    device: &Device,
+    pb: &ProgressBar,
+    on_done: &mut (dyn FnMut(usize, &FitResult) + Send),
 ) -> Vec<FitResult> {
     if jobs.is_empty() {
         return Vec::new();

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grid;
 pub mod input;
 pub mod kernel;
+pub mod layers;
 pub mod members;
 pub mod output;
 pub mod pipeline;
