@@ -99,10 +99,10 @@ impl Backward<Flex, 2> for UpCatBackward {
                 let (b, ch) = (p / c, p % c);
                 let src = &gv[b * per + ch * lo..][..lo];
                 for (&gval, &(i0, i1, w)) in src.iter().zip(&t) {
-                    plane[i0] = plane[i0] + gval * (one - w) * (one - yw);
-                    plane[i1] = plane[i1] + gval * w * (one - yw);
-                    plane[i0] = plane[i0] + gval * (one - w) * yw;
-                    plane[i1] = plane[i1] + gval * w * yw;
+                    plane[i0] += gval * (one - w) * (one - yw);
+                    plane[i1] += gval * w * (one - yw);
+                    plane[i0] += gval * (one - w) * yw;
+                    plane[i1] += gval * w * yw;
                 }
             }
             grads.register::<Flex>(node.id, flex(gx, vec![nb, c, l]));
