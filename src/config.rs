@@ -622,6 +622,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.net.baseline_smoothing", C(1.0, 1e8)),
         ("dip.net.start_fit_sigmas", C(0.0, 1e6)),
         ("dip.prior.smooth_written_density", C(0.0, 1e9)),
+        ("dip.prior.smooth_written_cv_folds", C(0.0, 100.0)),
         ("dip.train.epochs", C(1.0, 1e7)),
         ("dip.train.lr", GT(0.0, 10.0)),
         ("dip.train.warmup_epochs", C(0.0, 1e7)),

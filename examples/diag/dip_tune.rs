@@ -62,6 +62,30 @@ fn peaks(lines: &[LineScore]) -> (f64, f64) {
     (mean(FeatureKind::Emission), mean(FeatureKind::Absorption))
 }
 
+/// Mean over observations of ((x(c_i) − (Hx)_i)/σ_i)²: how far the spectrum read at each
+/// filter centre is from what that filter sees of it, in units of the observation's error.
+fn pass_change(
+    grid: &[f64],
+    op: &spx::dip::forward::Operator,
+    obs: &[spx::dip::input::Observation],
+    x: &[f64],
+) -> f64 {
+    let h = op.apply(x);
+    let (g0, dx) = (grid[0], grid[1] - grid[0]);
+    let n = grid.len();
+    obs.iter()
+        .zip(&h)
+        .map(|(o, hx)| {
+            let t = ((o.wavelength - g0) / dx).clamp(0.0, (n - 1) as f64);
+            let j = (t.floor() as usize).min(n - 2);
+            let f = t - j as f64;
+            let xc = x[j] * (1.0 - f) + x[j + 1] * f;
+            ((xc - hx) / o.flux_error).powi(2)
+        })
+        .sum::<f64>()
+        / obs.len().max(1) as f64
+}
+
 fn main() {
     let kinds = list("DIP_KINDS", "qso,ice,star");
     let densities: Vec<usize> = list("DIP_DENSITIES", "65,250")
@@ -83,7 +107,7 @@ fn main() {
         })
         .collect();
     println!(
-        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere"
+        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere,pass_dip,pass_tik,cv_pass"
     );
     // (variant, kind, density) → (dip, tik) errors.
     let mut cells: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
@@ -146,7 +170,7 @@ fn main() {
                     let cl = &r.summary.qc.clipped_rows;
                     let cl_on = cl.iter().filter(|o| on(o.wavelength, o.bandwidth)).count();
                     println!(
-                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{}",
+                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{},{:.3},{:.3},{}",
                         r.summary.observations_used,
                         t.relative_rms,
                         t.relative_rms_smoothed_output,
@@ -174,6 +198,27 @@ fn main() {
                             chi2(&r.op, &xs, &y, &s) / y.len() as f64
                         },
                         cl.len() - cl_on,
+                        pass_change(&r.grid, &r.op, &r.obs, &r.flux),
+                        r.baseline
+                            .as_ref()
+                            .map_or(f64::NAN, |b| pass_change(&r.grid, &r.op, &r.obs, b)),
+                        {
+                            // What cross-validation of the baseline says of the λ/R pass.
+                            let y: Vec<f64> = r.obs.iter().map(|o| o.flux).collect();
+                            let s: Vec<f64> = r.obs.iter().map(|o| o.flux_error).collect();
+                            let p = spx::dip::train::Problem {
+                                op: &r.op,
+                                y: &y,
+                                sigma: &s,
+                            };
+                            r.summary
+                                .tikhonov
+                                .as_ref()
+                                .and_then(|t| {
+                                    spx::dip::batch::written_pass_helps(&cfg.dip, &p, t, &r.grid, 5)
+                                })
+                                .map_or("-", |h| if h { "pass" } else { "raw" })
+                        },
                     );
                     cells
                         .entry((name.clone(), kind.clone(), pb))

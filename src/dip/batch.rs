@@ -111,6 +111,51 @@ pub fn smoothed_start(
     Some(best)
 }
 
+/// Whether the λ/R pass brings the baseline closer to held-out observations: `folds`-fold
+/// cross-validation (row i in fold i mod `folds`) of the Tikhonov solution at the baseline `t`'s
+/// λ (the same penalty in µJy units on every fold), each held-out observation compared, in units
+/// of its error, with the solution read at its filter's centre (the middle of the pixels it
+/// covers), as solved and after the λ/R pass. A filter of width λ/R centred at c measures the
+/// λ/R-smoothed spectrum at c, so the pass wins where the solution resolves structure below λ/R
+/// that the smoothed spectrum does not have, and loses where it only blurs. `None` when a solve
+/// fails or there are too few observations for the folds.
+pub fn written_pass_helps(
+    cfg: &DipConfig,
+    p: &Problem,
+    t: &super::tikhonov::TikhonovResult,
+    grid: &[f64],
+    folds: usize,
+) -> Option<bool> {
+    let op = p.op;
+    if folds < 2 || op.m < 4 * folds {
+        return None;
+    }
+    // Penalty in µJy units: the solver divides fluxes by its own scale.
+    let lambda_ujy = t.lambda / (t.scale * t.scale);
+    let at_centre = |x: &[f64], i: usize| {
+        let (s, l) = (op.start[i], op.len[i]);
+        0.5 * (x[s + (l - 1) / 2] + x[s + l / 2])
+    };
+    let (mut raw, mut passed) = (0.0, 0.0);
+    for f in 0..folds {
+        let fit: Vec<usize> = (0..op.m).filter(|i| i % folds != f).collect();
+        let sub = op.rows(&fit);
+        let y: Vec<f64> = fit.iter().map(|&i| p.y[i]).collect();
+        let s: Vec<f64> = fit.iter().map(|&i| p.sigma[i]).collect();
+        let mut tc = cfg.tikhonov.clone();
+        let scale = flux_scale(&y);
+        tc.lambda = lambda_ujy * scale * scale;
+        let x =
+            super::tikhonov::solve(&sub, &y, &s, &tc, cfg.weighting, cfg.epsilon_weight)?.spectrum;
+        let xs = smooth_to_resolution(grid, &x);
+        for i in (f..op.m).step_by(folds) {
+            raw += ((p.y[i] - at_centre(&x, i)) / p.sigma[i]).powi(2);
+            passed += ((p.y[i] - at_centre(&xs, i)) / p.sigma[i]).powi(2);
+        }
+    }
+    Some(passed < raw)
+}
+
 /// How many instrument resolution elements λ/R the grid spans (Σ Δλ / (λ/R) over its pixels):
 /// ~16 per band, ~95 on 0.75–5 µm.
 pub fn resolution_elements(grid: &[f64]) -> f64 {
@@ -315,12 +360,34 @@ pub fn fit_batch(
 
 /// [`fit_batch`], calling `on_done(job index, result)` as soon as each fit ends (e.g. to store
 /// it before the rest of the batch finishes).
+///
+/// The fit runs on a worker of rayon's global pool: the ops that split work with rayon (spx's
+/// convs, several of burn's CPU kernels) then run on the thread that calls them, instead of
+/// handing each op to the pool and waking the caller afterwards (18 % of a one-thread fit's
+/// CPU time went to those hand-offs). Results differ from a fit called from outside the pool in
+/// the last bits (rayon splits a job injected from outside the pool once more than one started
+/// on a worker, which regroups sums reduced over rayon splits); batched and lone fits both run
+/// here, so they still agree bit for bit.
 pub fn fit_batch_with(
     cfg: &DipConfig,
     jobs: &[Job],
     device: &Device,
     pb: &ProgressBar,
-    on_done: &mut dyn FnMut(usize, &FitResult),
+    on_done: &mut (dyn FnMut(usize, &FitResult) + Send),
+) -> Vec<FitResult> {
+    if rayon::current_thread_index().is_some() {
+        fit_batch_here(cfg, jobs, device, pb, on_done)
+    } else {
+        rayon::scope(|_| fit_batch_here(cfg, jobs, device, pb, on_done))
+    }
+}
+
+fn fit_batch_here(
+    cfg: &DipConfig,
+    jobs: &[Job],
+    device: &Device,
+    pb: &ProgressBar,
+    on_done: &mut (dyn FnMut(usize, &FitResult) + Send),
 ) -> Vec<FitResult> {
     if jobs.is_empty() {
         return Vec::new();
@@ -447,8 +514,17 @@ pub fn fit_batch_with(
         }
         // Observations per λ/R element of the grid: at or above `smooth_written_density` the
         // written spectrum is passed through the λ/R kernel.
+        // With `smooth_written_cv_folds`, only when cross-validation of the baseline says the
+        // pass helps (see [`written_pass_helps`]; the pass is kept when that cannot be decided).
         let smooth_written = cfg.prior.smooth_written_density > 0.0
-            && p.op.m as f64 / resolution_elements(&grid) >= cfg.prior.smooth_written_density;
+            && p.op.m as f64 / resolution_elements(&grid) >= cfg.prior.smooth_written_density
+            && (cfg.prior.smooth_written_cv_folds == 0
+                || tik
+                    .as_ref()
+                    .and_then(|t| {
+                        written_pass_helps(cfg, p, t, &grid, cfg.prior.smooth_written_cv_folds)
+                    })
+                    .unwrap_or(true));
         runs.push(Running {
             fallback,
             smooth_written,

@@ -84,6 +84,26 @@ impl Operator {
         )
     }
 
+    /// The operator of the observations `rows` (indices into this one's), in that order.
+    pub fn rows(&self, rows: &[usize]) -> Operator {
+        let k = self.k;
+        Operator {
+            m: rows.len(),
+            n: self.n,
+            k,
+            start: rows.iter().map(|&i| self.start[i]).collect(),
+            len: rows.iter().map(|&i| self.len[i]).collect(),
+            idx: rows
+                .iter()
+                .flat_map(|&i| self.idx[i * k..(i + 1) * k].iter().copied())
+                .collect(),
+            w: rows
+                .iter()
+                .flat_map(|&i| self.w[i * k..(i + 1) * k].iter().copied())
+                .collect(),
+        }
+    }
+
     /// ŷ = H x.
     pub fn apply(&self, x: &[f64]) -> Vec<f64> {
         (0..self.m)

@@ -13,6 +13,7 @@ pub mod forward;
 pub mod grid;
 pub mod input;
 pub mod kernel;
+pub mod layers;
 pub mod members;
 pub mod output;
 pub mod pipeline;
@@ -150,6 +151,7 @@ pub struct PriorConfig {
     pub smooth_output: bool,
     pub smooth_passes: usize,
     pub smooth_written_density: f64,
+    pub smooth_written_cv_folds: usize,
 }
 
 /// `[dip.train]`: the data term, Adam and the stopping rules.
@@ -356,6 +358,12 @@ impl DipConfig {
             && (0.0..=1e9).contains(&self.prior.smooth_written_density))
         {
             return bad("prior.smooth_written_density", "must be in [0, 1e9]");
+        }
+        if self.prior.smooth_written_cv_folds == 1 || self.prior.smooth_written_cv_folds > 100 {
+            return bad(
+                "prior.smooth_written_cv_folds",
+                "must be 0 (off) or in 2..=100",
+            );
         }
         if !(self.net.start_fit_sigmas.is_finite()
             && (0.0..=1e6).contains(&self.net.start_fit_sigmas))

@@ -22,12 +22,14 @@ use crate::nn::{self as spxnn, ConvImpl, flex, host, slice};
 #[backend_extension(Flex, Autodiff)]
 pub trait DipConvBackend: burn::backend::Backend {
     /// `x` `[B, cin, L]`, `weight` `[Bw, cout, cin, k]` and `bias` `[Bw, cout]` with `Bw = B`
-    /// (one network per row) or 1 (shared); `pad` samples of reflect padding on each side.
+    /// (one network per row) or 1 (shared); `pad` samples of reflect padding on each side;
+    /// `act`: a leaky ReLU of that slope applied to the output (see [`leaky`]).
     fn dip_batch_conv(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         pad: usize,
+        act: Option<f32>,
     ) -> FloatTensor<Self>;
 }
 
@@ -93,32 +95,82 @@ fn solo<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-fn flex_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor, pad: usize) -> FlexTensor {
+/// burn's leaky ReLU, in place: `v < 0` → `slope·v` (burn's `mask_where(v < 0, v·slope)`,
+/// the same f32 product).
+fn leaky(v: &mut [f32], slope: f32) {
+    for a in v {
+        if *a < 0.0 {
+            *a *= slope;
+        }
+    }
+}
+
+/// The gradient before [`leaky`] from the gradient `g` after it and the activated output `y`:
+/// `slope·g` where `y < 0`, `g` elsewhere — burn's leaky-ReLU backward, except for a negative
+/// pre-activation so small (|v| < 2⁻¹⁴⁹/slope) that `slope·v` rounds to −0, which burn scales
+/// and this does not.
+fn unleaky(g: &mut [f32], y: &[f32], slope: f32) {
+    for (g, &y) in g.iter_mut().zip(y) {
+        if y < 0.0 {
+            *g *= slope;
+        }
+    }
+}
+
+/// One row's conv (+ activation) on the calling thread's one-thread pool.
+fn row_forward(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeom, act: Option<f32>) -> Vec<f32> {
+    solo(|| {
+        let mut y = kernels::conv_forward(x, w, Some(b), g);
+        if let Some(slope) = act {
+            leaky(&mut y, slope);
+        }
+        y
+    })
+}
+
+fn flex_forward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    pad: usize,
+    act: Option<f32>,
+) -> FlexTensor {
     let s = sizes(x, w, pad);
     let (x, w, b) = (host(x), host(w), host(b));
     let (xv, wv, bv) = (slice(&x), slice(&w), slice(&b));
     let (xl, wl, lo) = (s.cin * s.l, s.cout * s.cin * s.k, s.g.wo());
-    let mut out = vec![0f32; s.nb * s.cout * lo];
-    out.par_chunks_mut(s.cout * lo)
-        .enumerate()
-        .for_each(|(r, o)| {
-            let rw = if s.nw == 1 { 0 } else { r };
-            let y = solo(|| {
-                kernels::conv_forward(
-                    &xv[r * xl..(r + 1) * xl],
-                    &wv[rw * wl..(rw + 1) * wl],
-                    Some(&bv[rw * s.cout..(rw + 1) * s.cout]),
-                    &s.g,
-                )
-            });
-            o.copy_from_slice(&y);
-        });
+    let row = |r: usize| {
+        let rw = if s.nw == 1 { 0 } else { r };
+        row_forward(
+            &xv[r * xl..(r + 1) * xl],
+            &wv[rw * wl..(rw + 1) * wl],
+            &bv[rw * s.cout..(rw + 1) * s.cout],
+            &s.g,
+            act,
+        )
+    };
+    // A batch of one is its row's output, without a copy or a hand-off to the pool.
+    let out = if s.nb == 1 {
+        row(0)
+    } else {
+        let mut out = vec![0f32; s.nb * s.cout * lo];
+        out.par_chunks_mut(s.cout * lo)
+            .enumerate()
+            .for_each(|(r, o)| o.copy_from_slice(&row(r)));
+        out
+    };
     flex(out, vec![s.nb, s.cout, lo])
 }
 
 impl DipConvBackend for Flex {
-    fn dip_batch_conv(x: FlexTensor, w: FlexTensor, b: FlexTensor, pad: usize) -> FlexTensor {
-        flex_forward(&x, &w, &b, pad)
+    fn dip_batch_conv(
+        x: FlexTensor,
+        w: FlexTensor,
+        b: FlexTensor,
+        pad: usize,
+        act: Option<f32>,
+    ) -> FlexTensor {
+        flex_forward(&x, &w, &b, pad, act)
     }
 }
 
@@ -126,12 +178,14 @@ impl DipConvBackend for Flex {
 struct BatchConvBackward;
 
 impl Backward<Flex, 3> for BatchConvBackward {
-    type State = (NodeId, NodeId, usize);
+    /// Input and weight nodes, padding, and (slope, activated output) when fused.
+    type State = (NodeId, NodeId, usize, Option<(f32, FlexTensor)>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, ckpt: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
         let gout = host(&grads.consume::<Flex>(&ops.node));
-        let (x_id, w_id, pad) = ops.state;
+        let (x_id, w_id, pad, act) = ops.state;
+        let act = act.map(|(slope, y)| (slope, host(&y)));
         let x: FlexTensor = host(&ckpt.retrieve_node_output(x_id));
         let w: FlexTensor = host(&ckpt.retrieve_node_output(w_id));
         let s = sizes(&x, &w, pad);
@@ -141,51 +195,65 @@ impl Backward<Flex, 3> for BatchConvBackward {
             bias: node_b.is_some(),
         };
         let (xv, wv, gv) = (slice(&x), slice(&w), slice(&gout));
+        let yv = act.as_ref().map(|(slope, y)| (*slope, slice(y)));
         let (xl, wl, ol) = (s.cin * s.l, s.cout * s.cin * s.k, s.cout * s.g.wo());
-        let rows: Vec<kernels::ConvGrads> = (0..s.nb)
-            .into_par_iter()
-            .map(|r| {
-                let rw = if s.nw == 1 { 0 } else { r };
-                solo(|| {
-                    kernels::conv_backward(
-                        &xv[r * xl..(r + 1) * xl],
-                        &wv[rw * wl..(rw + 1) * wl],
-                        &gv[r * ol..(r + 1) * ol],
-                        &s.g,
-                        need,
-                    )
-                })
+        let row = |r: usize| {
+            let rw = if s.nw == 1 { 0 } else { r };
+            solo(|| {
+                let mut g = gv[r * ol..(r + 1) * ol].to_vec();
+                if let Some((slope, y)) = yv {
+                    unleaky(&mut g, &y[r * ol..(r + 1) * ol], slope);
+                }
+                kernels::conv_backward(
+                    &xv[r * xl..(r + 1) * xl],
+                    &wv[rw * wl..(rw + 1) * wl],
+                    &g,
+                    &s.g,
+                    need,
+                )
             })
-            .collect();
+        };
+        // A batch of one runs on the calling thread.
+        let mut rows: Vec<kernels::ConvGrads> = if s.nb == 1 {
+            vec![row(0)]
+        } else {
+            (0..s.nb).into_par_iter().map(row).collect()
+        };
+        // Row-stacked gradients; a batch of one moves its row's vectors.
+        let join = |parts: Vec<Option<Vec<f32>>>| -> Vec<f32> {
+            if parts.len() == 1 {
+                parts.into_iter().next().flatten().unwrap_or_default()
+            } else {
+                parts
+                    .into_iter()
+                    .flat_map(Option::unwrap_or_default)
+                    .collect()
+            }
+        };
         if let Some(node) = node_x {
-            let v: Vec<f32> = rows
-                .iter()
-                .flat_map(|r| r.x.as_deref().unwrap_or(&[]).iter().copied())
-                .collect();
+            let v = join(rows.iter_mut().map(|r| r.x.take()).collect());
             grads.register::<Flex>(node.id, flex(v, vec![s.nb, s.cin, s.l]));
         }
         // Shared weights (Bw = 1) sum their rows' gradients in row order.
-        let stack = |part: &dyn Fn(&kernels::ConvGrads) -> Option<&Vec<f32>>, len: usize| {
-            if s.nw == 1 {
+        let mut stack = |part: &dyn Fn(&mut kernels::ConvGrads) -> Option<Vec<f32>>, len: usize| {
+            if s.nw == 1 && s.nb > 1 {
                 let mut acc = vec![0f32; len];
-                for r in &rows {
+                for r in rows.iter_mut() {
                     if let Some(v) = part(r) {
-                        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                        acc.iter_mut().zip(&v).for_each(|(a, b)| *a += b);
                     }
                 }
                 acc
             } else {
-                rows.iter()
-                    .flat_map(|r| part(r).map(|v| v.as_slice()).unwrap_or(&[]).iter().copied())
-                    .collect()
+                join(rows.iter_mut().map(part).collect())
             }
         };
         if let Some(node) = node_w {
-            let v = stack(&|r| r.weight.as_ref(), wl);
+            let v = stack(&|r| r.weight.take(), wl);
             grads.register::<Flex>(node.id, flex(v, vec![s.nw, s.cout, s.cin, s.k]));
         }
         if let Some(node) = node_b {
-            let v = stack(&|r| r.bias.as_ref(), s.cout);
+            let v = stack(&|r| r.bias.take(), s.cout);
             grads.register::<Flex>(node.id, flex(v, vec![s.nw, s.cout]));
         }
     }
@@ -197,6 +265,7 @@ impl<C: CheckpointStrategy> DipConvBackend for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         pad: usize,
+        act: Option<f32>,
     ) -> FloatTensor<Self> {
         match BatchConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -206,14 +275,22 @@ impl<C: CheckpointStrategy> DipConvBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_id = prep.checkpoint(&x);
                 let w_id = prep.checkpoint(&weight);
-                let out = flex_forward(x.primitive(), weight.primitive(), bias.primitive(), pad);
-                prep.finish((x_id, w_id, pad), out)
+                let out = flex_forward(
+                    x.primitive(),
+                    weight.primitive(),
+                    bias.primitive(),
+                    pad,
+                    act,
+                );
+                let keep = act.map(|slope| (slope, out.clone()));
+                prep.finish((x_id, w_id, pad, keep), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(flex_forward(
                 x.primitive(),
                 weight.primitive(),
                 bias.primitive(),
                 pad,
+                act,
             )),
         }
     }
@@ -223,15 +300,28 @@ impl<C: CheckpointStrategy> DipConvBackend for Autodiff<Flex, C> {
 /// (or `w[0]`, `b[0]` for every row when their first dimension is 1), after `pad` samples of
 /// reflect padding on each side: `[B, cout, L + 2·pad − k + 1]`.
 pub fn conv(x: Tensor<3>, w: Tensor<4>, b: Tensor<2>, pad: usize) -> Tensor<3> {
+    conv_act(x, w, b, pad, None)
+}
+
+/// [`conv`] followed by burn's leaky ReLU of slope `act` when given, fused into the op on the
+/// CPU (the same numbers as `leaky_relu(conv(..))`, see [`unleaky`] for the one exception).
+pub fn conv_act(
+    x: Tensor<3>,
+    w: Tensor<4>,
+    b: Tensor<2>,
+    pad: usize,
+    act: Option<f64>,
+) -> Tensor<3> {
     if spxnn::uses_spx_kernels(&x) {
         return Tensor::from_dispatch(Dispatch::dip_batch_conv(
             x.into_dispatch(),
             w.into_dispatch(),
             b.into_dispatch(),
             pad,
+            act.map(|a| a as f32),
         ));
     }
-    // Other devices: burn's conv per row (the same function).
+    // Other devices: burn's conv per row (the same function), then burn's activation.
     let [nb, _, _] = x.dims();
     let [nw, cout, cin, k] = w.dims();
     let rows = (0..nb)
@@ -247,5 +337,9 @@ pub fn conv(x: Tensor<3>, w: Tensor<4>, b: Tensor<2>, pad: usize) -> Tensor<3> {
             )
         })
         .collect();
-    Tensor::cat(rows, 0)
+    let y = Tensor::cat(rows, 0);
+    match act {
+        Some(slope) => burn::tensor::activation::leaky_relu(y, slope),
+        None => y,
+    }
 }

@@ -191,14 +191,15 @@ impl UNet {
     pub fn forward_stacked(&self, w: &[Tensor<4>], b: &[Tensor<2>], z: Tensor<3>) -> Tensor<3> {
         let (pad, slope) = (self.inc.pad, self.inc.slope);
         let mut next = 0usize;
-        let mut conv = |x: Tensor<3>, pad: usize| {
+        // Block convs carry their leaky ReLU fused into the op (`stacked::conv_act`).
+        let mut conv = |x: Tensor<3>, pad: usize, act: Option<f64>| {
             let c = next;
             next += 1;
-            super::stacked::conv(x, w[c].clone(), b[c].clone(), pad)
+            super::stacked::conv_act(x, w[c].clone(), b[c].clone(), pad, act)
         };
         let mut block = |x: Tensor<3>| {
-            let x = leaky_relu(conv(x, pad), slope);
-            leaky_relu(conv(x, pad), slope)
+            let x = conv(x, pad, Some(slope));
+            conv(x, pad, Some(slope))
         };
         let mut x = block(z);
         let mut skips = Vec::with_capacity(self.downs.len());
@@ -208,9 +209,9 @@ impl UNet {
         }
         for up in &self.upsample {
             let skip = skips.pop().expect("one skip per level");
-            x = block(Tensor::cat(vec![up.forward(x), skip], 1));
+            x = block(super::layers::up_cat(up, x, skip));
         }
-        let out = conv(x, 0);
+        let out = conv(x, 0, None);
         if self.positivity {
             softplus(out, 1.0)
         } else {
