@@ -349,16 +349,16 @@ pub fn epie(
     Ok((rec, r.errors))
 }
 
-/// The sizes of `spx demo`'s PINN run on top of `cfg`: the cpu profile's grid scan on a 64²
-/// object (121 groups), N 32 at 1e6 photons, an 8-filter net, 70 epochs (≈ 490 Adam steps,
-/// ≈ 20 CPU-s) — enough for the lines to show (#16), where the old 4-epoch N 16 run gave a
-/// flat field.
+/// The sizes of `spx demo`'s PINN run on top of `cfg`: the cpu profile's grid scan on a 96²
+/// object (361 groups), N 32 at 1e6 photons, 16 filters, 30 epochs (≈ 640 Adam steps,
+/// ≈ 50 CPU-s) — the object's main structure shows (#16), where the old 4-epoch N 16 run gave
+/// a flat field (a 64² object with 8 filters and 490 steps reached SSIM 0.46 only).
 pub fn demo_pinn_settings(cfg: &PtychoConfig) -> PtychoConfig {
     let mut c = cfg.clone();
     let s = &mut c.simulate;
     s.n = 32;
-    s.object_size = 64;
-    s.nlines = 33;
+    s.object_size = 96;
+    s.nlines = 49;
     s.buffer = 10.0;
     s.n_positions = 100_000;
     s.nphotons = 1e6;
@@ -373,12 +373,12 @@ pub fn demo_pinn_settings(cfg: &PtychoConfig) -> PtychoConfig {
     let p = &mut c.pinn;
     p.nphotons = 1e6;
     p.stitch_crop = 12;
-    p.model.filters_base = 8;
-    p.model.border_filters = 8;
-    p.train.epochs = 70;
+    p.model.filters_base = 16;
+    p.model.border_filters = 16;
+    p.train.epochs = 30;
     p.train.early_stop_patience = 0;
-    // 6 validation groups: too noisy a plateau signal, it would halve the rate every few epochs
-    p.train.plateau_patience = 70;
+    // 18 validation groups: too noisy a plateau signal, it would halve the rate every few epochs
+    p.train.plateau_patience = 30;
     c
 }
 
