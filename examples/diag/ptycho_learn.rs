@@ -38,18 +38,11 @@ fn main() {
     }
     let seed: u64 = env("SEED", 1);
     let hidden = indicatif::ProgressBar::hidden();
-    let sim = spx::ptycho::simulate::simulate(&pc.simulate, seed, &hidden).unwrap();
     let (trs, tes) = if pc.simulate.scan == spx::ptycho::simulate::Scan::Grid {
         // as the dose study: training lattice, held-out lattice shifted by half a pitch
-        let (_, pitch) = pc.simulate.grid_geometry();
-        let mut t = pc.simulate.clone();
-        t.n_positions = nte;
-        t.grid_phase = pitch / 2.0;
-        pc.simulate.n_positions = ntr;
-        let tr = spx::ptycho::simulate::simulate(&pc.simulate, seed, &hidden).unwrap();
-        let te = spx::ptycho::simulate::simulate(&t, seed, &hidden).unwrap();
-        (tr, te)
+        spx::ptycho::simulate::grid_split(&pc.simulate, seed, (ntr, nte), &hidden).unwrap()
     } else {
+        let sim = spx::ptycho::simulate::simulate(&pc.simulate, seed, &hidden).unwrap();
         (sim.select(0..ntr), sim.select(ntr..ntr + nte))
     };
     if env("ORDER", 1) == 0 {
@@ -70,7 +63,7 @@ fn main() {
     let shape = ModelShape::new(&cfg.model, data.n, 2, cfg.nphotons);
     let mut rng = spx::backend::seeded(&ad, seed);
     let mut model = PtychoPinn::new(&shape, &ad);
-    let probe_ad = train::model_probe(&sim.raw.probe, cfg.probe_scale, &ad);
+    let probe_ad = train::model_probe(&trs.raw.probe, cfg.probe_scale, &ad);
     let sc = shape.intensity_scale;
     let mut opt = AdamConfig::new().init();
     let mut order: Vec<usize> = (0..data.len()).collect();

@@ -175,43 +175,25 @@ pub fn simulate_split_into(
     Ok((train, test, sim.photon_scale))
 }
 
-/// Grid scans: the training scan is the lattice (at most `n_first` positions, whole groups, a
-/// seeded random subset of the lattice's groups), the held-out scan the same lattice shifted by
-/// half a pitch along x and y (at most `n_second` positions): new positions on the same object
-/// (same seed, so same object and probe), covering it as densely as the training scan.
+/// Grid scans: [`super::simulate::grid_split`] (training lattice, held-out lattice shifted by
+/// half a pitch, same object), written like the random split.
 fn simulate_grid_split(
     c: &PtychoConfig,
     seed: u64,
     out: &Path,
     names: [&str; 2],
-    (n_first, n_second): (usize, usize),
+    caps: (usize, usize),
     hooks: &Hooks,
 ) -> Result<(RawData, RawData, f64), SpxError> {
-    let (_, pitch) = c.simulate.grid_geometry();
-    let mut scans = vec![];
-    let mut scale = None;
-    let mut object = None;
-    for (k, (name, cap)) in names.iter().zip([n_first, n_second]).enumerate() {
-        let mut ck = c.simulate.clone();
-        ck.n_positions = cap;
-        ck.grid_phase += k as f64 * pitch / 2.0;
-        let pb = hooks.progress.bar(cap as u64, "simulating diffraction");
-        let sim = super::simulate::simulate(&ck, seed, &pb)?;
-        pb.finish_and_clear();
-        if object.is_some() && object != sim.raw.object {
-            return Err(SpxError::Config(
-                "grid split: the held-out scan's object differs from the training scan's".into(),
-            ));
-        }
-        object.clone_from(&sim.raw.object);
-        sim.save(&out.join(name))?;
-        scale.get_or_insert(sim.photon_scale);
-        scans.push(sim.raw);
-    }
+    let pb = hooks
+        .progress
+        .bar((caps.0 + caps.1) as u64, "simulating diffraction");
+    let (train, test) = super::simulate::grid_split(&c.simulate, seed, caps, &pb)?;
+    pb.finish_and_clear();
+    train.save(&out.join(names[0]))?;
+    test.save(&out.join(names[1]))?;
     (hooks.record)(out, c, seed)?;
-    let test = scans.pop().expect("two scans");
-    let train = scans.pop().expect("two scans");
-    Ok((train, test, scale.expect("two scans")))
+    Ok((train.raw, test.raw, train.photon_scale))
 }
 
 /// What `train_into` wrote and how training went.
@@ -364,6 +346,7 @@ pub fn demo_pinn_settings(cfg: &PtychoConfig) -> PtychoConfig {
     s.nphotons = 1e6;
     s.plot = false;
     s.scan = super::simulate::Scan::Grid;
+    s.grid_size = 2;
     s.grid_step = 0.0;
     s.grid_pitch = 0.0;
     s.grid_phase = 0.0;

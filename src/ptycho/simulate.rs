@@ -419,6 +419,33 @@ pub fn simulate(cfg: &SimConfig, seed: u64, pb: &ProgressBar) -> Result<Simulate
     })
 }
 
+/// A grid scan's training and held-out scans (the dose study's split): the training scan is
+/// the lattice (at most `n_first` positions, whole groups, a seeded random subset of the
+/// lattice's groups), the held-out scan the same lattice shifted by half a pitch along x and y
+/// (at most `n_second` positions) — new positions on the same object (same seed, so the same
+/// object and probe; checked), covering it as densely as the training scan.
+pub fn grid_split(
+    cfg: &SimConfig,
+    seed: u64,
+    (n_first, n_second): (usize, usize),
+    pb: &ProgressBar,
+) -> Result<(Simulated, Simulated), SpxError> {
+    let (_, pitch) = cfg.grid_geometry();
+    let mut first = cfg.clone();
+    first.n_positions = n_first;
+    let mut second = cfg.clone();
+    second.n_positions = n_second;
+    second.grid_phase += pitch / 2.0;
+    let train = simulate(&first, seed, pb)?;
+    let test = simulate(&second, seed, pb)?;
+    if train.raw.object != test.raw.object {
+        return Err(SpxError::Config(
+            "grid split: the held-out scan's object differs from the training scan's".into(),
+        ));
+    }
+    Ok((train, test))
+}
+
 impl Simulated {
     /// NPZ in the loader's contract plus `nphotons`, `photon_scale` (0-d float64) and `Y`.
     /// The positions `range` of this scan as a scan of its own (same object, probe and dose):

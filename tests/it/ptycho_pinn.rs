@@ -355,13 +355,10 @@ fn training_reaches_held_out_ssim() {
     s.buffer = 10.0;
     s.nphotons = 1e9;
     s.scan = Scan::Grid;
-    s.n_positions = 100_000;
     pc.group.mode = GroupMode::Blocks;
     let hidden = indicatif::ProgressBar::hidden();
-    let train_scan = spx::ptycho::simulate::simulate(&pc.simulate, 11, &hidden).unwrap();
-    let mut shifted = pc.simulate.clone();
-    shifted.grid_phase = shifted.grid_geometry().1 / 2.0;
-    let test_scan = spx::ptycho::simulate::simulate(&shifted, 11, &hidden).unwrap();
+    let (train_scan, test_scan) =
+        spx::ptycho::simulate::grid_split(&pc.simulate, 11, (100_000, 100_000), &hidden).unwrap();
     assert_eq!(train_scan.raw.object, test_scan.raw.object, "same object");
     let data = spx::ptycho::recon::prepare(&train_scan.raw, &pc.group, 11).unwrap();
     let test = spx::ptycho::recon::prepare(&test_scan.raw, &pc.group, 11).unwrap();
