@@ -138,7 +138,8 @@ impl Config {
     /// The methods' own checks that a per-key range cannot express (e.g. `grid_size` 0 or
     /// 2–100), run once whenever a config is built; the error reads `key: message`.
     pub fn validate(&self) -> Result<(), String> {
-        self.crr.validate()
+        self.crr.validate()?;
+        self.ptycho.validate()
     }
 
     /// Section names, in the order they are printed.

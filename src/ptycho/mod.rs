@@ -46,6 +46,25 @@ pub struct PtychoConfig {
     pub dose: dose::DoseConfig,
 }
 
+impl PtychoConfig {
+    /// Cross-field checks (run by `Config::validate`): a grid scan grouped in blocks must have
+    /// the group side the simulator laid out, or every "group" would straddle two squares.
+    pub fn validate(&self) -> Result<(), String> {
+        let (s, g) = (&self.simulate, &self.group);
+        if s.scan == simulate::Scan::Grid
+            && g.mode == grouping::GroupMode::Blocks
+            && s.grid_size != g.gridsize
+        {
+            return Err(format!(
+                "ptycho.simulate.grid_size: {} must equal ptycho.group.gridsize = {} when a grid \
+                 scan is grouped in blocks",
+                s.grid_size, g.gridsize
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The embedded defaults of `configs/ptycho.toml`, so a config text without a `[ptycho]`
 /// section (e.g. `spx config show run`) still deserialises.
 impl Default for PtychoConfig {

@@ -529,6 +529,23 @@ fn grid_scan_groups_are_exact_squares_on_the_lattice_and_blocks_keep_them() {
 }
 
 #[test]
+fn grid_scan_in_blocks_needs_the_group_side_it_was_laid_out_with() {
+    let mut c = spx::config::Config::default();
+    c.ptycho.simulate.scan = spx::ptycho::simulate::Scan::Grid;
+    c.ptycho.group.mode = spx::ptycho::grouping::GroupMode::Blocks;
+    assert!(c.validate().is_ok(), "2 and 2 agree");
+    c.ptycho.simulate.grid_size = 3;
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.starts_with("ptycho.simulate.grid_size:") && e.contains("gridsize = 2"),
+        "{e}"
+    );
+    // neighbour grouping does not read the stored layout, so no constraint there
+    c.ptycho.group.mode = spx::ptycho::grouping::GroupMode::Neighbors;
+    assert!(c.validate().is_ok());
+}
+
+#[test]
 fn duplicate_positions_never_group_the_seed_with_itself() {
     // Every position is doubled, so KD-tree ties can put the twin before the seed.
     let x: Vec<f64> = (0..20).map(|i| f64::from(i / 2)).collect();
