@@ -43,6 +43,7 @@ pub enum Command {
 }
 
 fn main() -> ExitCode {
+    spx::backend::keep_freed_memory();
     let args = Cli::parse();
     spx::logging::init(args.global.verbose, args.global.quiet);
     let result = match &args.command {

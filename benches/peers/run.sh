@@ -28,7 +28,8 @@ for threads in 1 2; do
         steps=$PINN_STEPS
         [ "$net" = dip ] && steps=$DIP_STEPS
         for _ in $(seq "$ROUNDS"); do
-            RAYON_NUM_THREADS=$threads "$BIN" step "$net" "$steps" | tee -a "$LOG"
+            # dip: the path `spx dip recon` trains (conv_profile's `dipfit`)
+            RAYON_NUM_THREADS=$threads "$BIN" step "${net/dip/dipfit}" "$steps" | tee -a "$LOG"
             OMP_NUM_THREADS=$threads OMP_WAIT_POLICY=PASSIVE MKL_NUM_THREADS=$threads \
                 "$VENV/bin/python" benches/peers/twins.py "$net" "$steps" "$threads" | tee -a "$LOG"
         done

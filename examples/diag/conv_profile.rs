@@ -5,9 +5,14 @@
 //! forward, input gradient and weight gradient, in GFLOP per CPU-second (process CPU time, so the
 //! number is honest on a shared machine), then the totals.
 //!
-//! `conv_profile step pinn|dip [steps] [stock]`: whole training steps (forward + backward + Adam)
-//! of the network, after 2 warm-up steps; prints one JSON line with wall and CPU milliseconds per
-//! step and the parameter count. `stock` computes the convs with burn's own conv instead.
+//! `conv_profile step pinn|dip|dipfit [steps] [stock]`: whole training steps (forward + backward +
+//! Adam) of the network, after 2 warm-up steps; prints one JSON line with wall and CPU
+//! milliseconds per step and the parameter count. `stock` computes the convs with burn's own conv
+//! instead. `pinn` runs on a rayon worker, as `ptycho::train` does; `dip` is the U-Net module
+//! (`UNet::forward`, burn's Adam: the path `stock` can swap), `dipfit` the path `spx dip recon`
+//! trains (`UNet::forward_stacked` with its fused ops and the stacked Adam, on a rayon worker).
+//! The process starts with [`spx::backend::keep_freed_memory`], as the `spx` binary does
+//! (`SPX_LIBC_MALLOC_DEFAULTS=1` leaves glibc's defaults, to measure what it saves).
 //! Threads: `RAYON_NUM_THREADS`. The PyTorch twins in `benches/peers/` print the same line.
 //!
 //! `cargo run --release --example conv_profile -- layers pinn`
@@ -17,11 +22,13 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use spx::backend::{tensor_from, to_vec};
 use spx::dip::NetInit;
+use spx::dip::batch::adam;
 use spx::dip::unet::{UNet, UNetSpec};
 use spx::nn::ConvImpl;
 use spx::nn::kernels::{self, ConvGeom, Mat, Need, PadMode};
@@ -296,12 +303,95 @@ fn step_dip(steps: usize, imp: ConvImpl) {
     report("dip", imp, params, steps, w, c, loss_v);
 }
 
+/// The DIP U-Net the way `spx dip recon` trains it (`dip::batch`): one network as a stacked
+/// row through `UNet::forward_stacked` (spx's per-row conv op with the leaky ReLU fused, the
+/// fused up-sampling + concat) and the stacked Adam — same loss and inputs as [`step_dip`].
+fn step_dip_fit(steps: usize) {
+    let (l, f, depth, k) = DIP;
+    let dev = Device::flex().autodiff();
+    dev.seed(1);
+    let spec = UNetSpec {
+        length: l,
+        depth,
+        filters: f,
+        kernel_size: k,
+        leaky_slope: 0.2,
+        init: NetInit::Pytorch,
+        positivity: true,
+    };
+    let net = UNet::new(&spec, &dev);
+    let params = net.num_params();
+    let (mut w, mut b): (Vec<Tensor<4>>, Vec<Tensor<2>>) = net
+        .conv_params()
+        .into_iter()
+        .map(|(w, b)| (w.unsqueeze::<4>(), b.unsqueeze::<2>()))
+        .map(|(w, b)| (Tensor::from_inner(w), Tensor::from_inner(b)))
+        .unzip();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let z: Vec<f32> = (0..l)
+        .map(|_| 0.1 * rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let z = tensor_from(z, [1, 1, l], &dev);
+    let y: Vec<f32> = (0..l)
+        .map(|i| 1.0 + 0.5 * (i as f32 * 0.01).sin())
+        .collect();
+    let y = tensor_from(y, [1, 1, l], &dev);
+    let (mut mw, mut mb) = (vec![None; w.len()], vec![None; b.len()]);
+    let mut loss_v = 0.0;
+    let mut t = 0;
+    let mut one = || {
+        let wa: Vec<Tensor<4>> = w
+            .iter()
+            .map(|t| t.clone().detach().require_grad())
+            .collect();
+        let ba: Vec<Tensor<2>> = b
+            .iter()
+            .map(|t| t.clone().detach().require_grad())
+            .collect();
+        let loss = (net.forward_stacked(&wa, &ba, z.clone()) - y.clone())
+            .powi_scalar(2)
+            .mean();
+        loss_v = to_vec(loss.clone())[0];
+        let grads = loss.backward();
+        t += 1;
+        for c in 0..w.len() {
+            let gw = wa[c].grad(&grads).expect("tracked weight");
+            let gb = ba[c].grad(&grads).expect("tracked bias");
+            let (p, s) = adam(w[c].clone().inner(), gw, mw[c].take(), t, 1e-3);
+            w[c] = Tensor::from_inner(p);
+            mw[c] = Some(s);
+            let (p, s) = adam(b[c].clone().inner(), gb, mb[c].take(), t, 1e-3);
+            b[c] = Tensor::from_inner(p);
+            mb[c] = Some(s);
+        }
+    };
+    for _ in 0..2 {
+        one();
+    }
+    let (w0, c0) = (Instant::now(), cpu_seconds());
+    for _ in 0..steps {
+        one();
+    }
+    let (wl, c) = (w0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    report("dip", ConvImpl::Spx, params, steps, wl, c, loss_v);
+}
+
 fn main() {
+    if std::env::var_os("SPX_LIBC_MALLOC_DEFAULTS").is_none() {
+        spx::backend::keep_freed_memory();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
-    let usage = "usage: conv_profile layers [pinn|dip] | step pinn|dip [steps] [stock]";
+    let usage = "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock]";
     match (arg(0), arg(1)) {
         (Some("layers"), net) => layers(net.unwrap_or("pinn")),
+        (Some("step"), Some("dipfit")) => {
+            let steps = arg(2)
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(5)
+                .max(1);
+            rayon::scope(|_| step_dip_fit(steps))
+        }
         (Some("step"), Some(net @ ("pinn" | "dip"))) => {
             let Some(steps) = arg(2).map_or(Some(5), |s| s.parse::<usize>().ok()) else {
                 eprintln!("{usage}");
@@ -313,7 +403,8 @@ fn main() {
                 ConvImpl::Spx
             };
             if net == "pinn" {
-                step_pinn(steps.max(1), imp)
+                // On a worker of the pool, as `ptycho::train` runs.
+                rayon::scope(|_| step_pinn(steps.max(1), imp))
             } else {
                 step_dip(steps.max(1), imp)
             }

@@ -315,8 +315,9 @@ struct Stack {
 }
 
 /// burn's Adam (β₁ 0.9, β₂ 0.999, ε 1e-5, no weight decay), operation for operation, on a
-/// stacked parameter: every element gets the update it would get alone.
-fn adam<const D: usize>(
+/// stacked parameter: every element gets the update it would get alone. `time` counts steps
+/// from 1; returns the new parameter and the (m, v) state to pass back next step.
+pub fn adam<const D: usize>(
     p: Tensor<D>,
     g: Tensor<D>,
     state: Option<(Tensor<D>, Tensor<D>)>,

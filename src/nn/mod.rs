@@ -14,6 +14,7 @@
 
 pub mod kernels;
 pub mod shifted;
+pub mod upsample;
 
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;

@@ -115,15 +115,6 @@ fn conv2d(c: &Conv2d, x: Tensor<4>, imp: ConvImpl) -> Tensor<4> {
     nn::conv2d(c, x, PadMode::Zero, imp)
 }
 
-/// Nearest-neighbour ×2 upsampling.
-fn up2(x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .repeat_dim(3, 2)
-        .repeat_dim(5, 2)
-        .reshape([b, c, 2 * h, 2 * w])
-}
-
 /// One decoder: Conv_Up blocks to N/2, then the central head (zero-padded by N/4) plus the
 /// swish border branch masked to outside the central N/2 square.
 #[derive(Module, Debug)]
@@ -163,7 +154,7 @@ impl Decoder {
         imp: ConvImpl,
     ) -> (Tensor<4>, Tensor<4>) {
         for b in &self.blocks {
-            x = up2(b.forward(x, imp));
+            x = nn::upsample::up2(b.forward(x, imp));
         }
         let [bs, ch, h, w] = x.dims();
         let centre = conv2d(
@@ -174,7 +165,7 @@ impl Decoder {
         let last = x.slice([0..bs, ch - 4..ch, 0..h, 0..w]);
         let border = silu(conv2d(
             &self.border,
-            up2(self.border_block.forward(last, imp)),
+            nn::upsample::up2(self.border_block.forward(last, imp)),
             imp,
         ));
         (centre, border * border_mask.clone())

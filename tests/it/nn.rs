@@ -309,3 +309,53 @@ fn pinn_training_losses_match_the_stock_conv() {
     curves_agree(&a, &s, "PINN");
     let _ = model.num_params();
 }
+
+/// spx's fused nearest ×2 up-sampling: the same values as burn's reshape + `repeat_dim`s, each
+/// output sample equal to its source, and the input gradient of `Σ w ⊙ up2(x)` equal to the sum
+/// of `w` over each 2 × 2 block (exactly: four f32 terms, checked against an f64 sum).
+#[test]
+fn up2_equals_repeat_dims_and_its_gradient_sums_each_block() {
+    let dev = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    for [b, c, h, w] in [[2usize, 3, 4, 5], [1, 1, 1, 1], [3, 2, 8, 1]] {
+        let xv = rand_vec(&mut rng, b * c * h * w);
+        let wv = rand_vec(&mut rng, b * c * 4 * h * w);
+        let x = tensor_from(xv.clone(), [b, c, h, w], &dev).require_grad();
+        let y = nn::upsample::up2(x.clone());
+        assert_eq!(y.dims(), [b, c, 2 * h, 2 * w]);
+        let stock = to_vec(nn::upsample::up2_stock(x.clone().detach()));
+        let yv = to_vec(y.clone());
+        assert_eq!(
+            yv,
+            stock,
+            "values of up2 vs repeat_dim at {:?}",
+            [b, c, h, w]
+        );
+        for p in 0..b * c {
+            for yy in 0..2 * h {
+                for xx in 0..2 * w {
+                    let got = yv[(p * 2 * h + yy) * 2 * w + xx];
+                    assert_eq!(got, xv[(p * h + yy / 2) * w + xx / 2]);
+                }
+            }
+        }
+        let wt = tensor_from(wv.clone(), [b, c, 2 * h, 2 * w], &dev);
+        let grads = (y * wt).sum().backward();
+        let gx = to_vec(x.grad(&grads).expect("x is tracked"));
+        for p in 0..b * c {
+            for yy in 0..h {
+                for xx in 0..w {
+                    let at = |dy: usize, dx: usize| {
+                        wv[(p * 2 * h + 2 * yy + dy) * 2 * w + 2 * xx + dx] as f64
+                    };
+                    let want = at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1);
+                    let got = gx[(p * h + yy) * w + xx] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                        "{got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
