@@ -3,9 +3,10 @@
 //!
 //! burn runs this as its 2-D bilinear kernel on `[B, C, 1, L]` plus a `cat`, with a backward of
 //! four scattered adds per output sample and two copies; here each output row is two taps and the
-//! skip is copied once. The arithmetic is burn's, expression for expression (including its
-//! terms for the unit-height axis, which add zeros), so the values, and the gradients summed in
-//! the same order, are bit for bit those of `cat([Interpolate1d(x), skip], 1)`.
+//! skip is copied once. The arithmetic is burn's, expression for expression, except for its
+//! terms for the unit-height axis, which multiply by exactly 1 or add ±0 and are left out; so
+//! the finite values, and the gradients summed in the same order, are bit for bit those of
+//! `cat([Interpolate1d(x), skip], 1)` (up to the sign of an exactly-zero result).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -41,11 +42,13 @@ fn taps(l_in: usize, l_out: usize) -> Vec<(usize, usize, f32)> {
         .collect()
 }
 
-/// burn's bilinear sample on a unit-height plane: the height axis has one row, weight 0.
+/// burn's bilinear sample on a unit-height plane, `a·(1−w)·(1−yw) + b·w·(1−yw) + a·(1−w)·yw +
+/// b·w·yw` with the height weight `yw = 0`: the factors `1 − yw` are exactly 1 and the last two
+/// terms are ±0, which leave a finite sum unchanged (up to the sign of a zero result), so this
+/// is burn's value with two multiply-adds fewer.
 #[inline]
 fn sample(a: f32, b: f32, w: f32) -> f32 {
-    let (one, yw) = (1f32, 0f32);
-    a * (one - w) * (one - yw) + b * w * (one - yw) + a * (one - w) * yw + b * w * yw
+    a * (1.0 - w) + b * w
 }
 
 fn forward(x: &FlexTensor, skip: &FlexTensor) -> FlexTensor {
@@ -92,17 +95,16 @@ impl Backward<Flex, 2> for UpCatBackward {
         if let Some(node) = node_x {
             // burn's interpolate backward: per plane, the four taps of each output sample in
             // output order.
+            // (its height-axis terms, `g·(1−w)·0` and `g·w·0`, are ±0 and leave finite sums
+            // unchanged, as in [`sample`]: dropped)
             let t = taps(l, lo);
             let mut gx = vec![0f32; nb * c * l];
-            let (one, yw) = (1f32, 0f32);
             for (p, plane) in gx.chunks_mut(l).enumerate() {
                 let (b, ch) = (p / c, p % c);
                 let src = &gv[b * per + ch * lo..][..lo];
                 for (&gval, &(i0, i1, w)) in src.iter().zip(&t) {
-                    plane[i0] += gval * (one - w) * (one - yw);
-                    plane[i1] += gval * w * (one - yw);
-                    plane[i0] += gval * (one - w) * yw;
-                    plane[i1] += gval * w * yw;
+                    plane[i0] += gval * (1.0 - w);
+                    plane[i1] += gval * w;
                 }
             }
             grads.register::<Flex>(node.id, flex(gx, vec![nb, c, l]));

@@ -59,8 +59,20 @@ impl Grid {
 /// `conv_profile layers pinn`: 64→4 weight gradient 14 → 35 GFLOP per CPU-s, 60→4 forward
 /// 19 → 41, 4→64 input gradient 20 → 34); for wide layers one GEMM over `cin·kh·kw` keeps the
 /// output in registers longer and im2col wins (64→64 input gradient 83 vs 48).
+///
+/// 1-D convs (the DIP U-Net's: `h = kh = 1`, k 3 taps, reflect padding) have only `kw` GEMMs
+/// per pass, so the shifted form wins for the forward and the input gradient at every width
+/// (`conv_profile layers dip`, GFLOP per CPU-s, im2col → shifted: 32→32 at 3000 px forward
+/// 41 → 64, 96→32 forward 55 → 81, 384→128 input gradient 72–79 → 82–87; all layers forward
+/// 71 → 82, input gradient 66–69 → 72–74) but not for the weight gradient (69 → 66: the
+/// im2col tile's GEMM keeps `dW` in registers over a longer inner dimension); `inner =
+/// usize::MAX` marks the weight-gradient call.
 pub fn worth_it(g: &ConvGeom, rows: usize, inner: usize) -> bool {
-    rows <= 8 && inner >= 16 && g.kh * g.kw > 1 && g.check().is_ok()
+    if inner < 16 || g.kh * g.kw <= 1 || g.check().is_err() {
+        return false;
+    }
+    let one_d = g.h == 1 && g.kh == 1;
+    rows <= 8 || (one_d && inner != usize::MAX)
 }
 
 /// A channel-major flat grid: channel `c` at `data[c·stride..]`, `head` zeros, the grid, zeros.
@@ -100,26 +112,42 @@ fn flatten(
     tail: usize,
 ) -> Flat {
     let stride = head + gr.s + tail;
-    let mut data = vec![0f32; c * stride];
     let fy = axis(gr.hp, sh, y0, mode);
     let fx = axis(gr.wp, sw, x0, mode);
     let inner = x0.min(gr.wp)..(x0 + sw).min(gr.wp);
-    data.par_chunks_mut(stride)
+    // Each element is written once (zeros, copies or mirrored samples): no zero-fill first.
+    let mut data: Vec<f32> = Vec::with_capacity(c * stride);
+    data.spare_capacity_mut()[..c * stride]
+        .par_chunks_mut(stride.max(1))
         .enumerate()
         .for_each(|(ch, plane)| {
-            let grid = &mut plane[head..head + gr.s];
+            let (lead, rest) = plane.split_at_mut(head);
+            let (grid, trail) = rest.split_at_mut(gr.s);
+            lead.iter_mut().chain(trail.iter_mut()).for_each(|v| {
+                v.write(0.0);
+            });
             for (row, d) in grid.chunks_exact_mut(gr.wp).enumerate() {
                 let (b, py) = (row / gr.hp, row % gr.hp);
-                let Some(sy) = fy[py] else { continue };
+                let Some(sy) = fy[py] else {
+                    d.iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
+                    continue;
+                };
                 let srow = &src[((b * c + ch) * sh + sy) * sw..][..sw];
-                d[inner.clone()].copy_from_slice(&srow[inner.start - x0..inner.end - x0]);
+                for (v, &s) in d[inner.clone()]
+                    .iter_mut()
+                    .zip(&srow[inner.start - x0..inner.end - x0])
+                {
+                    v.write(s);
+                }
                 for px in (0..inner.start).chain(inner.end..gr.wp) {
-                    if let Some(sx) = fx[px] {
-                        d[px] = srow[sx];
-                    }
+                    d[px].write(fx[px].map_or(0.0, |sx| srow[sx]));
                 }
             }
         });
+    // SAFETY: every element of every channel's plane (head, grid rows, tail) was written above.
+    unsafe { data.set_len(c * stride) };
     Flat { data, stride }
 }
 
@@ -178,7 +206,10 @@ pub fn forward(
     assert_eq!(w.len(), co * ci * kk, "conv forward: weight size");
     let xp = padded_input(x, g, &gr);
     let wk = per_offset(w, g, false);
-    let mut out = vec![0f32; g.batch * co * l];
+    // Every output pixel is written once below (its grid position lies in exactly one tile),
+    // so the buffer is not zero-filled first.
+    let n_out = g.batch * co * l;
+    let mut out: Vec<f32> = Vec::with_capacity(n_out);
     let dst = Out(out.as_mut_ptr());
     let t = tile_len(co + ci);
     starts(gr.s, t)
@@ -220,16 +251,15 @@ pub fn forward(
                         let src = &buf[o * n + q - q0..][..e - q];
                         let add = bias.map_or(0.0, |bv| bv[o]);
                         // SAFETY: pixel (b, o, oy, ox..) belongs to grid positions of this tile
-                        // only; tiles are disjoint.
+                        // only; tiles are disjoint. The run is written through the pointer
+                        // before the slice over it is made.
                         let d = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                { dst }.0.add(((b * co + o) * ho + oy) * wo + ox),
-                                e - q,
-                            )
+                            let p = { dst }.0.add(((b * co + o) * ho + oy) * wo + ox);
+                            for (i, v) in src.iter().enumerate() {
+                                p.add(i).write(v + add);
+                            }
+                            std::slice::from_raw_parts_mut(p, e - q)
                         };
-                        for (a, v) in d.iter_mut().zip(src) {
-                            *a = v + add;
-                        }
                         if let Some(slope) = act {
                             super::kernels::activate(d, slope);
                         }
@@ -238,6 +268,8 @@ pub fn forward(
                 q = end;
             }
         });
+    // SAFETY: every one of the n_out output pixels was written above.
+    unsafe { out.set_len(n_out) };
     out
 }
 
@@ -321,7 +353,12 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         0,
     );
     let wt = per_offset(w, g, true);
-    let mut dxp = vec![0f32; ci * gr.s];
+    // Written whole by the first offset's GEMMs (accumulate = false; the tiles cover every
+    // column, co ≥ 1), so not zero-filled first.
+    let mut dxp: Vec<f32> = Vec::with_capacity(ci * gr.s);
+    if co == 0 || kk == 0 {
+        dxp.resize(ci * gr.s, 0.0);
+    }
     let dst = Out(dxp.as_mut_ptr());
     let t = tile_len(co + ci);
     starts(gr.s, t).into_par_iter().for_each(|p0| {
@@ -349,10 +386,22 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
             };
         }
     });
-    // fold the padded grid back onto the input
+    // SAFETY: see above; every element of dxp was written by the k = 0 GEMMs.
+    unsafe { dxp.set_len(ci * gr.s) };
+    // fold the padded grid back onto the input: per grid row, the interior columns as one
+    // contiguous add, then the border columns onto the pixels they mirror (a pixel gets at most
+    // one border term per row, so a single row's sums are those of column order)
     let (h, w) = (g.h, g.w);
     let fy = axis(gr.hp, h, g.pad[0], g.mode);
     let fx = axis(gr.wp, w, g.pad[2], g.mode);
+    let (pl, border): (usize, Vec<(usize, usize)>) = (
+        g.pad[2],
+        fx.iter()
+            .enumerate()
+            .filter(|&(px, _)| px < g.pad[2] || px >= g.pad[2] + w)
+            .filter_map(|(px, x)| x.map(|x| (px, x)))
+            .collect(),
+    );
     let mut dx = vec![0f32; g.batch * ci * h * w];
     dx.par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
         let (b, c) = (i / ci, i % ci);
@@ -360,10 +409,11 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         for (py, srow) in src.chunks_exact(gr.wp).enumerate() {
             let Some(y) = fy[py] else { continue };
             let drow = &mut plane[y * w..][..w];
-            for (px, v) in srow.iter().enumerate() {
-                if let Some(x) = fx[px] {
-                    drow[x] += v;
-                }
+            for (d, v) in drow.iter_mut().zip(&srow[pl..pl + w]) {
+                *d += v;
+            }
+            for &(px, x) in &border {
+                drow[x] += srow[px];
             }
         }
     });
