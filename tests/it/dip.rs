@@ -1386,6 +1386,83 @@ fn written_pass_follows_held_out_observations() {
     }
 }
 
+/// The Tikhonov step after the fit (`dip.prior.refine_cv_folds`) is taken exactly when the
+/// spectrum it starts from left structure the data resolve, checked against the truth on a YSO at
+/// 250 per band (the source the DIP lost on): started from the true spectrum itself (residuals =
+/// the noise) cross-validation declines it; started from a spectrum blurred so that the CO band
+/// and the PAH peak are too shallow (what the DIP's early stop left), it takes it and the written
+/// error against the truth drops.
+#[test]
+fn refine_step_follows_held_out_observations() {
+    use spx::dip::{NoiseModel, SourceKind, refine};
+    let _rng = crate::common::burn_rng_lock();
+    let seed = 3u64;
+    let mut c = cfg();
+    c.dip.simulate.kind = SourceKind::Ice;
+    c.dip.simulate.noise = NoiseModel::Relative;
+    c.dip.simulate.glitch_fraction = 0.0;
+    c.dip.simulate.per_band = 250;
+    c.dip.solver = spx::dip::Solver::Tikhonov;
+    let dir = tempfile::tempdir().unwrap();
+    let grid = linspace(0.75, 5.0, c.dip.resolution);
+    let (src, rows) = simulate::simulate_kind(
+        &c.dip.simulate,
+        seed,
+        &mut backend::seeded(&Device::flex(), seed),
+    );
+    let (csv, tp) =
+        spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
+    let r = spx::dip::recon::reconstruct(
+        &c.dip,
+        &spx::backend::DeviceSpec::Cpu,
+        seed,
+        &csv,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
+    let y: Vec<f64> = r.obs.iter().map(|o| o.flux).collect();
+    let s: Vec<f64> = r.obs.iter().map(|o| o.flux_error).collect();
+    let p = Problem {
+        op: &r.op,
+        y: &y,
+        sigma: &s,
+    };
+    let t = r.summary.tikhonov.as_ref().unwrap();
+    let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap().flux;
+    let (lo, hi) = (grid[0] + 0.05, grid[grid.len() - 1] - 0.05);
+    let err = |x: &[f64]| simulate::relative_rms_written(&grid, x, &truth, lo, hi);
+    let (folds, factors, w, eps) = (
+        c.dip.prior.refine_cv_folds,
+        c.dip.prior.refine_factors.clone(),
+        c.dip.weighting,
+        c.dip.epsilon_weight,
+    );
+    assert!(folds >= 2, "the step is on by default");
+
+    // The true spectrum: its residuals are the noise, and the step only fits noise.
+    let exact = refine::choose(&p, &truth, t, &factors, folds, w, eps).expect("decided");
+    eprintln!("from the truth: {exact:?}");
+    assert_eq!(exact.chosen, None, "{exact:?}");
+
+    // The truth blurred over ~4 resolution elements: the CO band and the PAH peak too shallow.
+    let mut blurred = truth.clone();
+    for _ in 0..16 {
+        blurred = simulate::smooth_to_resolution(&grid, &blurred);
+    }
+    let choice = refine::choose(&p, &blurred, t, &factors, folds, w, eps).expect("decided");
+    let f = choice.chosen.expect("the step is taken on a blurred start");
+    let stepped = refine::apply(&p, &blurred, t, f, w, eps).unwrap();
+    eprintln!(
+        "from the blurred truth: {choice:?}; error {:.4} -> {:.4} (baseline {:.4})",
+        err(&blurred),
+        err(&stepped),
+        err(&r.flux)
+    );
+    assert!(err(&stepped) < 0.8 * err(&blurred));
+    // The step is anchored on its start: the χ² it adds back is what the data resolve.
+    assert!(chi2(&r.op, &stepped, &y, &s) < chi2(&r.op, &blurred, &y, &s));
+}
+
 /// Small simulated sources of different kinds and observation counts, written as CSVs in `dir`
 /// (`src{i}.csv`), with the config the catalog tests fit them with.
 fn small_catalog(dir: &Path, n: usize) -> (Config, Vec<PathBuf>) {
