@@ -585,11 +585,13 @@ fn dip_fit_lowers_chi2_returns_its_best_and_is_deterministic() {
     dc.train.epochs = 25;
     dc.train.lr = 3e-3;
     // The network's own fit (a baseline start may meet the discrepancy at epoch 0), returned
-    // as fitted (no fallback to the baseline, no λ/R pass of the written spectrum), full steps.
+    // as fitted (no fallback to the baseline, no Tikhonov step after the fit, no λ/R pass of the
+    // written spectrum), full steps.
     dc.net.start_baseline = false;
     dc.train.fallback_baseline = false;
     dc.train.warmup_epochs = 0;
     dc.prior.smooth_written_density = 0.0;
+    dc.prior.refine_cv_folds = 0;
     let dev = Device::flex().autodiff();
     let p = Problem {
         op: &op,
@@ -666,6 +668,8 @@ fn dip_fallback_fitted_start_and_warmup() {
     dc.train.epochs = 1;
     dc.train.fallback_baseline = false;
     dc.train.warmup_epochs = 0;
+    // What the fit itself returns: no held-out-checked step after it.
+    dc.prior.refine_cv_folds = 0;
     // 1000 per band, ~60 per λ/R element: the written spectrum is smoothed by default.
     let smooth = dc.prior.smooth_written_density;
     assert!(smooth > 0.0 && y.len() as f64 / spx::dip::batch::resolution_elements(&grid) > smooth);
@@ -1283,7 +1287,8 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         if kind == SourceKind::Star {
             // A blackbody whose baseline λ is below its cap at this size: the correction of the
             // smoothed start adds structure the data do not demand; without the warm-up and the
-            // fallback to the baseline (the session-3 defaults) it wrote 7.4 % vs 2.8 %.
+            // fallback to the baseline (the session-3 defaults, which had no Tikhonov step after
+            // the fit either) it wrote 7.4 % vs 2.8 %.
             assert!(
                 dip <= tik * (1.0 + 1e-9),
                 "star: DIP {dip} vs Tikhonov {tik}"
@@ -1291,6 +1296,7 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
             let mut prev = c.clone();
             prev.dip.train.fallback_baseline = false;
             prev.dip.train.warmup_epochs = 0;
+            prev.dip.prior.refine_cv_folds = 0;
             let (p, _, _, _) = score(&prev);
             eprintln!("  without warm-up and fallback: DIP {p:.4}");
             assert!(p > 1.5 * dip, "without warm-up and fallback {p} vs {dip}");
@@ -1304,6 +1310,7 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
             old.dip.train.warmup_epochs = 0;
             old.dip.train.fallback_baseline = false;
             old.dip.prior.smooth_written_density = 0.0;
+            old.dip.prior.refine_cv_folds = 0;
             let (o, t2, _, _) = score(&old);
             eprintln!("  pre-issue defaults: DIP {o:.4} (Tikhonov {t2:.4})");
             assert_eq!(t2, tik);
