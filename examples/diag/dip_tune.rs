@@ -8,7 +8,8 @@
 //! ```
 //!
 //! `DIP_VARIANTS`: `;`-separated `name:key=value,key=value` (config assignments on top of the
-//! defaults; empty = the defaults). `DIP_BASE`: assignments applied to every variant (e.g.
+//! defaults, split at commas outside brackets so that list values stay whole; empty = the
+//! defaults). `DIP_BASE`: assignments applied to every variant (e.g.
 //! `dip.resolution=1000,dip.net.filters=16` for quick proxies). Kinds `qso|ice|star` are drawn with
 //! the issue's noise model (σ = U(2 %, 10 %)·flux + 10/25 µJy floor, 3 % flagged rows with
 //! corrupted flux, no glitches); kind `default` is the source the defaults were first tuned on.
@@ -37,6 +38,25 @@ fn list(var: &str, default: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// `key=value,key=value` split at the commas outside brackets (a list value such as
+/// `dip.prior.refine_factors=[1.0,3.0]` stays whole).
+fn assignments(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut from) = (Vec::new(), 0i32, 0);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[from..]);
+    out
 }
 
 fn config(assignments: &[&str]) -> Config {
@@ -154,7 +174,7 @@ fn main() {
                     sim_sets.push("dip.simulate.noise=\"relative\"".into());
                     sim_sets.push("dip.simulate.glitch_fraction=0.0".into());
                 }
-                let mut sets: Vec<&str> = base.split(',').collect();
+                let mut sets: Vec<&str> = assignments(&base);
                 sets.extend(sim_sets.iter().map(String::as_str));
                 let scfg = config(&sets);
                 let dev = Device::flex();
@@ -170,7 +190,7 @@ fn main() {
                     recon::write_simulation(&rows, &src, &grid, dir.path(), seed).expect("write");
                 for (name, assign) in &variants {
                     let mut s = sets.clone();
-                    s.extend(assign.split(','));
+                    s.extend(assignments(assign));
                     let mut cfg = config(&s);
                     cfg.run.seed = seed;
                     cfg.dip.compare_baseline = true;
