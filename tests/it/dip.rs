@@ -1324,6 +1324,49 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
     assert!(d <= t, "mean DIP {d} vs Tikhonov {t} (sums)");
 }
 
+/// A judged-generator source (`kind`, `per_band`, `seed`; relative noise, no glitches) through
+/// `spx dip recon --solver tikhonov` at full size: the config, the grid, the reconstruction and
+/// the true spectrum on the grid.
+fn baseline_of_simulated(
+    kind: spx::dip::SourceKind,
+    per_band: usize,
+    seed: u64,
+) -> (Config, Vec<f64>, spx::dip::recon::Reconstruction, Vec<f64>) {
+    let mut c = cfg();
+    c.dip.simulate.kind = kind;
+    c.dip.simulate.noise = spx::dip::NoiseModel::Relative;
+    c.dip.simulate.glitch_fraction = 0.0;
+    c.dip.simulate.per_band = per_band;
+    c.dip.solver = spx::dip::Solver::Tikhonov;
+    let dir = tempfile::tempdir().unwrap();
+    let grid = linspace(0.75, 5.0, c.dip.resolution);
+    let (src, rows) = simulate::simulate_kind(
+        &c.dip.simulate,
+        seed,
+        &mut backend::seeded(&Device::flex(), seed),
+    );
+    let (csv, tp) =
+        spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
+    let r = spx::dip::recon::reconstruct(
+        &c.dip,
+        &spx::backend::DeviceSpec::Cpu,
+        seed,
+        &csv,
+        spx::logging::Progress::hidden(),
+    )
+    .unwrap();
+    let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap().flux;
+    (c, grid, r, truth)
+}
+
+/// The fluxes and errors of a reconstruction's observations (µJy).
+fn fluxes_and_errors(r: &spx::dip::recon::Reconstruction) -> (Vec<f64>, Vec<f64>) {
+    (
+        r.obs.iter().map(|o| o.flux).collect(),
+        r.obs.iter().map(|o| o.flux_error).collect(),
+    )
+}
+
 /// The λ/R pass of the written spectrum is decided per source by cross-validating the baseline
 /// (`dip.prior.smooth_written_cv_folds`), not by the density alone: two YSOs at 250 per band,
 /// where the pass costs one 9 % (its solution does not resolve the narrow ice bands and PAH, the
@@ -1333,41 +1376,18 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
 /// rule alone passes all three (issue 20: ice at 250 per band lost to the baseline that way).
 #[test]
 fn written_pass_follows_held_out_observations() {
-    use spx::dip::{NoiseModel, SourceKind};
+    use spx::dip::SourceKind;
     let _rng = crate::common::burn_rng_lock();
     for (kind, per_band, seed, want) in [
         (SourceKind::Qso, 1000usize, 21u64, true),
         (SourceKind::Ice, 250, 3, false),
         (SourceKind::Ice, 250, 25, true),
     ] {
-        let mut c = cfg();
-        c.dip.simulate.kind = kind;
-        c.dip.simulate.noise = NoiseModel::Relative;
-        c.dip.simulate.glitch_fraction = 0.0;
-        c.dip.simulate.per_band = per_band;
-        c.dip.solver = spx::dip::Solver::Tikhonov;
-        let dir = tempfile::tempdir().unwrap();
-        let grid = linspace(0.75, 5.0, c.dip.resolution);
-        let (src, rows) = simulate::simulate_kind(
-            &c.dip.simulate,
-            seed,
-            &mut backend::seeded(&Device::flex(), seed),
-        );
-        let (csv, tp) =
-            spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
-        let r = spx::dip::recon::reconstruct(
-            &c.dip,
-            &spx::backend::DeviceSpec::Cpu,
-            seed,
-            &csv,
-            spx::logging::Progress::hidden(),
-        )
-        .unwrap();
+        let (c, grid, r, truth) = baseline_of_simulated(kind, per_band, seed);
         // At these densities the density rule alone would pass the written spectrum.
         let per_element = r.op.m as f64 / spx::dip::batch::resolution_elements(&grid);
         assert!(per_element >= c.dip.prior.smooth_written_density);
-        let y: Vec<f64> = r.obs.iter().map(|o| o.flux).collect();
-        let s: Vec<f64> = r.obs.iter().map(|o| o.flux_error).collect();
+        let (y, s) = fluxes_and_errors(&r);
         let p = Problem {
             op: &r.op,
             y: &y,
@@ -1375,13 +1395,12 @@ fn written_pass_follows_held_out_observations() {
         };
         let t = r.summary.tikhonov.as_ref().unwrap();
         let helps = spx::dip::batch::written_pass_helps(&c.dip, &p, t, &grid, 5).expect("decided");
-        let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap();
         let (lo, hi) = (grid[0] + 0.05, grid[grid.len() - 1] - 0.05);
-        let raw = simulate::relative_rms_written(&grid, &r.flux, &truth.flux, lo, hi);
+        let raw = simulate::relative_rms_written(&grid, &r.flux, &truth, lo, hi);
         let passed = simulate::relative_rms_written(
             &grid,
             &simulate::smooth_to_resolution(&grid, &r.flux),
-            &truth.flux,
+            &truth,
             lo,
             hi,
         );
@@ -1401,41 +1420,16 @@ fn written_pass_follows_held_out_observations() {
 /// error against the truth drops.
 #[test]
 fn refine_step_follows_held_out_observations() {
-    use spx::dip::{NoiseModel, SourceKind, refine};
+    use spx::dip::{SourceKind, refine};
     let _rng = crate::common::burn_rng_lock();
-    let seed = 3u64;
-    let mut c = cfg();
-    c.dip.simulate.kind = SourceKind::Ice;
-    c.dip.simulate.noise = NoiseModel::Relative;
-    c.dip.simulate.glitch_fraction = 0.0;
-    c.dip.simulate.per_band = 250;
-    c.dip.solver = spx::dip::Solver::Tikhonov;
-    let dir = tempfile::tempdir().unwrap();
-    let grid = linspace(0.75, 5.0, c.dip.resolution);
-    let (src, rows) = simulate::simulate_kind(
-        &c.dip.simulate,
-        seed,
-        &mut backend::seeded(&Device::flex(), seed),
-    );
-    let (csv, tp) =
-        spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
-    let r = spx::dip::recon::reconstruct(
-        &c.dip,
-        &spx::backend::DeviceSpec::Cpu,
-        seed,
-        &csv,
-        spx::logging::Progress::hidden(),
-    )
-    .unwrap();
-    let y: Vec<f64> = r.obs.iter().map(|o| o.flux).collect();
-    let s: Vec<f64> = r.obs.iter().map(|o| o.flux_error).collect();
+    let (c, grid, r, truth) = baseline_of_simulated(SourceKind::Ice, 250, 3);
+    let (y, s) = fluxes_and_errors(&r);
     let p = Problem {
         op: &r.op,
         y: &y,
         sigma: &s,
     };
     let t = r.summary.tikhonov.as_ref().unwrap();
-    let truth = spx::dip::recon::read_truth(&tp, &grid).unwrap().flux;
     let (lo, hi) = (grid[0] + 0.05, grid[grid.len() - 1] - 0.05);
     let err = |x: &[f64]| simulate::relative_rms_written(&grid, x, &truth, lo, hi);
     let (folds, factors, w, eps) = (
