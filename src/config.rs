@@ -624,6 +624,8 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.net.start_fit_sigmas", C(0.0, 1e6)),
         ("dip.prior.smooth_written_density", C(0.0, 1e9)),
         ("dip.prior.smooth_written_cv_folds", C(0.0, 100.0)),
+        ("dip.prior.refine_cv_folds", C(0.0, 100.0)),
+        ("dip.prior.refine_factors", GT(0.0, 1e8)),
         ("dip.train.epochs", C(1.0, 1e7)),
         ("dip.train.lr", GT(0.0, 10.0)),
         ("dip.train.warmup_epochs", C(0.0, 1e7)),

@@ -8,13 +8,16 @@
 //! ```
 //!
 //! `DIP_VARIANTS`: `;`-separated `name:key=value,key=value` (config assignments on top of the
-//! defaults; empty = the defaults). `DIP_BASE`: assignments applied to every variant (e.g.
+//! defaults, split at commas outside brackets so that list values stay whole; empty = the
+//! defaults). `DIP_BASE`: assignments applied to every variant (e.g.
 //! `dip.resolution=1000,dip.net.filters=16` for quick proxies). Kinds `qso|ice|star` are drawn with
 //! the issue's noise model (σ = U(2 %, 10 %)·flux + 10/25 µJy floor, 3 % flagged rows with
 //! corrupted flux, no glitches); kind `default` is the source the defaults were first tuned on.
 //! Prints one CSV row per source and variant, then per (variant, kind, density) the median RMS
 //! error of the written spectrum against the truth smoothed to λ/R for DIP and Tikhonov, and the
-//! worst DIP/Tikhonov ratio.
+//! worst DIP/Tikhonov ratio. `DIP_DUMP=DIR` also writes, per source and variant,
+//! `DIR/VARIANT_KIND_DENSITY_SEED.csv` (wavelength, smoothed truth, DIP, Tikhonov) and
+//! `…_obs.csv` (the observations after QC with both models' predictions), for diagnosis.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +38,25 @@ fn list(var: &str, default: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// `key=value,key=value` split at the commas outside brackets (a list value such as
+/// `dip.prior.refine_factors=[1.0,3.0]` stays whole).
+fn assignments(s: &str) -> Vec<&str> {
+    let (mut out, mut depth, mut from) = (Vec::new(), 0i32, 0);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[from..i]);
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[from..]);
+    out
 }
 
 fn config(assignments: &[&str]) -> Config {
@@ -86,6 +108,36 @@ fn pass_change(
         / obs.len().max(1) as f64
 }
 
+/// Write the source's spectra and observations (see `DIP_DUMP`).
+fn dump(dir: &str, stem: &str, r: &recon::Reconstruction) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).expect("dump dir");
+    let ts = r
+        .truth
+        .as_ref()
+        .map(|t| smooth_to_resolution(&r.grid, t))
+        .unwrap_or_else(|| vec![f64::NAN; r.grid.len()]);
+    let nan = vec![f64::NAN; r.grid.len()];
+    let b = r.baseline.as_ref().unwrap_or(&nan);
+    let mut f = std::fs::File::create(format!("{dir}/{stem}.csv")).expect("dump");
+    writeln!(f, "wavelength,truth_smoothed,dip,tik").expect("dump");
+    for j in 0..r.grid.len() {
+        writeln!(f, "{},{},{},{}", r.grid[j], ts[j], r.flux[j], b[j]).expect("dump");
+    }
+    let pd = r.op.apply(&r.flux);
+    let pt = r.op.apply(b);
+    let mut f = std::fs::File::create(format!("{dir}/{stem}_obs.csv")).expect("dump");
+    writeln!(f, "wavelength,bandwidth,flux,flux_error,pred_dip,pred_tik").expect("dump");
+    for (i, o) in r.obs.iter().enumerate() {
+        writeln!(
+            f,
+            "{},{},{},{},{},{}",
+            o.wavelength, o.bandwidth, o.flux, o.flux_error, pd[i], pt[i]
+        )
+        .expect("dump");
+    }
+}
+
 fn main() {
     let kinds = list("DIP_KINDS", "qso,ice,star");
     let densities: Vec<usize> = list("DIP_DENSITIES", "65,250")
@@ -107,7 +159,7 @@ fn main() {
         })
         .collect();
     println!(
-        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere,pass_dip,pass_tik,cv_pass"
+        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere,pass_dip,pass_tik,cv_pass,refine"
     );
     // (variant, kind, density) → (dip, tik) errors.
     let mut cells: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
@@ -122,7 +174,7 @@ fn main() {
                     sim_sets.push("dip.simulate.noise=\"relative\"".into());
                     sim_sets.push("dip.simulate.glitch_fraction=0.0".into());
                 }
-                let mut sets: Vec<&str> = base.split(',').collect();
+                let mut sets: Vec<&str> = assignments(&base);
                 sets.extend(sim_sets.iter().map(String::as_str));
                 let scfg = config(&sets);
                 let dev = Device::flex();
@@ -138,7 +190,7 @@ fn main() {
                     recon::write_simulation(&rows, &src, &grid, dir.path(), seed).expect("write");
                 for (name, assign) in &variants {
                     let mut s = sets.clone();
-                    s.extend(assign.split(','));
+                    s.extend(assignments(assign));
                     let mut cfg = config(&s);
                     cfg.run.seed = seed;
                     cfg.dip.compare_baseline = true;
@@ -152,6 +204,9 @@ fn main() {
                     )
                     .expect("reconstruct");
                     recon::score_against(&mut r, &truth_path, truth);
+                    if let Ok(d) = std::env::var("DIP_DUMP") {
+                        dump(&d, &format!("{name}_{kind}_{pb}_{seed}"), &r);
+                    }
                     let t = r.summary.truth.as_ref().expect("scored");
                     let b = t.baseline.as_ref().expect("baseline");
                     let (dp, da) = peaks(&t.lines);
@@ -170,7 +225,7 @@ fn main() {
                     let cl = &r.summary.qc.clipped_rows;
                     let cl_on = cl.iter().filter(|o| on(o.wavelength, o.bandwidth)).count();
                     println!(
-                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{},{:.3},{:.3},{}",
+                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{},{:.3},{:.3},{},{}",
                         r.summary.observations_used,
                         t.relative_rms,
                         t.relative_rms_smoothed_output,
@@ -219,6 +274,7 @@ fn main() {
                                 })
                                 .map_or("-", |h| if h { "pass" } else { "raw" })
                         },
+                        d.refine_factor[0],
                     );
                     cells
                         .entry((name.clone(), kind.clone(), pb))

@@ -304,6 +304,9 @@ struct Running {
     fallback: Option<Vec<f64>>,
     /// Pass the returned spectrum through the λ/R kernel (`prior.smooth_written_density`).
     smooth_written: bool,
+    /// The baseline whose problem, centred on the fit, the held-out-checked step after the fit
+    /// re-solves (`prior.refine_cv_folds`; see [`super::refine`]).
+    refine: Option<super::tikhonov::TikhonovResult>,
 }
 
 /// Stacked weights and their Adam moments.
@@ -526,7 +529,9 @@ fn fit_batch_here(
                         written_pass_helps(cfg, p, t, &grid, cfg.prior.smooth_written_cv_folds)
                     })
                     .unwrap_or(true));
+        let refine = tik.clone().filter(|_| cfg.prior.refine_cv_folds > 0);
         runs.push(Running {
+            refine,
             fallback,
             smooth_written,
             job: j,
@@ -649,6 +654,29 @@ fn fit_batch_here(
             }
         }
         let mut spectrum: Vec<f64> = run.best.2.iter().map(|&v| v * run.scale).collect();
+        // The held-out-checked Tikhonov step around the fit, before the λ/R pass.
+        let mut refine_factor = 0.0;
+        if let Some(t) = run.refine.take() {
+            let p = &jobs[job].problem;
+            let step = super::refine::choose(
+                p,
+                &spectrum,
+                &t,
+                &cfg.prior.refine_factors,
+                cfg.prior.refine_cv_folds,
+                cfg.weighting,
+                cfg.epsilon_weight,
+            )
+            .and_then(|c| c.chosen)
+            .and_then(|f| {
+                super::refine::apply(p, &spectrum, &t, f, cfg.weighting, cfg.epsilon_weight)
+                    .map(|x| (f, x))
+            });
+            if let Some((f, x)) = step {
+                refine_factor = f;
+                spectrum = x;
+            }
+        }
         if run.smooth_written {
             spectrum = smooth_to_resolution(&grid, &spectrum);
         }
@@ -665,6 +693,7 @@ fn fit_batch_here(
             scale: run.scale,
             held_out: run.held_out,
             d2_lambda: run.d2,
+            refine_factor,
         };
         on_done(job, &f);
         (job, f)

@@ -50,6 +50,7 @@ struct Stored {
     scale: u64,
     held_out: Vec<usize>,
     d2_lambda: u64,
+    refine_factor: u64,
 }
 
 /// Store a finished member (atomically: the file appears complete or not at all).
@@ -81,6 +82,7 @@ pub fn save(path: &Path, key: &str, f: &FitResult) -> Result<(), SpxError> {
         scale: f.scale.to_bits(),
         held_out: f.held_out.clone(),
         d2_lambda: f.d2_lambda.to_bits(),
+        refine_factor: f.refine_factor.to_bits(),
     };
     if let Some(dir) = path.parent() {
         crate::io::ensure_dir(dir)?;
@@ -123,5 +125,6 @@ pub fn load(path: &Path, key: &str, n: usize) -> Option<FitResult> {
         scale: f(s.scale),
         held_out: s.held_out,
         d2_lambda: f(s.d2_lambda),
+        refine_factor: f(s.refine_factor),
     })
 }

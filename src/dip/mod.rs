@@ -18,6 +18,7 @@ pub mod members;
 pub mod output;
 pub mod pipeline;
 pub mod recon;
+pub mod refine;
 pub mod simulate;
 pub mod stacked;
 pub mod tikhonov;
@@ -152,6 +153,8 @@ pub struct PriorConfig {
     pub smooth_passes: usize,
     pub smooth_written_density: f64,
     pub smooth_written_cv_folds: usize,
+    pub refine_cv_folds: usize,
+    pub refine_factors: Vec<f64>,
 }
 
 /// `[dip.train]`: the data term, Adam and the stopping rules.
@@ -363,6 +366,22 @@ impl DipConfig {
             return bad(
                 "prior.smooth_written_cv_folds",
                 "must be 0 (off) or in 2..=100",
+            );
+        }
+        if self.prior.refine_cv_folds == 1 || self.prior.refine_cv_folds > 100 {
+            return bad("prior.refine_cv_folds", "must be 0 (off) or in 2..=100");
+        }
+        if self.prior.refine_cv_folds > 0
+            && (self.prior.refine_factors.is_empty()
+                || self
+                    .prior
+                    .refine_factors
+                    .iter()
+                    .any(|f| !(f.is_finite() && *f > 0.0 && *f <= 1e8)))
+        {
+            return bad(
+                "prior.refine_factors",
+                "needs at least one factor, each in (0, 1e8]",
             );
         }
         if !(self.net.start_fit_sigmas.is_finite()

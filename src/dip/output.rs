@@ -50,6 +50,9 @@ pub struct DipRun {
     pub held_out: Vec<usize>,
     /// Weight of ‖D2 x‖² (scaled units) per member (0 = none).
     pub d2_lambda: Vec<f64>,
+    /// Factor of the baseline's λ of the held-out-checked step after the fit, per member (0 =
+    /// not taken).
+    pub refine_factor: Vec<f64>,
     pub seconds_per_member: Vec<f64>,
     pub seconds_per_epoch: f64,
 }

@@ -264,6 +264,7 @@ pub fn reconstruct_resuming(
                 stop_reason: fits.iter().map(|f| f.stop_reason).collect(),
                 held_out: fits.iter().map(|f| f.held_out.len()).collect(),
                 d2_lambda: fits.iter().map(|f| f.d2_lambda).collect(),
+                refine_factor: fits.iter().map(|f| f.refine_factor).collect(),
                 seconds_per_member: fits.iter().map(|f| f.seconds).collect(),
                 seconds_per_epoch: total_secs / total_epochs.max(1) as f64,
             };

@@ -112,6 +112,9 @@ pub struct FitResult {
     pub held_out: Vec<usize>,
     /// Weight of ‖D2 x‖² used (scaled units; 0 = none).
     pub d2_lambda: f64,
+    /// Factor of the baseline's λ at which the held-out-checked Tikhonov step was taken after
+    /// the fit (0 = not taken; see [`super::refine`]).
+    pub refine_factor: f64,
 }
 
 /// Device-side constants of the loss.
