@@ -143,8 +143,8 @@ impl Anchored {
     ) -> Tensor<1> {
         let n = inp.modality.len();
         let a = self.head.q.dims()[0];
-        let mut t = features.matmul(self.head.q.val().reshape([a, 1]))
-            + self.head.c.val().reshape([1, 1]);
+        let mut t =
+            features.matmul(self.head.q.val().reshape([a, 1])) + self.head.c.val().reshape([1, 1]);
         if let Some(net) = &self.net {
             let rows: Vec<usize> = (0..n).collect();
             let h = net.encode(
@@ -273,7 +273,7 @@ impl HeadFit {
 pub fn gate_factor(resid: &[f64], corr: &[f64], max: f64) -> f64 {
     let rc: f64 = resid.iter().zip(corr).map(|(r, c)| r * c).sum();
     let cc: f64 = corr.iter().map(|c| c * c).sum();
-    if !(cc > 0.0) || !rc.is_finite() || !cc.is_finite() {
+    if cc <= 0.0 || !rc.is_finite() || !cc.is_finite() {
         return 0.0;
     }
     (rc / cc).clamp(0.0, max.max(0.0))

@@ -142,7 +142,7 @@ fn default_pls_head_steps() -> usize {
 }
 
 fn default_pls_head_lr() -> f64 {
-    1e-2
+    1e-3
 }
 
 /// The model's input spectra (`spektron.experiment.input`).

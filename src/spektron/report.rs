@@ -53,7 +53,9 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_residual_gated" => {
             "PLS + slope/bias + the LoRA correction scaled by a cross-validated factor"
         }
-        "spektron_pls_head" => "Spektron head started at PLS + slope/bias, LoRA on N target spectra",
+        "spektron_pls_head" => {
+            "Spektron head started at PLS + slope/bias, LoRA on N target spectra"
+        }
         "pls_head_linear" => "PLS latent variables re-weighted on N target spectra (no network)",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
