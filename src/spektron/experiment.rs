@@ -22,8 +22,7 @@
 //!   the source calibration set (the model's SNV-resampled input spectra) with slope/bias
 //!   correction on the N target samples, and the same plus a LoRA correction of its residuals
 //!   learned by the master model from the N target samples (a residual design: the network
-//!   corrects PLS/SBC, it does not replace it).
-//!
+//!   corrects PLS/SBC, it does not replace it);
 //! - `spektron_residual_gated` (`residual_gate_folds` > 0): the residual arm with its correction
 //!   scaled by a factor in [0, `residual_gate_max`] chosen by k-fold cross-validation on the N
 //!   target samples ([`anchored::gate_factor`]; 0 = `pls_sbc_inputs`); the factors are reported;
@@ -439,6 +438,19 @@ pub fn run_model_arms_noted(
             "spektron.experiment.residual_gate_folds",
             "must be 0 (off) or >= 2",
         ));
+    }
+    // Both build on the residual arm's PLS + SBC (and the gate on its correction).
+    for (on, key) in [
+        (ec.residual_gate_folds > 0, "residual_gate_folds"),
+        (ec.pls_head, "pls_head"),
+    ] {
+        if on && !ec.residual {
+            return Err(SpxError::field(
+                "config",
+                format!("spektron.experiment.{key}"),
+                "needs spektron.experiment.residual = true",
+            ));
+        }
     }
     let mut notes = ArmNotes::default();
     let mut mc = cfg.model.clone();

@@ -1363,6 +1363,33 @@ fn gated_residual_and_pls_head_arms_reduce_to_pls_sbc_at_their_zero_settings() {
     assert_eq!(get(&cells2, "pls_sbc_inputs"), base);
     assert!(notes2.pls_head[0].q.iter().any(|&q| q != 1.0));
     assert!(notes2.pls_head[0].v_norm > 0.0);
+    // Without the residual arm the switches have nothing to build on: refused, naming the key.
+    let (xsrc, xtgt) =
+        experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
+    for (gate, head, key) in [
+        (3, false, "residual_gate_folds"),
+        (0, true, "pls_head"),
+        (1, false, "residual_gate_folds"),
+    ] {
+        let mut c3 = c.clone();
+        c3.experiment.residual = key == "residual_gate_folds" && gate == 1;
+        c3.experiment.residual_gate_folds = gate;
+        c3.experiment.pls_head = head;
+        let err = experiment::run_model_arms(
+            &xsrc,
+            &xtgt,
+            &data.y.to_vec(),
+            &[10],
+            c3.arm_settings(),
+            None,
+            2,
+            &dev,
+            7,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
     // Resampled-only inputs: the SNV inputs are their SNV.
     let (a, _) =
         experiment::prepare_spectra_as(&data, &[], 2048, 1e-8, InputPrep::Resample).unwrap();
