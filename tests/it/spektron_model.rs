@@ -603,6 +603,26 @@ fn selective_scan_equals_materialised_recurrence() {
     }
 }
 
+/// The synthetic two-instrument task of `e` (`spektron.experiment.synth_*`, seed 3).
+fn synthetic_pair(
+    e: &spx::spektron::experiment::ExperimentConfig,
+) -> spx::spektron::baselines::TransferData {
+    let (xm, xs, y) = spx::spektron::data::synth::two_instrument(
+        3,
+        e.synth_samples,
+        e.synth_channels,
+        e.synth_shift,
+        e.synth_gain,
+        e.synth_offset,
+        e.synth_noise,
+    );
+    spx::spektron::baselines::TransferData {
+        source: xm,
+        target: xs,
+        y,
+    }
+}
+
 fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
     let mut c = Config::default().spektron;
     c.model = tiny_model_cfg();
@@ -625,27 +645,12 @@ fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
 #[test]
 fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
     let _rng = crate::common::burn_rng_lock();
-    use spx::spektron::baselines::TransferData;
-    use spx::spektron::data::synth;
     use spx::spektron::{experiment, report};
     let c = transfer_cfg();
     let e = &c.experiment;
     // Slave = master shifted by 20 of 200 channels, gain 0.9, offset 0.05: a shape change that
     // SNV does not remove.
-    let (xm, xs, y) = synth::two_instrument(
-        3,
-        e.synth_samples,
-        e.synth_channels,
-        e.synth_shift,
-        e.synth_gain,
-        e.synth_offset,
-        e.synth_noise,
-    );
-    let data = TransferData {
-        source: xm,
-        target: xs,
-        y,
-    };
+    let data = synthetic_pair(e);
     let (xsrc, xtgt) =
         experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
     let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
@@ -1285,8 +1290,6 @@ fn residual_gate_factor_is_the_clamped_least_squares_shrinkage() {
 #[test]
 fn gated_residual_and_pls_head_arms_reduce_to_pls_sbc_at_their_zero_settings() {
     let _rng = crate::common::burn_rng_lock();
-    use spx::spektron::baselines::TransferData;
-    use spx::spektron::data::synth;
     use spx::spektron::experiment::{self, InputPrep};
     let mut c = transfer_cfg();
     let e = &mut c.experiment;
@@ -1298,20 +1301,7 @@ fn gated_residual_and_pls_head_arms_reduce_to_pls_sbc_at_their_zero_settings() {
     e.pls_head = true;
     e.pls_head_steps = 0;
     let e = &c.experiment;
-    let (xm, xs, y) = synth::two_instrument(
-        3,
-        e.synth_samples,
-        e.synth_channels,
-        e.synth_shift,
-        e.synth_gain,
-        e.synth_offset,
-        e.synth_noise,
-    );
-    let data = TransferData {
-        source: xm,
-        target: xs,
-        y,
-    };
+    let data = synthetic_pair(e);
     let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
     let run = |c: &spx::spektron::config::SpektronConfig, prep: InputPrep| {
         let (xsrc, xtgt) =
