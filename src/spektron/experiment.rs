@@ -22,7 +22,18 @@
 //!   the source calibration set (the model's SNV-resampled input spectra) with slope/bias
 //!   correction on the N target samples, and the same plus a LoRA correction of its residuals
 //!   learned by the master model from the N target samples (a residual design: the network
-//!   corrects PLS/SBC, it does not replace it).
+//!   corrects PLS/SBC, it does not replace it);
+//! - `spektron_residual_gated` (`residual_gate_folds` > 0): the residual arm with its correction
+//!   scaled by a factor in [0, `residual_gate_max`] chosen by k-fold cross-validation on the N
+//!   target samples ([`anchored::gate_factor`]; 0 = `pls_sbc_inputs`); the factors are reported;
+//! - `spektron_pls_head` / `pls_head_linear` (`spektron.experiment.pls_head`): a head on the
+//!   source PLS model's latent-variable contributions and z_chem that starts at PLS + SBC exactly
+//!   and is trained with LoRA on the N target samples towards that start ([`anchored::fit_head`]);
+//!   `pls_head_linear` = the same head without the network (a classical control row).
+//!
+//! `spektron.experiment.input` chooses the model's input spectra (`snv`: resampled + SNV, as
+//! the corpus; `resample`: resampled only), which every arm (and the PLS of the residual arms)
+//! reads.
 //!
 //! `spektron.experiment.adapt_unlabelled` adapts the initial model self-supervised (masked
 //! reconstruction, `[spektron.ttt]`) on the task's unlabelled spectra before the master
@@ -35,8 +46,9 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::anchored::{self, HeadInput, HeadSettings, Start};
 use super::baselines;
-use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep};
+use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
 use super::data::{Modality, corpus, instruments, synth};
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
 use super::model::{ModelConfig, SpektronModel, checkpoint};
@@ -73,6 +85,30 @@ pub struct ExperimentConfig {
     /// target test spectra, transductive as `recentre_test`) before the master calibration.
     #[serde(default)]
     pub adapt_unlabelled: bool,
+    /// Add the `spektron_residual_gated` arm when > 0 (with `residual`): k-fold cross-validation
+    /// (k clamped to N; N = leave-one-out) on the N target samples chooses the factor of the
+    /// residual correction. 0 = off; 1 is refused.
+    #[serde(default)]
+    pub residual_gate_folds: usize,
+    /// Largest factor of the gated correction (0 makes the gated arm `pls_sbc_inputs`).
+    #[serde(default = "default_one")]
+    pub residual_gate_max: f64,
+    /// Add the `spektron_pls_head` and `pls_head_linear` arms (with `residual`): a head on the
+    /// source PLS model's latent-variable contributions and z_chem, starting at PLS + SBC.
+    #[serde(default)]
+    pub pls_head: bool,
+    /// Full-batch AdamW steps of the PLS-anchored head (0 = the start, PLS + SBC).
+    #[serde(default = "default_pls_head_steps")]
+    pub pls_head_steps: usize,
+    /// Learning rate of the PLS-anchored head and its LoRA adapters.
+    #[serde(default = "default_pls_head_lr")]
+    pub pls_head_lr: f64,
+    /// λ of the penalty Σ(q − 1)² + ‖v‖² towards the start.
+    #[serde(default = "default_one")]
+    pub pls_head_penalty: f64,
+    /// Model input spectra: resampled + SNV (`snv`, the corpus's) or resampled only.
+    #[serde(default)]
+    pub input: InputPrep,
     /// Add the supervised deep baselines (`[spektron.supervised]`: 1-D CNN, plain Transformer,
     /// LoRA-CT), trained on the source calibration set and transferred with the N target samples.
     #[serde(default)]
@@ -94,6 +130,29 @@ pub struct ExperimentConfig {
 
 fn default_ablation_moe_experts() -> usize {
     4
+}
+
+fn default_one() -> f64 {
+    1.0
+}
+
+fn default_pls_head_steps() -> usize {
+    100
+}
+
+fn default_pls_head_lr() -> f64 {
+    1e-3
+}
+
+/// The model's input spectra (`spektron.experiment.input`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputPrep {
+    /// Resampled to `n_points` and SNV-normalised, as the pretraining corpus.
+    #[default]
+    Snv,
+    /// Resampled to `n_points` only (absorbance scale kept; `centre` still centres and scales).
+    Resample,
 }
 
 /// What the model arms read from the config.
@@ -118,6 +177,17 @@ pub fn prepare_spectra(
     n_points: usize,
     min_std: f64,
 ) -> Result<(Vec<f32>, Vec<f32>), SpxError> {
+    prepare_spectra_as(data, axis, n_points, min_std, InputPrep::Snv)
+}
+
+/// [`prepare_spectra`] with the given preprocessing.
+pub fn prepare_spectra_as(
+    data: &TransferData,
+    axis: &[f64],
+    n_points: usize,
+    min_std: f64,
+    prep: InputPrep,
+) -> Result<(Vec<f32>, Vec<f32>), SpxError> {
     let p = data.source.ncols();
     let ax: Vec<f64> = if axis.len() == p {
         axis.to_vec()
@@ -127,7 +197,13 @@ pub fn prepare_spectra(
     let one = |x: &ndarray::Array2<f64>, which: &str| -> Result<Vec<f32>, SpxError> {
         let mut out = Vec::with_capacity(x.nrows() * n_points);
         for (i, row) in x.rows().into_iter().enumerate() {
-            let r = corpus::prepare(&ax, &row.to_vec(), n_points, min_std).map_err(|e| {
+            let row = row.to_vec();
+            let r = match prep {
+                InputPrep::Snv => corpus::prepare(&ax, &row, n_points, min_std),
+                InputPrep::Resample => corpus::resample(&ax, &row, n_points)
+                    .map(|v| v.into_iter().map(|a| a as f32).collect()),
+            }
+            .map_err(|e| {
                 SpxError::field(
                     "experiment",
                     which,
@@ -228,8 +304,97 @@ pub fn run_model_arms(
     modality: i8,
     device: &Device,
     seed: u64,
-    mut on_progress: impl FnMut(&str),
+    on_progress: impl FnMut(&str),
 ) -> Result<Vec<Cell>, SpxError> {
+    run_model_arms_noted(
+        xs,
+        xt,
+        y,
+        ns,
+        cfg,
+        pretrained,
+        modality,
+        device,
+        seed,
+        on_progress,
+    )
+    .map(|r| r.0)
+}
+
+/// The residual gate's factor of one (repetition, N).
+#[derive(Clone, Debug, Serialize)]
+pub struct GateChoice {
+    pub repetition: usize,
+    pub n_transfer: usize,
+    pub factor: f64,
+}
+
+/// The PLS-anchored heads of one (repetition, N): final LV weights q (start 1), offset change
+/// (standardised units), ‖v‖ (z_chem weights, start 0); with and without the network.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeadNote {
+    pub repetition: usize,
+    pub n_transfer: usize,
+    pub q: Vec<f64>,
+    pub offset_change: f64,
+    pub v_norm: f64,
+    pub q_linear: Vec<f64>,
+    pub offset_change_linear: f64,
+}
+
+/// What the model arms report besides the cells (empty unless the switches are on).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ArmNotes {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub residual_gate: Vec<GateChoice>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pls_head: Vec<HeadNote>,
+}
+
+impl ArmNotes {
+    pub fn is_empty(&self) -> bool {
+        self.residual_gate.is_empty() && self.pls_head.is_empty()
+    }
+
+    /// One Markdown line per N on the gate: its factors and how often it let the network in.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let mut ns: Vec<usize> = self.residual_gate.iter().map(|g| g.n_transfer).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        for n in ns {
+            let f: Vec<f64> = self
+                .residual_gate
+                .iter()
+                .filter(|g| g.n_transfer == n)
+                .map(|g| g.factor)
+                .collect();
+            let on = f.iter().filter(|&&v| v > 0.0).count();
+            let list: Vec<String> = f.iter().map(|v| format!("{v:.2}")).collect();
+            md.push_str(&format!(
+                "\nResidual gate N={n}: factor per split {} — the network correction is used (> 0) in {on} of {} splits.\n",
+                list.join(", "),
+                f.len()
+            ));
+        }
+        md
+    }
+}
+
+/// [`run_model_arms`] with the [`ArmNotes`].
+#[allow(clippy::too_many_arguments)]
+pub fn run_model_arms_noted(
+    xs: &[f32],
+    xt: &[f32],
+    y: &[f64],
+    ns: &[usize],
+    cfg: ArmSettings<'_>,
+    pretrained: Option<&Path>,
+    modality: i8,
+    device: &Device,
+    seed: u64,
+    mut on_progress: impl FnMut(&str),
+) -> Result<(Vec<Cell>, ArmNotes), SpxError> {
     let ec = cfg.experiment;
     let lay = cfg.model.layout();
     let p = lay.n_points;
@@ -267,6 +432,27 @@ pub fn run_model_arms(
             "must be >= 1",
         ));
     }
+    if ec.residual_gate_folds == 1 {
+        return Err(SpxError::field(
+            "config",
+            "spektron.experiment.residual_gate_folds",
+            "must be 0 (off) or >= 2",
+        ));
+    }
+    // Both build on the residual arm's PLS + SBC (and the gate on its correction).
+    for (on, key) in [
+        (ec.residual_gate_folds > 0, "residual_gate_folds"),
+        (ec.pls_head, "pls_head"),
+    ] {
+        if on && !ec.residual {
+            return Err(SpxError::field(
+                "config",
+                format!("spektron.experiment.{key}"),
+                "needs spektron.experiment.residual = true",
+            ));
+        }
+    }
+    let mut notes = ArmNotes::default();
     let mut mc = cfg.model.clone();
     mc.n_targets = 1;
     let full = FinetuneConfig {
@@ -434,6 +620,107 @@ pub fn run_model_arms(
                 let corr = pred(&m, &xt_test, &rep);
                 let yh: Vec<f64> = base_test.iter().zip(&corr).map(|(b, c)| b + c).collect();
                 push("spektron_residual", k, score(test, &yh));
+                if ec.residual_gate_folds > 0 {
+                    // Out-of-fold residuals of PLS + SBC and out-of-fold corrections, SBC and
+                    // LoRA refitted without the held-out fold.
+                    let folds = splits::kfold(s as u32, k, ec.residual_gate_folds.min(k));
+                    let (mut r_oof, mut c_oof) = (Vec::new(), Vec::new());
+                    for (f, held) in folds.iter().enumerate() {
+                        let fit_rows: Vec<usize> = (0..k).filter(|i| !held.contains(i)).collect();
+                        let pick = |v: &[f64], rows: &[usize]| -> Vec<f64> {
+                            rows.iter().map(|&i| v[i]).collect()
+                        };
+                        let (a1, b1) = slope_bias(&pick(&fit, &fit_rows), &pick(&ytr64, &fit_rows));
+                        let res_f: Vec<f32> = fit_rows
+                            .iter()
+                            .map(|&i| (ytr64[i] - (a1 + b1 * fit[i])) as f32)
+                            .collect();
+                        let gs = sub_seed(seed, s, 7, k + 1000 * (f + 1));
+                        let _ = seeded(device, gs);
+                        let (mf, rf) = finetune::finetune_scaled(
+                            master.clone(),
+                            &lay,
+                            &Labelled {
+                                x: &take(&xtr, &fit_rows, p),
+                                y: &res_f,
+                                modality: &mods(fit_rows.len()),
+                            },
+                            &lora,
+                            device,
+                            gs,
+                            None,
+                        )?;
+                        c_oof.extend(pred(&mf, &take(&xtr, held, p), &rf));
+                        r_oof.extend(held.iter().map(|&i| ytr64[i] - (a1 + b1 * fit[i])));
+                    }
+                    let g = anchored::gate_factor(&r_oof, &c_oof, ec.residual_gate_max);
+                    let yg: Vec<f64> = base_test
+                        .iter()
+                        .zip(&corr)
+                        .map(|(b, c)| b + g * c)
+                        .collect();
+                    push("spektron_residual_gated", k, score(test, &yg));
+                    notes.residual_gate.push(GateChoice {
+                        repetition: s,
+                        n_transfer: k,
+                        factor: g,
+                    });
+                }
+                if ec.pls_head {
+                    let start = Start {
+                        pls,
+                        lvs: *a,
+                        a0,
+                        b0,
+                        y_mean: mrep.y_mean[0],
+                        y_std: mrep.y_std[0],
+                    };
+                    let hs = HeadSettings {
+                        steps: ec.pls_head_steps,
+                        lr: ec.pls_head_lr,
+                        penalty: ec.pls_head_penalty,
+                        lora_rank: cfg.finetune.lora_rank,
+                        lora_alpha: cfg.finetune.lora_alpha,
+                    };
+                    let train_in = HeadInput {
+                        x_pls: &raw,
+                        x_net: &xtr,
+                        modality: &mods(k),
+                    };
+                    let test_pls = take(xt, test, p);
+                    let test_in = HeadInput {
+                        x_pls: &test_pls,
+                        x_net: &xt_test,
+                        modality: &mods(test.len()),
+                    };
+                    let hseed = sub_seed(seed, s, 8, k);
+                    let _ = seeded(device, hseed);
+                    let with_net = anchored::fit_head(
+                        Some(master.clone()),
+                        &lay,
+                        start,
+                        &train_in,
+                        &ytr64,
+                        hs,
+                        device,
+                    )?;
+                    let yh = with_net.predict(&lay, start, &test_in, device);
+                    push("spektron_pls_head", k, score(test, &yh));
+                    let linear =
+                        anchored::fit_head(None, &lay, start, &train_in, &ytr64, hs, device)?;
+                    let yl = linear.predict(&lay, start, &test_in, device);
+                    push("pls_head_linear", k, score(test, &yl));
+                    let c0 = start.offset();
+                    notes.pls_head.push(HeadNote {
+                        repetition: s,
+                        n_transfer: k,
+                        q: with_net.q,
+                        offset_change: with_net.c - c0,
+                        v_norm: with_net.v_norm,
+                        q_linear: linear.q,
+                        offset_change_linear: linear.c - c0,
+                    });
+                }
             }
             on_progress(&format!("repetition {}: LoRA transfer N={k}", s + 1));
             let ls = sub_seed(seed, s, 3, k);
@@ -473,10 +760,12 @@ pub fn run_model_arms(
             push("scratch", k, score(test, &pred(&m, &xt_test_s, &rep)));
         }
     }
-    Ok(acc
-        .into_iter()
-        .map(|(m, k, v)| Cell::aggregate(m, k, &v))
-        .collect())
+    Ok((
+        acc.into_iter()
+            .map(|(m, k, v)| Cell::aggregate(m, k, &v))
+            .collect(),
+        notes,
+    ))
 }
 
 /// E3 (RMSEP vs N) or E4 (the table at one N).
@@ -543,6 +832,9 @@ pub struct ExperimentReport {
     /// Sizes and master epochs of the supervised deep baselines (when they ran).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervised: Option<SupervisedSummary>,
+    /// The residual gate's factors and the PLS-anchored heads (when those arms ran).
+    #[serde(skip_serializing_if = "ArmNotes::is_empty")]
+    pub notes: ArmNotes,
     pub config: String,
     pub cells: Vec<Cell>,
     /// Files written (final paths), CSV, Markdown, [PNG,] JSON.
@@ -676,7 +968,7 @@ pub fn prepare_task(input: &Input, cfg: &Settings, ns: &[usize]) -> Result<Prepa
     bc.repeats = ec.repeats;
     let base = baselines::evaluate(&task.data, &bc, |_| {})?;
     let n_points = cfg.arms.model.layout().n_points;
-    let (xs, xt) = prepare_spectra(&task.data, &task.axis, n_points, cfg.min_std)?;
+    let (xs, xt) = prepare_spectra_as(&task.data, &task.axis, n_points, cfg.min_std, ec.input)?;
     Ok(Prepared { task, base, xs, xt })
 }
 
@@ -718,7 +1010,7 @@ pub fn run(
         SpektronModel::new(&mc, &mut rng, device)?.num_params()
     };
     let t0 = Instant::now();
-    let arms = run_model_arms(
+    let (arms, notes) = run_model_arms_noted(
         &xs,
         &xt,
         &data.y.to_vec(),
@@ -765,7 +1057,8 @@ pub fn run(
     let p = dir.join(format!("{stem}.csv"));
     report::write_cells_csv(&p, &cells)?;
     files.push(p);
-    let markdown = report::experiment_markdown(&title, &cells, &ns);
+    let mut markdown = report::experiment_markdown(&title, &cells, &ns);
+    markdown.push_str(&notes.markdown());
     let p = dir.join(format!("{stem}.md"));
     crate::io::write_atomic(&p, |w| std::io::Write::write_all(w, markdown.as_bytes()))?;
     files.push(p);
@@ -788,6 +1081,7 @@ pub fn run(
         model_seconds: secs,
         master_lvs: base.master_lvs,
         supervised,
+        notes,
         config: input.config_file.display().to_string(),
         cells,
         files: Vec::new(),

@@ -23,6 +23,9 @@ pub const ARMS: &[&str] = &[
     "spektron_sbc",
     "pls_sbc_inputs",
     "spektron_residual",
+    "spektron_residual_gated",
+    "spektron_pls_head",
+    "pls_head_linear",
     "spektron_lora",
     "scratch",
 ];
@@ -47,6 +50,13 @@ pub fn method_label(m: &str) -> &'static str {
         "spektron_sbc" => "Spektron master + slope/bias on N labelled target spectra",
         "pls_sbc_inputs" => "PLS on the model's inputs + slope/bias on N target spectra",
         "spektron_residual" => "PLS + slope/bias + Spektron LoRA correction of its residuals",
+        "spektron_residual_gated" => {
+            "PLS + slope/bias + the LoRA correction scaled by a cross-validated factor"
+        }
+        "spektron_pls_head" => {
+            "Spektron head started at PLS + slope/bias, LoRA on N target spectra"
+        }
+        "pls_head_linear" => "PLS latent variables re-weighted on N target spectra (no network)",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
         "cnn_master_on_master" => "1-D CNN (source-trained) on master test spectra",
@@ -237,6 +247,9 @@ pub fn experiment_plot(
     for m in METHODS[4..].iter().chain(&[
         "spektron_sbc",
         "spektron_residual",
+        "spektron_residual_gated",
+        "spektron_pls_head",
+        "pls_head_linear",
         "spektron_lora",
         "scratch",
         "cnn_transfer",

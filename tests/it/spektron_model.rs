@@ -603,6 +603,26 @@ fn selective_scan_equals_materialised_recurrence() {
     }
 }
 
+/// The synthetic two-instrument task of `e` (`spektron.experiment.synth_*`, seed 3).
+fn synthetic_pair(
+    e: &spx::spektron::experiment::ExperimentConfig,
+) -> spx::spektron::baselines::TransferData {
+    let (xm, xs, y) = spx::spektron::data::synth::two_instrument(
+        3,
+        e.synth_samples,
+        e.synth_channels,
+        e.synth_shift,
+        e.synth_gain,
+        e.synth_offset,
+        e.synth_noise,
+    );
+    spx::spektron::baselines::TransferData {
+        source: xm,
+        target: xs,
+        y,
+    }
+}
+
 fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
     let mut c = Config::default().spektron;
     c.model = tiny_model_cfg();
@@ -625,27 +645,12 @@ fn transfer_cfg() -> spx::spektron::config::SpektronConfig {
 #[test]
 fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
     let _rng = crate::common::burn_rng_lock();
-    use spx::spektron::baselines::TransferData;
-    use spx::spektron::data::synth;
     use spx::spektron::{experiment, report};
     let c = transfer_cfg();
     let e = &c.experiment;
     // Slave = master shifted by 20 of 200 channels, gain 0.9, offset 0.05: a shape change that
     // SNV does not remove.
-    let (xm, xs, y) = synth::two_instrument(
-        3,
-        e.synth_samples,
-        e.synth_channels,
-        e.synth_shift,
-        e.synth_gain,
-        e.synth_offset,
-        e.synth_noise,
-    );
-    let data = TransferData {
-        source: xm,
-        target: xs,
-        y,
-    };
+    let data = synthetic_pair(e);
     let (xsrc, xtgt) =
         experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
     let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
@@ -672,7 +677,13 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             .unwrap_or_else(|| panic!("{m} N={n}"))
             .rmsep_mean
     };
-    for m in report::ARMS {
+    // The gated residual and PLS-anchored head arms (off here) have their own test below.
+    let off = [
+        "spektron_residual_gated",
+        "spektron_pls_head",
+        "pls_head_linear",
+    ];
+    for m in report::ARMS.iter().filter(|m| !off.contains(m)) {
         assert!(cells.iter().any(|x| x.method == *m), "{m}");
     }
     let (before, after) = (get("spektron_no_transfer", 0), get("spektron_lora", 20));
@@ -1137,4 +1148,247 @@ fn pretrain_killed_and_resumed_equals_uninterrupted() {
     let c = json(run("c", Some("old")).output().unwrap());
     assert_eq!(c["stream_restored"], false);
     assert!(bytes(&last("a")) != bytes(&last("c")));
+}
+
+/// Synthetic source/target spectra of `p` points (random low-rank mixtures) with a property that
+/// is a linear function of the source spectra.
+fn pls_task(n: usize, p: usize, seed: u64) -> (Vec<f32>, Vec<f64>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let comps: Vec<Vec<f64>> = (0..4)
+        .map(|c| {
+            (0..p)
+                .map(|i| ((i as f64) * (0.003 + 0.002 * c as f64) + c as f64).sin())
+                .collect()
+        })
+        .collect();
+    let mut x = Vec::with_capacity(n * p);
+    let mut y = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w: Vec<f64> = (0..4).map(|_| rng.random_range(-1.0..1.0)).collect();
+        x.extend((0..p).map(|i| {
+            let v: f64 = w.iter().zip(&comps).map(|(a, c)| a * c[i]).sum::<f64>()
+                + 0.01 * rng.random_range(-1.0..1.0);
+            v as f32
+        }));
+        y.push(2.0 * w[0] - w[2] + 0.5);
+    }
+    (x, y)
+}
+
+#[test]
+fn pls_head_starts_at_pls_sbc_and_its_training_recovers_known_lv_weights() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::anchored::{self, HeadInput, HeadSettings, Start};
+    use spx::spektron::baselines::pls::{Pls, PlsAlgorithm};
+    use spx::spektron::protocol::to_array;
+    let mut mc = tiny_model_cfg();
+    mc.n_targets = 1;
+    let lay = mc.layout();
+    let p = lay.n_points;
+    let (x, y) = pls_task(24, p, 5);
+    let xa = to_array(&x, p);
+    let ya = ndarray::Array1::from(y.clone());
+    let pls = Pls::fit(xa.view(), ya.view(), 3, PlsAlgorithm::Kernel);
+    let start = Start {
+        pls: &pls,
+        lvs: 3,
+        a0: 0.3,
+        b0: 1.2,
+        y_mean: 0.4,
+        y_std: 1.7,
+    };
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let _ = seeded(&dev, 3);
+    let model = SpektronModel::new(&mc, &mut seeded(&dev, 3), &dev).unwrap();
+    let mods = vec![2i8; 24];
+    let inp = HeadInput {
+        x_pls: &x,
+        x_net: &x,
+        modality: &mods,
+    };
+    let cfg = HeadSettings {
+        steps: 0,
+        lr: 1e-2,
+        penalty: 1.0,
+        lora_rank: 2,
+        lora_alpha: 4.0,
+    };
+    // Before training: exactly PLS (3 LVs) + slope/bias, with and without the network.
+    let want: Vec<f64> = pls
+        .predict(xa.view(), 3)
+        .iter()
+        .map(|v| 0.3 + 1.2 * v)
+        .collect();
+    for net in [Some(model.clone()), None] {
+        let fit = anchored::fit_head(net, &lay, start, &inp, &y, cfg, &dev).unwrap();
+        let got = fit.predict(&lay, start, &inp, &dev);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+        assert!(fit.q.iter().all(|&q| q == 1.0) && fit.v_norm == 0.0);
+    }
+    // Targets made from known LV weights q* (start 1) and offset: the head alone, without the
+    // penalty, recovers them; with a large penalty it stays at the start.
+    let f = start.features(&x, p);
+    let q_true = [1.3, 0.7, 1.1];
+    let c0 = start.offset();
+    let yt: Vec<f64> = f
+        .chunks(3)
+        .map(|r| {
+            let t: f64 = r.iter().zip(&q_true).map(|(a, q)| f64::from(*a) * q).sum();
+            0.4 + 1.7 * (t + c0 + 0.2)
+        })
+        .collect();
+    let train = |penalty: f64| {
+        let c = HeadSettings {
+            steps: 1500,
+            penalty,
+            ..cfg
+        };
+        anchored::fit_head(None, &lay, start, &inp, &yt, c, &dev).unwrap()
+    };
+    let free = train(0.0);
+    for (q, t) in free.q.iter().zip(&q_true) {
+        assert!((q - t).abs() < 0.02, "q {:?} vs {q_true:?}", free.q);
+    }
+    assert!(
+        (free.c - c0 - 0.2).abs() < 0.02,
+        "offset {} vs {}",
+        free.c,
+        c0 + 0.2
+    );
+    let held = train(1e4);
+    assert!(
+        held.q.iter().all(|q| (q - 1.0).abs() < 0.01),
+        "{:?}",
+        held.q
+    );
+}
+
+#[test]
+fn residual_gate_factor_is_the_clamped_least_squares_shrinkage() {
+    use spx::spektron::anchored::gate_factor;
+    let c = [0.5, -1.0, 2.0, 0.25];
+    let half: Vec<f64> = c.iter().map(|v| 0.5 * v).collect();
+    assert!((gate_factor(&half, &c, 1.0) - 0.5).abs() < 1e-12);
+    let opposite: Vec<f64> = c.iter().map(|v| -v).collect();
+    assert_eq!(gate_factor(&opposite, &c, 1.0), 0.0);
+    let triple: Vec<f64> = c.iter().map(|v| 3.0 * v).collect();
+    assert_eq!(gate_factor(&triple, &c, 1.0), 1.0);
+    assert_eq!(gate_factor(&half, &c, 0.25), 0.25);
+    assert_eq!(gate_factor(&half, &[0.0; 4], 1.0), 0.0);
+    // Noise orthogonal to the corrections does not move the factor.
+    let r: Vec<f64> = half
+        .iter()
+        .zip([1.0, 0.5, 0.0, 0.0])
+        .map(|(a, b)| a + b)
+        .collect();
+    assert!((gate_factor(&r, &c, 1.0) - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn gated_residual_and_pls_head_arms_reduce_to_pls_sbc_at_their_zero_settings() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::experiment::{self, InputPrep};
+    let mut c = transfer_cfg();
+    let e = &mut c.experiment;
+    e.master_epochs = 5;
+    e.transfer_epochs = 5;
+    e.scratch_epochs = 2;
+    e.residual_gate_folds = 4;
+    e.residual_gate_max = 0.0;
+    e.pls_head = true;
+    e.pls_head_steps = 0;
+    let e = &c.experiment;
+    let data = synthetic_pair(e);
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let run = |c: &spx::spektron::config::SpektronConfig, prep: InputPrep| {
+        let (xsrc, xtgt) =
+            experiment::prepare_spectra_as(&data, &[], c.model.n_points, c.corpus.min_std, prep)
+                .unwrap();
+        experiment::run_model_arms_noted(
+            &xsrc,
+            &xtgt,
+            &data.y.to_vec(),
+            &[10],
+            c.arm_settings(),
+            None,
+            2,
+            &dev,
+            7,
+            |_| {},
+        )
+        .unwrap()
+    };
+    let (cells, notes) = run(&c, InputPrep::Snv);
+    let get = |cells: &[spx::spektron::baselines::Cell], m: &str| {
+        cells
+            .iter()
+            .find(|x| x.method == m && x.n_transfer == 10)
+            .unwrap_or_else(|| panic!("{m}"))
+            .rmsep
+            .clone()
+    };
+    let base = get(&cells, "pls_sbc_inputs");
+    // Gate at factor 0: PLS + SBC on the model inputs, split for split, to the last bit.
+    assert_eq!(get(&cells, "spektron_residual_gated"), base);
+    assert_eq!(notes.residual_gate.len(), 1);
+    assert_eq!(notes.residual_gate[0].factor, 0.0);
+    // Head before training: PLS + SBC (f32 arithmetic inside the head).
+    for m in ["spektron_pls_head", "pls_head_linear"] {
+        for (a, b) in get(&cells, m).iter().zip(&base) {
+            assert!((a - b).abs() < 1e-5 * b, "{m}: {a} vs {b}");
+        }
+    }
+    // The residual arm's correction is not zero, so the gate had something to switch off.
+    assert_ne!(get(&cells, "spektron_residual"), base);
+    // Open gate and a trained head: factors in [0, 1], the head moved from its start.
+    let mut c2 = c.clone();
+    c2.experiment.residual_gate_max = 1.0;
+    c2.experiment.residual_gate_folds = 10;
+    c2.experiment.pls_head_steps = 20;
+    let (cells2, notes2) = run(&c2, InputPrep::Snv);
+    assert!((0.0..=1.0).contains(&notes2.residual_gate[0].factor));
+    assert_eq!(get(&cells2, "pls_sbc_inputs"), base);
+    assert!(notes2.pls_head[0].q.iter().any(|&q| q != 1.0));
+    assert!(notes2.pls_head[0].v_norm > 0.0);
+    // Without the residual arm the switches have nothing to build on: refused, naming the key.
+    let (xsrc, xtgt) =
+        experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
+    for (gate, head, key) in [
+        (3, false, "residual_gate_folds"),
+        (0, true, "pls_head"),
+        (1, false, "residual_gate_folds"),
+    ] {
+        let mut c3 = c.clone();
+        c3.experiment.residual = key == "residual_gate_folds" && gate == 1;
+        c3.experiment.residual_gate_folds = gate;
+        c3.experiment.pls_head = head;
+        let err = experiment::run_model_arms(
+            &xsrc,
+            &xtgt,
+            &data.y.to_vec(),
+            &[10],
+            c3.arm_settings(),
+            None,
+            2,
+            &dev,
+            7,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    // Resampled-only inputs: the SNV inputs are their SNV.
+    let (a, _) =
+        experiment::prepare_spectra_as(&data, &[], 2048, 1e-8, InputPrep::Resample).unwrap();
+    let (b, _) = experiment::prepare_spectra_as(&data, &[], 2048, 1e-8, InputPrep::Snv).unwrap();
+    for (ra, rb) in a.chunks(2048).zip(b.chunks(2048)).take(5) {
+        let m = ra.iter().map(|&v| f64::from(v)).sum::<f64>() / 2048.0;
+        let sd = (ra.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / 2048.0).sqrt();
+        for (u, w) in ra.iter().zip(rb) {
+            assert!(((f64::from(*u) - m) / sd - f64::from(*w)).abs() < 1e-4);
+        }
+    }
 }

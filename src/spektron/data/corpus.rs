@@ -44,6 +44,18 @@ pub enum Reject {
 
 /// Sort by x, average duplicate x, resample linearly to `points` over [x_min, x_max], SNV.
 pub fn prepare(x: &[f64], y: &[f64], points: usize, min_std: f64) -> Result<Vec<f32>, Reject> {
+    let out = resample(x, y, points)?;
+    let mean = out.iter().sum::<f64>() / points as f64;
+    let std = (out.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / points as f64).sqrt();
+    if std.is_nan() || std < min_std {
+        return Err(Reject::Flat);
+    }
+    Ok(out.iter().map(|v| ((v - mean) / std) as f32).collect())
+}
+
+/// Sort by x, average duplicate x, resample linearly to `points` over [x_min, x_max] (the first
+/// step of [`prepare`], without SNV).
+pub fn resample(x: &[f64], y: &[f64], points: usize) -> Result<Vec<f64>, Reject> {
     if x.len() != y.len() || x.iter().chain(y).any(|v| !v.is_finite()) {
         return Err(Reject::NonFinite);
     }
@@ -77,12 +89,7 @@ pub fn prepare(x: &[f64], y: &[f64], points: usize, min_std: f64) -> Result<Vec<
         let f = ((t - x0) / (x1 - x0)).clamp(0.0, 1.0);
         out.push(ys[k] + f * (ys[k + 1] - ys[k]));
     }
-    let mean = out.iter().sum::<f64>() / points as f64;
-    let std = (out.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / points as f64).sqrt();
-    if std.is_nan() || std < min_std {
-        return Err(Reject::Flat);
-    }
-    Ok(out.iter().map(|v| ((v - mean) / std) as f32).collect())
+    Ok(out)
 }
 
 /// Rejected spectra listed by name in a report (all are counted and logged).
