@@ -260,9 +260,10 @@ fn step_pinn(steps: usize, imp: ConvImpl) {
     report("pinn", imp, params, steps, w, c, loss_v);
 }
 
-fn step_dip(steps: usize, imp: ConvImpl) {
+/// The DIP network, its input noise `z` and target `y` (3000 px, 32 filters, depth 3), the
+/// same for [`step_dip`], [`step_dip_fit`] and the PyTorch twin (`dip_setup` in twins.py).
+fn dip_setup(dev: &Device) -> (UNet, Tensor<3>, Tensor<3>) {
     let (l, f, depth, k) = DIP;
-    let dev = Device::flex().autodiff();
     dev.seed(1);
     let spec = UNetSpec {
         length: l,
@@ -273,17 +274,26 @@ fn step_dip(steps: usize, imp: ConvImpl) {
         init: NetInit::Pytorch,
         positivity: true,
     };
-    let mut net = UNet::new(&spec, &dev).with_convs(imp);
-    let params = net.num_params();
+    let net = UNet::new(&spec, dev);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let z: Vec<f32> = (0..l)
         .map(|_| 0.1 * rng.sample::<f32, _>(StandardNormal))
         .collect();
-    let z = tensor_from(z, [1, 1, l], &dev);
     let y: Vec<f32> = (0..l)
         .map(|i| 1.0 + 0.5 * (i as f32 * 0.01).sin())
         .collect();
-    let y = tensor_from(y, [1, 1, l], &dev);
+    (
+        net,
+        tensor_from(z, [1, 1, l], dev),
+        tensor_from(y, [1, 1, l], dev),
+    )
+}
+
+fn step_dip(steps: usize, imp: ConvImpl) {
+    let dev = Device::flex().autodiff();
+    let (net, z, y) = dip_setup(&dev);
+    let mut net = net.with_convs(imp);
+    let params = net.num_params();
     let mut opt = AdamConfig::new().init();
     let mut loss_v = 0.0;
     let mut one = |net: UNet| -> UNet {
@@ -307,19 +317,8 @@ fn step_dip(steps: usize, imp: ConvImpl) {
 /// row through `UNet::forward_stacked` (spx's per-row conv op with the leaky ReLU fused, the
 /// fused up-sampling + concat) and the stacked Adam — same loss and inputs as [`step_dip`].
 fn step_dip_fit(steps: usize) {
-    let (l, f, depth, k) = DIP;
     let dev = Device::flex().autodiff();
-    dev.seed(1);
-    let spec = UNetSpec {
-        length: l,
-        depth,
-        filters: f,
-        kernel_size: k,
-        leaky_slope: 0.2,
-        init: NetInit::Pytorch,
-        positivity: true,
-    };
-    let net = UNet::new(&spec, &dev);
+    let (net, z, y) = dip_setup(&dev);
     let params = net.num_params();
     let (mut w, mut b): (Vec<Tensor<4>>, Vec<Tensor<2>>) = net
         .conv_params()
@@ -327,15 +326,6 @@ fn step_dip_fit(steps: usize) {
         .map(|(w, b)| (w.unsqueeze::<4>(), b.unsqueeze::<2>()))
         .map(|(w, b)| (Tensor::from_inner(w), Tensor::from_inner(b)))
         .unzip();
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let z: Vec<f32> = (0..l)
-        .map(|_| 0.1 * rng.sample::<f32, _>(StandardNormal))
-        .collect();
-    let z = tensor_from(z, [1, 1, l], &dev);
-    let y: Vec<f32> = (0..l)
-        .map(|i| 1.0 + 0.5 * (i as f32 * 0.01).sin())
-        .collect();
-    let y = tensor_from(y, [1, 1, l], &dev);
     let (mut mw, mut mb) = (vec![None; w.len()], vec![None; b.len()]);
     let mut loss_v = 0.0;
     let mut t = 0;
