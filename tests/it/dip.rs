@@ -1240,14 +1240,7 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
         c.dip.simulate.per_band = 65;
         c.run.seed = seed;
         let dir = tempfile::tempdir().unwrap();
-        let grid = linspace(0.75, 5.0, c.dip.resolution);
-        let (src, rows) = simulate::simulate_kind(
-            &c.dip.simulate,
-            seed,
-            &mut backend::seeded(&Device::flex(), seed),
-        );
-        let (csv, tp) =
-            spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
+        let (grid, csv, tp) = simulated_csv(&c, seed, dir.path());
         let score = |c: &Config| {
             let mut r = spx::dip::recon::reconstruct(
                 &c.dip,
@@ -1343,6 +1336,23 @@ fn dip_defaults_match_tikhonov_on_sparse_sources() {
     );
 }
 
+/// `c.dip.simulate`'s source for `seed` written into `dir` as spxquery CSV + truth file: the
+/// grid, the CSV path and the truth path.
+fn simulated_csv(
+    c: &Config,
+    seed: u64,
+    dir: &std::path::Path,
+) -> (Vec<f64>, std::path::PathBuf, std::path::PathBuf) {
+    let grid = linspace(0.75, 5.0, c.dip.resolution);
+    let (src, rows) = simulate::simulate_kind(
+        &c.dip.simulate,
+        seed,
+        &mut backend::seeded(&Device::flex(), seed),
+    );
+    let (csv, tp) = spx::dip::recon::write_simulation(&rows, &src, &grid, dir, seed).unwrap();
+    (grid, csv, tp)
+}
+
 /// A judged-generator source (`kind`, `per_band`, `seed`; relative noise, no glitches) through
 /// `spx dip recon --solver tikhonov` at full size: the config, the grid, the reconstruction and
 /// the true spectrum on the grid.
@@ -1358,14 +1368,7 @@ fn baseline_of_simulated(
     c.dip.simulate.per_band = per_band;
     c.dip.solver = spx::dip::Solver::Tikhonov;
     let dir = tempfile::tempdir().unwrap();
-    let grid = linspace(0.75, 5.0, c.dip.resolution);
-    let (src, rows) = simulate::simulate_kind(
-        &c.dip.simulate,
-        seed,
-        &mut backend::seeded(&Device::flex(), seed),
-    );
-    let (csv, tp) =
-        spx::dip::recon::write_simulation(&rows, &src, &grid, dir.path(), seed).unwrap();
+    let (grid, csv, tp) = simulated_csv(&c, seed, dir.path());
     let r = spx::dip::recon::reconstruct(
         &c.dip,
         &spx::backend::DeviceSpec::Cpu,
