@@ -380,7 +380,7 @@ fn main() {
                 .and_then(|s| s.parse::<usize>().ok())
                 .unwrap_or(5)
                 .max(1);
-            rayon::scope(|_| step_dip_fit(steps))
+            spx::train::on_pool_worker(|| step_dip_fit(steps))
         }
         (Some("step"), Some(net @ ("pinn" | "dip"))) => {
             let Some(steps) = arg(2).map_or(Some(5), |s| s.parse::<usize>().ok()) else {
@@ -394,7 +394,7 @@ fn main() {
             };
             if net == "pinn" {
                 // On a worker of the pool, as `ptycho::train` runs.
-                rayon::scope(|_| step_pinn(steps.max(1), imp))
+                spx::train::on_pool_worker(|| step_pinn(steps.max(1), imp))
             } else {
                 step_dip(steps.max(1), imp)
             }

@@ -36,7 +36,7 @@ use super::train::{
 use super::unet::{UNet, UNetSpec};
 use super::{LossMode, Weighting};
 use crate::backend::{self, Elem};
-use crate::train::Monitor;
+use crate::train::{Monitor, on_pool_worker};
 
 /// How many fits one batch holds: `dip.batch_sources`, or for 0 (auto) 8 per rayon thread on the
 /// CPU (measured, README) and 64 on a GPU.
@@ -365,13 +365,8 @@ pub fn fit_batch(
 /// [`fit_batch`], calling `on_done(job index, result)` as soon as each fit ends (e.g. to store
 /// it before the rest of the batch finishes).
 ///
-/// The fit runs on a worker of rayon's global pool: the ops that split work with rayon (spx's
-/// convs, several of burn's CPU kernels) then run on the thread that calls them, instead of
-/// handing each op to the pool and waking the caller afterwards (18 % of a one-thread fit's
-/// CPU time went to those hand-offs). Results differ from a fit called from outside the pool in
-/// the last bits (rayon splits a job injected from outside the pool once more than one started
-/// on a worker, which regroups sums reduced over rayon splits); batched and lone fits both run
-/// here, so they still agree bit for bit.
+/// The fit runs on a worker of rayon's global pool ([`on_pool_worker`]); batched and lone fits
+/// both run there, so they agree bit for bit.
 pub fn fit_batch_with(
     cfg: &DipConfig,
     jobs: &[Job],
@@ -379,11 +374,7 @@ pub fn fit_batch_with(
     pb: &ProgressBar,
     on_done: &mut (dyn FnMut(usize, &FitResult) + Send),
 ) -> Vec<FitResult> {
-    if rayon::current_thread_index().is_some() {
-        fit_batch_here(cfg, jobs, device, pb, on_done)
-    } else {
-        rayon::scope(|_| fit_batch_here(cfg, jobs, device, pb, on_done))
-    }
+    on_pool_worker(|| fit_batch_here(cfg, jobs, device, pb, on_done))
 }
 
 fn fit_batch_here(

@@ -381,8 +381,6 @@ pub fn conv_forward_act(
                     v.write(b[i % co]);
                 }
             });
-        // SAFETY: every element up to n_out was just written.
-        unsafe { out.set_len(n_out) };
     } else if k == 0 || l == 0 {
         out.resize(n_out, 0.0);
     }
@@ -428,11 +426,9 @@ pub fn conv_forward_act(
                 }
             }
         });
-    if out.len() < n_out {
-        // SAFETY: no bias and k ≥ 1, l ≥ 1: the tiles' GEMMs (accumulate = false) wrote every
-        // element of `out[..n_out]` through `dst` (see above).
-        unsafe { out.set_len(n_out) };
-    }
+    // SAFETY: every element of `out[..n_out]` is written: by the bias fill, by the zero fill
+    // (k = 0 or l = 0), or else by the tiles' GEMMs (accumulate = false), see above.
+    unsafe { out.set_len(n_out) };
     out
 }
 

@@ -389,19 +389,18 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     // SAFETY: see above; every element of dxp was written by the k = 0 GEMMs.
     unsafe { dxp.set_len(ci * gr.s) };
     // fold the padded grid back onto the input: per grid row, the interior columns as one
-    // contiguous add, then the border columns onto the pixels they mirror (a pixel gets at most
-    // one border term per row, so a single row's sums are those of column order)
-    let (h, w) = (g.h, g.w);
+    // contiguous add, then the border columns onto the pixels they mirror. A pixel gets at most
+    // one border term per row, so with one grid row per sample (1-D) or zero padding (no border
+    // terms) the sums are those of column order; 2-D reflect padding may differ in the last bit.
+    let (h, w, pl) = (g.h, g.w, g.pad[2]);
     let fy = axis(gr.hp, h, g.pad[0], g.mode);
-    let fx = axis(gr.wp, w, g.pad[2], g.mode);
-    let (pl, border): (usize, Vec<(usize, usize)>) = (
-        g.pad[2],
-        fx.iter()
-            .enumerate()
-            .filter(|&(px, _)| px < g.pad[2] || px >= g.pad[2] + w)
-            .filter_map(|(px, x)| x.map(|x| (px, x)))
-            .collect(),
-    );
+    let fx = axis(gr.wp, w, pl, g.mode);
+    let border: Vec<(usize, usize)> = fx
+        .iter()
+        .enumerate()
+        .filter(|&(px, _)| px < pl || px >= pl + w)
+        .filter_map(|(px, x)| x.map(|x| (px, x)))
+        .collect();
     let mut dx = vec![0f32; g.batch * ci * h * w];
     dx.par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
         let (b, c) = (i / ci, i % ci);

@@ -294,9 +294,8 @@ fn load_epoch(dir: &Path, fingerprint: &str) -> Result<Option<EpochState>, SpxEr
 /// stream is replayed to the epoch reached, and the Adam moments, learning rate and
 /// plateau/early-stopping counters are restored.
 ///
-/// Training runs on a worker of rayon's global pool (as the DIP fit does): the conv kernels'
-/// parallel loops then start on the thread that calls them instead of being handed to the pool
-/// while the caller sleeps (≈ 4 % of a one-thread PtychoPINN step went to those hand-offs).
+/// Training runs on a worker of rayon's global pool ([`crate::train::on_pool_worker`]), as the
+/// DIP fit does.
 #[allow(clippy::too_many_arguments)]
 pub fn train_with(
     cfg: &PinnConfig,
@@ -307,11 +306,7 @@ pub fn train_with(
     pb: &ProgressBar,
     ck: Option<&Checkpointing>,
 ) -> Result<Trained, SpxError> {
-    if rayon::current_thread_index().is_some() {
-        train_here(cfg, data, probe, dev, seed, pb, ck)
-    } else {
-        rayon::scope(|_| train_here(cfg, data, probe, dev, seed, pb, ck))
-    }
+    crate::train::on_pool_worker(|| train_here(cfg, data, probe, dev, seed, pb, ck))
 }
 
 #[allow(clippy::too_many_arguments)]
