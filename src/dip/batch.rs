@@ -318,34 +318,9 @@ struct Stack {
 }
 
 /// burn's Adam (β₁ 0.9, β₂ 0.999, ε 1e-5, no weight decay), operation for operation, on a
-/// stacked parameter: every element gets the update it would get alone. `time` counts steps
-/// from 1; returns the new parameter and the (m, v) state to pass back next step.
-pub fn adam<const D: usize>(
-    p: Tensor<D>,
-    g: Tensor<D>,
-    state: Option<(Tensor<D>, Tensor<D>)>,
-    time: i32,
-    lr: f64,
-) -> (Tensor<D>, (Tensor<D>, Tensor<D>)) {
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-5f32);
-    let (m, v) = match state {
-        Some((m, v)) => (
-            m.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1)),
-            v.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2)),
-        ),
-        None => (
-            g.clone().mul_scalar(1.0 - b1),
-            g.square().mul_scalar(1.0 - b2),
-        ),
-    };
-    let bc2 = (1.0 - b2.powi(time)).sqrt();
-    let cf = bc2 / (1.0 - b1.powi(time));
-    let step = m
-        .clone()
-        .mul_scalar(cf)
-        .div(v.clone().sqrt().add_scalar(eps * bc2));
-    (p - step.mul_scalar(lr), (m, v))
-}
+/// stacked parameter: every element gets the update it would get alone (fused into one pass on
+/// the CPU: [`crate::nn::adam`]).
+pub use crate::nn::adam::adam;
 
 fn int_tensor(v: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::<2, Int>::from_data(TensorData::new(v, shape), device)

@@ -18,6 +18,8 @@ use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension}
 use burn::nn::interpolate::Interpolate1d;
 use burn::tensor::Tensor;
 
+use rayon::prelude::*;
+
 use crate::nn::{flex, host, slice, uses_spx_kernels};
 
 /// The fused up-sampling + concatenation, as a burn backend extension.
@@ -40,6 +42,27 @@ fn taps(l_in: usize, l_out: usize) -> Vec<(usize, usize, f32)> {
             (lo, hi, (c - lo as f64).max(0.0) as f32)
         })
         .collect()
+}
+
+/// The interpolation's transpose as a gather: for input sample `i`, its terms
+/// `terms[start[i]..start[i + 1]]` = (output sample, weight) in the order a scatter over output
+/// samples adds them (output order; tap 0's weight `1 − w` before tap 1's `w`).
+fn gather_taps(t: &[(usize, usize, f32)], l_in: usize) -> (Vec<usize>, Vec<(usize, f32)>) {
+    let mut all: Vec<(usize, usize, f32)> = Vec::with_capacity(2 * t.len());
+    for (o, &(i0, i1, w)) in t.iter().enumerate() {
+        all.push((i0, o, 1.0 - w));
+        all.push((i1, o, w));
+    }
+    // stable: equal inputs keep output order, and tap 0 before tap 1
+    all.sort_by_key(|e| e.0);
+    let mut start = vec![0usize; l_in + 1];
+    for e in &all {
+        start[e.0 + 1] += 1;
+    }
+    for i in 0..l_in {
+        start[i + 1] += start[i];
+    }
+    (start, all.into_iter().map(|(_, o, w)| (o, w)).collect())
 }
 
 /// burn's bilinear sample on a unit-height plane, `a·(1−w)·(1−yw) + b·w·(1−yw) + a·(1−w)·yw +
@@ -97,16 +120,24 @@ impl Backward<Flex, 2> for UpCatBackward {
             // output order.
             // (its height-axis terms, `g·(1−w)·0` and `g·w·0`, are ±0 and leave finite sums
             // unchanged, as in [`sample`]: dropped)
-            let t = taps(l, lo);
+            // Computed as a gather (each input sample sums its terms, in the order burn's
+            // scatter adds them onto zero: output order, tap 0 before tap 1), so the same bits,
+            // without the scatter's store-to-load chain; planes in parallel.
+            let (start, terms) = gather_taps(&taps(l, lo), l);
             let mut gx = vec![0f32; nb * c * l];
-            for (p, plane) in gx.chunks_mut(l).enumerate() {
-                let (b, ch) = (p / c, p % c);
-                let src = &gv[b * per + ch * lo..][..lo];
-                for (&gval, &(i0, i1, w)) in src.iter().zip(&t) {
-                    plane[i0] += gval * (1.0 - w);
-                    plane[i1] += gval * w;
-                }
-            }
+            gx.par_chunks_mut(l.max(1))
+                .enumerate()
+                .for_each(|(p, plane)| {
+                    let (b, ch) = (p / c, p % c);
+                    let src = &gv[b * per + ch * lo..][..lo];
+                    for (i, d) in plane.iter_mut().enumerate() {
+                        let mut acc = 0f32;
+                        for &(o, w) in &terms[start[i]..start[i + 1]] {
+                            acc += src[o] * w;
+                        }
+                        *d = acc;
+                    }
+                });
             grads.register::<Flex>(node.id, flex(gx, vec![nb, c, l]));
         }
         if let Some(node) = node_skip {

@@ -145,7 +145,11 @@ impl UNet {
         let mut skips = Vec::with_capacity(self.downs.len());
         for d in &self.downs {
             skips.push(x.clone());
-            x = d.forward(self.pool.forward(x), imp);
+            let pooled = match imp {
+                ConvImpl::Spx => crate::nn::pool::max_pool2(x),
+                ConvImpl::Stock => self.pool.forward(x),
+            };
+            x = d.forward(pooled, imp);
         }
         for (u, up) in self.ups.iter().zip(&self.upsample) {
             let skip = skips.pop().expect("one skip per level");
@@ -205,7 +209,7 @@ impl UNet {
         let mut skips = Vec::with_capacity(self.downs.len());
         for _ in &self.downs {
             skips.push(x.clone());
-            x = block(self.pool.forward(x));
+            x = block(crate::nn::pool::max_pool2(x));
         }
         for up in &self.upsample {
             let skip = skips.pop().expect("one skip per level");

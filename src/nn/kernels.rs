@@ -471,13 +471,20 @@ fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
                     gather_tile(xs, g, &maps, p0, p1, &mut buf);
                     Mat::transposed(&buf, np)
                 };
-                let gt = Mat {
+                // dWᵀ[k, co] = colsᵀ-as-lhs · goutᵀ: the long side (k = cin·taps) as the GEMM's M,
+                // where its micro-kernel is widest; written into dw [co, k] through strides.
+                let g_t = Mat {
                     data: &gout[b * co * l + p0..],
-                    rs: l,
-                    cs: 1,
+                    rs: 1,
+                    cs: l,
                 };
-                // SAFETY: dw is this fold's own co·k buffer.
-                unsafe { gemm_raw(co, k, np, dw.as_mut_ptr(), k, true, gt, cols, false) };
+                let cols_t = Mat {
+                    data: cols.data,
+                    rs: cols.cs,
+                    cs: cols.rs,
+                };
+                // SAFETY: dw is this fold's own co·k buffer; (i, j) → j·k + i covers it once.
+                unsafe { gemm_strided(k, co, np, dw.as_mut_ptr(), 1, k, true, cols_t, g_t, false) };
                 (dw, buf)
             },
         )

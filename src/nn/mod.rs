@@ -12,7 +12,9 @@
 //! On other devices (wgpu, cuda), other dtypes, or strided/dilated/grouped convs, they compute
 //! the same function with burn's stock conv ([`ConvImpl::Stock`] forces that path).
 
+pub mod adam;
 pub mod kernels;
+pub mod pool;
 pub mod shifted;
 pub mod upsample;
 

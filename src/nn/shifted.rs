@@ -216,7 +216,15 @@ pub fn forward(
         .into_par_iter()
         .for_each_init(Vec::new, |buf: &mut Vec<f32>, q0| {
             let n = t.min(gr.s - q0);
-            buf.resize(co * n, 0.0);
+            buf.clear();
+            if ci == 0 || kk == 0 {
+                buf.resize(co * n, 0.0);
+            } else {
+                buf.reserve(co * n);
+                // SAFETY: the k = 0 GEMM (accumulate = false, inner size ci ≥ 1) writes all co·n
+                // elements before any is read.
+                unsafe { buf.set_len(co * n) };
+            }
             for k in 0..kk {
                 let off = gr.offset(g, k);
                 // SAFETY: buf is this task's own co·n buffer.
@@ -401,20 +409,39 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         .filter(|&(px, _)| px < pl || px >= pl + w)
         .filter_map(|(px, x)| x.map(|x| (px, x)))
         .collect();
-    let mut dx = vec![0f32; g.batch * ci * h * w];
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(i, plane)| {
+    // Without mirrored rows (no vertical padding, or zero padding) every input row is the
+    // interior of exactly one grid row, so its interior is copied (not added onto zeros) and the
+    // buffer need not be zero-filled first.
+    let copy_rows = (g.pad[0] == 0 && g.pad[1] == 0) || g.mode == PadMode::Zero;
+    let n_dx = g.batch * ci * h * w;
+    let mut dx: Vec<f32> = if copy_rows {
+        Vec::with_capacity(n_dx)
+    } else {
+        vec![0f32; n_dx]
+    };
+    let dx_ptr = Out(dx.as_mut_ptr());
+    (0..g.batch * ci).into_par_iter().for_each(|i| {
+        // SAFETY: plane i is this task's alone, inside dx's capacity; with `copy_rows` each of
+        // its elements is written (rows: fy is the identity) before any is read.
+        let plane = unsafe { std::slice::from_raw_parts_mut({ dx_ptr }.0.add(i * h * w), h * w) };
         let (b, c) = (i / ci, i % ci);
         let src = &dxp[c * gr.s + b * gr.hp * gr.wp..][..gr.hp * gr.wp];
         for (py, srow) in src.chunks_exact(gr.wp).enumerate() {
             let Some(y) = fy[py] else { continue };
             let drow = &mut plane[y * w..][..w];
-            for (d, v) in drow.iter_mut().zip(&srow[pl..pl + w]) {
-                *d += v;
+            if copy_rows {
+                drow.copy_from_slice(&srow[pl..pl + w]);
+            } else {
+                for (d, v) in drow.iter_mut().zip(&srow[pl..pl + w]) {
+                    *d += v;
+                }
             }
             for &(px, x) in &border {
                 drow[x] += srow[px];
             }
         }
     });
+    // SAFETY: every element was written above (see `copy_rows`), or dx was zero-filled.
+    unsafe { dx.set_len(n_dx) };
     dx
 }

@@ -235,7 +235,11 @@ impl PtychoPinn {
     pub fn encode(&self, x: Tensor<4>) -> Tensor<4> {
         let mut h = x / self.scale4();
         for b in &self.encoder {
-            h = self.pool.forward(b.forward(h, self.convs));
+            let y = b.forward(h, self.convs);
+            h = match self.convs {
+                ConvImpl::Spx => crate::nn::pool::max_pool2x2(y),
+                ConvImpl::Stock => self.pool.forward(y),
+            };
         }
         h
     }

@@ -403,3 +403,146 @@ fn dip_up_cat_equals_burns_interpolate_and_cat() {
         assert_eq!(fused.2, stock.2, "gradient of the skip");
     }
 }
+
+/// The fused max-pool by 2: each output the larger of its pair (written out here, not taken
+/// from burn), equal bit for bit to burn's `max_pool1d` (kernel 2, stride 2), including ties
+/// (the first sample wins), a NaN in either place (it wins) and an odd length (the last sample is
+/// dropped); the input gradient of `Σ w ⊙ pool(x)` is `w` at each pair's winner and 0 elsewhere,
+/// equal to burn's own backward.
+#[test]
+fn max_pool2_takes_each_pairs_larger_and_sends_its_gradient_there() {
+    let dev = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    for [b, c, l] in [[2usize, 3, 10], [1, 2, 7], [1, 1, 1], [3, 4, 64]] {
+        let mut xv = rand_vec(&mut rng, b * c * l);
+        if l >= 4 {
+            xv[1] = xv[0]; // a tie: the first sample wins
+            xv[2] = f32::NAN; // NaN first: it stays
+            xv[l + 1] = f32::NAN; // NaN second: it wins
+        }
+        let lo = l / 2;
+        let wv = rand_vec(&mut rng, b * c * lo);
+        let x = tensor_from(xv.clone(), [b, c, l], &dev).require_grad();
+        let y = nn::pool::max_pool2(x.clone());
+        assert_eq!(y.dims(), [b, c, lo]);
+        let yv = to_vec(y.clone());
+        let winner = |r: usize, t: usize| {
+            let (a, s) = (xv[r * l + 2 * t], xv[r * l + 2 * t + 1]);
+            if s > a || s.is_nan() { 1 } else { 0 }
+        };
+        for r in 0..b * c {
+            for t in 0..lo {
+                let want = xv[r * l + 2 * t + winner(r, t)];
+                let got = yv[r * lo + t];
+                assert!(
+                    got.to_bits() == want.to_bits(),
+                    "row {r} pair {t}: {got} vs {want}"
+                );
+            }
+        }
+        let xs = tensor_from(xv.clone(), [b, c, l], &dev).require_grad();
+        let ys = nn::pool::max_pool2_stock(xs.clone());
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(to_vec(ys.clone())),
+            bits(yv),
+            "values vs burn at {:?}",
+            [b, c, l]
+        );
+        let wt = tensor_from(wv.clone(), [b, c, lo], &dev);
+        let gx = to_vec(
+            x.grad(&(y * wt.clone()).sum().backward())
+                .expect("x is tracked"),
+        );
+        let gs = to_vec(xs.grad(&(ys * wt).sum().backward()).expect("xs is tracked"));
+        for r in 0..b * c {
+            for i in 0..l {
+                let t = i / 2;
+                let want = if t < lo && i % 2 == winner(r, t) {
+                    wv[r * lo + t]
+                } else {
+                    0.0
+                };
+                assert_eq!(gx[r * l + i], want, "gradient row {r} sample {i}");
+            }
+        }
+        assert_eq!(bits(gx), bits(gs), "gradient vs burn at {:?}", [b, c, l]);
+    }
+}
+
+/// The fused 2 × 2 max-pool: each output the largest of its block by burn's rule (row-major scan,
+/// a sample replaces the current winner when greater or NaN — written out here), bit for bit
+/// burn's `max_pool2d` (kernel and stride 2 × 2) with ties, NaNs and odd sizes; the input
+/// gradient is the output gradient at each block's winner and 0 elsewhere, equal to burn's.
+#[test]
+fn max_pool2x2_takes_each_blocks_largest_and_sends_its_gradient_there() {
+    let dev = Device::flex().autodiff();
+    let mut rng = ChaCha8Rng::seed_from_u64(29);
+    for [b, c, h, w] in [
+        [2usize, 3, 4, 6],
+        [1, 2, 5, 7],
+        [1, 1, 1, 3],
+        [2, 4, 16, 16],
+    ] {
+        let mut xv = rand_vec(&mut rng, b * c * h * w);
+        if h >= 4 && w >= 4 {
+            xv[w] = xv[0]; // a tie down the first block: the first wins
+            xv[2] = f32::NAN; // NaN first in block (0, 1)
+            xv[w + 3] = f32::NAN; // and NaN last in it: the last NaN wins
+        }
+        let (ho, wo) = (h / 2, w / 2);
+        let wv = rand_vec(&mut rng, b * c * ho * wo);
+        let x = tensor_from(xv.clone(), [b, c, h, w], &dev).require_grad();
+        let y = nn::pool::max_pool2x2(x.clone());
+        assert_eq!(y.dims(), [b, c, ho, wo]);
+        let yv = to_vec(y.clone());
+        let winner = |p: usize, oy: usize, ox: usize| {
+            let at = |k: usize| (p * h + 2 * oy + k / 2) * w + 2 * ox + k % 2;
+            let mut best = 0;
+            for k in 1..4 {
+                let (cur, v) = (xv[at(best)], xv[at(k)]);
+                if v > cur || v.is_nan() {
+                    best = k;
+                }
+            }
+            at(best)
+        };
+        for p in 0..b * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let want = xv[winner(p, oy, ox)];
+                    let got = yv[(p * ho + oy) * wo + ox];
+                    assert!(
+                        got.to_bits() == want.to_bits(),
+                        "{p} ({oy}, {ox}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+        let xs = tensor_from(xv.clone(), [b, c, h, w], &dev).require_grad();
+        let ys = nn::pool::max_pool2x2_stock(xs.clone());
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(to_vec(ys.clone())),
+            bits(yv),
+            "values vs burn at {:?}",
+            [b, c, h, w]
+        );
+        let wt = tensor_from(wv.clone(), [b, c, ho, wo], &dev);
+        let gx = to_vec(
+            x.grad(&(y * wt.clone()).sum().backward())
+                .expect("x is tracked"),
+        );
+        let gs = to_vec(xs.grad(&(ys * wt).sum().backward()).expect("xs is tracked"));
+        let mut want = vec![0f32; b * c * h * w];
+        for p in 0..b * c {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    want[winner(p, oy, ox)] = wv[(p * ho + oy) * wo + ox];
+                }
+            }
+        }
+        assert_eq!(gx, want, "gradient at {:?}", [b, c, h, w]);
+        assert_eq!(bits(gx), bits(gs), "gradient vs burn at {:?}", [b, c, h, w]);
+    }
+}
