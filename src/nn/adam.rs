@@ -106,6 +106,9 @@ impl SpxAdamBackend for Flex {
     }
 }
 
+/// Adam's first and second moments of one parameter tensor.
+pub type Moments<const D: usize> = (Tensor<D>, Tensor<D>);
+
 /// The bias corrections of step `time` (1-based): (cf, ε·√(1−β₂ᵗ)) with cf = √(1−β₂ᵗ)/(1−β₁ᵗ).
 fn corrections(time: i32) -> (f32, f32) {
     let (b1, b2, eps) = BETAS_EPS;
@@ -120,10 +123,10 @@ fn corrections(time: i32) -> (f32, f32) {
 pub fn adam<const D: usize>(
     p: Tensor<D>,
     g: Tensor<D>,
-    state: Option<(Tensor<D>, Tensor<D>)>,
+    state: Option<Moments<D>>,
     time: i32,
     lr: f64,
-) -> (Tensor<D>, (Tensor<D>, Tensor<D>)) {
+) -> (Tensor<D>, Moments<D>) {
     if !uses_spx_kernels(&p) || p.device() != g.device() {
         return adam_stock(p, g, state, time, lr);
     }
@@ -150,10 +153,10 @@ pub fn adam<const D: usize>(
 pub fn adam_stock<const D: usize>(
     p: Tensor<D>,
     g: Tensor<D>,
-    state: Option<(Tensor<D>, Tensor<D>)>,
+    state: Option<Moments<D>>,
     time: i32,
     lr: f64,
-) -> (Tensor<D>, (Tensor<D>, Tensor<D>)) {
+) -> (Tensor<D>, Moments<D>) {
     let (b1, b2, _) = BETAS_EPS;
     let (m, v) = match state {
         Some((m, v)) => (

@@ -217,17 +217,13 @@ pub fn forward(
         .for_each_init(Vec::new, |buf: &mut Vec<f32>, q0| {
             let n = t.min(gr.s - q0);
             buf.clear();
+            buf.reserve(co * n);
             if ci == 0 || kk == 0 {
                 buf.resize(co * n, 0.0);
-            } else {
-                buf.reserve(co * n);
-                // SAFETY: the k = 0 GEMM (accumulate = false, inner size ci ≥ 1) writes all co·n
-                // elements before any is read.
-                unsafe { buf.set_len(co * n) };
             }
             for k in 0..kk {
                 let off = gr.offset(g, k);
-                // SAFETY: buf is this task's own co·n buffer.
+                // SAFETY: buf is this task's own buffer with capacity for co·n elements.
                 unsafe {
                     gemm_strided(
                         co,
@@ -247,6 +243,9 @@ pub fn forward(
                     )
                 };
             }
+            // SAFETY: the k = 0 GEMM (accumulate = false, inner size ci ≥ 1) wrote all co·n
+            // elements of the reserved buffer (or it was zero-filled above).
+            unsafe { buf.set_len(co * n) };
             // keep the output pixels of this tile: grid rows (b, oy < ho), columns ox < wo
             let mut q = q0;
             while q < q0 + n {

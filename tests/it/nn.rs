@@ -546,3 +546,38 @@ fn max_pool2x2_takes_each_blocks_largest_and_sends_its_gradient_there() {
         assert_eq!(bits(gx), bits(gs), "gradient vs burn at {:?}", [b, c, h, w]);
     }
 }
+
+/// The fused Adam step equals burn's tensor-op Adam bit for bit (parameters and both moments)
+/// over five steps from no state, and its first step is the closed form: with m₀ = v₀ = 0,
+/// m₁ = (1−β₁)g, v₁ = (1−β₂)g², and p₁ = p − lr·g/(|g| + ε) up to rounding.
+#[test]
+fn fused_adam_equals_the_tensor_ops_bit_for_bit() {
+    use spx::nn::adam::{BETAS_EPS, adam, adam_stock};
+    let dev = Device::flex();
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let n = 7 * 10_001; // more than one rayon chunk, not a multiple of it
+    let bits = |t: Tensor<2>| to_vec(t).into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let p0 = tensor_from(rand_vec(&mut rng, n), [7, n / 7], &dev);
+    let (mut pf, mut ps) = (p0.clone(), p0.clone());
+    let (mut sf, mut ss) = (None, None);
+    for t in 1..=5 {
+        let g = tensor_from(rand_vec(&mut rng, n), [7, n / 7], &dev);
+        if t == 1 {
+            let (p1, (m1, v1)) = adam(p0.clone(), g.clone(), None, 1, 1e-2);
+            let (pv, gv, p1v) = (to_vec(p0.clone()), to_vec(g.clone()), to_vec(p1));
+            let (b1, b2, eps) = BETAS_EPS;
+            for (i, (&mv, &vv)) in to_vec(m1).iter().zip(&to_vec(v1)).enumerate() {
+                assert_eq!(mv, gv[i] * (1.0 - b1));
+                assert_eq!(vv, gv[i] * gv[i] * (1.0 - b2));
+                let want = pv[i] as f64 - 1e-2 * gv[i] as f64 / (gv[i].abs() as f64 + eps as f64);
+                assert!((p1v[i] as f64 - want).abs() < 1e-6, "{} vs {want}", p1v[i]);
+            }
+        }
+        let (p, s) = adam(pf, g.clone(), sf, t, 1e-2);
+        let (q, r) = adam_stock(ps, g, ss, t, 1e-2);
+        assert_eq!(bits(p.clone()), bits(q.clone()), "parameters at step {t}");
+        assert_eq!(bits(s.0.clone()), bits(r.0.clone()), "m at step {t}");
+        assert_eq!(bits(s.1.clone()), bits(r.1.clone()), "v at step {t}");
+        (pf, ps, sf, ss) = (p, q, Some(s), Some(r));
+    }
+}
