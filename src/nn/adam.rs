@@ -63,25 +63,34 @@ fn fused(
     po.par_chunks_mut(CHUNK)
         .zip(mo.par_chunks_mut(CHUNK))
         .zip(vo.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(c, ((po, mo), vo))| {
-            let r = c * CHUNK..c * CHUNK + po.len();
-            let (pi, gi, mi, vi) = (&pv[r.clone()], &gv[r.clone()], &mv[r.clone()], &vv[r]);
-            for i in 0..po.len() {
-                let gg = gi[i];
-                // The tensor ops' order: g·(1−β₁) [+ m·β₁]; g²·(1−β₂) [+ v·β₂].
-                let (m1, v1) = if first {
-                    (gg * (1.0 - b1), (gg * gg) * (1.0 - b2))
-                } else {
-                    (
-                        mi[i] * b1 + gg * (1.0 - b1),
-                        vi[i] * b2 + (gg * gg) * (1.0 - b2),
-                    )
-                };
-                let step = (m1 * cf) / (v1.sqrt() + eps_hat);
-                po[i] = pi[i] - step * lr;
-                mo[i] = m1;
-                vo[i] = v1;
+        .zip(pv.par_chunks(CHUNK))
+        .zip(gv.par_chunks(CHUNK))
+        .zip(mv.par_chunks(CHUNK).zip(vv.par_chunks(CHUNK)))
+        .for_each(|(((((po, mo), vo), pi), gi), (mi, vi))| {
+            // Zipped slices (no index bounds checks) and the first-step test outside the loop,
+            // so each loop vectorises.
+            let outs = po.iter_mut().zip(mo.iter_mut()).zip(vo.iter_mut());
+            let update = |((p, m), v): ((&mut f32, &mut f32), &mut f32), pp: f32, m1, v1| {
+                let step = (m1 * cf) / (f32::sqrt(v1) + eps_hat);
+                *p = pp - step * lr;
+                *m = m1;
+                *v = v1;
+            };
+            if first {
+                // The tensor ops' order: g·(1−β₁); g²·(1−β₂).
+                for (o, (&pp, &gg)) in outs.zip(pi.iter().zip(gi)) {
+                    update(o, pp, gg * (1.0 - b1), (gg * gg) * (1.0 - b2));
+                }
+            } else {
+                // m·β₁ + g·(1−β₁); v·β₂ + g²·(1−β₂).
+                for (o, (((&pp, &gg), &m0), &v0)) in outs.zip(pi.iter().zip(gi).zip(mi).zip(vi)) {
+                    update(
+                        o,
+                        pp,
+                        m0 * b1 + gg * (1.0 - b1),
+                        v0 * b2 + (gg * gg) * (1.0 - b2),
+                    );
+                }
             }
         });
     (

@@ -157,24 +157,21 @@ fn padded_input(x: &[f32], g: &ConvGeom, gr: &Grid) -> Flat {
     flatten(x, dims, gr, (g.pad[0], g.pad[2]), g.mode, 0, gr.reach)
 }
 
-/// `w` `[cout, cin, kh, kw]` regrouped per kernel offset: `[kh·kw][cout][cin]`, or
-/// `[kh·kw][cin][cout]` when `transpose`.
-fn per_offset(w: &[f32], g: &ConvGeom, transpose: bool) -> Vec<f32> {
-    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
-    let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(co * ci).enumerate().for_each(|(k, m)| {
-        for o in 0..co {
-            for c in 0..ci {
-                let v = w[(o * ci + c) * kk + k];
-                if transpose {
-                    m[c * co + o] = v;
-                } else {
-                    m[o * ci + c] = v;
-                }
-            }
-        }
-    });
-    out
+/// Kernel offset `k`'s `[cout, cin]` slice of `w` `[cout, cin, kh, kw]` as a strided GEMM
+/// operand, or its transpose `[cin, cout]` when `transpose` (no copy: `gemm` packs its left
+/// operand anyway).
+fn tap<'a>(w: &'a [f32], g: &ConvGeom, k: usize, transpose: bool) -> Mat<'a> {
+    let (ci, kk) = (g.cin, g.kh * g.kw);
+    let (rs, cs) = if transpose {
+        (kk, ci * kk)
+    } else {
+        (ci * kk, kk)
+    };
+    Mat {
+        data: &w[k..],
+        rs,
+        cs,
+    }
 }
 
 /// Grid positions per tile: `rows` output rows of `tile` stay near 512 KiB; a multiple of 64,
@@ -205,7 +202,6 @@ pub fn forward(
     );
     assert_eq!(w.len(), co * ci * kk, "conv forward: weight size");
     let xp = padded_input(x, g, &gr);
-    let wk = per_offset(w, g, false);
     // Every output pixel is written once below (its grid position lies in exactly one tile),
     // so the buffer is not zero-filled first.
     let n_out = g.batch * co * l;
@@ -233,7 +229,7 @@ pub fn forward(
                         n,
                         1,
                         k > 0,
-                        Mat::row_major(&wk[k * co * ci..][..co * ci], ci),
+                        tap(w, g, k, false),
                         Mat {
                             data: &xp.data[q0 + off..],
                             rs: xp.stride,
@@ -359,7 +355,6 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         gr.reach,
         0,
     );
-    let wt = per_offset(w, g, true);
     // Written whole by the first offset's GEMMs (accumulate = false; the tiles cover every
     // column, co ≥ 1), so not zero-filled first.
     let mut dxp: Vec<f32> = Vec::with_capacity(ci * gr.s);
@@ -382,7 +377,7 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
                     gr.s,
                     1,
                     k > 0,
-                    Mat::row_major(&wt[k * co * ci..][..co * ci], co),
+                    tap(w, g, k, true),
                     Mat {
                         data: &gw.data[gr.reach + p0 - off..],
                         rs: gw.stride,
