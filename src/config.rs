@@ -635,6 +635,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.train.lr", GT(0.0, 10.0)),
         ("dip.train.warmup_epochs", C(0.0, 1e7)),
         ("dip.train.stop_chi2", C(0.0, 1e12)),
+        ("dip.train.stop_sigmas", C(0.0, 100.0)),
         ("dip.train.early_stop_patience", C(0.0, 1e9)),
         ("dip.train.early_stop_min_delta", C(0.0, 1.0)),
         ("dip.ensemble", C(1.0, 1000.0)),

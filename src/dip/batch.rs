@@ -293,8 +293,14 @@ struct Running {
     d2: f64,
     terms: HostTerms,
     best: (f64, usize, Vec<f64>),
-    /// χ²/M at which the discrepancy stop fires.
+    /// χ²/M at which the discrepancy stop fires: `stop_base` lowered by `train.stop_sigmas`.
     stop_at: f64,
+    /// `train.stop_chi2` (less p/M with `train.stop_dof`).
+    stop_base: f64,
+    /// The first epoch e at which χ²/M reached `stop_base`: from epoch 2e on, the fit also stops
+    /// at any epoch at or below `stop_base` (the lowered target costs at most about as many epochs
+    /// again; a start already at `stop_base`, e.g. the baseline at its λ cap, stops at once).
+    at_base: Option<usize>,
     ema: Option<Vec<f64>>,
     history: Vec<EpochLoss>,
     /// The plateau rule's tracker of the total loss.
@@ -432,7 +438,7 @@ fn fit_batch_here(
             .flatten();
         let d2 = d2_lambda(cfg, tik.as_ref(), scale);
         let m_fit = (p.op.m - held_out.len()).max(1) as f64;
-        let stop_at = cfg.train.stop_chi2
+        let stop_base = cfg.train.stop_chi2
             - if cfg.train.stop_dof {
                 tik.as_ref()
                     .and_then(|t| {
@@ -443,6 +449,7 @@ fn fit_batch_here(
             } else {
                 0.0
             };
+        let stop_at = stop_base - cfg.train.stop_sigmas * (2.0 / m_fit).sqrt();
         // The start: a smoother Tikhonov solution (λ × baseline_smoothing), or the baseline
         // itself when its λ sits at the cap (the smoothest solution already fits the data below
         // the target: a smoother one would only be a worse fit, e.g. a blackbody).
@@ -519,6 +526,8 @@ fn fit_batch_here(
             d2,
             best: (f64::INFINITY, 0, vec![0f64; n]),
             stop_at,
+            stop_base,
+            at_base: None,
             ema: None,
             history: Vec::with_capacity(cfg.train.epochs),
             plateau: Monitor::new(cfg.train.early_stop_min_delta),
@@ -763,7 +772,12 @@ fn fit_batch_here(
                     xr
                 }
             };
-            let reached = cfg.train.stop_chi2 > 0.0 && c2 <= run.stop_at;
+            if run.at_base.is_none() && c2 <= run.stop_base {
+                run.at_base = Some(epoch);
+            }
+            let reached = cfg.train.stop_chi2 > 0.0
+                && (c2 <= run.stop_at
+                    || (c2 <= run.stop_base && run.at_base.is_some_and(|e| epoch >= 2 * e)));
             let score = if validate { vc2 } else { total };
             if score < run.best.0 || (reached && !validate) {
                 run.best = (score, epoch, current);

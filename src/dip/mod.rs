@@ -166,6 +166,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub lr: f64,
     pub stop_chi2: f64,
+    pub stop_sigmas: f64,
     pub validation_fraction: f64,
     pub validation_patience: usize,
     pub ema_decay: f64,
@@ -347,6 +348,9 @@ impl DipConfig {
         }
         if !(self.train.stop_chi2.is_finite() && self.train.stop_chi2 >= 0.0) {
             return bad("train.stop_chi2", "must be finite and >= 0");
+        }
+        if !(self.train.stop_sigmas.is_finite() && self.train.stop_sigmas >= 0.0) {
+            return bad("train.stop_sigmas", "must be finite and >= 0");
         }
         if !(self.net.baseline_smoothing.is_finite() && self.net.baseline_smoothing >= 1.0) {
             return bad("net.baseline_smoothing", "must be finite and >= 1");
