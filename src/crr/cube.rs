@@ -39,10 +39,11 @@ pub struct Part {
     pub failed: Vec<usize>,
     /// Slices without a single usable sample.
     pub empty: Vec<usize>,
-    /// Weight reuse: the largest estimated |flux(reused) − flux(exact)| of a slice that kept
-    /// reused weights, in noise units (≤ `reuse_max_error`), and the number of slices solved
-    /// exactly because their estimate exceeded it or their run was not close to linear (run
-    /// ends, always exact, not counted).
+    /// Weight reuse: the largest estimated |flux(reused) − flux(exact)| ([`REUSE_SAFETY`] ×
+    /// the first-order estimate) of a slice that kept reused weights, in noise units (≤
+    /// `reuse_max_error`), and the number of slices between run ends solved
+    /// exactly (bisection midpoints, and slices whose estimate exceeded the bound; run ends,
+    /// always exact, not counted).
     pub reuse_max_error: f64,
     pub reuse_fallbacks: usize,
 }
@@ -621,7 +622,7 @@ impl<'a> Builder<'a> {
     /// built; `last`: the run's last slice in the whole cube, so shards decide as a one-shot
     /// build does). Both ends are solved exactly; the slices between them go through
     /// [`Self::sub_run`]. Returns (outputs, largest estimated error of a reused slice, slices
-    /// solved exactly because of the bound).
+    /// between the ends solved exactly).
     fn run_group(
         &self,
         a: usize,

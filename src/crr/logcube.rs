@@ -21,7 +21,7 @@ pub struct CubeSummary {
     pub failed_slices: usize,
     pub empty_slices: usize,
     /// Weight reuse: largest estimated error of a slice that kept reused weights (noise
-    /// units) and slices solved exactly because of `reuse_max_error`.
+    /// units) and slices between run ends solved exactly.
     pub reuse_max_error: f64,
     pub reuse_fallbacks: usize,
     /// Per band: (name, FWHM ″ of the reconstructed PSF, pseudo-Strehl, total PSF flux).
