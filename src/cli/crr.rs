@@ -130,7 +130,7 @@ fn report(g: &Global, r: &CubeReport) {
     ));
     if s.reuse_fallbacks > 0 || s.reuse_max_error > 0.0 {
         g.say(format!(
-            "  weight reuse: max checked error {:.3} noise units, {} slices fell back to exact",
+            "  weight reuse: max estimated error {:.3} noise units, {} slices between run ends solved exactly",
             s.reuse_max_error, s.reuse_fallbacks
         ));
     }

@@ -20,7 +20,8 @@ pub struct CubeSummary {
     pub nwave: usize,
     pub failed_slices: usize,
     pub empty_slices: usize,
-    /// Weight reuse: largest checked error (noise units) and slices that fell back to exact.
+    /// Weight reuse: largest estimated error of a slice that kept reused weights (noise
+    /// units) and slices between run ends solved exactly.
     pub reuse_max_error: f64,
     pub reuse_fallbacks: usize,
     /// Per band: (name, FWHM ″ of the reconstructed PSF, pseudo-Strehl, total PSF flux).
