@@ -460,28 +460,20 @@ fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
             |(mut dw, mut buf), (b, p0, p1)| {
                 let np = p1 - p0;
                 let xs = &x[b * chw..][..chw];
-                let cols = if identity {
-                    Mat {
-                        data: &xs[p0..],
-                        rs: 1,
-                        cs: l,
-                    }
+                // The tile's columns as rows `[k, np]` (the input itself for a 1×1 unpadded conv).
+                let cols_t = if identity {
+                    Mat::row_major(&xs[p0..], l)
                 } else {
                     buf.resize(k * np, 0.0);
                     gather_tile(xs, g, &maps, p0, p1, &mut buf);
-                    Mat::transposed(&buf, np)
+                    Mat::row_major(&buf, np)
                 };
-                // dWᵀ[k, co] = colsᵀ-as-lhs · goutᵀ: the long side (k = cin·taps) as the GEMM's M,
+                // dWᵀ[k, co] = cols_t · goutᵀ: the long side (k = cin·taps) as the GEMM's M,
                 // where its micro-kernel is widest; written into dw [co, k] through strides.
                 let g_t = Mat {
                     data: &gout[b * co * l + p0..],
                     rs: 1,
                     cs: l,
-                };
-                let cols_t = Mat {
-                    data: cols.data,
-                    rs: cols.cs,
-                    cs: cols.rs,
                 };
                 // SAFETY: dw is this fold's own co·k buffer; (i, j) → j·k + i covers it once.
                 unsafe { gemm_strided(k, co, np, dw.as_mut_ptr(), 1, k, true, cols_t, g_t, false) };
