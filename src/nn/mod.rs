@@ -13,6 +13,7 @@
 //! the same function with burn's stock conv ([`ConvImpl::Stock`] forces that path).
 
 pub mod adam;
+pub mod direct;
 pub mod kernels;
 pub mod pool;
 pub mod shifted;

@@ -23,6 +23,7 @@
 
 use rayon::prelude::*;
 
+use super::direct;
 use super::kernels::{ConvGeom, Mat, Out, PadMode, gemm_strided};
 
 /// The padded grid of one conv: sizes and the reach of its largest kernel offset.
@@ -67,12 +68,32 @@ impl Grid {
 /// 71 → 82, input gradient 66–69 → 72–74) but not for the weight gradient (69 → 66: the
 /// im2col tile's GEMM keeps `dW` in registers over a longer inner dimension); `inner =
 /// usize::MAX` marks the weight-gradient call.
+///
+/// 3-tap 1-D convs on a CPU with AVX-512F take the direct kernels ([`direct`]) for all three
+/// passes and every channel count, including the U-Net's 1-channel input and output layers.
 pub fn worth_it(g: &ConvGeom, rows: usize, inner: usize) -> bool {
-    if inner < 16 || g.kh * g.kw <= 1 || g.check().is_err() {
+    if g.check().is_err() {
+        return false;
+    }
+    if direct_1d(g) {
+        return true;
+    }
+    if inner < 16 || g.kh * g.kw <= 1 {
         return false;
     }
     let one_d = g.h == 1 && g.kh == 1;
     rows <= 8 || (one_d && inner != usize::MAX)
+}
+
+/// Whether this conv's passes run on the direct kernels: 1-D, 3 taps, AVX-512F.
+fn direct_1d(g: &ConvGeom) -> bool {
+    g.h == 1 && g.kh == 1 && g.kw == direct::TAPS && direct::available()
+}
+
+/// The direct kernels' tap offsets on the grid (1-D: tap `k` at `k`), `reach − k` when
+/// `reversed` (the input gradient reads the output gradient backwards from `reach`).
+fn direct_offsets(gr: &Grid, reversed: bool) -> [usize; direct::TAPS] {
+    std::array::from_fn(|k| if reversed { gr.reach - k } else { k })
 }
 
 /// A channel-major flat grid: channel `c` at `data[c·stride..]`, `head` zeros, the grid, zeros.
@@ -208,6 +229,7 @@ pub fn forward(
     let mut out: Vec<f32> = Vec::with_capacity(n_out);
     let dst = Out(out.as_mut_ptr());
     let t = tile_len(co + ci);
+    let direct = direct_1d(g);
     starts(gr.s, t)
         .into_par_iter()
         .for_each_init(Vec::new, |buf: &mut Vec<f32>, q0| {
@@ -217,7 +239,30 @@ pub fn forward(
             if ci == 0 || kk == 0 {
                 buf.resize(co * n, 0.0);
             }
-            for k in 0..kk {
+            if direct {
+                let taps = direct::Taps {
+                    w,
+                    rs: ci * kk,
+                    ss: kk,
+                    ts: 1,
+                };
+                // SAFETY: `direct_1d` checked AVX-512F; buf is this task's own buffer with
+                // capacity for co·n elements, written whole (rows co, columns n).
+                unsafe {
+                    direct::corr(
+                        buf.as_mut_ptr(),
+                        n,
+                        co,
+                        n,
+                        ci,
+                        taps,
+                        &xp.data[q0..],
+                        xp.stride,
+                        direct_offsets(&gr, false),
+                    )
+                };
+            }
+            for k in (0..kk).filter(|_| !direct) {
                 let off = gr.offset(g, k);
                 // SAFETY: buf is this task's own buffer with capacity for co·n elements.
                 unsafe {
@@ -239,8 +284,8 @@ pub fn forward(
                     )
                 };
             }
-            // SAFETY: the k = 0 GEMM (accumulate = false, inner size ci ≥ 1) wrote all co·n
-            // elements of the reserved buffer (or it was zero-filled above).
+            // SAFETY: the direct kernel or the k = 0 GEMM (accumulate = false, inner size ci ≥ 1)
+            // wrote all co·n elements of the reserved buffer (or it was zero-filled above).
             unsafe { buf.set_len(co * n) };
             // keep the output pixels of this tile: grid rows (b, oy < ho), columns ox < wo
             let mut q = q0;
@@ -290,6 +335,23 @@ pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         0,
         0,
     );
+    if direct_1d(g) {
+        let mut dw = vec![0f32; co * ci * kk];
+        // SAFETY: `direct_1d` checked AVX-512F; the operands' sizes are checked inside.
+        unsafe {
+            direct::weight_grad(
+                &mut dw,
+                (ci * kk, kk),
+                co,
+                ci,
+                gr.s,
+                (&gw.data, gw.stride),
+                (&xp.data, xp.stride),
+                direct_offsets(&gr, false),
+            )
+        };
+        return dw;
+    }
     let t = tile_len(co + ci);
     let acc = starts(gr.s, t)
         .into_par_iter()
@@ -363,8 +425,33 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     }
     let dst = Out(dxp.as_mut_ptr());
     let t = tile_len(co + ci);
+    let direct = direct_1d(g);
     starts(gr.s, t).into_par_iter().for_each(|p0| {
         let n = t.min(gr.s - p0);
+        if direct {
+            let taps = direct::Taps {
+                w,
+                rs: kk,
+                ss: ci * kk,
+                ts: 1,
+            };
+            // SAFETY: `direct_1d` checked AVX-512F; this task alone writes columns p0..p0+n of
+            // every row of dxp.
+            unsafe {
+                direct::corr(
+                    { dst }.0.add(p0),
+                    gr.s,
+                    ci,
+                    n,
+                    co,
+                    taps,
+                    &gw.data[p0..],
+                    gw.stride,
+                    direct_offsets(&gr, true),
+                )
+            };
+            return;
+        }
         for k in 0..kk {
             let off = gr.offset(g, k);
             // SAFETY: this task alone writes columns p0..p0+n of every row of dxp.
@@ -388,7 +475,8 @@ pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
             };
         }
     });
-    // SAFETY: see above; every element of dxp was written by the k = 0 GEMMs.
+    // SAFETY: see above; every element of dxp was written by the direct kernel or the k = 0
+    // GEMMs.
     unsafe { dxp.set_len(ci * gr.s) };
     // fold the padded grid back onto the input: per grid row, the interior columns as one
     // contiguous add, then the border columns onto the pixels they mirror. A pixel gets at most
