@@ -1995,3 +1995,39 @@ fn ensemble_kill_and_resume_equals_uninterrupted() {
     };
     assert_eq!(norm(&whole), norm(&killed));
 }
+
+#[test]
+fn probe_restore() {
+    let _rng = crate::common::burn_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, files) = small_catalog(dir.path(), 3);
+    let probs: Vec<_> = files.iter().map(|f| problem_of(&c, f)).collect();
+    let dev = Device::flex().autodiff();
+    let pb = indicatif::ProgressBar::hidden();
+    let env = |k: &str, d: f64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let mut dc = c.dip.clone();
+    dc.train.lr = env("P_LR", 0.05);
+    dc.train.warmup_epochs = env("P_W", 0.0) as usize;
+    dc.train.epochs = env("P_E", 80.0) as usize;
+    dc.train.restore_every = env("P_K", 2.0) as usize;
+    dc.train.restore_jump = env("P_J", 1.5);
+    dc.train.max_restores = env("P_M", 3.0) as usize;
+    let jobs: Vec<spx::dip::batch::Job> = probs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (op, y, s))| {
+            (0..2).map(move |k| spx::dip::batch::Job {
+                problem: Problem { op, y, sigma: s },
+                seed: 7 + 3 * i as u64 + k,
+            })
+        })
+        .collect();
+    for m in [dc.train.max_restores, 0] {
+        dc.train.max_restores = m;
+        let fits = spx::dip::batch::fit_batch(&dc, &jobs, &dev, &pb);
+        for (j, f) in fits.iter().enumerate() {
+            let h: Vec<String> = f.history.iter().map(|h| format!("{:.3}", h.chi2)).collect();
+            println!("max {m} job {j}: {:?} epochs {} best {} restores {:?}\n  {}", f.stop_reason, f.epochs_run, f.best_epoch, f.restores, h.join(" "));
+        }
+    }
+}
