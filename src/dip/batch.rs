@@ -41,8 +41,8 @@ use super::kernel::ricker_bank;
 use super::simulate::smooth_to_resolution;
 use super::stacked::conv;
 use super::train::{
-    EpochLoss, FitResult, Problem, Restore, StopReason, flux_scale, obs_weights, resolution_operator,
-    validation_rows,
+    EpochLoss, FitResult, Problem, Restore, StopReason, flux_scale, obs_weights,
+    resolution_operator, validation_rows,
 };
 use super::unet::{UNet, UNetSpec};
 use super::{LossMode, Weighting};
@@ -885,7 +885,7 @@ fn fit_batch_here(
                 let jump = run
                     .snap
                     .as_ref()
-                    .is_some_and(|s| !(total <= cfg.train.restore_jump * s.total));
+                    .is_some_and(|s| total.is_nan() || total > cfg.train.restore_jump * s.total);
                 if jump {
                     restore_now[r] = run.restores.len() < cfg.train.max_restores;
                 } else if have_moments
@@ -966,12 +966,22 @@ fn fit_batch_here(
                 let gb = ba[c]
                     .grad(&grads)
                     .expect("stacked biases are tracked leaves");
-                let (p, s) =
-                    adam_rows(st.w[c].clone(), gw, st.mw[c].take(), &groups, order.as_ref());
+                let (p, s) = adam_rows(
+                    st.w[c].clone(),
+                    gw,
+                    st.mw[c].take(),
+                    &groups,
+                    order.as_ref(),
+                );
                 st.w[c] = p;
                 st.mw[c] = Some(s);
-                let (p, s) =
-                    adam_rows(st.b[c].clone(), gb, st.mb[c].take(), &groups, order.as_ref());
+                let (p, s) = adam_rows(
+                    st.b[c].clone(),
+                    gb,
+                    st.mb[c].take(),
+                    &groups,
+                    order.as_ref(),
+                );
                 st.b[c] = p;
                 st.mb[c] = Some(s);
             }
