@@ -159,7 +159,7 @@ fn main() {
         })
         .collect();
     println!(
-        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere,pass_dip,pass_tik,cv_pass,refine"
+        "variant,kind,per_band,seed,obs_used,clipped,dip_rms,dip_rms_smoothed,tik_rms,tik_rms_smoothed,dip_peak_em,tik_peak_em,dip_depth_abs,tik_depth_abs,chi2,epochs,best_epoch,stop,tik_cap,seconds,start_chi2,tik_chi2,chi2_smoothed_output,rows_on_features,clipped_on_features,clipped_elsewhere,pass_dip,pass_tik,cv_pass,refine,restores"
     );
     // (variant, kind, density) → (dip, tik) errors.
     let mut cells: BTreeMap<(String, String, usize), Vec<(f64, f64)>> = BTreeMap::new();
@@ -225,7 +225,7 @@ fn main() {
                     let cl = &r.summary.qc.clipped_rows;
                     let cl_on = cl.iter().filter(|o| on(o.wavelength, o.bandwidth)).count();
                     println!(
-                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{},{:.3},{:.3},{},{}",
+                        "{name},{kind},{pb},{seed},{},{clipped},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.3},{},{},{:?},{},{:.1},{:.3},{:.3},{:.3},{on_rows},{cl_on},{},{:.3},{:.3},{},{},{}",
                         r.summary.observations_used,
                         t.relative_rms,
                         t.relative_rms_smoothed_output,
@@ -275,6 +275,7 @@ fn main() {
                                 .map_or("-", |h| if h { "pass" } else { "raw" })
                         },
                         d.refine_factor[0],
+                        d.restores[0],
                     );
                     cells
                         .entry((name.clone(), kind.clone(), pb))

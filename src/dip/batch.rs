@@ -17,7 +17,18 @@
 //! in parallel instead), and the stopping decisions are made on the host in f64 from the
 //! spectrum read back each epoch, so they do not depend on how a device reduction groups a
 //! padded batch. A batch of one is how [`super::train::fit`] runs.
+//!
+//! Restores (`train.restore_*`, the original DIP code's remedy for a diverging fit): every
+//! `restore_every` epochs each fit keeps a snapshot of its rows of the stacked weights and Adam
+//! moments (reference-counted handles of the stack of that epoch, no copy: each step writes new
+//! tensors), with its loss and Adam step count there. When a fit's total loss rises above
+//! `restore_jump` × its snapshot's loss, its rows alone are put back to the snapshot, its step
+//! count too, and its step size is multiplied by `restore_lr_factor`; the next epoch reproduces
+//! the snapshot's loss. Rows whose step count or step size differ take their Adam steps in groups
+//! (Adam is element-wise, so every row gets the bits it would get alone); a batch whose rows
+//! agree, the usual case, takes one step as before.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::activation::softplus;
@@ -30,8 +41,8 @@ use super::kernel::ricker_bank;
 use super::simulate::smooth_to_resolution;
 use super::stacked::conv;
 use super::train::{
-    EpochLoss, FitResult, Problem, StopReason, flux_scale, obs_weights, resolution_operator,
-    validation_rows,
+    EpochLoss, FitResult, Problem, Restore, StopReason, flux_scale, obs_weights,
+    resolution_operator, validation_rows,
 };
 use super::unet::{UNet, UNetSpec};
 use super::{LossMode, Weighting};
@@ -313,6 +324,30 @@ struct Running {
     /// The baseline whose problem, centred on the fit, the held-out-checked step after the fit
     /// re-solves (`prior.refine_cv_folds`; see [`super::refine`]).
     refine: Option<super::tikhonov::TikhonovResult>,
+    /// Adam steps taken (restored with the weights).
+    time: i32,
+    /// Factor of `train.lr` of this fit's steps (× `restore_lr_factor` at each restore).
+    lr_factor: f64,
+    /// The last snapshot of this fit's weights and moments.
+    snap: Option<RowSnap>,
+    restores: Vec<Restore>,
+}
+
+/// The stacked weights and moments of one epoch (shared by the fits that took a snapshot then).
+struct StackSnap {
+    w: Vec<Tensor<4>>,
+    b: Vec<Tensor<2>>,
+    mw: Vec<(Tensor<4>, Tensor<4>)>,
+    mb: Vec<(Tensor<2>, Tensor<2>)>,
+}
+
+/// One fit's snapshot: its row of a [`StackSnap`], and its loss, epoch and Adam step count then.
+struct RowSnap {
+    stack: Arc<StackSnap>,
+    row: usize,
+    epoch: usize,
+    total: f64,
+    time: i32,
 }
 
 /// Stacked weights and their Adam moments.
@@ -327,6 +362,49 @@ struct Stack {
 /// stacked parameter: every element gets the update it would get alone (fused into one pass on
 /// the CPU: [`crate::nn::adam`]).
 pub use crate::nn::adam::adam;
+
+/// [`adam`] on a stack whose rows take steps at their own (step count, step size): `groups`
+/// lists each distinct pair with its rows, `order` (when there is more than one group) puts the
+/// concatenated group results back in row order. One group: one call on the whole stack.
+fn adam_rows<const D: usize>(
+    p: Tensor<D>,
+    g: Tensor<D>,
+    state: Option<(Tensor<D>, Tensor<D>)>,
+    groups: &[(i32, f64, Tensor<1, Int>)],
+    order: Option<&Tensor<1, Int>>,
+) -> (Tensor<D>, (Tensor<D>, Tensor<D>)) {
+    let Some(order) = order else {
+        let (time, lr, _) = &groups[0];
+        return adam(p, g, state, *time, *lr);
+    };
+    let (mut ps, mut ms, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+    for (time, lr, rows) in groups {
+        let sel = |t: &Tensor<D>| t.clone().select(0, rows.clone());
+        let st = state.as_ref().map(|(m, v)| (sel(m), sel(v)));
+        let (pn, (mn, vn)) = adam(sel(&p), sel(&g), st, *time, *lr);
+        ps.push(pn);
+        ms.push(mn);
+        vs.push(vn);
+    }
+    let back = |parts: Vec<Tensor<D>>| Tensor::cat(parts, 0).select(0, order.clone());
+    (back(ps), (back(ms), back(vs)))
+}
+
+/// `t` with its row `r` replaced by row `i` of `from` (a copy; used only on a restore).
+fn put_row<const D: usize>(
+    t: Tensor<D>,
+    r: usize,
+    from: &Tensor<D>,
+    i: usize,
+    inner: &Device,
+) -> Tensor<D> {
+    let b = t.dims()[0];
+    let idx: Vec<i64> = (0..b)
+        .map(|k| if k == r { b as i64 } else { k as i64 })
+        .collect();
+    let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [b]), inner);
+    Tensor::cat(vec![t, from.clone().narrow(0, i, 1)], 0).select(0, idx)
+}
 
 fn int_tensor(v: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
     Tensor::<2, Int>::from_data(TensorData::new(v, shape), device)
@@ -531,6 +609,10 @@ fn fit_batch_here(
             ema: None,
             history: Vec::with_capacity(cfg.train.epochs),
             plateau: Monitor::new(cfg.train.early_stop_min_delta),
+            time: 0,
+            lr_factor: 1.0,
+            snap: None,
+            restores: Vec::new(),
         });
     }
     let Some(net) = net else {
@@ -669,11 +751,11 @@ fn fit_batch_here(
             held_out: run.held_out,
             d2_lambda: run.d2,
             refine_factor,
+            restores: run.restores,
         };
         on_done(job, &f);
         (job, f)
     };
-    let mut time = 0i32;
     for epoch in 0..cfg.train.epochs {
         let b = active.len();
         let wa: Vec<Tensor<4>> =
@@ -745,6 +827,10 @@ fn fit_batch_here(
 
         // Host decisions, per row.
         let mut stop_now = vec![None; b];
+        // Per row: take a snapshot of this epoch's weights; put the snapshot back after the step.
+        let (mut snap_now, mut restore_now) = (vec![false; b], vec![false; b]);
+        let restoring = cfg.train.max_restores > 0;
+        let have_moments = st.mw.iter().all(Option::is_some);
         for (r, run) in active.iter_mut().enumerate() {
             let xr: Vec<f64> = xs[r * n..(r + 1) * n].iter().map(|&v| v as f64).collect();
             let (d, rg, c2, vc2) = run.terms.eval(&xr, cfg.train.loss_mode, &cwt);
@@ -794,6 +880,21 @@ fn fit_batch_here(
             } else {
                 None
             };
+            if restoring && stop_now[r].is_none() {
+                // NaN counts as a jump.
+                let jump = run
+                    .snap
+                    .as_ref()
+                    .is_some_and(|s| total.is_nan() || total > cfg.train.restore_jump * s.total);
+                if jump {
+                    restore_now[r] = run.restores.len() < cfg.train.max_restores;
+                } else if have_moments
+                    && total.is_finite()
+                    && epoch.is_multiple_of(cfg.train.restore_every)
+                {
+                    snap_now[r] = true;
+                }
+            }
             if epoch % 10 == 0 && r == 0 {
                 pb.set_prefix(format!("loss {total:.4e} χ²/M {c2:.3}"));
             }
@@ -801,14 +902,63 @@ fn fit_batch_here(
         pb.inc(1);
         let last = epoch + 1 == cfg.train.epochs;
         let keep: Vec<usize> = (0..b).filter(|&r| stop_now[r].is_none()).collect();
+        if snap_now.iter().any(|&s| s) {
+            // Handles of this epoch's stack (the step below writes new tensors).
+            let stack = Arc::new(StackSnap {
+                w: st.w.clone(),
+                b: st.b.clone(),
+                mw: st.mw.iter().flatten().cloned().collect(),
+                mb: st.mb.iter().flatten().cloned().collect(),
+            });
+            for (r, run) in active.iter_mut().enumerate() {
+                if snap_now[r] {
+                    run.snap = Some(RowSnap {
+                        stack: stack.clone(),
+                        row: r,
+                        epoch,
+                        total: run.history.last().map_or(f64::NAN, |h| h.total),
+                        time: run.time,
+                    });
+                }
+            }
+        }
         if !keep.is_empty() && !last {
             let grads = loss.backward();
-            time += 1;
-            // Linear warm-up of the step size over `warmup_epochs` steps.
-            let lr = match cfg.train.warmup_epochs {
-                0 => cfg.train.lr,
-                w => cfg.train.lr * (time as f64 / w as f64).min(1.0),
-            };
+            // Per row: its step count and its step size, with a linear warm-up over
+            // `warmup_epochs` steps; rows grouped by equal (count, size).
+            let mut groups: Vec<(i32, f64, Vec<i64>)> = Vec::new();
+            for (r, run) in active.iter_mut().enumerate() {
+                run.time += 1;
+                let lr = match cfg.train.warmup_epochs {
+                    0 => cfg.train.lr,
+                    w => cfg.train.lr * (run.time as f64 / w as f64).min(1.0),
+                } * run.lr_factor;
+                match groups
+                    .iter_mut()
+                    .find(|g| g.0 == run.time && g.1.to_bits() == lr.to_bits())
+                {
+                    Some(g) => g.2.push(r as i64),
+                    None => groups.push((run.time, lr, vec![r as i64])),
+                }
+            }
+            let order = (groups.len() > 1).then(|| {
+                let mut at = vec![0i64; b];
+                for (k, &r) in groups.iter().flat_map(|g| g.2.iter()).enumerate() {
+                    at[r as usize] = k as i64;
+                }
+                Tensor::<1, Int>::from_data(TensorData::new(at, [b]), &inner)
+            });
+            let groups: Vec<(i32, f64, Tensor<1, Int>)> = groups
+                .into_iter()
+                .map(|(t, lr, rows)| {
+                    let n = rows.len();
+                    (
+                        t,
+                        lr,
+                        Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &inner),
+                    )
+                })
+                .collect();
             for c in 0..nconv {
                 let gw = wa[c]
                     .grad(&grads)
@@ -816,13 +966,55 @@ fn fit_batch_here(
                 let gb = ba[c]
                     .grad(&grads)
                     .expect("stacked biases are tracked leaves");
-                let (p, s) = adam(st.w[c].clone(), gw, st.mw[c].take(), time, lr);
+                let (p, s) = adam_rows(
+                    st.w[c].clone(),
+                    gw,
+                    st.mw[c].take(),
+                    &groups,
+                    order.as_ref(),
+                );
                 st.w[c] = p;
                 st.mw[c] = Some(s);
-                let (p, s) = adam(st.b[c].clone(), gb, st.mb[c].take(), time, lr);
+                let (p, s) = adam_rows(
+                    st.b[c].clone(),
+                    gb,
+                    st.mb[c].take(),
+                    &groups,
+                    order.as_ref(),
+                );
                 st.b[c] = p;
                 st.mb[c] = Some(s);
             }
+        }
+        // Jumped rows go back to their snapshots (after the step, which they discard).
+        for (r, run) in active.iter_mut().enumerate() {
+            if !restore_now[r] {
+                continue;
+            }
+            let Some(s) = run.snap.as_ref() else { continue };
+            for c in 0..nconv {
+                let k = &s.stack;
+                st.w[c] = put_row(st.w[c].clone(), r, &k.w[c], s.row, &inner);
+                st.b[c] = put_row(st.b[c].clone(), r, &k.b[c], s.row, &inner);
+                st.mw[c] = st.mw[c].take().map(|(m, v)| {
+                    (
+                        put_row(m, r, &k.mw[c].0, s.row, &inner),
+                        put_row(v, r, &k.mw[c].1, s.row, &inner),
+                    )
+                });
+                st.mb[c] = st.mb[c].take().map(|(m, v)| {
+                    (
+                        put_row(m, r, &k.mb[c].0, s.row, &inner),
+                        put_row(v, r, &k.mb[c].1, s.row, &inner),
+                    )
+                });
+            }
+            run.time = s.time;
+            run.lr_factor *= cfg.train.restore_lr_factor;
+            run.restores.push(Restore {
+                epoch,
+                to_epoch: s.epoch,
+            });
         }
         // Rows that stopped leave the batch.
         if keep.len() < b {

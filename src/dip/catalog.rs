@@ -160,6 +160,8 @@ pub struct SourceResult {
     pub epochs: usize,
     /// Stop reason of each member, comma-separated.
     pub stop_reason: String,
+    /// Restores after a jump of the loss (`dip.train.restore_jump`), summed over members.
+    pub restores: usize,
     /// Seconds from the start of the source's batch to its end (DIP), plus its QC and baseline.
     pub seconds: f64,
     pub flux: Vec<f64>,
@@ -291,6 +293,7 @@ fn failed(index: usize, src: &SourceInput, key: String, error: String) -> Source
         baseline_chi2_per_obs: None,
         epochs: 0,
         stop_reason: String::new(),
+        restores: 0,
         seconds: 0.0,
         flux: Vec::new(),
         flux_std: None,
@@ -452,6 +455,7 @@ pub fn run(
                 chi2_per_obs: Some(chi2(&p.op, &mean, &p.y, &p.sigma) / m),
                 baseline_chi2_per_obs: Some(p.baseline_chi2),
                 epochs: fs.iter().map(|f| f.epochs_run).sum(),
+                restores: fs.iter().map(|f| f.restores.len()).sum(),
                 stop_reason: fs
                     .iter()
                     .map(|f| {
@@ -640,6 +644,7 @@ pub fn write_catalog(
             &c,
         )?;
         w.dataset("sources/epochs", u(&|r| r.epochs).view(), &c)?;
+        w.dataset("sources/restores", u(&|r| r.restores).view(), &c)?;
         w.strings("sources/stop_reason", &st(&|r| r.stop_reason.clone()))?;
         w.dataset("sources/seconds", fl(&|r| r.seconds).view(), &c)?;
         w.attr_str("/", "settings_key", &meta.settings_key)?;
@@ -712,6 +717,12 @@ pub fn read_catalog(path: &Path) -> Result<(Vec<f64>, Vec<SourceResult>, Meta), 
         u("sources/qc_bands_skipped")?,
         u("sources/epochs")?,
     );
+    // Files written before restores were counted have no column: none took place.
+    let restores = if r.contains("sources/restores") {
+        u("sources/restores")?
+    } else {
+        vec![0; s]
+    };
     let (c2, bc2, secs) = (
         f("sources/chi2_per_obs")?,
         f("sources/baseline_chi2_per_obs")?,
@@ -760,6 +771,7 @@ pub fn read_catalog(path: &Path) -> Result<(Vec<f64>, Vec<SourceResult>, Meta), 
                 baseline_chi2_per_obs: bc2.get(i).copied().and_then(opt),
                 epochs: ep[i],
                 stop_reason: stops.get(i).cloned().unwrap_or_default(),
+                restores: restores.get(i).copied().unwrap_or(0),
                 seconds: secs[i],
                 flux: row(flux.as_slice()),
                 flux_std: std.as_ref().filter(|_| !failed).map(|m| row(m.as_slice())),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::DipConfig;
 use super::catalog::{Fnv, settings_key};
-use super::train::{EpochLoss, FitResult, StopReason};
+use super::train::{EpochLoss, FitResult, Restore, StopReason};
 use crate::backend::DeviceSpec;
 use crate::error::SpxError;
 use crate::io::atomic::write_atomic;
@@ -51,6 +51,8 @@ struct Stored {
     held_out: Vec<usize>,
     d2_lambda: u64,
     refine_factor: u64,
+    #[serde(default)]
+    restores: Vec<Restore>,
 }
 
 /// Store a finished member (atomically: the file appears complete or not at all).
@@ -83,6 +85,7 @@ pub fn save(path: &Path, key: &str, f: &FitResult) -> Result<(), SpxError> {
         held_out: f.held_out.clone(),
         d2_lambda: f.d2_lambda.to_bits(),
         refine_factor: f.refine_factor.to_bits(),
+        restores: f.restores.clone(),
     };
     if let Some(dir) = path.parent() {
         crate::io::ensure_dir(dir)?;
@@ -126,5 +129,6 @@ pub fn load(path: &Path, key: &str, n: usize) -> Option<FitResult> {
         held_out: s.held_out,
         d2_lambda: f(s.d2_lambda),
         refine_factor: f(s.refine_factor),
+        restores: s.restores,
     })
 }

@@ -175,6 +175,15 @@ pub struct TrainConfig {
     pub stop_dof: bool,
     pub fallback_baseline: bool,
     pub warmup_epochs: usize,
+    /// A fit's total loss above `restore_jump` × its last snapshot's loss is a jump: its
+    /// weights and Adam moments are put back to the snapshot (see [`batch`]).
+    pub restore_jump: f64,
+    /// Snapshot every this many epochs (of the weights and Adam moments, per fit).
+    pub restore_every: usize,
+    /// The fit's step size is multiplied by this at each restore.
+    pub restore_lr_factor: f64,
+    /// At most this many restores per fit (0 = never restore).
+    pub max_restores: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -351,6 +360,15 @@ impl DipConfig {
         }
         if !(self.train.stop_sigmas.is_finite() && self.train.stop_sigmas >= 0.0) {
             return bad("train.stop_sigmas", "must be finite and >= 0");
+        }
+        if !(self.train.restore_jump.is_finite() && self.train.restore_jump > 1.0) {
+            return bad("train.restore_jump", "must be finite and > 1");
+        }
+        if self.train.restore_every == 0 {
+            return bad("train.restore_every", "must be >= 1");
+        }
+        if !(self.train.restore_lr_factor > 0.0 && self.train.restore_lr_factor <= 1.0) {
+            return bad("train.restore_lr_factor", "must be in (0, 1]");
         }
         if !(self.net.baseline_smoothing.is_finite() && self.net.baseline_smoothing >= 1.0) {
             return bad("net.baseline_smoothing", "must be finite and >= 1");

@@ -53,6 +53,10 @@ pub struct DipRun {
     /// Factor of the baseline's λ of the held-out-checked step after the fit, per member (0 =
     /// not taken).
     pub refine_factor: Vec<f64>,
+    /// Restores to a snapshot after a jump of the loss (`train.restore_jump`), per member.
+    pub restores: Vec<usize>,
+    /// [epoch of the jump, epoch restored to] of each restore, per member.
+    pub restored_epochs: Vec<Vec<[usize; 2]>>,
     pub seconds_per_member: Vec<f64>,
     pub seconds_per_epoch: f64,
 }

@@ -265,6 +265,11 @@ pub fn reconstruct_resuming(
                 held_out: fits.iter().map(|f| f.held_out.len()).collect(),
                 d2_lambda: fits.iter().map(|f| f.d2_lambda).collect(),
                 refine_factor: fits.iter().map(|f| f.refine_factor).collect(),
+                restores: fits.iter().map(|f| f.restores.len()).collect(),
+                restored_epochs: fits
+                    .iter()
+                    .map(|f| f.restores.iter().map(|r| [r.epoch, r.to_epoch]).collect())
+                    .collect(),
                 seconds_per_member: fits.iter().map(|f| f.seconds).collect(),
                 seconds_per_epoch: total_secs / total_epochs.max(1) as f64,
             };

@@ -115,6 +115,16 @@ pub struct FitResult {
     /// Factor of the baseline's λ at which the held-out-checked Tikhonov step was taken after
     /// the fit (0 = not taken; see [`super::refine`]).
     pub refine_factor: f64,
+    /// The fit's restores to a snapshot after a jump of its loss (`train.restore_jump`), in order.
+    pub restores: Vec<Restore>,
+}
+
+/// One restore: at `epoch` the total loss exceeded `train.restore_jump` × the loss at
+/// `to_epoch`, whose weights and Adam moments the fit continued from (at the next epoch).
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Restore {
+    pub epoch: usize,
+    pub to_epoch: usize,
 }
 
 /// Device-side constants of the loss.

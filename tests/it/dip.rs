@@ -1995,3 +1995,102 @@ fn ensemble_kill_and_resume_equals_uninterrupted() {
     };
     assert_eq!(norm(&whole), norm(&killed));
 }
+
+/// Restores (`train.restore_*`, the original DIP code's remedy for a diverging fit) act per row
+/// of a stacked fit. At a step size that makes some of six small fits jump (lr 0.03, 5 warm-up
+/// steps, snapshots every 5 epochs, jump factor 2): a jumped row is put back to its snapshot —
+/// its next epoch's loss equals the snapshot's, bit for bit — and its history up to the jump is
+/// the unrestored run's; the rows that never jump are exactly the unrestored run's (the others'
+/// restores do not touch them); every row equals its fit alone; and a fit that falls back to the
+/// baseline without restores reaches the discrepancy stop with them. (The last is a trajectory:
+/// if a change of the kernels' bits moves it, pick another step size where it holds.)
+#[test]
+fn restore_puts_a_jumped_row_back_to_its_snapshot() {
+    let _rng = crate::common::burn_rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (c, files) = small_catalog(dir.path(), 3);
+    let probs: Vec<_> = files.iter().map(|f| problem_of(&c, f)).collect();
+    let dev = Device::flex().autodiff();
+    let pb = indicatif::ProgressBar::hidden();
+    let mut dc = c.dip.clone();
+    dc.train.lr = 0.03;
+    dc.train.warmup_epochs = 5;
+    dc.train.epochs = 400;
+    dc.train.restore_every = 5;
+    dc.train.restore_jump = 2.0;
+    dc.train.restore_lr_factor = 0.5;
+    dc.train.max_restores = 3;
+    let jobs: Vec<spx::dip::batch::Job> = probs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (op, y, s))| {
+            (0..2).map(move |k| spx::dip::batch::Job {
+                problem: Problem { op, y, sigma: s },
+                seed: 7 + 3 * i as u64 + k,
+            })
+        })
+        .collect();
+    let on = spx::dip::batch::fit_batch(&dc, &jobs, &dev, &pb);
+    let mut off_cfg = dc.clone();
+    off_cfg.train.max_restores = 0;
+    let off = spx::dip::batch::fit_batch(&off_cfg, &jobs, &dev, &pb);
+    let restored: Vec<usize> = (0..jobs.len())
+        .filter(|&j| !on[j].restores.is_empty())
+        .collect();
+    assert!(
+        !restored.is_empty() && restored.len() < jobs.len(),
+        "some rows restore, some do not: {restored:?}"
+    );
+    let mut rescued = 0;
+    for (j, (a, b)) in on.iter().zip(&off).enumerate() {
+        assert!(b.restores.is_empty());
+        if a.restores.is_empty() {
+            // Untouched by the other rows' restores.
+            assert_eq!(a.spectrum, b.spectrum, "row {j}");
+            assert_eq!(
+                (a.epochs_run, a.best_epoch, a.stop_reason),
+                (b.epochs_run, b.best_epoch, b.stop_reason)
+            );
+            let (ha, hb): (Vec<f64>, Vec<f64>) = (
+                a.history.iter().map(|h| h.total).collect(),
+                b.history.iter().map(|h| h.total).collect(),
+            );
+            assert_eq!(ha, hb, "row {j}");
+            continue;
+        }
+        assert!(a.restores.len() <= dc.train.max_restores);
+        // Identical to the unrestored run up to its first jump.
+        let first = a.restores[0].epoch;
+        for e in 0..=first {
+            assert_eq!(a.history[e].total, b.history[e].total, "row {j} epoch {e}");
+        }
+        for r in &a.restores {
+            let (e, s) = (r.epoch, r.to_epoch);
+            assert!(s < e && s % dc.train.restore_every == 0, "{r:?}");
+            let (jumped, snap) = (a.history[e].total, a.history[s].total);
+            assert!(jumped > dc.train.restore_jump * snap, "row {j}: {r:?}");
+            // The epoch after the restore runs the snapshot's weights: the snapshot's loss.
+            assert_eq!(a.history[e + 1].total, snap, "row {j}: {r:?}");
+            assert_eq!(a.history[e + 1].chi2, a.history[s].chi2);
+        }
+        if b.stop_reason == StopReason::Baseline && a.stop_reason == StopReason::Discrepancy {
+            rescued += 1;
+        }
+    }
+    assert!(
+        rescued > 0,
+        "a fit that falls back without restores reaches the discrepancy stop with them: {:?} vs {:?}",
+        on.iter().map(|f| f.stop_reason).collect::<Vec<_>>(),
+        off.iter().map(|f| f.stop_reason).collect::<Vec<_>>()
+    );
+    // Each row, restores and all, is its fit alone.
+    for (j, f) in jobs.iter().zip(&on) {
+        let alone = spx::dip::batch::fit(&dc, &j.problem, &dev, j.seed, &pb);
+        assert_eq!(f.restores, alone.restores);
+        assert!(max_rel(&f.spectrum, &alone.spectrum) <= 1e-5);
+        assert_eq!(
+            (f.epochs_run, f.best_epoch, f.stop_reason),
+            (alone.epochs_run, alone.best_epoch, alone.stop_reason)
+        );
+    }
+}

@@ -266,6 +266,7 @@ fn h5py_reads_dip_catalog_files() {
         baseline_chi2_per_obs: (!failed).then_some(1.0),
         epochs: 300 * i,
         stop_reason: "discrepancy,patience".into(),
+        restores: i,
         seconds: 1.5,
         flux: if failed {
             vec![]
