@@ -637,6 +637,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.train.stop_chi2", C(0.0, 1e12)),
         ("dip.train.stop_sigmas", C(0.0, 100.0)),
         ("dip.train.restore_jump", GT(1.0, 1e6)),
+        ("dip.train.restore_jump_sigmas", C(0.0, 1e6)),
         ("dip.train.restore_every", C(1.0, 1e7)),
         ("dip.train.restore_lr_factor", GT(0.0, 1.0)),
         ("dip.train.max_restores", C(0.0, 1e6)),

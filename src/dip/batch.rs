@@ -330,6 +330,10 @@ struct Running {
     lr_factor: f64,
     /// The last snapshot of this fit's weights and moments.
     snap: Option<RowSnap>,
+    /// A rise of the total loss above the snapshot's by more than this is also a jump:
+    /// `train.restore_jump_sigmas` standard deviations of χ² over the fitted observations,
+    /// `k·√(2M)` (∞ when off).
+    jump_margin: f64,
     restores: Vec<Restore>,
 }
 
@@ -528,6 +532,11 @@ fn fit_batch_here(
                 0.0
             };
         let stop_at = stop_base - cfg.train.stop_sigmas * (2.0 / m_fit).sqrt();
+        let jump_margin = if cfg.train.restore_jump_sigmas > 0.0 {
+            cfg.train.restore_jump_sigmas * (2.0 * m_fit).sqrt()
+        } else {
+            f64::INFINITY
+        };
         // The start: a smoother Tikhonov solution (λ × baseline_smoothing), or the baseline
         // itself when its λ sits at the cap (the smoothest solution already fits the data below
         // the target: a smoother one would only be a worse fit, e.g. a blackbody).
@@ -605,6 +614,7 @@ fn fit_batch_here(
             best: (f64::INFINITY, 0, vec![0f64; n]),
             stop_at,
             stop_base,
+            jump_margin,
             at_base: None,
             ema: None,
             history: Vec::with_capacity(cfg.train.epochs),
@@ -882,10 +892,11 @@ fn fit_batch_here(
             };
             if restoring && stop_now[r].is_none() {
                 // NaN counts as a jump.
-                let jump = run
-                    .snap
-                    .as_ref()
-                    .is_some_and(|s| total.is_nan() || total > cfg.train.restore_jump * s.total);
+                let jump = run.snap.as_ref().is_some_and(|s| {
+                    total.is_nan()
+                        || total > cfg.train.restore_jump * s.total
+                        || total > s.total + run.jump_margin
+                });
                 if jump {
                     restore_now[r] = run.restores.len() < cfg.train.max_restores;
                 } else if have_moments

@@ -178,6 +178,10 @@ pub struct TrainConfig {
     /// A fit's total loss above `restore_jump` × its last snapshot's loss is a jump: its
     /// weights and Adam moments are put back to the snapshot (see [`batch`]).
     pub restore_jump: f64,
+    /// A rise of the total loss above the snapshot's by more than this many standard deviations
+    /// of χ² over the fitted observations (`k·√(2M)`) is also a jump (0 = off): on dense data a
+    /// fit can lose 20 % of its χ² without doubling it.
+    pub restore_jump_sigmas: f64,
     /// Snapshot every this many epochs (of the weights and Adam moments, per fit).
     pub restore_every: usize,
     /// The fit's step size is multiplied by this at each restore.
@@ -363,6 +367,9 @@ impl DipConfig {
         }
         if !(self.train.restore_jump.is_finite() && self.train.restore_jump > 1.0) {
             return bad("train.restore_jump", "must be finite and > 1");
+        }
+        if !(self.train.restore_jump_sigmas.is_finite() && self.train.restore_jump_sigmas >= 0.0) {
+            return bad("train.restore_jump_sigmas", "must be finite and >= 0");
         }
         if self.train.restore_every == 0 {
             return bad("train.restore_every", "must be >= 1");

@@ -2001,8 +2001,9 @@ fn ensemble_kill_and_resume_equals_uninterrupted() {
 /// steps, snapshots every 5 epochs, jump factor 2): a jumped row is put back to its snapshot —
 /// its next epoch's loss equals the snapshot's, bit for bit — and its history up to the jump is
 /// the unrestored run's; the rows that never jump are exactly the unrestored run's (the others'
-/// restores do not touch them); every row equals its fit alone; and a fit that falls back to the
-/// baseline without restores reaches the discrepancy stop with them. (The last is a trajectory:
+/// restores do not touch them); every row equals its fit alone; and a fit that misses the
+/// discrepancy target without restores (falls back to the baseline, or runs out of epochs)
+/// reaches it with them. (The last is a trajectory:
 /// if a change of the kernels' bits moves it, pick another step size where it holds.)
 #[test]
 fn restore_puts_a_jumped_row_back_to_its_snapshot() {
@@ -2073,13 +2074,17 @@ fn restore_puts_a_jumped_row_back_to_its_snapshot() {
             assert_eq!(a.history[e + 1].total, snap, "row {j}: {r:?}");
             assert_eq!(a.history[e + 1].chi2, a.history[s].chi2);
         }
-        if b.stop_reason == StopReason::Baseline && a.stop_reason == StopReason::Discrepancy {
+        // Rescued: without restores the fit fell back to the baseline or ran out of epochs
+        // short of the discrepancy target; with them it reaches the target.
+        if matches!(b.stop_reason, StopReason::Baseline | StopReason::Epochs)
+            && a.stop_reason == StopReason::Discrepancy
+        {
             rescued += 1;
         }
     }
     assert!(
         rescued > 0,
-        "a fit that falls back without restores reaches the discrepancy stop with them: {:?} vs {:?}",
+        "a fit that misses the discrepancy target without restores reaches it with them: {:?} vs {:?}",
         on.iter().map(|f| f.stop_reason).collect::<Vec<_>>(),
         off.iter().map(|f| f.stop_reason).collect::<Vec<_>>()
     );
