@@ -1528,3 +1528,59 @@ fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged
     let err = run(&cr).unwrap_err();
     assert!(err.to_string().contains("blend"), "{err}");
 }
+
+#[test]
+fn first_repeat_runs_the_later_splits_alone() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::{baselines, experiment};
+    let mut c = transfer_cfg();
+    c.experiment.master_epochs = 3;
+    c.experiment.transfer_epochs = 3;
+    c.experiment.scratch_epochs = 2;
+    c.experiment.repeats = 2;
+    let data = synthetic_pair(&c.experiment);
+    let mut bc = c.baselines.clone();
+    bc.n_transfer = vec![10];
+    bc.repeats = 2;
+    let both = baselines::evaluate(&data, &bc, |_| {}).unwrap();
+    bc.first_repeat = 1;
+    bc.repeats = 1;
+    let second = baselines::evaluate(&data, &bc, |_| {}).unwrap();
+    assert_eq!(second.master_lvs, both.master_lvs[1..].to_vec());
+    for cell in &second.cells {
+        let all = both.get(&cell.method, cell.n_transfer).unwrap();
+        assert_eq!(cell.rmsep, all.rmsep[1..].to_vec(), "{}", cell.method);
+    }
+    // The model arms follow the same split index (and its seeds).
+    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+    let (xsrc, xtgt) =
+        experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
+    let run = |c: &spx::spektron::config::SpektronConfig| {
+        experiment::run_model_arms(
+            &xsrc,
+            &xtgt,
+            &data.y.to_vec(),
+            &[10],
+            c.arm_settings(),
+            None,
+            2,
+            &dev,
+            7,
+            |_| {},
+        )
+        .unwrap()
+    };
+    let both = run(&c);
+    let mut c1 = c.clone();
+    c1.experiment.repeats = 1;
+    c1.baselines.first_repeat = 1;
+    let second = run(&c1);
+    assert_eq!(second.len(), both.len());
+    for cell in &second {
+        let all = both
+            .iter()
+            .find(|x| x.method == cell.method && x.n_transfer == cell.n_transfer)
+            .unwrap();
+        assert_eq!(cell.rmsep, all.rmsep[1..].to_vec(), "{}", cell.method);
+    }
+}
