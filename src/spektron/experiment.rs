@@ -29,7 +29,11 @@
 //! - `spektron_pls_head` / `pls_head_linear` (`spektron.experiment.pls_head`): a head on the
 //!   source PLS model's latent-variable contributions and z_chem that starts at PLS + SBC exactly
 //!   and is trained with LoRA on the N target samples towards that start ([`anchored::fit_head`]);
-//!   `pls_head_linear` = the same head without the network (a classical control row).
+//!   `pls_head_linear` = the same head without the network (a classical control row);
+//! - `cnn_sbc` / `blend_spektron` / `blend_cnn` (`spektron.experiment.blend`): the supervised
+//!   CNN master + slope/bias on the N target samples, and `pls_sbc_inputs` blended with the
+//!   Spektron or CNN master + slope/bias, the network's share chosen out-of-fold on the source
+//!   calibration set or on the N transfer samples ([`blend`]); the shares are reported.
 //!
 //! `spektron.experiment.input` chooses the model's input spectra (`snv`: resampled + SNV, as
 //! the corpus; `resample`: resampled only), which every arm (and the PLS of the residual arms)
@@ -1141,11 +1145,12 @@ pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
 }
 
 /// Progress units [`run`] reports: per repetition, master + TTT + two arms per N (and with the
-/// supervised baselines two masters + LoRA-CT per N).
+/// supervised baselines two masters + LoRA-CT per N, with the blends their members).
 pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
     let ns = n_values(kind, ec).len();
     let sup = if ec.supervised { 2 + ns } else { 0 };
-    (ec.repeats * (2 + 2 * ns + sup)) as u64
+    let blend = usize::from(ec.blend != BlendWeights::Off);
+    (ec.repeats * (2 + 2 * ns + sup + blend)) as u64
 }
 
 /// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).

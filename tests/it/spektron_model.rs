@@ -677,11 +677,14 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             .unwrap_or_else(|| panic!("{m} N={n}"))
             .rmsep_mean
     };
-    // The gated residual and PLS-anchored head arms (off here) have their own test below.
+    // The gated residual, PLS-anchored head and blend arms (off here) have their own tests below.
     let off = [
         "spektron_residual_gated",
         "spektron_pls_head",
         "pls_head_linear",
+        "cnn_sbc",
+        "blend_spektron",
+        "blend_cnn",
     ];
     for m in report::ARMS.iter().filter(|m| !off.contains(m)) {
         assert!(cells.iter().any(|x| x.method == *m), "{m}");
