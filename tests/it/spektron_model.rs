@@ -1452,25 +1452,29 @@ fn blend_share_minimises_the_out_of_fold_residual_and_loo_sbc_matches_the_hat_fo
     }
 }
 
-#[test]
-fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged() {
-    let _rng = crate::common::burn_rng_lock();
-    use spx::spektron::experiment::{self, BlendWeights};
-    let mut c = transfer_cfg();
-    let e = &mut c.experiment;
-    e.master_epochs = 5;
-    e.transfer_epochs = 5;
-    e.scratch_epochs = 2;
-    c.supervised.epochs = 10;
-    let data = synthetic_pair(&c.experiment);
-    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+/// The model arms (with notes) of a config on `data`'s SNV inputs at N = 10 (modality 2, seed 7).
+fn arms_at_n10(
+    c: &spx::spektron::config::SpektronConfig,
+    data: &spx::spektron::baselines::TransferData,
+) -> impl Fn(
+    &spx::spektron::config::SpektronConfig,
+) -> Result<
+    (
+        Vec<spx::spektron::baselines::Cell>,
+        spx::spektron::experiment::ArmNotes,
+    ),
+    spx::error::SpxError,
+> {
+    use spx::spektron::experiment;
     let (xsrc, xtgt) =
-        experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
-    let run = |c: &spx::spektron::config::SpektronConfig| {
+        experiment::prepare_spectra(data, &[], c.model.n_points, c.corpus.min_std).unwrap();
+    let y = data.y.to_vec();
+    move |c| {
+        let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
         experiment::run_model_arms_noted(
             &xsrc,
             &xtgt,
-            &data.y.to_vec(),
+            &y,
             &[10],
             c.arm_settings(),
             None,
@@ -1479,7 +1483,21 @@ fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged
             7,
             |_| {},
         )
-    };
+    }
+}
+
+#[test]
+fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::experiment::BlendWeights;
+    let mut c = transfer_cfg();
+    let e = &mut c.experiment;
+    e.master_epochs = 5;
+    e.transfer_epochs = 5;
+    e.scratch_epochs = 2;
+    c.supervised.epochs = 10;
+    let data = synthetic_pair(&c.experiment);
+    let run = arms_at_n10(&c, &data);
     let (off, off_notes) = run(&c).unwrap();
     assert!(off_notes.blend.is_empty());
     assert!(
@@ -1535,7 +1553,7 @@ fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged
 #[test]
 fn first_repeat_runs_the_later_splits_alone() {
     let _rng = crate::common::burn_rng_lock();
-    use spx::spektron::{baselines, experiment};
+    use spx::spektron::baselines;
     let mut c = transfer_cfg();
     c.experiment.master_epochs = 3;
     c.experiment.transfer_epochs = 3;
@@ -1555,24 +1573,7 @@ fn first_repeat_runs_the_later_splits_alone() {
         assert_eq!(cell.rmsep, all.rmsep[1..].to_vec(), "{}", cell.method);
     }
     // The model arms follow the same split index (and its seeds).
-    let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
-    let (xsrc, xtgt) =
-        experiment::prepare_spectra(&data, &[], c.model.n_points, c.corpus.min_std).unwrap();
-    let run = |c: &spx::spektron::config::SpektronConfig| {
-        experiment::run_model_arms(
-            &xsrc,
-            &xtgt,
-            &data.y.to_vec(),
-            &[10],
-            c.arm_settings(),
-            None,
-            2,
-            &dev,
-            7,
-            |_| {},
-        )
-        .unwrap()
-    };
+    let run = |c: &spx::spektron::config::SpektronConfig| arms_at_n10(c, &data)(c).unwrap().0;
     let both = run(&c);
     let mut c1 = c.clone();
     c1.experiment.repeats = 1;
