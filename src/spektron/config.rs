@@ -61,6 +61,7 @@ impl SpektronConfig {
             experiment: &self.experiment,
             n_test: self.baselines.n_test,
             baselines: &self.baselines,
+            supervised: &self.supervised,
         }
     }
 

@@ -29,7 +29,11 @@
 //! - `spektron_pls_head` / `pls_head_linear` (`spektron.experiment.pls_head`): a head on the
 //!   source PLS model's latent-variable contributions and z_chem that starts at PLS + SBC exactly
 //!   and is trained with LoRA on the N target samples towards that start ([`anchored::fit_head`]);
-//!   `pls_head_linear` = the same head without the network (a classical control row).
+//!   `pls_head_linear` = the same head without the network (a classical control row);
+//! - `cnn_sbc` / `blend_spektron` / `blend_cnn` (`spektron.experiment.blend`): the supervised
+//!   CNN master + slope/bias on the N target samples, and `pls_sbc_inputs` blended with the
+//!   Spektron or CNN master + slope/bias, the network's share chosen out-of-fold on the source
+//!   calibration set or on the N transfer samples ([`blend`]); the shares are reported.
 //!
 //! `spektron.experiment.input` chooses the model's input spectra (`snv`: resampled + SNV, as
 //! the corpus; `resample`: resampled only), which every arm (and the PLS of the residual arms)
@@ -49,13 +53,15 @@ use serde::{Deserialize, Serialize};
 use super::anchored::{self, HeadInput, HeadSettings, Start};
 use super::baselines;
 use super::baselines::{BaselinesConfig, Cell, TransferData, r2, rmsep, splits};
+use super::blend;
 use super::data::{Modality, corpus, instruments, synth};
 use super::model::finetune::{self, FinetuneConfig, FinetuneMode, Labelled, TttConfig};
 use super::model::{ModelConfig, SpektronModel, checkpoint};
 use super::protocol::{Centring, Split, slope_bias, sub_seed, take, to_array};
 use super::report;
-use super::supervised::SupervisedConfig;
 use super::supervised::arms::{self as supervised_arms, SupervisedSummary};
+use super::supervised::cnn::Cnn1d;
+use super::supervised::{self, SupervisedConfig};
 use crate::backend::seeded;
 use crate::error::SpxError;
 use crate::io::atomic::{Stage, safe_component};
@@ -109,6 +115,18 @@ pub struct ExperimentConfig {
     /// Model input spectra: resampled + SNV (`snv`, the corpus's) or resampled only.
     #[serde(default)]
     pub input: InputPrep,
+    /// Add the `cnn_sbc`, `blend_spektron` and `blend_cnn` arms (with `residual`): PLS + SBC
+    /// blended with the Spektron master + SBC and with the supervised CNN master + SBC, the
+    /// network's share chosen out-of-fold on the source calibration set (`source`) or on the N
+    /// transfer samples (`transfer`); `off` = none.
+    #[serde(default)]
+    pub blend: BlendWeights,
+    /// Folds of the source-set cross-validation of `blend = "source"` (masters refitted per fold).
+    #[serde(default = "default_blend_folds")]
+    pub blend_folds: usize,
+    /// Largest network share of the blends (0 makes them `pls_sbc_inputs`).
+    #[serde(default = "default_one")]
+    pub blend_max: f64,
     /// Add the supervised deep baselines (`[spektron.supervised]`: 1-D CNN, plain Transformer,
     /// LoRA-CT), trained on the source calibration set and transferred with the N target samples.
     #[serde(default)]
@@ -130,6 +148,10 @@ pub struct ExperimentConfig {
 
 fn default_ablation_moe_experts() -> usize {
     4
+}
+
+fn default_blend_folds() -> usize {
+    5
 }
 
 fn default_one() -> f64 {
@@ -155,6 +177,21 @@ pub enum InputPrep {
     Resample,
 }
 
+/// How the blends' network share is chosen (`spektron.experiment.blend`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BlendWeights {
+    /// No blend arms.
+    #[default]
+    Off,
+    /// k-fold (`blend_folds`) on the labelled source calibration set: PLS and the masters
+    /// refitted without each fold, residuals of the held-out source spectra.
+    Source,
+    /// Leave-one-out on the N transfer samples: both slope/bias corrections refitted without
+    /// each held-out sample (the masters are not refitted).
+    Transfer,
+}
+
 /// What the model arms read from the config.
 #[derive(Clone, Copy, Debug)]
 pub struct ArmSettings<'a> {
@@ -168,6 +205,8 @@ pub struct ArmSettings<'a> {
     pub n_test: usize,
     /// `[spektron.baselines]` (PLS LV selection of the residual arm).
     pub baselines: &'a BaselinesConfig,
+    /// `[spektron.supervised]` (the CNN master of the blend arms).
+    pub supervised: &'a SupervisedConfig,
 }
 
 /// Resample every row of both instruments to the model length (+ SNV, as the corpus).
@@ -342,6 +381,19 @@ pub struct HeadNote {
     pub offset_change_linear: f64,
 }
 
+/// The blends' network shares of one (repetition, N) (0 = PLS + SBC only).
+#[derive(Clone, Debug, Serialize)]
+pub struct BlendNote {
+    pub repetition: usize,
+    pub n_transfer: usize,
+    pub spektron_share: f64,
+    pub cnn_share: f64,
+    /// With `blend = source`: out-of-fold RMSE on the source calibration set of PLS, the
+    /// Spektron master and the CNN master (empty otherwise).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source_cv_rmse: Vec<f64>,
+}
+
 /// What the model arms report besides the cells (empty unless the switches are on).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ArmNotes {
@@ -349,11 +401,13 @@ pub struct ArmNotes {
     pub residual_gate: Vec<GateChoice>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pls_head: Vec<HeadNote>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub blend: Vec<BlendNote>,
 }
 
 impl ArmNotes {
     pub fn is_empty(&self) -> bool {
-        self.residual_gate.is_empty() && self.pls_head.is_empty()
+        self.residual_gate.is_empty() && self.pls_head.is_empty() && self.blend.is_empty()
     }
 
     /// One Markdown line per N on the gate: its factors and how often it let the network in.
@@ -376,6 +430,41 @@ impl ArmNotes {
                 list.join(", "),
                 f.len()
             ));
+        }
+        let mut ns: Vec<usize> = self.blend.iter().map(|g| g.n_transfer).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        for n in ns {
+            let list = |f: fn(&BlendNote) -> f64| -> String {
+                let v: Vec<String> = self
+                    .blend
+                    .iter()
+                    .filter(|g| g.n_transfer == n)
+                    .map(|g| format!("{:.2}", f(g)))
+                    .collect();
+                v.join(", ")
+            };
+            md.push_str(&format!(
+                "\nBlend N={n}: network share per split — Spektron {}; CNN {}.\n",
+                list(|g| g.spektron_share),
+                list(|g| g.cnn_share)
+            ));
+            let cv: Vec<&BlendNote> = self
+                .blend
+                .iter()
+                .filter(|g| g.n_transfer == n && g.source_cv_rmse.len() == 3)
+                .collect();
+            if !cv.is_empty() {
+                let mean = |i: usize| {
+                    cv.iter().map(|g| g.source_cv_rmse[i]).sum::<f64>() / cv.len() as f64
+                };
+                md.push_str(&format!(
+                    "Source-set out-of-fold RMSE (mean over splits): PLS {:.4}, Spektron {:.4}, CNN {:.4}.\n",
+                    mean(0),
+                    mean(1),
+                    mean(2)
+                ));
+            }
         }
         md
     }
@@ -443,6 +532,7 @@ pub fn run_model_arms_noted(
     for (on, key) in [
         (ec.residual_gate_folds > 0, "residual_gate_folds"),
         (ec.pls_head, "pls_head"),
+        (ec.blend != BlendWeights::Off, "blend"),
     ] {
         if on && !ec.residual {
             return Err(SpxError::field(
@@ -451,6 +541,13 @@ pub fn run_model_arms_noted(
                 "needs spektron.experiment.residual = true",
             ));
         }
+    }
+    if ec.blend == BlendWeights::Source && ec.blend_folds < 2 {
+        return Err(SpxError::field(
+            "config",
+            "spektron.experiment.blend_folds",
+            "must be >= 2",
+        ));
     }
     let mut notes = ArmNotes::default();
     let mut mc = cfg.model.clone();
@@ -484,7 +581,8 @@ pub fn run_model_arms_noted(
         Some(c) => c.2.push(e),
         None => acc.push((m, k, vec![e])),
     };
-    for s in 0..ec.repeats {
+    let first = cfg.baselines.first_repeat;
+    for s in first..first + ec.repeats {
         let sp = Split::new(s, n, n_test);
         let (test, cal, tperm) = (&sp.test[..], &sp.cal[..], &sp.tperm);
         let mods = |k: usize| vec![modality; k];
@@ -572,6 +670,20 @@ pub fn run_model_arms_noted(
             score(test, &pred(&adapted, &xt_test, &mrep)),
         );
         let master_test = pred(&master, &xt_test, &mrep);
+        let blend = if ec.blend == BlendWeights::Off {
+            None
+        } else {
+            on_progress(&format!("repetition {}: blend members", s + 1));
+            let bi = BlendInput {
+                xs,
+                y,
+                cal,
+                master_in: &master_in,
+                repetition: s,
+                modality,
+            };
+            Some(blend_members(cfg, pretrained, &bi, device, seed)?)
+        };
 
         for &k in ns {
             let tr: Vec<usize> = tperm[..k].iter().map(|&i| cal[i]).collect();
@@ -620,6 +732,43 @@ pub fn run_model_arms_noted(
                 let corr = pred(&m, &xt_test, &rep);
                 let yh: Vec<f64> = base_test.iter().zip(&corr).map(|(b, c)| b + c).collect();
                 push("spektron_residual", k, score(test, &yh));
+                if let Some(bm) = &blend {
+                    // Each member slope/bias-corrected on the N samples, blended with PLS + SBC.
+                    let spk_fit = pred(&master, &xtr, &mrep);
+                    let cnn_fit = bm.predict(&xtr, p, device);
+                    let cnn_test = bm.predict(&xt_test, p, device);
+                    let spk_sbc = blend::sbc(&spk_fit, &ytr64, &master_test);
+                    let cnn_sbc = blend::sbc(&cnn_fit, &ytr64, &cnn_test);
+                    push("cnn_sbc", k, score(test, &cnn_sbc));
+                    let (us, uc) = match bm.source_shares {
+                        Some(u) => u,
+                        None => {
+                            let r_pls = blend::loo_sbc_residuals(&fit, &ytr64);
+                            let share = |f: &[f64]| {
+                                let r = blend::loo_sbc_residuals(f, &ytr64);
+                                blend::network_share(&r_pls, &r, ec.blend_max)
+                            };
+                            (share(&spk_fit), share(&cnn_fit))
+                        }
+                    };
+                    push(
+                        "blend_spektron",
+                        k,
+                        score(test, &blend::mix(&base_test, &spk_sbc, us)),
+                    );
+                    push(
+                        "blend_cnn",
+                        k,
+                        score(test, &blend::mix(&base_test, &cnn_sbc, uc)),
+                    );
+                    notes.blend.push(BlendNote {
+                        repetition: s,
+                        n_transfer: k,
+                        spektron_share: us,
+                        cnn_share: uc,
+                        source_cv_rmse: bm.source_cv_rmse.clone(),
+                    });
+                }
                 if ec.residual_gate_folds > 0 {
                     // Out-of-fold residuals of PLS + SBC and out-of-fold corrections, SBC and
                     // LoRA refitted without the held-out fold.
@@ -768,6 +917,148 @@ pub fn run_model_arms_noted(
     ))
 }
 
+/// What the blend members of one repetition are computed from.
+struct BlendInput<'a> {
+    /// All source spectra (model inputs, uncentred) and the property.
+    xs: &'a [f32],
+    y: &'a [f64],
+    /// Calibration rows of the repetition.
+    cal: &'a [usize],
+    /// The Spektron master's input (centred calibration spectra and property).
+    master_in: &'a MasterInput<'a>,
+    repetition: usize,
+    modality: i8,
+}
+
+/// The CNN master of one repetition (property standardised by mean `ym`, sd `ysd`) and, with
+/// `blend = source`, the Spektron and CNN shares chosen out-of-fold on the source set.
+struct BlendMembers {
+    cnn: Cnn1d,
+    ym: f64,
+    ysd: f64,
+    source_shares: Option<(f64, f64)>,
+    /// Out-of-fold source RMSE of PLS, Spektron, CNN (`blend = source`).
+    source_cv_rmse: Vec<f64>,
+}
+
+impl BlendMembers {
+    /// The CNN master's predictions (property units) for centred spectra `x`.
+    fn predict(&self, x: &[f32], p: usize, device: &Device) -> Vec<f64> {
+        supervised::predict(&self.cnn, x, p, device)
+            .into_iter()
+            .map(|v| f64::from(v) * self.ysd + self.ym)
+            .collect()
+    }
+}
+
+/// Train a CNN master on centred spectra `x` and property `y` (standardised by their own mean
+/// and sd), seeded by `seed`.
+fn train_cnn(
+    c: &SupervisedConfig,
+    x: &[f32],
+    y: &[f64],
+    p: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<BlendMembers, SpxError> {
+    let (ym, ysd) = supervised_arms::standardiser(y);
+    let ys: Vec<f32> = y.iter().map(|v| ((v - ym) / ysd) as f32).collect();
+    let (cnn, _) = supervised_arms::cnn_master(c, x, &ys, p, device, seed)?;
+    Ok(BlendMembers {
+        cnn,
+        ym,
+        ysd,
+        source_shares: None,
+        source_cv_rmse: Vec::new(),
+    })
+}
+
+/// The blend members of one repetition: the CNN master (seed `sub_seed(seed, s, 11, 0)`, the
+/// supervised baselines' CNN master) and, with `blend = source`, the network shares from
+/// k-fold residuals on the source calibration set (PLS with LVs by CV, the Spektron master and
+/// the CNN master each refitted without the held-out fold).
+fn blend_members(
+    cfg: ArmSettings<'_>,
+    pretrained: Option<&Path>,
+    b: &BlendInput<'_>,
+    device: &Device,
+    seed: u64,
+) -> Result<BlendMembers, SpxError> {
+    let ec = cfg.experiment;
+    let lay = cfg.model.layout();
+    let p = lay.n_points;
+    let s = b.repetition;
+    let ycal: Vec<f64> = b.cal.iter().map(|&r| b.y[r]).collect();
+    let mut members = train_cnn(
+        cfg.supervised,
+        b.master_in.xc,
+        &ycal,
+        p,
+        device,
+        sub_seed(seed, s, 11, 0),
+    )?;
+    if ec.blend != BlendWeights::Source {
+        return Ok(members);
+    }
+    let folds = splits::kfold(s as u32, b.cal.len(), ec.blend_folds.min(b.cal.len()));
+    let (mut r_pls, mut r_spk, mut r_cnn) = (Vec::new(), Vec::new(), Vec::new());
+    for (f, held) in folds.iter().enumerate() {
+        let fit_loc: Vec<usize> = (0..b.cal.len()).filter(|i| !held.contains(i)).collect();
+        let rows = |loc: &[usize]| -> Vec<usize> { loc.iter().map(|&i| b.cal[i]).collect() };
+        let (fit_rows, held_rows) = (rows(&fit_loc), rows(held));
+        let y_fit: Vec<f64> = fit_rows.iter().map(|&r| b.y[r]).collect();
+        let y_held: Vec<f64> = held_rows.iter().map(|&r| b.y[r]).collect();
+        let resid =
+            |pred: &[f64]| -> Vec<f64> { y_held.iter().zip(pred).map(|(t, v)| t - v).collect() };
+        // PLS on the raw model inputs, LVs by CV within the fold.
+        let (pls, a) = baselines::fit_cv(
+            to_array(&take(b.xs, &fit_rows, p), p).view(),
+            ndarray::ArrayView1::from(&y_fit),
+            cfg.baselines,
+            s as u32,
+        );
+        r_pls.extend(resid(
+            &pls.predict(to_array(&take(b.xs, &held_rows, p), p).view(), a)
+                .to_vec(),
+        ));
+        // The masters on the centred spectra (centring of the whole calibration set: X only).
+        let xc_fit = take(b.master_in.xc, &fit_loc, p);
+        let xc_held = take(b.master_in.xc, held, p);
+        let yc_fit: Vec<f32> = y_fit.iter().map(|&v| v as f32).collect();
+        let fold_in = MasterInput {
+            xc: &xc_fit,
+            yc: &yc_fit,
+            ..*b.master_in
+        };
+        let (m, rep) =
+            calibrate_master(cfg, pretrained, &fold_in, device, sub_seed(seed, s, 9, f))?;
+        r_spk.extend(resid(&finetune::predict(
+            &m.valid(),
+            &lay,
+            &xc_held,
+            &vec![b.modality; held.len()],
+            &rep,
+            device,
+        )));
+        let cnn = train_cnn(
+            cfg.supervised,
+            &xc_fit,
+            &y_fit,
+            p,
+            device,
+            sub_seed(seed, s, 10, f),
+        )?;
+        r_cnn.extend(resid(&cnn.predict(&xc_held, p, device)));
+    }
+    let rms = |r: &[f64]| (r.iter().map(|v| v * v).sum::<f64>() / r.len().max(1) as f64).sqrt();
+    members.source_cv_rmse = vec![rms(&r_pls), rms(&r_spk), rms(&r_cnn)];
+    members.source_shares = Some((
+        blend::network_share(&r_pls, &r_spk, ec.blend_max),
+        blend::network_share(&r_pls, &r_cnn, ec.blend_max),
+    ));
+    Ok(members)
+}
+
 /// E3 (RMSEP vs N) or E4 (the table at one N).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -854,11 +1145,12 @@ pub fn n_values(kind: Kind, ec: &ExperimentConfig) -> Vec<usize> {
 }
 
 /// Progress units [`run`] reports: per repetition, master + TTT + two arms per N (and with the
-/// supervised baselines two masters + LoRA-CT per N).
+/// supervised baselines two masters + LoRA-CT per N, with the blends their members).
 pub fn progress_len(kind: Kind, ec: &ExperimentConfig) -> u64 {
     let ns = n_values(kind, ec).len();
     let sup = if ec.supervised { 2 + ns } else { 0 };
-    (ec.repeats * (2 + 2 * ns + sup)) as u64
+    let blend = usize::from(ec.blend != BlendWeights::Off);
+    (ec.repeats * (2 + 2 * ns + sup + blend)) as u64
 }
 
 /// E3: RMSEP vs N for the classical methods and the model arms (CSV, Markdown, PNG, JSON).
@@ -1029,6 +1321,7 @@ pub fn run(
             cfg: cfg.supervised,
             n_test: cfg.baselines.n_test,
             repeats: ec.repeats,
+            first_repeat: cfg.baselines.first_repeat,
             centre: ec.centre,
             seed: cfg.seed,
         };

@@ -10,7 +10,7 @@
 //! and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` →
-//! `supervised` → `data` → `model` → `anchored` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
+//! `supervised` → `data` → `model` → `anchored` → `blend` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
 //! `ttt_steps`/`ablation` → `pretrain_ablation`/`mask_ablation`/`arch_ablation`/`loss_ablation`/
 //! `disentangle` → `config` → `demo`.
 //!
@@ -21,6 +21,7 @@ pub mod ablation;
 pub mod anchored;
 pub mod arch_ablation;
 pub mod baselines;
+pub mod blend;
 pub mod classical;
 pub mod config;
 pub mod data;

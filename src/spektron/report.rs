@@ -26,6 +26,9 @@ pub const ARMS: &[&str] = &[
     "spektron_residual_gated",
     "spektron_pls_head",
     "pls_head_linear",
+    "cnn_sbc",
+    "blend_spektron",
+    "blend_cnn",
     "spektron_lora",
     "scratch",
 ];
@@ -57,6 +60,9 @@ pub fn method_label(m: &str) -> &'static str {
             "Spektron head started at PLS + slope/bias, LoRA on N target spectra"
         }
         "pls_head_linear" => "PLS latent variables re-weighted on N target spectra (no network)",
+        "cnn_sbc" => "1-D CNN master + slope/bias on N labelled target spectra",
+        "blend_spektron" => "PLS + slope/bias blended with Spektron master + slope/bias",
+        "blend_cnn" => "PLS + slope/bias blended with 1-D CNN master + slope/bias",
         "spektron_lora" => "Spektron + LoRA on N labelled target spectra",
         "scratch" => "Spektron from scratch on N labelled target spectra",
         "cnn_master_on_master" => "1-D CNN (source-trained) on master test spectra",
@@ -250,6 +256,9 @@ pub fn experiment_plot(
         "spektron_residual_gated",
         "spektron_pls_head",
         "pls_head_linear",
+        "cnn_sbc",
+        "blend_spektron",
+        "blend_cnn",
         "spektron_lora",
         "scratch",
         "cnn_transfer",

@@ -146,7 +146,8 @@ pub fn run(
     };
     let t0 = Instant::now();
     let mut acc = Acc::default();
-    for s in 0..ec.repeats {
+    let first = arms.baselines.first_repeat;
+    for s in first..first + ec.repeats {
         on_progress(&format!("repetition {}", s + 1));
         let sp = Split::new(s, n, n_test);
         let cm = if ec.centre {

@@ -677,11 +677,14 @@ fn lora_transfer_beats_untransferred_model_on_synthetic_task() {
             .unwrap_or_else(|| panic!("{m} N={n}"))
             .rmsep_mean
     };
-    // The gated residual and PLS-anchored head arms (off here) have their own test below.
+    // The gated residual, PLS-anchored head and blend arms (off here) have their own tests below.
     let off = [
         "spektron_residual_gated",
         "spektron_pls_head",
         "pls_head_linear",
+        "cnn_sbc",
+        "blend_spektron",
+        "blend_cnn",
     ];
     for m in report::ARMS.iter().filter(|m| !off.contains(m)) {
         assert!(cells.iter().any(|x| x.method == *m), "{m}");
@@ -1390,5 +1393,198 @@ fn gated_residual_and_pls_head_arms_reduce_to_pls_sbc_at_their_zero_settings() {
         for (u, w) in ra.iter().zip(rb) {
             assert!(((f64::from(*u) - m) / sd - f64::from(*w)).abs() < 1e-4);
         }
+    }
+}
+
+#[test]
+fn blend_share_minimises_the_out_of_fold_residual_and_loo_sbc_matches_the_hat_formula() {
+    use spx::spektron::blend::{loo_sbc_residuals, mix, network_share, sbc};
+    // Slope/bias on a known linear predictor: y = 2 + 3·fit exactly → SBC reproduces y.
+    let fit = [0.1, 0.4, -0.3, 1.2, 0.7, -0.9, 0.05];
+    let y: Vec<f64> = fit.iter().map(|f| 2.0 + 3.0 * f).collect();
+    for (a, b) in sbc(&fit, &y, &fit).iter().zip(&y) {
+        assert!((a - b).abs() < 1e-12);
+    }
+    assert!(loo_sbc_residuals(&fit, &y).iter().all(|r| r.abs() < 1e-12));
+    // With noise: the leave-one-out residual of a straight-line fit is e_i / (1 − h_ii),
+    // h_ii = 1/n + (x_i − x̄)² / Sxx (the closed form, no refit).
+    let noisy: Vec<f64> = y
+        .iter()
+        .zip([0.3, -0.2, 0.5, -0.4, 0.1, 0.25, -0.6])
+        .map(|(a, e)| a + e)
+        .collect();
+    let n = fit.len() as f64;
+    let mx = fit.iter().sum::<f64>() / n;
+    let sxx: f64 = fit.iter().map(|x| (x - mx).powi(2)).sum();
+    let full = sbc(&fit, &noisy, &fit);
+    let loo = loo_sbc_residuals(&fit, &noisy);
+    for i in 0..fit.len() {
+        let h = 1.0 / n + (fit[i] - mx).powi(2) / sxx;
+        let want = (noisy[i] - full[i]) / (1.0 - h);
+        assert!((loo[i] - want).abs() < 1e-10, "{i}: {} vs {want}", loo[i]);
+    }
+    // The share u minimises Σ (a − u (a − b))²: a perfect network takes it all, an identical
+    // one none, opposite errors cancel at one half; clamped to [0, max].
+    let a = [0.3, -0.5, 0.2, 0.8, -0.1];
+    assert_eq!(network_share(&a, &[0.0; 5], 1.0), 1.0);
+    assert_eq!(network_share(&a, &a, 1.0), 0.0);
+    let opposite: Vec<f64> = a.iter().map(|v| -v).collect();
+    assert!((network_share(&a, &opposite, 1.0) - 0.5).abs() < 1e-12);
+    assert_eq!(network_share(&a, &opposite, 0.2), 0.2);
+    let b = [0.1, 0.2, -0.3, 0.5, 0.4];
+    let u = network_share(&a, &b, 1.0);
+    assert!(u > 0.0 && u < 1.0, "{u}");
+    let obj = |u: f64| -> f64 {
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - u * (x - y)).powi(2))
+            .sum()
+    };
+    for d in [-0.05, -0.01, 0.01, 0.05] {
+        assert!(obj(u) <= obj(u + d), "{u} + {d}");
+    }
+    // The blend at u = 0 is the base bit for bit, at u = 1 the network.
+    let base = [1.0, 2.5, -0.25];
+    let net = [0.5, 3.0, 0.75];
+    assert_eq!(mix(&base, &net, 0.0), base.to_vec());
+    for (m, v) in mix(&base, &net, 1.0).iter().zip(&net) {
+        assert!((m - v).abs() < 1e-15);
+    }
+}
+
+/// The model arms (with notes) of a config on `data`'s SNV inputs at N = 10 (modality 2, seed 7).
+fn arms_at_n10(
+    c: &spx::spektron::config::SpektronConfig,
+    data: &spx::spektron::baselines::TransferData,
+) -> impl Fn(
+    &spx::spektron::config::SpektronConfig,
+) -> Result<
+    (
+        Vec<spx::spektron::baselines::Cell>,
+        spx::spektron::experiment::ArmNotes,
+    ),
+    spx::error::SpxError,
+> {
+    use spx::spektron::experiment;
+    let (xsrc, xtgt) =
+        experiment::prepare_spectra(data, &[], c.model.n_points, c.corpus.min_std).unwrap();
+    let y = data.y.to_vec();
+    move |c| {
+        let dev = DeviceSpec::Cpu.autodiff_device().unwrap();
+        experiment::run_model_arms_noted(
+            &xsrc,
+            &xtgt,
+            &y,
+            &[10],
+            c.arm_settings(),
+            None,
+            2,
+            &dev,
+            7,
+            |_| {},
+        )
+    }
+}
+
+#[test]
+fn blend_arms_reduce_to_pls_sbc_at_zero_share_and_leave_the_other_arms_unchanged() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::experiment::BlendWeights;
+    let mut c = transfer_cfg();
+    let e = &mut c.experiment;
+    e.master_epochs = 5;
+    e.transfer_epochs = 5;
+    e.scratch_epochs = 2;
+    c.supervised.epochs = 10;
+    let data = synthetic_pair(&c.experiment);
+    let run = arms_at_n10(&c, &data);
+    let (off, off_notes) = run(&c).unwrap();
+    assert!(off_notes.blend.is_empty());
+    assert!(
+        !off.iter()
+            .any(|x| x.method.starts_with("blend") || x.method == "cnn_sbc")
+    );
+    let get = |cells: &[spx::spektron::baselines::Cell], m: &str| {
+        cells
+            .iter()
+            .find(|x| x.method == m && x.n_transfer == 10)
+            .unwrap_or_else(|| panic!("{m}"))
+            .rmsep
+            .clone()
+    };
+    for (mode, max) in [(BlendWeights::Transfer, 0.0), (BlendWeights::Source, 0.0)] {
+        let mut cz = c.clone();
+        cz.experiment.blend = mode;
+        cz.experiment.blend_max = max;
+        cz.experiment.blend_folds = 3;
+        let (on, notes) = run(&cz).unwrap();
+        // Every arm of the run without the switch is there, unchanged to the last bit.
+        for cell in &off {
+            let same = on
+                .iter()
+                .find(|x| x.method == cell.method && x.n_transfer == cell.n_transfer)
+                .unwrap();
+            assert_eq!(same.rmsep, cell.rmsep, "{mode:?} {}", cell.method);
+        }
+        // Share 0: the blends are PLS + SBC on the model inputs, split for split.
+        let base = get(&on, "pls_sbc_inputs");
+        assert_eq!(get(&on, "blend_spektron"), base);
+        assert_eq!(get(&on, "blend_cnn"), base);
+        assert_eq!(notes.blend.len(), 1);
+        assert_eq!(notes.blend[0].spektron_share, 0.0);
+        assert_eq!(notes.blend[0].cnn_share, 0.0);
+        assert!(get(&on, "cnn_sbc")[0].is_finite());
+    }
+    // Open: shares in [0, 1]; the source mode's shares do not depend on the transfer samples.
+    let mut co = c.clone();
+    co.experiment.blend = BlendWeights::Source;
+    co.experiment.blend_folds = 3;
+    let (_, notes) = run(&co).unwrap();
+    for u in [notes.blend[0].spektron_share, notes.blend[0].cnn_share] {
+        assert!((0.0..=1.0).contains(&u), "{u}");
+    }
+    // Without the residual arm's PLS + SBC there is nothing to blend with: refused.
+    let mut cr = co.clone();
+    cr.experiment.residual = false;
+    let err = run(&cr).unwrap_err();
+    assert!(err.to_string().contains("blend"), "{err}");
+}
+
+#[test]
+fn first_repeat_runs_the_later_splits_alone() {
+    let _rng = crate::common::burn_rng_lock();
+    use spx::spektron::baselines;
+    let mut c = transfer_cfg();
+    c.experiment.master_epochs = 3;
+    c.experiment.transfer_epochs = 3;
+    c.experiment.scratch_epochs = 2;
+    c.experiment.repeats = 2;
+    let data = synthetic_pair(&c.experiment);
+    let mut bc = c.baselines.clone();
+    bc.n_transfer = vec![10];
+    bc.repeats = 2;
+    let both = baselines::evaluate(&data, &bc, |_| {}).unwrap();
+    bc.first_repeat = 1;
+    bc.repeats = 1;
+    let second = baselines::evaluate(&data, &bc, |_| {}).unwrap();
+    assert_eq!(second.master_lvs, both.master_lvs[1..].to_vec());
+    for cell in &second.cells {
+        let all = both.get(&cell.method, cell.n_transfer).unwrap();
+        assert_eq!(cell.rmsep, all.rmsep[1..].to_vec(), "{}", cell.method);
+    }
+    // The model arms follow the same split index (and its seeds).
+    let run = |c: &spx::spektron::config::SpektronConfig| arms_at_n10(c, &data)(c).unwrap().0;
+    let both = run(&c);
+    let mut c1 = c.clone();
+    c1.experiment.repeats = 1;
+    c1.baselines.first_repeat = 1;
+    let second = run(&c1);
+    assert_eq!(second.len(), both.len());
+    for cell in &second {
+        let all = both
+            .iter()
+            .find(|x| x.method == cell.method && x.n_transfer == cell.n_transfer)
+            .unwrap();
+        assert_eq!(cell.rmsep, all.rmsep[1..].to_vec(), "{}", cell.method);
     }
 }

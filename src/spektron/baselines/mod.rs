@@ -21,6 +21,10 @@ use crate::error::SpxError;
 pub struct BaselinesConfig {
     pub n_transfer: Vec<usize>,
     pub repeats: usize,
+    /// First seeded split: repetitions s = first_repeat..first_repeat + repeats (fresh splits
+    /// without rerunning the earlier ones).
+    #[serde(default)]
+    pub first_repeat: usize,
     pub n_test: usize,
     pub cv_folds: usize,
     pub max_lv: usize,
@@ -276,7 +280,7 @@ fn evaluate_seq(
     type Acc = Vec<(&'static str, usize, Vec<(f64, f64)>)>;
     let mut acc: Acc = Vec::new();
     let mut master_lvs = Vec::new();
-    for s in 0..cfg.repeats {
+    for s in cfg.first_repeat..cfg.first_repeat + cfg.repeats {
         let perm = splits::permutation(s as u32, n);
         let (test, cal) = perm.split_at(cfg.n_test);
         let xc = rows(d.source.view(), cal);

@@ -35,6 +35,8 @@ pub struct Protocol<'a> {
     pub cfg: &'a SupervisedConfig,
     pub n_test: usize,
     pub repeats: usize,
+    /// First split index (repetitions first_repeat..first_repeat + repeats).
+    pub first_repeat: usize,
     pub centre: bool,
     pub seed: u64,
 }
@@ -66,6 +68,55 @@ fn trainable<M: burn::module::Module>(m: &M) -> usize {
     let mut c = C(0);
     m.visit(&mut c);
     c.0
+}
+
+/// The masters' source training (`[spektron.supervised]` epochs, lr, batch, weight decay,
+/// early stopping).
+pub fn source_fit(c: &SupervisedConfig) -> Fit {
+    Fit {
+        epochs: c.epochs,
+        lr: c.lr,
+        batch: c.batch,
+        weight_decay: c.weight_decay,
+        patience: c.patience,
+        val_fraction: c.val_fraction,
+    }
+}
+
+/// A CNN with random weights drawn after seeding the backend with `seed`.
+fn new_cnn(c: &SupervisedConfig, p: usize, device: &Device, seed: u64) -> Result<Cnn1d, SpxError> {
+    let _ = seeded(device, seed);
+    Cnn1d::new(p, c.cnn_channels, c.cnn_kernel, c.cnn_stride, device)
+}
+
+/// The CNN master: random weights (seed `seed`) trained with [`source_fit`] on spectra `x`
+/// (`p` points) and standardised targets `y`.
+pub fn cnn_master(
+    c: &SupervisedConfig,
+    x: &[f32],
+    y: &[f32],
+    p: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<(Cnn1d, super::FitReport), SpxError> {
+    fit(
+        new_cnn(c, p, device, seed)?,
+        x,
+        y,
+        p,
+        &source_fit(c),
+        device,
+        seed,
+    )
+}
+
+/// Mean and sample standard deviation (1 when zero) of the calibration property, by which the
+/// masters' targets are standardised.
+pub fn standardiser(y: &[f64]) -> (f64, f64) {
+    let ym = y.iter().sum::<f64>() / y.len().max(1) as f64;
+    let ysd =
+        (y.iter().map(|v| (v - ym).powi(2)).sum::<f64>() / (y.len().max(2) - 1) as f64).sqrt();
+    (ym, if ysd > 0.0 { ysd } else { 1.0 })
 }
 
 /// Every row for every repetition and N (`ns`, each in 2..=n_cal); `xs`/`xt` row-major
@@ -116,14 +167,7 @@ pub fn run_arms(
         layers: c.tf_layers,
         d_ff: c.tf_d_ff,
     };
-    let source = Fit {
-        epochs: c.epochs,
-        lr: c.lr,
-        batch: c.batch,
-        weight_decay: c.weight_decay,
-        patience: c.patience,
-        val_fraction: c.val_fraction,
-    };
+    let source = source_fit(c);
     let transfer = Fit {
         epochs: c.transfer_epochs,
         lr: c.transfer_lr,
@@ -133,10 +177,7 @@ pub fn run_arms(
         lr: c.lora_lr,
         ..transfer
     };
-    let new_cnn = |s: u64| {
-        let _ = seeded(device, s);
-        Cnn1d::new(p, c.cnn_channels, c.cnn_kernel, c.cnn_stride, device)
-    };
+    let new_cnn = |s: u64| new_cnn(c, p, device, s);
     let new_tf = |s: u64| {
         let _ = seeded(device, s);
         SpectrumTransformer::new(p, dims, device)
@@ -154,7 +195,7 @@ pub fn run_arms(
     };
     let mut acc = Acc::default();
     let mut push = |m: &'static str, k: usize, e: (f64, f64)| acc.push(m, k, e);
-    for s in 0..pr.repeats {
+    for s in pr.first_repeat..pr.first_repeat + pr.repeats {
         let sp = Split::new(s, n, pr.n_test);
         let cm = if pr.centre {
             Centring::fit(&take(xs, &sp.cal, p), p)
@@ -162,10 +203,7 @@ pub fn run_arms(
             Centring::identity(p)
         };
         let ycal: Vec<f64> = sp.cal.iter().map(|&r| y[r]).collect();
-        let ym = ycal.iter().sum::<f64>() / ycal.len() as f64;
-        let ysd =
-            (ycal.iter().map(|v| (v - ym).powi(2)).sum::<f64>() / (ycal.len() - 1) as f64).sqrt();
-        let ysd = if ysd > 0.0 { ysd } else { 1.0 };
+        let (ym, ysd) = standardiser(&ycal);
         let std_y = |rows: &[usize]| -> Vec<f32> {
             rows.iter().map(|&r| ((y[r] - ym) / ysd) as f32).collect()
         };
@@ -192,7 +230,7 @@ pub fn run_arms(
 
         on_progress(&format!("repetition {}: CNN", s + 1));
         let ms = sub_seed(pr.seed, s, 11, 0);
-        let (cnn, rep) = fit(new_cnn(ms)?, &xc, &yc, p, &source, device, ms)?;
+        let (cnn, rep) = cnn_master(c, &xc, &yc, p, device, ms)?;
         summary.cnn_master_epochs.push(rep.best_epoch);
         push(
             "cnn_master_on_master",
