@@ -2019,6 +2019,8 @@ fn restore_puts_a_jumped_row_back_to_its_snapshot() {
     dc.train.epochs = 400;
     dc.train.restore_every = 5;
     dc.train.restore_jump = 2.0;
+    // the factor rule alone here; the σ rule below
+    dc.train.restore_jump_sigmas = 0.0;
     dc.train.restore_lr_factor = 0.5;
     dc.train.max_restores = 3;
     let jobs: Vec<spx::dip::batch::Job> = probs
@@ -2088,6 +2090,25 @@ fn restore_puts_a_jumped_row_back_to_its_snapshot() {
         on.iter().map(|f| f.stop_reason).collect::<Vec<_>>(),
         off.iter().map(|f| f.stop_reason).collect::<Vec<_>>()
     );
+    // The σ rule alone (no doubling needed): every restore follows a rise of the total loss
+    // above its snapshot's by more than k·√(2M), and the next epoch reproduces the snapshot.
+    let mut sc = dc.clone();
+    sc.train.restore_jump = 1e6;
+    sc.train.restore_jump_sigmas = 5.0;
+    assert_eq!(sc.train.validation_fraction, 0.0);
+    let sig = spx::dip::batch::fit_batch(&sc, &jobs, &dev, &pb);
+    assert!(sig.iter().any(|f| !f.restores.is_empty()));
+    for (f, job) in sig.iter().zip(&jobs) {
+        let margin = 5.0 * (2.0 * job.problem.op.m as f64).sqrt();
+        for r in &f.restores {
+            let (jumped, snap) = (f.history[r.epoch].total, f.history[r.to_epoch].total);
+            assert!(
+                jumped > snap + margin,
+                "{r:?}: {jumped} vs {snap} + {margin}"
+            );
+            assert_eq!(f.history[r.epoch + 1].total, snap, "{r:?}");
+        }
+    }
     // Each row, restores and all, is its fit alone.
     for (j, f) in jobs.iter().zip(&on) {
         let alone = spx::dip::batch::fit(&dc, &j.problem, &dev, j.seed, &pb);
