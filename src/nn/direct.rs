@@ -200,44 +200,25 @@ mod avx512 {
                 unsafe {
                     let o = out.add(r0 * ld + j0);
                     let s = src.add(j0);
-                    match (nr, len == V * L) {
-                        (R, true) => {
-                            corr_block::<R, false>(o, ld, len, inner, &w, r0, s, sstride, offs)
-                        }
-                        (R, false) => {
-                            corr_block::<R, true>(o, ld, len, inner, &w, r0, s, sstride, offs)
-                        }
-                        (_, true) => {
-                            for r in 0..nr {
-                                let o = o.add(r * ld);
-                                corr_block::<1, false>(
-                                    o,
-                                    ld,
-                                    len,
-                                    inner,
-                                    &w,
-                                    r0 + r,
-                                    s,
-                                    sstride,
-                                    offs,
+                    let full = len == V * L;
+                    macro_rules! block {
+                        ($nr:tt, $o:expr, $row:expr) => {
+                            if full {
+                                corr_block::<$nr, false>(
+                                    $o, ld, len, inner, &w, $row, s, sstride, offs,
+                                )
+                            } else {
+                                corr_block::<$nr, true>(
+                                    $o, ld, len, inner, &w, $row, s, sstride, offs,
                                 )
                             }
-                        }
-                        (_, false) => {
-                            for r in 0..nr {
-                                let o = o.add(r * ld);
-                                corr_block::<1, true>(
-                                    o,
-                                    ld,
-                                    len,
-                                    inner,
-                                    &w,
-                                    r0 + r,
-                                    s,
-                                    sstride,
-                                    offs,
-                                )
-                            }
+                        };
+                    }
+                    if nr == R {
+                        block!(R, o, r0);
+                    } else {
+                        for r in 0..nr {
+                            block!(1, o.add(r * ld), r0 + r);
                         }
                     }
                 }
