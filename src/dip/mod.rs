@@ -179,8 +179,8 @@ pub struct TrainConfig {
     /// weights and Adam moments are put back to the snapshot (see [`batch`]).
     pub restore_jump: f64,
     /// A rise of the total loss above the snapshot's by more than this many standard deviations
-    /// of χ² over the fitted observations (`k·√(2M)`) is also a jump (0 = off): on dense data a
-    /// fit can lose 20 % of its χ² without doubling it.
+    /// of χ² over the fitted observations (`k·√(2M)`) is also a jump (0 = off, the default): on
+    /// dense data a fit can lose 20 % of its χ² without doubling it.
     pub restore_jump_sigmas: f64,
     /// Snapshot every this many epochs (of the weights and Adam moments, per fit).
     pub restore_every: usize,
