@@ -261,28 +261,29 @@ pub fn forward(
                         direct_offsets(&gr, false),
                     )
                 };
-            }
-            for k in (0..kk).filter(|_| !direct) {
-                let off = gr.offset(g, k);
-                // SAFETY: buf is this task's own buffer with capacity for co·n elements.
-                unsafe {
-                    gemm_strided(
-                        co,
-                        n,
-                        ci,
-                        buf.as_mut_ptr(),
-                        n,
-                        1,
-                        k > 0,
-                        tap(w, g, k, false),
-                        Mat {
-                            data: &xp.data[q0 + off..],
-                            rs: xp.stride,
-                            cs: 1,
-                        },
-                        false,
-                    )
-                };
+            } else {
+                for k in 0..kk {
+                    let off = gr.offset(g, k);
+                    // SAFETY: buf is this task's own buffer with capacity for co·n elements.
+                    unsafe {
+                        gemm_strided(
+                            co,
+                            n,
+                            ci,
+                            buf.as_mut_ptr(),
+                            n,
+                            1,
+                            k > 0,
+                            tap(w, g, k, false),
+                            Mat {
+                                data: &xp.data[q0 + off..],
+                                rs: xp.stride,
+                                cs: 1,
+                            },
+                            false,
+                        )
+                    };
+                }
             }
             // SAFETY: the direct kernel or the k = 0 GEMM (accumulate = false, inner size ci ≥ 1)
             // wrote all co·n elements of the reserved buffer (or it was zero-filled above).

@@ -1566,6 +1566,20 @@ fn small_catalog(dir: &Path, n: usize) -> (Config, Vec<PathBuf>) {
     (c, files)
 }
 
+/// Two fits per problem (seeds `7 + 3i` and `8 + 3i`), in problem order.
+fn two_jobs_each(probs: &[(Operator, Vec<f64>, Vec<f64>)]) -> Vec<spx::dip::batch::Job<'_>> {
+    probs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (op, y, s))| {
+            (0..2).map(move |k| spx::dip::batch::Job {
+                problem: Problem { op, y, sigma: s },
+                seed: 7 + 3 * i as u64 + k,
+            })
+        })
+        .collect()
+}
+
 fn problem_of(c: &Config, csv: &Path) -> (Operator, Vec<f64>, Vec<f64>) {
     let grid = linspace(c.dip.wavelength_min, c.dip.wavelength_max, c.dip.resolution);
     let (obs, _) = input::load(csv, &c.dip.qc).unwrap();
@@ -1629,16 +1643,7 @@ fn batched_fits_equal_lone_fits() {
     // The defaults: a correction of a smooth Tikhonov start.
     variants.push(c.dip.clone());
     for (v, dc) in variants.iter().enumerate() {
-        let jobs: Vec<spx::dip::batch::Job> = probs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (op, y, s))| {
-                (0..2).map(move |k| spx::dip::batch::Job {
-                    problem: Problem { op, y, sigma: s },
-                    seed: 7 + 3 * i as u64 + k,
-                })
-            })
-            .collect();
+        let jobs = two_jobs_each(&probs);
         let batched = spx::dip::batch::fit_batch(dc, &jobs, &dev, &pb);
         let mut epochs = Vec::new();
         for (j, f) in jobs.iter().zip(&batched) {
@@ -2023,16 +2028,7 @@ fn restore_puts_a_jumped_row_back_to_its_snapshot() {
     dc.train.restore_jump_sigmas = 0.0;
     dc.train.restore_lr_factor = 0.5;
     dc.train.max_restores = 3;
-    let jobs: Vec<spx::dip::batch::Job> = probs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (op, y, s))| {
-            (0..2).map(move |k| spx::dip::batch::Job {
-                problem: Problem { op, y, sigma: s },
-                seed: 7 + 3 * i as u64 + k,
-            })
-        })
-        .collect();
+    let jobs = two_jobs_each(&probs);
     let on = spx::dip::batch::fit_batch(&dc, &jobs, &dev, &pb);
     let mut off_cfg = dc.clone();
     off_cfg.train.max_restores = 0;
