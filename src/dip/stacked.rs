@@ -95,17 +95,7 @@ fn solo<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// burn's leaky ReLU, in place: `v < 0` → `slope·v` (burn's `mask_where(v < 0, v·slope)`,
-/// the same f32 product).
-fn leaky(v: &mut [f32], slope: f32) {
-    for a in v {
-        if *a < 0.0 {
-            *a *= slope;
-        }
-    }
-}
-
-/// The gradient before [`leaky`] from the gradient `g` after it and the activated output `y`:
+/// The gradient before the leaky ReLU (`kernels::activate`) from the gradient `g` after it and the activated output `y`:
 /// `slope·g` where `y < 0`, `g` elsewhere — burn's leaky-ReLU backward, except for a negative
 /// pre-activation so small (|v| < 2⁻¹⁴⁹/slope) that `slope·v` rounds to −0, which burn scales
 /// and this does not.
@@ -120,11 +110,9 @@ fn unleaky(g: &mut [f32], y: &[f32], slope: f32) {
 /// One row's conv (+ activation) on the calling thread's one-thread pool.
 fn row_forward(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeom, act: Option<f32>) -> Vec<f32> {
     solo(|| {
-        let mut y = kernels::conv_forward(x, w, Some(b), g);
-        if let Some(slope) = act {
-            leaky(&mut y, slope);
-        }
-        y
+        // The activation is applied to each output tile while it is in cache (`activate`
+        // scales `v ≤ 0`, burn `v < 0`: the same values, ±0 keeping its sign).
+        kernels::conv_forward_act(x, w, Some(b), g, act)
     })
 }
 
