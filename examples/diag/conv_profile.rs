@@ -15,6 +15,11 @@
 //! (`SPX_LIBC_MALLOC_DEFAULTS=1` leaves glibc's defaults, to measure what it saves).
 //! Threads: `RAYON_NUM_THREADS`. The PyTorch twins in `benches/peers/` print the same line.
 //!
+//! `conv_profile kernels`: the AVX-512 direct kernels alone (`spx::nn::direct`, the DIP U-Net's
+//! 3-tap 1-D convs) on the U-Net's channel counts and lengths, operands hot in cache, best of 40
+//! calls on one thread: what the kernels reach without the epoch's cache misses and other ops
+//! (a Zen 4 core's FMA peak is 32 FLOP per cycle).
+//!
 //! `cargo run --release --example conv_profile -- layers pinn`
 
 use std::time::Instant;
@@ -366,14 +371,84 @@ fn step_dip_fit(steps: usize) {
     report("dip", ConvImpl::Spx, params, steps, wl, c, loss_v);
 }
 
+/// See the module doc (`kernels`).
+fn kernels() {
+    use spx::nn::direct;
+    if !direct::available() {
+        eprintln!("no AVX-512F on this CPU: the DIP convs run on the shifted GEMMs");
+        return;
+    }
+    let reps = 40;
+    let (mut tf, mut tw, mut flops) = (0.0, 0.0, 0.0);
+    println!("cout  cin  length   forward/input-grad kernel   weight-gradient kernel (GFLOP/s)");
+    for (co, ci, n) in [
+        (32usize, 32usize, 3000usize),
+        (64, 64, 1500),
+        (128, 128, 750),
+        (128, 384, 750),
+        (256, 256, 375),
+        (32, 96, 3000),
+    ] {
+        let stride = n + 2;
+        let val = |i: usize, p: usize| ((i * p) % 1000) as f32 * 1e-3;
+        let x: Vec<f32> = (0..ci * stride + 2).map(|i| val(i, 7919)).collect();
+        let g: Vec<f32> = (0..co * stride).map(|i| val(i, 104_729)).collect();
+        let w: Vec<f32> = (0..co * ci * 3).map(|i| val(i, 31)).collect();
+        let mut out = vec![0f32; co * n];
+        let mut dw = vec![0f32; co * ci * 3];
+        let taps = direct::Taps {
+            w: &w,
+            rs: ci * 3,
+            ss: 3,
+            ts: 1,
+        };
+        let (mut best_f, mut best_w) = (f64::MAX, f64::MAX);
+        for _ in 0..reps {
+            let t = Instant::now();
+            // SAFETY: `available()` checked AVX-512F; `out` holds co rows of n.
+            unsafe { direct::corr(out.as_mut_ptr(), n, co, n, ci, taps, &x, stride, [0, 1, 2]) };
+            best_f = best_f.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            // SAFETY: as above.
+            unsafe {
+                direct::weight_grad(
+                    &mut dw,
+                    (ci * 3, 3),
+                    co,
+                    ci,
+                    n,
+                    (&g, stride),
+                    (&x, stride),
+                    [0, 1, 2],
+                )
+            };
+            best_w = best_w.min(t.elapsed().as_secs_f64());
+        }
+        let flop = 2.0 * (co * ci * 3 * n) as f64;
+        println!(
+            "{co:4} {ci:4} {n:7}   {:26.1}   {:22.1}",
+            flop / best_f * 1e-9,
+            flop / best_w * 1e-9
+        );
+        (tf, tw, flops) = (tf + best_f, tw + best_w, flops + flop);
+    }
+    println!(
+        "all shapes: forward/input-grad kernel {:.1}, weight-gradient kernel {:.1} GFLOP/s",
+        flops / tf * 1e-9,
+        flops / tw * 1e-9
+    );
+}
+
 fn main() {
     if std::env::var_os("SPX_LIBC_MALLOC_DEFAULTS").is_none() {
         spx::backend::keep_freed_memory();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
-    let usage = "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock]";
+    let usage =
+        "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock] | kernels";
     match (arg(0), arg(1)) {
+        (Some("kernels"), _) => kernels(),
         (Some("layers"), net) => layers(net.unwrap_or("pinn")),
         (Some("step"), Some("dipfit")) => {
             let steps = arg(2)

@@ -95,18 +95,6 @@ fn solo<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     }
 }
 
-/// The gradient before the leaky ReLU (`kernels::activate`) from the gradient `g` after it and the activated output `y`:
-/// `slope·g` where `y < 0`, `g` elsewhere — burn's leaky-ReLU backward, except for a negative
-/// pre-activation so small (|v| < 2⁻¹⁴⁹/slope) that `slope·v` rounds to −0, which burn scales
-/// and this does not.
-fn unleaky(g: &mut [f32], y: &[f32], slope: f32) {
-    for (g, &y) in g.iter_mut().zip(y) {
-        if y < 0.0 {
-            *g *= slope;
-        }
-    }
-}
-
 /// One row's conv (+ activation) on the calling thread's one-thread pool.
 fn row_forward(x: &[f32], w: &[f32], b: &[f32], g: &ConvGeom, act: Option<f32>) -> Vec<f32> {
     solo(|| {
@@ -188,14 +176,11 @@ impl Backward<Flex, 3> for BatchConvBackward {
         let row = |r: usize| {
             let rw = if s.nw == 1 { 0 } else { r };
             solo(|| {
-                let mut g = gv[r * ol..(r + 1) * ol].to_vec();
-                if let Some((slope, y)) = yv {
-                    unleaky(&mut g, &y[r * ol..(r + 1) * ol], slope);
-                }
-                kernels::conv_backward(
+                kernels::conv_backward_leaky(
                     &xv[r * xl..(r + 1) * xl],
                     &wv[rw * wl..(rw + 1) * wl],
-                    &g,
+                    &gv[r * ol..(r + 1) * ol],
+                    yv.map(|(slope, y)| (slope, &y[r * ol..(r + 1) * ol])),
                     &s.g,
                     need,
                 )
@@ -292,7 +277,7 @@ pub fn conv(x: Tensor<3>, w: Tensor<4>, b: Tensor<2>, pad: usize) -> Tensor<3> {
 }
 
 /// [`conv`] followed by burn's leaky ReLU of slope `act` when given, fused into the op on the
-/// CPU (the same numbers as `leaky_relu(conv(..))`, see [`unleaky`] for the one exception).
+/// CPU (the same numbers as `leaky_relu(conv(..))`, see [`kernels::conv_backward_leaky`] for the one exception).
 pub fn conv_act(
     x: Tensor<3>,
     w: Tensor<4>,

@@ -517,4 +517,87 @@ mod tests {
             assert!(shifted::worth_it(&g, cout, cin) || !super::available());
         }
     }
+
+    /// The fused backward of one-sample 1-D convs (`kernels::conv_backward_leaky`: one scaled
+    /// gradient grid for bias, weight and input gradients) equals, bit for bit, the separate
+    /// passes on a separately scaled gradient: scaled where the activated output is negative
+    /// (−0 and +0 not), the bias summed in f64 per row, zero and reflect padding, asymmetric
+    /// padding, a 1-channel layer, every gradient or only some.
+    #[test]
+    fn fused_leaky_backward_equals_the_separate_passes_bit_for_bit() {
+        use super::super::kernels::{self, Need};
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for (cin, w, cout, pad, mode) in [
+            (5, 37, 7, [0, 0, 1, 1], PadMode::Zero),
+            (1, 100, 6, [0, 0, 1, 1], PadMode::Reflect),
+            (32, 300, 32, [0, 0, 1, 1], PadMode::Reflect),
+            (9, 17, 4, [0, 0, 2, 0], PadMode::Zero),
+            (6, 50, 1, [0, 0, 1, 1], PadMode::Reflect),
+        ] {
+            let g = ConvGeom {
+                batch: 1,
+                cin,
+                h: 1,
+                w,
+                cout,
+                kh: 1,
+                kw: 3,
+                pad,
+                mode,
+            };
+            let wo = g.wo();
+            let mut r =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
+            let (x, wt, gout) = (r(cin * w), r(cout * cin * 3), r(cout * wo));
+            let mut y = r(cout * wo);
+            (y[0], y[1]) = (-0.0, 0.0);
+            let slope = 0.2f32;
+            let scaled: Vec<f32> = gout
+                .iter()
+                .zip(&y)
+                .map(|(&g, &y)| if y < 0.0 { g * slope } else { g })
+                .collect();
+            assert_ne!(scaled, gout, "some outputs are negative");
+            let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            let want_dx = shifted::input_grad(&wt, &scaled, &g);
+            let want_dw = shifted::weight_grad(&x, &scaled, &g);
+            let want_db: Vec<f32> = (0..cout)
+                .map(|o| {
+                    let row = kernels::sum_f64(&scaled[o * wo..(o + 1) * wo]);
+                    std::iter::once(row).sum::<f64>() as f32
+                })
+                .collect();
+            let check = |name: &str, got: &Option<Vec<f32>>, want: &[f32], asked: bool| match got {
+                Some(v) => assert!(asked && bits(v) == bits(want), "{g:?} {name}"),
+                None => assert!(!asked, "{g:?} {name} missing"),
+            };
+            for need in [
+                Need {
+                    x: true,
+                    weight: true,
+                    bias: true,
+                },
+                Need {
+                    x: false,
+                    weight: true,
+                    bias: true,
+                },
+                Need {
+                    x: true,
+                    weight: false,
+                    bias: false,
+                },
+            ] {
+                let got = kernels::conv_backward_leaky(&x, &wt, &gout, Some((slope, &y)), &g, need);
+                check("dx", &got.x, &want_dx, need.x);
+                check("dw", &got.weight, &want_dw, need.weight);
+                check("db", &got.bias, &want_db, need.bias);
+                // the unscaled entry on the scaled gradient: the same numbers
+                let plain = kernels::conv_backward(&x, &wt, &scaled, &g, need);
+                check("dx (plain)", &plain.x, &want_dx, need.x);
+                check("dw (plain)", &plain.weight, &want_dw, need.weight);
+                check("db (plain)", &plain.bias, &want_db, need.bias);
+            }
+        }
+    }
 }

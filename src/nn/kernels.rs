@@ -565,7 +565,7 @@ fn reflect(i: usize, pad: usize, n: usize) -> usize {
 /// Σ v in f64 over 8 interleaved partial sums (vectorised: a single running sum is one
 /// dependent add per element). The f64 result differs from the sequential sum by rounding
 /// (≈ 1e-16 relative), far below the f32 it is cast to.
-fn sum_f64(v: &[f32]) -> f64 {
+pub(super) fn sum_f64(v: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
     let chunks = v.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().map(|&x| x as f64).sum();
@@ -585,6 +585,40 @@ pub fn conv_backward(
     g: &ConvGeom,
     need: Need,
 ) -> ConvGrads {
+    conv_backward_leaky(x, weight, gout, None, g, need)
+}
+
+/// [`conv_backward`] of a conv followed by a leaky ReLU: `leaky = Some((slope, y))`, `y` the
+/// activated output, scales the gradient by `slope` where `y < 0` first (burn's leaky-ReLU
+/// backward, except for a negative pre-activation so small (|v| < 2⁻¹⁴⁹/slope) that `slope·v`
+/// rounds to −0, which burn scales and this does not). One-sample 1-D convs on the direct
+/// kernels scale while laying out their one gradient grid
+/// ([`super::shifted::backward_direct_1d`]).
+pub fn conv_backward_leaky(
+    x: &[f32],
+    weight: &[f32],
+    gout: &[f32],
+    leaky: Option<(f32, &[f32])>,
+    g: &ConvGeom,
+    need: Need,
+) -> ConvGrads {
+    assert_eq!(weight.len(), g.cout * g.k(), "conv_backward: weight size");
+    if let Some(grads) = super::shifted::backward_direct_1d(x, weight, gout, leaky, g, need) {
+        return grads;
+    }
+    let scaled: Vec<f32>;
+    let gout = match leaky {
+        Some((slope, y)) => {
+            assert_eq!(y.len(), gout.len(), "conv_backward: activated output size");
+            scaled = gout
+                .par_iter()
+                .zip(y)
+                .map(|(&g, &y)| if y < 0.0 { g * slope } else { g })
+                .collect();
+            &scaled[..]
+        }
+        None => gout,
+    };
     let (k, l, co) = (g.k(), g.l(), g.cout);
     assert_eq!(
         gout.len(),

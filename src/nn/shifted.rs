@@ -24,7 +24,7 @@
 use rayon::prelude::*;
 
 use super::direct;
-use super::kernels::{ConvGeom, Mat, Out, PadMode, gemm_strided};
+use super::kernels::{ConvGeom, ConvGrads, Mat, Need, Out, PadMode, gemm_strided, sum_f64};
 
 /// The padded grid of one conv: sizes and the reach of its largest kernel offset.
 #[derive(Clone, Copy, Debug)]
@@ -125,13 +125,31 @@ fn axis(grid_len: usize, len: usize, off: usize, mode: PadMode) -> Vec<Option<us
 #[allow(clippy::too_many_arguments)]
 fn flatten(
     src: &[f32],
-    (_, c, sh, sw): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
     gr: &Grid,
-    (y0, x0): (usize, usize),
+    origin: (usize, usize),
     mode: PadMode,
     head: usize,
     tail: usize,
 ) -> Flat {
+    flatten_scaled(src, dims, gr, origin, mode, (head, tail), None)
+}
+
+/// [`flatten`], with each copied sample `src[i]` multiplied by `slope` where `leaky =
+/// Some((slope, y))` has `y[i] < 0` (the gradient before a leaky ReLU whose output was `y`).
+fn flatten_scaled(
+    src: &[f32],
+    (_, c, sh, sw): (usize, usize, usize, usize),
+    gr: &Grid,
+    (y0, x0): (usize, usize),
+    mode: PadMode,
+    (head, tail): (usize, usize),
+    leaky: Option<(f32, &[f32])>,
+) -> Flat {
+    let at = |i: usize| match leaky {
+        Some((slope, y)) if y[i] < 0.0 => src[i] * slope,
+        _ => src[i],
+    };
     let stride = head + gr.s + tail;
     let fy = axis(gr.hp, sh, y0, mode);
     let fx = axis(gr.wp, sw, x0, mode);
@@ -155,15 +173,23 @@ fn flatten(
                     });
                     continue;
                 };
-                let srow = &src[((b * c + ch) * sh + sy) * sw..][..sw];
-                for (v, &s) in d[inner.clone()]
-                    .iter_mut()
-                    .zip(&srow[inner.start - x0..inner.end - x0])
-                {
-                    v.write(s);
+                let r0 = ((b * c + ch) * sh + sy) * sw;
+                let span = r0 + inner.start - x0..r0 + inner.end - x0;
+                if let Some((slope, y)) = leaky {
+                    for ((v, &s), &y) in d[inner.clone()]
+                        .iter_mut()
+                        .zip(&src[span.clone()])
+                        .zip(&y[span])
+                    {
+                        v.write(if y < 0.0 { s * slope } else { s });
+                    }
+                } else {
+                    for (v, &s) in d[inner.clone()].iter_mut().zip(&src[span]) {
+                        v.write(s);
+                    }
                 }
                 for px in (0..inner.start).chain(inner.end..gr.wp) {
-                    d[px].write(fx[px].map_or(0.0, |sx| srow[sx]));
+                    d[px].write(fx[px].map_or(0.0, |sx| at(r0 + sx)));
                 }
             }
         });
@@ -405,19 +431,95 @@ pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     dw
 }
 
+/// One-sample 1-D 3-tap convs on the direct kernels: all requested gradients from ONE grid of
+/// the output gradient, scaled by `slope` where `leaky = Some((slope, y))` has `y < 0` (the
+/// gradient before a leaky ReLU whose output was `y`) as it is laid out. The bias sums its rows,
+/// the weight gradient reads it after its `reach` leading zeros, the input gradient as
+/// [`input_grad`]: the same sums in the same order as the separate passes on a separately
+/// scaled gradient, without the scaled copy and the second grid. `None` for other convs.
+pub fn backward_direct_1d(
+    x: &[f32],
+    w: &[f32],
+    gout: &[f32],
+    leaky: Option<(f32, &[f32])>,
+    g: &ConvGeom,
+    need: Need,
+) -> Option<ConvGrads> {
+    let one_row = g.batch == 1 && g.h == 1 && g.pad[0] == 0 && g.pad[1] == 0;
+    if !one_row || !direct_1d(g) || g.check().is_err() {
+        return None;
+    }
+    let gr = Grid::new(g);
+    let (co, ci, kk, wo) = (g.cout, g.cin, g.kw, g.wo());
+    assert_eq!(gout.len(), co * wo, "conv backward: output gradient size");
+    assert_eq!(x.len(), ci * g.w, "conv backward: input size");
+    if let Some((_, y)) = leaky {
+        assert_eq!(y.len(), gout.len(), "conv backward: activated output size");
+    }
+    let head = gr.reach;
+    let gw = flatten_scaled(
+        gout,
+        (1, co, 1, wo),
+        &gr,
+        (0, 0),
+        PadMode::Zero,
+        (head, 0),
+        leaky,
+    );
+    // one sample: the f64 sum over samples of `kernels::conv_backward`, of one term
+    let bias = need.bias.then(|| {
+        (0..co)
+            .into_par_iter()
+            .map(|c| {
+                std::iter::once(sum_f64(&gw.data[c * gw.stride + head..][..wo])).sum::<f64>() as f32
+            })
+            .collect()
+    });
+    let weight = need.weight.then(|| {
+        let xp = padded_input(x, g, &gr);
+        let mut dw = vec![0f32; co * ci * kk];
+        // SAFETY: `direct_1d` checked AVX-512F; the operands' sizes are checked inside.
+        unsafe {
+            direct::weight_grad(
+                &mut dw,
+                (ci * kk, kk),
+                co,
+                ci,
+                gr.s,
+                (&gw.data[head..], gw.stride),
+                (&xp.data, xp.stride),
+                direct_offsets(&gr, false),
+            )
+        };
+        dw
+    });
+    let dx = need.x.then(|| input_grad_on(w, &gw, g, &gr));
+    Some(ConvGrads {
+        x: dx,
+        weight,
+        bias,
+    })
+}
+
 /// Input gradient `[batch, cin, h, w]` for the output gradient `gout` `[batch, cout, ho, wo]`.
 pub fn input_grad(w: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let gr = Grid::new(g);
-    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
     let gw = flatten(
         gout,
-        (g.batch, co, g.ho(), g.wo()),
+        (g.batch, g.cout, g.ho(), g.wo()),
         &gr,
         (0, 0),
         PadMode::Zero,
         gr.reach,
         0,
     );
+    input_grad_on(w, &gw, g, &gr)
+}
+
+/// [`input_grad`] from the output gradient's grid `gw` (preceded by `reach` zeros).
+fn input_grad_on(w: &[f32], gw: &Flat, g: &ConvGeom, gr: &Grid) -> Vec<f32> {
+    let gr = *gr;
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
     // Written whole by the first offset's GEMMs (accumulate = false; the tiles cover every
     // column, co ≥ 1), so not zero-filled first.
     let mut dxp: Vec<f32> = Vec::with_capacity(ci * gr.s);
