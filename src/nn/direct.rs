@@ -439,6 +439,28 @@ mod tests {
         (xp, src)
     }
 
+    /// A 3-tap 1-D conv.
+    fn conv3(
+        batch: usize,
+        cin: usize,
+        w: usize,
+        cout: usize,
+        pad: [usize; 4],
+        mode: PadMode,
+    ) -> ConvGeom {
+        ConvGeom {
+            batch,
+            cin,
+            h: 1,
+            w,
+            cout,
+            kh: 1,
+            kw: 3,
+            pad,
+            mode,
+        }
+    }
+
     /// Every element of the forward, the weight gradient and the input gradient of 3-tap 1-D
     /// convs against their definitions (f64 sums): row counts that are not multiples of the
     /// 4-row blocks, lengths that are not multiples of 16 or 96 positions, one input or output
@@ -453,17 +475,7 @@ mod tests {
             (2, 9, 17, 4, [0, 0, 2, 0], PadMode::Zero),
             (1, 32, 3000, 32, [0, 0, 1, 1], PadMode::Reflect),
         ] {
-            let g = ConvGeom {
-                batch,
-                cin,
-                h: 1,
-                w,
-                cout,
-                kh: 1,
-                kw: 3,
-                pad,
-                mode,
-            };
+            let g = conv3(batch, cin, w, cout, pad, mode);
             let (wo, wp) = (g.wo(), w + pad[2] + pad[3]);
             let mut r =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };
@@ -534,17 +546,7 @@ mod tests {
             (9, 17, 4, [0, 0, 2, 0], PadMode::Zero),
             (6, 50, 1, [0, 0, 1, 1], PadMode::Reflect),
         ] {
-            let g = ConvGeom {
-                batch: 1,
-                cin,
-                h: 1,
-                w,
-                cout,
-                kh: 1,
-                kw: 3,
-                pad,
-                mode,
-            };
+            let g = conv3(1, cin, w, cout, pad, mode);
             let wo = g.wo();
             let mut r =
                 |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-1.0..1.0)).collect() };

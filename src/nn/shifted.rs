@@ -348,6 +348,32 @@ pub fn forward(
     out
 }
 
+/// The weight gradient of a [`direct_1d`] conv from the padded input's grid and the output
+/// gradient's grid `(g, stride)` (the grid's first position first).
+fn direct_weight_grad(
+    xp: &Flat,
+    (gw, stride): (&[f32], usize),
+    g: &ConvGeom,
+    gr: &Grid,
+) -> Vec<f32> {
+    let (co, ci, kk) = (g.cout, g.cin, g.kh * g.kw);
+    let mut dw = vec![0f32; co * ci * kk];
+    // SAFETY: callers checked `direct_1d` (AVX-512F); the operands' sizes are checked inside.
+    unsafe {
+        direct::weight_grad(
+            &mut dw,
+            (ci * kk, kk),
+            co,
+            ci,
+            gr.s,
+            (gw, stride),
+            (&xp.data, xp.stride),
+            direct_offsets(gr, false),
+        )
+    };
+    dw
+}
+
 /// Weight gradient `[cout, cin, kh, kw]` for the output gradient `gout` `[batch, cout, ho, wo]`.
 pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
     let gr = Grid::new(g);
@@ -363,21 +389,7 @@ pub fn weight_grad(x: &[f32], gout: &[f32], g: &ConvGeom) -> Vec<f32> {
         0,
     );
     if direct_1d(g) {
-        let mut dw = vec![0f32; co * ci * kk];
-        // SAFETY: `direct_1d` checked AVX-512F; the operands' sizes are checked inside.
-        unsafe {
-            direct::weight_grad(
-                &mut dw,
-                (ci * kk, kk),
-                co,
-                ci,
-                gr.s,
-                (&gw.data, gw.stride),
-                (&xp.data, xp.stride),
-                direct_offsets(&gr, false),
-            )
-        };
-        return dw;
+        return direct_weight_grad(&xp, (&gw.data, gw.stride), g, &gr);
     }
     let t = tile_len(co + ci);
     let acc = starts(gr.s, t)
@@ -477,21 +489,7 @@ pub fn backward_direct_1d(
     });
     let weight = need.weight.then(|| {
         let xp = padded_input(x, g, &gr);
-        let mut dw = vec![0f32; co * ci * kk];
-        // SAFETY: `direct_1d` checked AVX-512F; the operands' sizes are checked inside.
-        unsafe {
-            direct::weight_grad(
-                &mut dw,
-                (ci * kk, kk),
-                co,
-                ci,
-                gr.s,
-                (&gw.data[head..], gw.stride),
-                (&xp.data, xp.stride),
-                direct_offsets(&gr, false),
-            )
-        };
-        dw
+        direct_weight_grad(&xp, (&gw.data[head..], gw.stride), g, &gr)
     });
     let dx = need.x.then(|| input_grad_on(w, &gw, g, &gr));
     Some(ConvGrads {
