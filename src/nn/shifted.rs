@@ -462,7 +462,7 @@ pub fn backward_direct_1d(
         return None;
     }
     let gr = Grid::new(g);
-    let (co, ci, kk, wo) = (g.cout, g.cin, g.kw, g.wo());
+    let (co, ci, wo) = (g.cout, g.cin, g.wo());
     assert_eq!(gout.len(), co * wo, "conv backward: output gradient size");
     assert_eq!(x.len(), ci * g.w, "conv backward: input size");
     if let Some((_, y)) = leaky {
