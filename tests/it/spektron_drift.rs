@@ -47,7 +47,7 @@ fn corn() -> Option<PathBuf> {
         }
     }
     assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
+        std::env::var("CI").as_deref() != Ok("true"),
         "CI=true but corn.mat is absent (../shared/data/corn/corn.mat)"
     );
     eprintln!("corn.mat absent: drift test skipped");
