@@ -388,6 +388,18 @@ fn baselines_table_m5_mp6() {
     }
 }
 
+/// A README literal of the N = 10 tables: target instrument, property, splits, best classical
+/// method and its RMSEP, SBC's RMSEP, SBC's tolerance (half a unit of its last printed digit).
+type Literal = (
+    &'static str,
+    &'static str,
+    std::ops::Range<usize>,
+    &'static str,
+    f64,
+    f64,
+    f64,
+);
+
 /// Mean of the per-split RMSEPs `lo..hi` of (method, N) in a flattened baselines report.
 fn split_mean(
     got: &BTreeMap<String, Val>,
@@ -452,7 +464,7 @@ fn classical_columns_of_the_n10_tables() {
     ];
     // (target, property, splits, README best classical method and value, README SBC, decimals)
     #[rustfmt::skip]
-    let readme: &[(&str, &str, std::ops::Range<usize>, &str, f64, f64, f64)] = &[
+    let readme: &[Literal] = &[
         ("mp5", "moisture", 0..5, "sbc", 0.214, 0.214, 5e-4),
         ("mp5", "oil", 0..5, "sbc", 0.105, 0.105, 5e-4),
         ("mp5", "protein", 0..5, "recentre", 0.143, 0.152, 5e-4),
