@@ -147,19 +147,24 @@ pub fn write_baselines(
     for m in &METHODS[4..] {
         let pts: Vec<&Cell> = ns.iter().filter_map(|&n| report.get(m, n)).collect();
         if !pts.is_empty() {
-            let mut s = plot::Series::points_with_errors(
-                method_label(m),
-                pts.iter().map(|c| c.n_transfer as f64).collect(),
-                pts.iter().map(|c| c.rmsep_mean).collect(),
-                pts.iter().map(|c| c.rmsep_std).collect(),
-            );
-            s.mark = plot::Mark::LineAndPoints;
-            lp.series.push(s);
+            lp.series.push(rmsep_vs_n(m, &pts));
         }
     }
     plot::line_plot(&p, &lp)?;
     files.push(p);
     Ok(files)
+}
+
+/// One method's RMSEP vs N: mean ± 1 sd over the splits, its spelled-out name, line and points.
+fn rmsep_vs_n(method: &str, pts: &[&Cell]) -> plot::Series {
+    let mut s = plot::Series::points_with_errors(
+        method_label(method),
+        pts.iter().map(|c| c.n_transfer as f64).collect(),
+        pts.iter().map(|c| c.rmsep_mean).collect(),
+        pts.iter().map(|c| c.rmsep_std).collect(),
+    );
+    s.mark = plot::Mark::LineAndPoints;
+    s
 }
 
 /// The Markdown table of [`write_baselines`]: N = 0 rows as a list, then one row per method.
@@ -286,14 +291,7 @@ pub fn experiment_plot(
             .filter_map(|&n| cells.iter().find(|c| c.method == *m && c.n_transfer == n))
             .collect();
         if !pts.is_empty() {
-            let mut s = plot::Series::points_with_errors(
-                method_label(m),
-                pts.iter().map(|c| c.n_transfer as f64).collect(),
-                pts.iter().map(|c| c.rmsep_mean).collect(),
-                pts.iter().map(|c| c.rmsep_std).collect(),
-            );
-            s.mark = plot::Mark::LineAndPoints;
-            lp.series.push(s);
+            lp.series.push(rmsep_vs_n(m, &pts));
         }
     }
     plot::line_plot(path, &lp)
