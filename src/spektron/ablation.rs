@@ -495,7 +495,10 @@ fn plot(
         .collect::<Vec<_>>()
         .join(", ");
     let mut lp = iplot::LinePlot::new(
-        format!("{title} ({repeats} splits, ± 1 sd, N = {k})"),
+        format!(
+            "{title} ({repeats} seeded split{}, ± 1 sd, N = {k})",
+            if repeats == 1 { "" } else { "s" }
+        ),
         format!("{header}: {axis}"),
         "RMSEP on target test spectra (property units)",
     );

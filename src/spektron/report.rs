@@ -123,27 +123,48 @@ pub fn write_baselines(
     files.push(p);
     let p = dir.join(format!("{stem}.png"));
     // Linear axis without the no-transfer level (often 10× the rest): it goes in the title.
-    let title = match report.get("no_transfer", 0) {
-        Some(c) => format!("{title}; no transfer {:.3}", c.rmsep_mean),
-        None => title.to_string(),
-    };
-    let mut lp = plot::LinePlot::new(title, "N transfer samples", "RMSEP");
+    // Mean ± 1 sd over the seeded splits (their count in the title), spelled-out method names in
+    // a legend beside the axes (issue #17 item 4).
+    let splits = report
+        .cells
+        .iter()
+        .map(|c| c.rmsep.len())
+        .max()
+        .unwrap_or(0);
+    let mut title = format!(
+        "{title} ({splits} seeded split{}, ± 1 sd)",
+        if splits == 1 { "" } else { "s" }
+    );
+    if let Some(c) = report.get("no_transfer", 0) {
+        title.push_str(&format!("; no transfer {:.3}", c.rmsep_mean));
+    }
+    let mut lp = plot::LinePlot::new(
+        title,
+        "N labelled target transfer samples",
+        "RMSEP on target test spectra (property units)",
+    );
+    lp.legend_outside = true;
     for m in &METHODS[4..] {
-        let pts: Vec<(f64, f64)> = ns
-            .iter()
-            .filter_map(|&n| report.get(m, n).map(|c| (n as f64, c.rmsep_mean)))
-            .collect();
+        let pts: Vec<&Cell> = ns.iter().filter_map(|&n| report.get(m, n)).collect();
         if !pts.is_empty() {
-            lp.series.push(plot::Series::line(
-                *m,
-                pts.iter().map(|p| p.0).collect(),
-                pts.iter().map(|p| p.1).collect(),
-            ));
+            lp.series.push(rmsep_vs_n(m, &pts));
         }
     }
     plot::line_plot(&p, &lp)?;
     files.push(p);
     Ok(files)
+}
+
+/// One method's RMSEP vs N: mean ± 1 sd over the splits, its spelled-out name, line and points.
+fn rmsep_vs_n(method: &str, pts: &[&Cell]) -> plot::Series {
+    let mut s = plot::Series::points_with_errors(
+        method_label(method),
+        pts.iter().map(|c| c.n_transfer as f64).collect(),
+        pts.iter().map(|c| c.rmsep_mean).collect(),
+        pts.iter().map(|c| c.rmsep_std).collect(),
+    );
+    s.mark = plot::Mark::LineAndPoints;
+    s
 }
 
 /// The Markdown table of [`write_baselines`]: N = 0 rows as a list, then one row per method.
@@ -270,14 +291,7 @@ pub fn experiment_plot(
             .filter_map(|&n| cells.iter().find(|c| c.method == *m && c.n_transfer == n))
             .collect();
         if !pts.is_empty() {
-            let mut s = plot::Series::points_with_errors(
-                method_label(m),
-                pts.iter().map(|c| c.n_transfer as f64).collect(),
-                pts.iter().map(|c| c.rmsep_mean).collect(),
-                pts.iter().map(|c| c.rmsep_std).collect(),
-            );
-            s.mark = plot::Mark::LineAndPoints;
-            lp.series.push(s);
+            lp.series.push(rmsep_vs_n(m, &pts));
         }
     }
     plot::line_plot(path, &lp)

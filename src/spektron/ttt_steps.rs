@@ -375,9 +375,12 @@ fn plot(
     repeats: usize,
 ) -> Result<(), SpxError> {
     let mut lp = iplot::LinePlot::new(
-        format!("{title} ({repeats} splits, error bars ± 1 sd)"),
+        format!(
+            "{title} ({repeats} seeded split{}, error bars ± 1 sd)",
+            if repeats == 1 { "" } else { "s" }
+        ),
         "test-time-training steps on the unlabelled target test spectra",
-        "RMSEP (property units)",
+        "RMSEP on target test spectra (property units)",
     );
     lp.legend_outside = true;
     let shot: Vec<&StepRow> = rows

@@ -14,5 +14,6 @@ mod ptycho;
 mod ptycho_pinn;
 mod spektron;
 mod spektron_ablation;
+mod spektron_drift;
 mod spektron_model;
 mod spektron_supervised;
