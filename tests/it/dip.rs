@@ -2024,8 +2024,9 @@ fn restore_puts_a_jumped_row_back_to_its_snapshot() {
     dc.train.epochs = 400;
     dc.train.restore_every = 5;
     dc.train.restore_jump = 2.0;
-    // the factor rule alone here; the σ rule below
+    // the factor rule alone here; the σ rule below; no stall restores
     dc.train.restore_jump_sigmas = 0.0;
+    dc.train.stall_restore_epochs = 0;
     dc.train.restore_lr_factor = 0.5;
     dc.train.max_restores = 3;
     let jobs = two_jobs_each(&probs);
