@@ -644,6 +644,7 @@ pub fn ranges() -> Vec<(&'static str, Range)> {
         ("dip.train.restore_every", C(1.0, 1e7)),
         ("dip.train.restore_lr_factor", GT(0.0, 1.0)),
         ("dip.train.max_restores", C(0.0, 1e6)),
+        ("dip.train.stall_restore_epochs", C(0.0, 1e7)),
         ("dip.train.early_stop_patience", C(0.0, 1e9)),
         ("dip.train.early_stop_min_delta", C(0.0, 1.0)),
         ("dip.ensemble", C(1.0, 1000.0)),

@@ -18,6 +18,8 @@
 //! worst DIP/Tikhonov ratio. `DIP_DUMP=DIR` also writes, per source and variant,
 //! `DIR/VARIANT_KIND_DENSITY_SEED.csv` (wavelength, smoothed truth, DIP, Tikhonov) and
 //! `…_obs.csv` (the observations after QC with both models' predictions), for diagnosis.
+//! `DIP_HISTORY=DIR` writes `DIR/VARIANT_KIND_DENSITY_SEED_loss.csv` (per epoch: total loss, data
+//! term, regulariser, χ²/M of the first member).
 
 use std::collections::BTreeMap;
 
@@ -106,6 +108,17 @@ fn pass_change(
         })
         .sum::<f64>()
         / obs.len().max(1) as f64
+}
+
+/// Write the first member's loss history (see `DIP_HISTORY`).
+fn history(dir: &str, stem: &str, r: &recon::Reconstruction) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).expect("history dir");
+    let mut f = std::fs::File::create(format!("{dir}/{stem}_loss.csv")).expect("history");
+    writeln!(f, "epoch,total,data,reg,chi2").expect("history");
+    for h in r.histories.first().into_iter().flatten() {
+        writeln!(f, "{},{},{},{},{}", h.epoch, h.total, h.data, h.reg, h.chi2).expect("history");
+    }
 }
 
 /// Write the source's spectra and observations (see `DIP_DUMP`).
@@ -206,6 +219,9 @@ fn main() {
                     recon::score_against(&mut r, &truth_path, truth);
                     if let Ok(d) = std::env::var("DIP_DUMP") {
                         dump(&d, &format!("{name}_{kind}_{pb}_{seed}"), &r);
+                    }
+                    if let Ok(d) = std::env::var("DIP_HISTORY") {
+                        history(&d, &format!("{name}_{kind}_{pb}_{seed}"), &r);
                     }
                     let t = r.summary.truth.as_ref().expect("scored");
                     let b = t.baseline.as_ref().expect("baseline");

@@ -188,6 +188,12 @@ pub struct TrainConfig {
     pub restore_lr_factor: f64,
     /// At most this many restores per fit (0 = never restore).
     pub max_restores: usize,
+    /// A fit whose total loss has not improved (by `early_stop_min_delta`) for this many epochs
+    /// while its best spectrum fits the data worse than both the discrepancy target and the
+    /// baseline (it would fall back if it stopped now) goes back to its lowest-loss snapshot and
+    /// continues at `restore_lr_factor` × its step size (a restore, counted in `max_restores`;
+    /// 0 = off).
+    pub stall_restore_epochs: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
