@@ -588,6 +588,13 @@ pub fn conv_backward(
     conv_backward_leaky(x, weight, gout, None, g, need)
 }
 
+/// The gradient before a leaky ReLU of slope `slope` from the gradient `g` after it and the
+/// activated output `y`: `slope·g` where `y < 0` (the rule of [`conv_backward_leaky`]).
+#[inline]
+pub(super) fn unleaky(g: f32, y: f32, slope: f32) -> f32 {
+    if y < 0.0 { g * slope } else { g }
+}
+
 /// [`conv_backward`] of a conv followed by a leaky ReLU: `leaky = Some((slope, y))`, `y` the
 /// activated output, scales the gradient by `slope` where `y < 0` first (burn's leaky-ReLU
 /// backward, except for a negative pre-activation so small (|v| < 2⁻¹⁴⁹/slope) that `slope·v`
@@ -613,7 +620,7 @@ pub fn conv_backward_leaky(
             scaled = gout
                 .par_iter()
                 .zip(y)
-                .map(|(&g, &y)| if y < 0.0 { g * slope } else { g })
+                .map(|(&g, &y)| unleaky(g, y, slope))
                 .collect();
             &scaled[..]
         }

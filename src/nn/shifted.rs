@@ -24,7 +24,9 @@
 use rayon::prelude::*;
 
 use super::direct;
-use super::kernels::{ConvGeom, ConvGrads, Mat, Need, Out, PadMode, gemm_strided, sum_f64};
+use super::kernels::{
+    ConvGeom, ConvGrads, Mat, Need, Out, PadMode, gemm_strided, sum_f64, unleaky,
+};
 
 /// The padded grid of one conv: sizes and the reach of its largest kernel offset.
 #[derive(Clone, Copy, Debug)]
@@ -146,10 +148,7 @@ fn flatten_scaled(
     (head, tail): (usize, usize),
     leaky: Option<(f32, &[f32])>,
 ) -> Flat {
-    let at = |i: usize| match leaky {
-        Some((slope, y)) if y[i] < 0.0 => src[i] * slope,
-        _ => src[i],
-    };
+    let at = |i: usize| leaky.map_or(src[i], |(slope, y)| unleaky(src[i], y[i], slope));
     let stride = head + gr.s + tail;
     let fy = axis(gr.hp, sh, y0, mode);
     let fx = axis(gr.wp, sw, x0, mode);
@@ -181,7 +180,7 @@ fn flatten_scaled(
                         .zip(&src[span.clone()])
                         .zip(&y[span])
                     {
-                        v.write(if y < 0.0 { s * slope } else { s });
+                        v.write(unleaky(s, y, slope));
                     }
                 } else {
                     for (v, &s) in d[inner.clone()].iter_mut().zip(&src[span]) {
