@@ -20,6 +20,11 @@
 //! calls on one thread: what the kernels reach without the epoch's cache misses and other ops
 //! (a Zen 4 core's FMA peak is 32 FLOP per cycle).
 //!
+//! `conv_profile peak`: this core's FMA peak in GFLOP per CPU-second — 12 independent chains of
+//! fused multiply-adds on the widest vectors the CPU has (AVX-512F, else AVX2 + FMA), one
+//! thread: the ceiling every GFLOP figure above is read against (a Zen 4 core with AVX-512 and
+//! a Zen 3 core with AVX2 both retire 32 f32 FLOP per cycle).
+//!
 //! `cargo run --release --example conv_profile -- layers pinn`
 
 use std::time::Instant;
@@ -439,6 +444,74 @@ fn kernels() {
     );
 }
 
+/// `conv_profile peak`: GFLOP per CPU-second of 12 independent FMA chains, 3 runs.
+fn peak() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        const CHAINS: usize = 12;
+        let iters = 100_000_000u64;
+        /// Runs the chains; returns (FLOP, a checksum that keeps them live).
+        #[target_feature(enable = "avx512f")]
+        fn run512(iters: u64) -> (f64, f32) {
+            let (b, c) = (_mm512_set1_ps(0.999_999_9), _mm512_set1_ps(1e-7));
+            let mut a = [_mm512_set1_ps(1.0); CHAINS];
+            for _ in 0..iters {
+                for v in a.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, b, c);
+                }
+            }
+            let s = a.iter().map(|&v| _mm512_reduce_add_ps(v)).sum();
+            ((iters * CHAINS as u64 * 32) as f64, s)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn run256(iters: u64) -> (f64, f32) {
+            let (b, c) = (_mm256_set1_ps(0.999_999_9), _mm256_set1_ps(1e-7));
+            let mut a = [_mm256_set1_ps(1.0); CHAINS];
+            for _ in 0..iters {
+                for v in a.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, b, c);
+                }
+            }
+            let mut lanes = [0f32; 8];
+            let mut s = 0.0;
+            for v in a {
+                // SAFETY: `lanes` holds 8 f32.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+                s += lanes.iter().sum::<f32>();
+            }
+            ((iters * CHAINS as u64 * 16) as f64, s)
+        }
+        let (wide, fma) = (
+            std::is_x86_feature_detected!("avx512f"),
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        );
+        if !wide && !fma {
+            println!("no AVX2 + FMA on this CPU");
+            return;
+        }
+        for _ in 0..3 {
+            let c0 = cpu_seconds();
+            // SAFETY: the features were detected above.
+            let (flop, sum) = unsafe {
+                if wide {
+                    run512(iters)
+                } else {
+                    run256(iters)
+                }
+            };
+            let cpu = cpu_seconds() - c0;
+            println!(
+                "FMA peak ({}): {:.1} GFLOP per CPU-s ({cpu:.2} CPU-s, checksum {sum:.3e})",
+                if wide { "AVX-512F" } else { "AVX2 + FMA" },
+                flop / cpu * 1e-9
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    println!("peak: x86_64 only");
+}
+
 fn main() {
     if std::env::var_os("SPX_LIBC_MALLOC_DEFAULTS").is_none() {
         spx::backend::keep_freed_memory();
@@ -446,9 +519,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
     let usage =
-        "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock] | kernels";
+        "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock] | kernels | peak";
     match (arg(0), arg(1)) {
         (Some("kernels"), _) => kernels(),
+        (Some("peak"), _) => peak(),
         (Some("layers"), net) => layers(net.unwrap_or("pinn")),
         (Some("step"), Some("dipfit")) => {
             let steps = arg(2)
