@@ -449,13 +449,14 @@ fn peak() {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
+        use std::hint::black_box as bb;
         const CHAINS: usize = 12;
-        let iters = 100_000_000u64;
+        let iters = 400_000_000u64;
         /// Runs the chains; returns (FLOP, a checksum that keeps them live).
         #[target_feature(enable = "avx512f")]
         fn run512(iters: u64) -> (f64, f32) {
-            let (b, c) = (_mm512_set1_ps(0.999_999_9), _mm512_set1_ps(1e-7));
-            let mut a = [_mm512_set1_ps(1.0); CHAINS];
+            let (b, c) = (_mm512_set1_ps(bb(0.999_999_9)), _mm512_set1_ps(bb(1e-7)));
+            let mut a: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(bb(i as f32)));
             for _ in 0..iters {
                 for v in a.iter_mut() {
                     *v = _mm512_fmadd_ps(*v, b, c);
@@ -466,8 +467,8 @@ fn peak() {
         }
         #[target_feature(enable = "avx2,fma")]
         fn run256(iters: u64) -> (f64, f32) {
-            let (b, c) = (_mm256_set1_ps(0.999_999_9), _mm256_set1_ps(1e-7));
-            let mut a = [_mm256_set1_ps(1.0); CHAINS];
+            let (b, c) = (_mm256_set1_ps(bb(0.999_999_9)), _mm256_set1_ps(bb(1e-7)));
+            let mut a: [__m256; CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(bb(i as f32)));
             for _ in 0..iters {
                 for v in a.iter_mut() {
                     *v = _mm256_fmadd_ps(*v, b, c);
@@ -493,13 +494,7 @@ fn peak() {
         for _ in 0..3 {
             let c0 = cpu_seconds();
             // SAFETY: the features were detected above.
-            let (flop, sum) = unsafe {
-                if wide {
-                    run512(iters)
-                } else {
-                    run256(iters)
-                }
-            };
+            let (flop, sum) = unsafe { if wide { run512(iters) } else { run256(iters) } };
             let cpu = cpu_seconds() - c0;
             println!(
                 "FMA peak ({}): {:.1} GFLOP per CPU-s ({cpu:.2} CPU-s, checksum {sum:.3e})",
@@ -518,8 +513,7 @@ fn main() {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
-    let usage =
-        "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock] | kernels | peak";
+    let usage = "usage: conv_profile layers [pinn|dip] | step pinn|dip|dipfit [steps] [stock] | kernels | peak";
     match (arg(0), arg(1)) {
         (Some("kernels"), _) => kernels(),
         (Some("peak"), _) => peak(),

@@ -324,7 +324,11 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
                     worst = worst.max(d / scale);
                 }
                 // another CPU: also one unit of a CSV cell's last printed digit (rounding)
-                let unit = if same_cpu { 0.0 } else { units.get(k).copied().unwrap_or(0.0) };
+                let unit = if same_cpu {
+                    0.0
+                } else {
+                    units.get(k).copied().unwrap_or(0.0)
+                };
                 (a.is_nan() && b.is_nan()) || d <= rtol * scale + unit
             }
             _ => w == g,
