@@ -314,8 +314,19 @@ impl Spec {
     /// Parse and check a spec; errors name `path` and the field.
     pub fn parse(path: &Path, text: &str) -> Result<Spec, SpxError> {
         let table: toml::Table = text.parse().map_err(|e| toml_error(path, text, &e))?;
-        let spec: Spec = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| field(path, e.path().to_string(), e.inner()))?;
+        let spec: Spec =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                // toml's message repeats the key on a second line ("in `key`"): one line here.
+                let m = e.inner().to_string();
+                let m = m.lines().next().unwrap_or("");
+                // At the top level the path is "."; "missing field `x`" then names the field.
+                let p = e.path().to_string();
+                let f = match (p.as_str(), m.split('`').nth(1)) {
+                    (".", Some(k)) => k.to_string(),
+                    _ => p,
+                };
+                field(path, f, m)
+            })?;
         spec.validate(path)?;
         Ok(spec)
     }
@@ -763,7 +774,13 @@ fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<Stri
         }
         Item::BelowSbc(m, n) => {
             let c = res.lookup(m, *n)?;
-            let sbc = res.lookup("sbc", Some(c.n_transfer.max(res.table_n)))?;
+            // Classical SBC at the method's N (an N = 0 row: at the run's N).
+            let n = if c.n_transfer == 0 {
+                res.table_n
+            } else {
+                c.n_transfer
+            };
+            let sbc = res.lookup("sbc", Some(n))?;
             let k = c
                 .rmsep
                 .iter()
@@ -1334,6 +1351,7 @@ decimals = 2
         let cases: &[(&str, &str, &str)] = &[
             ("repeats = 2", "repeats = 0", "repeats"),
             ("repeats = 2", "repeats = -1", "repeats"),
+            ("repeats = 2\n", "", "repeats"),
             ("repeats = 2", "repeats = 2\nrepeat = 3", "repeat"),
             ("n_transfer = [10]", "n_transfer = [10, 20]", "n_transfer"),
             ("n_transfer = [10]", "n_transfer = [0]", "n_transfer"),
