@@ -401,14 +401,16 @@ fn md_tokens(s: &str) -> Vec<Result<(f64, usize), String>> {
     out
 }
 
-/// A grid's Markdown table against its fixture: the same text and layout, every number with the
-/// same decimals and within one unit of its last printed digit. (The numbers are the JSON values
+/// A grid's Markdown table against its fixture: the same text and layout, whole numbers equal,
+/// every decimal number with the same decimals and within one unit of its last printed digit. (The numbers are the JSON values
 /// rounded, and those are compared at the tolerance above; a last-bit change on another CPU may
 /// still move a rounded digit by one.)
 fn md_close(a: &str, b: &str) -> bool {
     let (ta, tb) = (md_tokens(a), md_tokens(b));
     ta.len() == tb.len()
         && ta.iter().zip(&tb).all(|(x, y)| match (x, y) {
+            // Whole numbers (counts such as "2/5", names such as "mp5") exactly.
+            (Ok((u, 0)), Ok((v, 0))) => u == v,
             (Ok((u, du)), Ok((v, dv))) => {
                 du == dv && (u - v).abs() <= 10f64.powi(-(*du as i32)) * (1.0 + 1e-9)
             }
@@ -427,6 +429,8 @@ fn markdown_tables_compare_by_text_and_printed_digits() {
     assert!(!md_close(t, &t.replace("×<", "×")));
     assert!(!md_close(t, &t.replace("-0.10", "0.10")));
     assert!(!md_close(t, &t.replace("mp5", "mp6")));
+    let c = "| 0.255 (1.19×) (2/5) |";
+    assert!(!md_close(c, &c.replace("2/5", "3/5")));
 }
 
 fn num(m: &BTreeMap<String, Val>, k: &str) -> f64 {
