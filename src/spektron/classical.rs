@@ -42,6 +42,19 @@ pub fn run(
     stage: &Stage,
     on_repeat: impl FnMut(usize) + Send,
 ) -> Result<ClassicalRun, SpxError> {
+    let mut r = run_into(input, cfg, stage.dir(), on_repeat)?;
+    r.files = r.files.iter().map(|f| stage.final_path(f)).collect();
+    Ok(r)
+}
+
+/// [`run`] writing its report files into the directory `dir` (an existing staging directory or
+/// a folder in one); `files` are the paths written there.
+pub fn run_into(
+    input: &Input,
+    cfg: &BaselinesConfig,
+    dir: &Path,
+    on_repeat: impl FnMut(usize) + Send,
+) -> Result<ClassicalRun, SpxError> {
     let pair = instruments::load_pair(input.data, input.source, input.target, input.property)?;
     let report = baselines::evaluate(&pair.data, cfg, on_repeat)
         .map_err(|e| SpxError::file(input.data, e))?;
@@ -55,13 +68,13 @@ pub fn run(
         "{} → {}, {} (RMSEP)",
         input.source, input.target, pair.property
     );
-    let staged = report::write_baselines(stage.dir(), &stem, &title, &report, &cfg.n_transfer)?;
+    let files = report::write_baselines(dir, &stem, &title, &report, &cfg.n_transfer)?;
     let markdown = report::baselines_markdown(&title, &report, &cfg.n_transfer);
     Ok(ClassicalRun {
         property: pair.property,
         samples: pair.data.y.len(),
         channels: pair.data.source.ncols(),
-        files: staged.iter().map(|f| stage.final_path(f)).collect(),
+        files,
         report,
         markdown,
     })

@@ -1272,6 +1272,21 @@ pub fn run(
     cfg: Settings<'_>,
     device: &Device,
     stage: &Stage,
+    on_progress: impl FnMut(&str),
+) -> Result<ExperimentReport, SpxError> {
+    let mut rep = run_into(kind, input, cfg, device, stage.dir(), on_progress)?;
+    rep.files = rep.files.iter().map(|f| stage.final_path(f)).collect();
+    Ok(rep)
+}
+
+/// [`run`] writing its report files into the directory `dir` (an existing staging directory or
+/// a folder in one); `files` of the report are the paths written there.
+pub fn run_into(
+    kind: Kind,
+    input: &Input,
+    cfg: Settings<'_>,
+    device: &Device,
+    dir: &Path,
     mut on_progress: impl FnMut(&str),
 ) -> Result<ExperimentReport, SpxError> {
     let ec = cfg.arms.experiment;
@@ -1345,7 +1360,6 @@ pub fn run(
     let (tag, name) = kind.names();
     let stem = safe_component(&format!("{tag}_{stem}"));
     let title = format!("{name}: {title}");
-    let dir = stage.dir();
     let mut files = Vec::new();
     let p = dir.join(format!("{stem}.csv"));
     report::write_cells_csv(&p, &cells)?;
@@ -1383,6 +1397,6 @@ pub fn run(
     let p = dir.join(format!("{stem}.json"));
     report::write_json(&p, &rep)?;
     files.push(p);
-    rep.files = files.iter().map(|f| stage.final_path(f)).collect();
+    rep.files = files;
     Ok(rep)
 }

@@ -6,12 +6,13 @@
 //! baselines of [`supervised`]), [`ttt_steps::run`] (E9), [`pretrain_ablation::run`] (E1),
 //! [`mask_ablation::run`] (E2), [`arch_ablation::run`] (E7), [`loss_ablation::run`] (E8) — the
 //! four on the shared ablation driver [`ablation`] —, [`disentangle::run`] (E10),
-//! [`demo::run`] — with their report writers in [`report`]. [`config`] gathers the settings types
-//! and sits above all of them.
+//! [`demo::run`] — with their report writers in [`report`] —, and [`grid::run`] (a whole README
+//! table: runs × cells of `experiment table` or `baselines` from one spec). [`config`] gathers
+//! the settings types and sits above all of them.
 //!
 //! Layers (a module only imports modules listed before it): `baselines` → `protocol` →
 //! `supervised` → `data` → `model` → `anchored` → `blend` → `report` → `classical`/`experiment`/`finetune`/`ttt` →
-//! `ttt_steps`/`ablation` → `pretrain_ablation`/`mask_ablation`/`arch_ablation`/`loss_ablation`/
+//! `grid`/`ttt_steps`/`ablation` → `pretrain_ablation`/`mask_ablation`/`arch_ablation`/`loss_ablation`/
 //! `disentangle` → `config` → `demo`.
 //!
 //! Facts, anchors and the upstream defects this code avoids: `shared/notes/spektron.md` (in the
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod disentangle;
 pub mod experiment;
 pub mod finetune;
+pub mod grid;
 pub mod loss_ablation;
 pub mod mask_ablation;
 pub mod model;

@@ -1,10 +1,13 @@
 //! Drift tests for the Spektron tables of the README (issue #17, item 5).
 //!
-//! Each README table on corn is produced by `spx` commands listed beside it. Every test here runs
-//! a small version of the same command — the same subcommand and switches on the real corn file,
-//! `--threads 1`, seeded, with fewer splits / steps / epochs (stated per test) — and compares
-//! every number of its outputs (the JSON report, and the CSV where the JSON does not hold its
-//! numbers) with the values checked in under `tests/data/spektron/drift/NAME.tsv`.
+//! Each README table on corn is produced by one `spx` command listed beside it: for the tables
+//! over cells, `spx spektron experiment grid configs/tables/NAME.toml --data corn.mat`. Every test
+//! here runs a small version of the same command — the same spec, subcommand and switches on the
+//! real corn file, `--threads 1`, seeded, with fewer splits / cells / steps / epochs (stated per
+//! test: `--repeats 1 --cell …` and `--set` reductions) — and compares every number of its
+//! outputs (each run's JSON report, the CSV where the JSON does not hold its numbers, and the
+//! grid's Markdown table as text) with the values checked in under
+//! `tests/data/spektron/drift/NAME.tsv`.
 //!
 //! Tolerance: the commands are bit-identical between runs at `--threads 1` on one machine
 //! (measured: two runs of every test here agree to 0 relative difference), so on the machine kind that
@@ -16,7 +19,9 @@
 //!
 //! Regenerate after an intended change of results: `SPX_BLESS=1 cargo test --release --test it
 //! spektron_drift::` rewrites the fixtures (then rerun the README tables: the fixtures pin the
-//! code, the README numbers are only as fresh as their last full run).
+//! code, the README numbers are only as fresh as their last full run). `SPX_BLESS=add` keeps
+//! every value (and the CPU) of a fixture, compares them as usual, and only adds the keys a
+//! changed command newly writes (and its command lines).
 //!
 //! corn.mat (not redistributable) is read from `../shared/data/corn/` beside the checkout (as in
 //! CI) or `/work/shared/data/corn/`; when absent the tests are skipped, except under `CI=true`,
@@ -217,10 +222,16 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
     let out = dir.path().to_str().unwrap().to_string();
     let corn_s = corn.to_str().unwrap().to_string();
     let corn_dir = corn.parent().unwrap().to_str().unwrap().to_string();
+    let specs = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs/tables")
+        .to_str()
+        .unwrap()
+        .to_string();
     let subst = |a: &str| {
         a.replace("{CORN_DIR}", &corn_dir)
             .replace("{CORN}", &corn_s)
             .replace("{OUT}", &out)
+            .replace("{SPECS}", &specs)
     };
     let mut commands = Vec::new();
     for s in steps {
@@ -247,6 +258,8 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
     }
     let (mut got, mut units) = (BTreeMap::new(), BTreeMap::new());
     for f in outputs {
+        // `FILE as KEY`: read FILE, name its values KEY/… (the key of an earlier command's file).
+        let (f, key) = f.split_once(" as ").unwrap_or((f, f));
         let p = Path::new(&out).join(f);
         let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         let text = text
@@ -255,9 +268,12 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
             .replace(&corn_dir, "{CORN_DIR}");
         if f.ends_with(".json") {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-            flatten_json(f, &v, &mut got);
+            flatten_json(key, &v, &mut got);
+        } else if f.ends_with(".md") {
+            // A grid's Markdown table: compared as text (its format and rounded numbers).
+            got.insert(key.to_string(), Val::Text(text));
         } else {
-            flatten_csv(f, &text, &mut got, &mut units);
+            flatten_csv(key, &text, &mut got, &mut units);
         }
     }
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -297,6 +313,31 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
             want.insert(k.to_string(), Val::parse(v));
         }
     }
+    // SPX_BLESS=add: keep every value of the fixture (and its CPU) and add the keys it lacks
+    // (new outputs of a changed command); the values it has are still compared below.
+    if std::env::var("SPX_BLESS").is_ok_and(|v| v == "add") {
+        let added: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+        for k in &added {
+            want.insert((*k).clone(), got[*k].clone());
+        }
+        let mut s = format!(
+            "# Spektron drift fixture `{name}` (tests/it/spektron_drift.rs); regenerate with\n\
+             # SPX_BLESS=1 cargo test --release --test it spektron_drift::\n"
+        );
+        for c in &commands {
+            let _ = writeln!(s, "# command: {c}");
+        }
+        let _ = writeln!(s, "# cpu: {fixture_cpu}");
+        for (k, v) in &want {
+            let _ = writeln!(s, "{k}\t{}", v.render());
+        }
+        std::fs::write(&fixture, s).unwrap();
+        eprintln!(
+            "{name}: added {} keys to {}",
+            added.len(),
+            fixture.display()
+        );
+    }
     let same_cpu = fixture_cpu == cpu;
     let rtol = if same_cpu {
         SAME_CPU_RTOL
@@ -331,6 +372,7 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
                 };
                 (a.is_nan() && b.is_nan()) || d <= rtol * scale + unit
             }
+            (Val::Text(a), Val::Text(b)) if k.ends_with(".md") => md_close(a, b),
             _ => w == g,
         };
         if !ok {
@@ -353,6 +395,76 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
     Some(got)
 }
 
+/// A text cut into numbers (value, decimals) and the text between them.
+fn md_tokens(s: &str) -> Vec<Result<(f64, usize), String>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut text = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        let neg = b[i] == b'-' && i + 1 < b.len() && b[i + 1].is_ascii_digit();
+        if b[i].is_ascii_digit() || neg {
+            let start = i;
+            i += usize::from(neg);
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let mut dec = 0;
+            if i + 1 < b.len() && b[i] == b'.' && b[i + 1].is_ascii_digit() {
+                i += 1;
+                while i < b.len() && b[i].is_ascii_digit() {
+                    i += 1;
+                    dec += 1;
+                }
+            }
+            if !text.is_empty() {
+                out.push(Err(std::mem::take(&mut text)));
+            }
+            out.push(Ok((s[start..i].parse().unwrap(), dec)));
+        } else {
+            let c = s[i..].chars().next().unwrap();
+            text.push(c);
+            i += c.len_utf8();
+        }
+    }
+    if !text.is_empty() {
+        out.push(Err(text));
+    }
+    out
+}
+
+/// A grid's Markdown table against its fixture: the same text and layout, whole numbers equal,
+/// every decimal number with the same decimals and within one unit of its last printed digit. (The numbers are the JSON values
+/// rounded, and those are compared at the tolerance above; a last-bit change on another CPU may
+/// still move a rounded digit by one.)
+fn md_close(a: &str, b: &str) -> bool {
+    let (ta, tb) = (md_tokens(a), md_tokens(b));
+    ta.len() == tb.len()
+        && ta.iter().zip(&tb).all(|(x, y)| match (x, y) {
+            // Whole numbers (counts such as "2/5", names such as "mp5") exactly.
+            (Ok((u, 0)), Ok((v, 0))) => u == v,
+            (Ok((u, du)), Ok((v, dv))) => {
+                du == dv && (u - v).abs() <= 10f64.powi(-(*du as i32)) * (1.0 + 1e-9)
+            }
+            (Err(u), Err(v)) => u == v,
+            _ => false,
+        })
+}
+
+#[test]
+fn markdown_tables_compare_by_text_and_printed_digits() {
+    let t = "| m5→mp5 oil | 0.105 (1.00×<) | -0.10 |\n";
+    assert!(md_close(t, t));
+    assert!(md_close(t, &t.replace("0.105", "0.106")));
+    assert!(!md_close(t, &t.replace("0.105", "0.107")));
+    assert!(!md_close(t, &t.replace("0.105", "0.1050")));
+    assert!(!md_close(t, &t.replace("×<", "×")));
+    assert!(!md_close(t, &t.replace("-0.10", "0.10")));
+    assert!(!md_close(t, &t.replace("mp5", "mp6")));
+    let c = "| 0.255 (1.19×) (2/5) |";
+    assert!(!md_close(c, &c.replace("2/5", "3/5")));
+}
+
 fn num(m: &BTreeMap<String, Val>, k: &str) -> f64 {
     match m.get(k) {
         Some(Val::Num(x)) => *x,
@@ -362,28 +474,23 @@ fn num(m: &BTreeMap<String, Val>, k: &str) -> f64 {
 
 // ------------------------------------------------------------------ classical tables
 
-/// README "Corn m5 → mp6, RMSEP (mean of 10 splits)": the README command itself (full size,
-/// classical only, ≈ 3.5 CPU-s per property), every number against the fixture, and the table's
-/// printed values against literals (3 decimals: ± 5e-4).
+/// README "Corn m5 → mp6, RMSEP (mean of 10 splits)": the README command itself (the grid
+/// `configs/tables/spektron-baselines-m5-mp6.toml`, full size, classical only, ≈ 3.5 CPU-s per
+/// property), every number and the Markdown table against the fixture, and the table's printed
+/// values against literals (3 decimals: ± 5e-4).
 #[test]
 fn baselines_table_m5_mp6() {
     let props = ["moisture", "oil", "protein", "starch"];
-    let steps: Vec<String> = props
+    let step = "--out {OUT} spektron experiment grid {SPECS}/spektron-baselines-m5-mp6.toml \
+                --data {CORN}";
+    // Each property's report under the key of the earlier per-property command's output.
+    let mut outputs: Vec<String> = props
         .iter()
-        .map(|p| {
-            format!(
-                "--out {{OUT}}/{p} spektron baselines --data {{CORN}} --source m5 --target mp6 \
-                 --property {p} --n-transfer 5,10,20,30,50 --repeats 10"
-            )
-        })
+        .map(|p| format!("classical/baselines_m5_mp6_{p}.json as {p}/baselines_m5_mp6_{p}.json"))
         .collect();
-    let outputs: Vec<String> = props
-        .iter()
-        .map(|p| format!("{p}/baselines_m5_mp6_{p}.json"))
-        .collect();
-    let steps: Vec<&str> = steps.iter().map(String::as_str).collect();
+    outputs.push("spektron-baselines-m5-mp6.md".into());
     let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-    let Some(got) = drift("baselines_table_m5_mp6", &steps, &outputs) else {
+    let Some(got) = drift("baselines_table_m5_mp6", &[step], &outputs) else {
         return;
     };
     // (method, N) of the README columns, then the values per property.
@@ -545,25 +652,40 @@ fn classical_columns_of_the_n10_tables() {
 
 // ------------------------------------------------------------------ model tables
 //
-// The README's model tables use `experiment … --quick --repeats 5 --n-transfer 10` per pair and
-// property. Their small versions run split 0 alone (`--repeats 1`; a split's numbers do not
-// depend on how many splits run: `first_repeat_runs_the_later_splits_alone`) of one cell, with
-// the README's switches; where stated, fewer epochs or pretraining steps.
+// The README's model tables over cells are each one grid command
+// (`spektron experiment grid configs/tables/NAME.toml --data corn.mat`, `--quick --repeats 5
+// --n-transfer 10` in the spec, one run per set of switches). Their small versions run the same
+// spec on split 0 alone (`--repeats 1`; a split's numbers do not depend on how many splits run:
+// `first_repeat_runs_the_later_splits_alone`) of one cell (`--cell`), every run; where stated,
+// fewer epochs or pretraining steps (`--set`, which the command line applies after the spec).
 
-/// `spektron experiment table --quick --repeats 1 --n-transfer 10` on corn m5 → `target`.
-fn table(out: &str, sets: &str, target: &str, property: &str) -> String {
+/// `spektron experiment grid {SPECS}/<spec>.toml` on corn, split 0 (or the spec's first split)
+/// of `cell`, with the command-line `sets`.
+fn grid(spec: &str, sets: &str, cell: &str) -> String {
     format!(
-        "--out {{OUT}}/{out} {sets} spektron experiment table --quick --repeats 1 --n-transfer 10 \
-         --data {{CORN}} --source m5 --target {target} --property {property}"
+        "--out {{OUT}} {sets} spektron experiment grid {{SPECS}}/{spec}.toml --data {{CORN}} \
+         --repeats 1 --cell {cell}"
     )
 }
 
-const RESIDUAL: &str =
-    "--set spektron.experiment.residual=true --set spektron.experiment.slope_bias=true";
+/// The outputs of a reduced grid: each run's JSON report of `stem` and the Markdown table.
+fn grid_outputs(spec: &str, runs: &[&str], stem: &str) -> Vec<String> {
+    let mut v: Vec<String> = runs.iter().map(|r| format!("{r}/e4_{stem}.json")).collect();
+    v.push(format!("{spec}.md"));
+    v
+}
+
+fn run_grid(name: &str, spec: &str, sets: &str, cell: &str, runs: &[&str]) {
+    let stem = cell.replace(':', "_");
+    let outputs = grid_outputs(spec, runs, &stem);
+    let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    drift(name, &[&grid(spec, sets, cell)], &outputs);
+}
 
 /// README "E4 on corn, m5 → mp6" (checkpoint pretrained on a synthetic corpus; the CSV reader on
-/// the corn directory): its three commands with a 64-spectrum corpus, 10 pretraining steps,
-/// 20 master / transfer / scratch epochs (README: 3,000, 1,500, 300 / 100 / 100), split 0.
+/// the corn directory): its corpus and pretraining commands with a 64-spectrum corpus and 10
+/// pretraining steps, then its grid (`spektron-e4-checkpoint`) on moisture with 20 master /
+/// transfer / scratch epochs (README: 3,000 spectra, 1,500 steps, 300 / 100 / 100), split 0.
 #[test]
 fn e4_checkpoint_table() {
     let q = "--set spektron.model.d_model=32 --set spektron.model.n_heads=4 \
@@ -577,165 +699,115 @@ fn e4_checkpoint_table() {
     let steps = [
         "--set spektron.synth.n=64 --out {OUT}/synth.h5 spektron corpus synth",
         pre.as_str(),
-        "--out {OUT}/e4 --set spektron.experiment.full_lr=3e-3 \
-         --set spektron.experiment.master_epochs=20 --set spektron.finetune.patience=50 \
-         --set spektron.finetune.lr=1e-3 --set spektron.experiment.transfer_epochs=20 \
-         --set spektron.experiment.scratch_epochs=20 --set spektron.ttt.steps=10 \
-         spektron experiment table --quick --repeats 1 --n-transfer 30 --data {CORN_DIR} \
-         --source m5 --target mp6 --property moisture --checkpoint {OUT}/pre/checkpoints/last",
+        "--out {OUT} --set spektron.experiment.master_epochs=20 \
+         --set spektron.experiment.transfer_epochs=20 --set spektron.experiment.scratch_epochs=20 \
+         spektron experiment grid {SPECS}/spektron-e4-checkpoint.toml --data {CORN_DIR} \
+         --repeats 1 --cell m5:mp6:moisture --checkpoint {OUT}/pre/checkpoints/last",
     ];
     drift(
         "e4_checkpoint_table",
         &steps,
-        &["pre/loss_log.json", "e4/e4_m5_mp6_moisture.json"],
-    );
-}
-
-/// README "Switches of issue #17 at N = 10": runs A (defaults) and B (SBC arm, TTT of the
-/// encoder, 20 steps) on m5 → mp5 moisture, split 0, full settings.
-#[test]
-fn switches_table() {
-    let a = table("a", "", "mp5", "moisture");
-    let b = table(
-        "b",
-        "--set spektron.experiment.slope_bias=true --set spektron.ttt.scope=encoder \
-         --set spektron.ttt.steps=20",
-        "mp5",
-        "moisture",
-    );
-    drift(
-        "switches_table",
-        &[&a, &b],
-        &["a/e4_m5_mp5_moisture.json", "b/e4_m5_mp5_moisture.json"],
-    );
-}
-
-/// README "Issue #17 ideas at N = 10": runs B (residual + adaptation on the unlabelled spectra)
-/// and C (residual, small regularised head) on m5 → mp6 oil, split 0, full settings.
-#[test]
-fn ideas_table() {
-    let b = table(
-        "b",
-        &format!(
-            "{RESIDUAL} --set spektron.experiment.adapt_unlabelled=true \
-             --set spektron.ttt.scope=encoder --set spektron.ttt.steps=20 --set spektron.ttt.lr=1e-3"
-        ),
-        "mp6",
-        "oil",
-    );
-    let c = table(
-        "c",
-        "--set spektron.experiment.residual=true --set spektron.finetune.lora_rank=1 \
-         --set spektron.experiment.transfer_epochs=5 --set spektron.finetune.weight_decay=0.1",
-        "mp6",
-        "oil",
-    );
-    drift(
-        "ideas_table",
-        &[&b, &c],
-        &["b/e4_m5_mp6_oil.json", "c/e4_m5_mp6_oil.json"],
-    );
-}
-
-/// README "Supervised deep baselines at N = 10" (1-D CNN, Transformer, LoRA-CT): m5 → mp5
-/// protein, split 0, source training 40 epochs and transfer 20 (README: up to 300 and 100).
-#[test]
-fn supervised_table() {
-    let s = table(
-        "s",
-        &format!(
-            "--set spektron.experiment.supervised=true {RESIDUAL} \
-             --set spektron.supervised.epochs=40 --set spektron.supervised.transfer_epochs=20"
-        ),
-        "mp5",
-        "protein",
-    );
-    drift("supervised_table", &[&s], &["s/e4_m5_mp5_protein.json"]);
-}
-
-const GATE_HEAD: &str = "--set spektron.experiment.residual=true \
-    --set spektron.experiment.slope_bias=true --set spektron.experiment.residual_gate_folds=5 \
-    --set spektron.experiment.pls_head=true";
-
-/// README "Issue #17: input preprocessing, gated residual, PLS-anchored head" (both input
-/// blocks): m5 → mp6 protein, split 0, SNV and resampled inputs, full settings.
-#[test]
-fn gate_head_table() {
-    let snv = table("snv", GATE_HEAD, "mp6", "protein");
-    let res = table(
-        "res",
-        &format!("{GATE_HEAD} --set spektron.experiment.input=resample"),
-        "mp6",
-        "protein",
-    );
-    drift(
-        "gate_head_table",
-        &[&snv, &res],
-        &["snv/e4_m5_mp6_protein.json", "res/e4_m5_mp6_protein.json"],
-    );
-}
-
-/// README "Fresh splits 5–9" table (resampled inputs): split 5 alone (`first_repeat = 5`) of
-/// m5 → mp5 starch, full settings.
-#[test]
-fn gate_head_fresh_splits_table() {
-    let f = table(
-        "f",
-        &format!(
-            "{GATE_HEAD} --set spektron.experiment.input=resample \
-             --set spektron.baselines.first_repeat=5"
-        ),
-        "mp5",
-        "starch",
-    );
-    drift(
-        "gate_head_fresh_splits_table",
-        &[&f],
-        &["f/e4_m5_mp5_starch.json"],
-    );
-}
-
-/// README "Issue #17: a supervised master as a second predictor" (splits 10–14): split 10 alone
-/// of m5 → mp5 moisture, `blend = source` and `transfer`; the CNN master trains 40 epochs
-/// (README: up to 300).
-#[test]
-fn blend_table() {
-    let sets = |b: &str| {
-        format!(
-            "{RESIDUAL} --set spektron.experiment.input=resample \
-             --set spektron.baselines.first_repeat=10 --set spektron.experiment.blend={b} \
-             --set spektron.supervised.epochs=40"
-        )
-    };
-    let s = table("source", &sets("source"), "mp5", "moisture");
-    let t = table("transfer", &sets("transfer"), "mp5", "moisture");
-    drift(
-        "blend_table",
-        &[&s, &t],
         &[
-            "source/e4_m5_mp5_moisture.json",
-            "transfer/e4_m5_mp5_moisture.json",
+            "pre/loss_log.json",
+            "e4/e4_m5_mp6_moisture.json",
+            "spektron-e4-checkpoint.md",
         ],
     );
 }
 
-/// README blend table on splits 0–9 (`blend = transfer`, no `first_repeat`): split 0 of m5 → mp6
-/// protein, full settings.
+/// README "Switches of issue #17 at N = 10" (`spektron-switches`): runs a (defaults) and b (SBC
+/// arm, TTT of the encoder, 20 steps) on m5 → mp5 moisture, split 0, full settings.
+#[test]
+fn switches_table() {
+    run_grid(
+        "switches_table",
+        "spektron-switches",
+        "",
+        "m5:mp5:moisture",
+        &["a", "b"],
+    );
+}
+
+/// README "Issue #17 ideas at N = 10" (`spektron-ideas`): runs a (residual + slope/bias), b (a +
+/// adaptation on the unlabelled spectra) and c (residual, small regularised head) on m5 → mp6
+/// oil, split 0, full settings. The JSON reports of b and c are compared with the fixture, run
+/// a's columns through the Markdown table (to their printed digit).
+#[test]
+fn ideas_table() {
+    run_grid(
+        "ideas_table",
+        "spektron-ideas",
+        "",
+        "m5:mp6:oil",
+        &["b", "c"],
+    );
+}
+
+/// README "Supervised deep baselines at N = 10" (`spektron-supervised`: 1-D CNN, Transformer,
+/// LoRA-CT): m5 → mp5 protein, split 0, source training 40 epochs and transfer 20 (README: up to
+/// 300 and 100).
+#[test]
+fn supervised_table() {
+    run_grid(
+        "supervised_table",
+        "spektron-supervised",
+        "--set spektron.supervised.epochs=40 --set spektron.supervised.transfer_epochs=20",
+        "m5:mp5:protein",
+        &["s"],
+    );
+}
+
+/// README "Issue #17: input preprocessing, gated residual, PLS-anchored head"
+/// (`spektron-gate-head`, both input blocks): m5 → mp6 protein, split 0, SNV and resampled
+/// inputs, full settings.
+#[test]
+fn gate_head_table() {
+    run_grid(
+        "gate_head_table",
+        "spektron-gate-head",
+        "",
+        "m5:mp6:protein",
+        &["snv", "res"],
+    );
+}
+
+/// README "Fresh splits 5–9" table (`spektron-gate-head-fresh`, resampled inputs): split 5 alone
+/// (the spec's `first_repeat = 5`) of m5 → mp5 starch, full settings.
+#[test]
+fn gate_head_fresh_splits_table() {
+    run_grid(
+        "gate_head_fresh_splits_table",
+        "spektron-gate-head-fresh",
+        "",
+        "m5:mp5:starch",
+        &["f"],
+    );
+}
+
+/// README "Issue #17: a supervised master as a second predictor" (`spektron-blend`, splits
+/// 10–14): split 10 alone of m5 → mp5 moisture, `blend = source` and `transfer`; the CNN master
+/// trains 40 epochs (README: up to 300).
+#[test]
+fn blend_table() {
+    run_grid(
+        "blend_table",
+        "spektron-blend",
+        "--set spektron.supervised.epochs=40",
+        "m5:mp5:moisture",
+        &["source", "transfer"],
+    );
+}
+
+/// README blend table on splits 0–9 (`spektron-blend-splits-0-9`, `blend = transfer`): split 0
+/// of m5 → mp6 protein, full settings.
 #[test]
 fn blend_splits_0_9_table() {
-    let t = table(
-        "t",
-        &format!(
-            "{RESIDUAL} --set spektron.experiment.input=resample \
-             --set spektron.experiment.blend=transfer"
-        ),
-        "mp6",
-        "protein",
-    );
-    drift(
+    run_grid(
         "blend_splits_0_9_table",
-        &[&t],
-        &["t/e4_m5_mp6_protein.json"],
+        "spektron-blend-splits-0-9",
+        "",
+        "m5:mp6:protein",
+        &["t"],
     );
 }
 

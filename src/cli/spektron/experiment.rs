@@ -66,6 +66,31 @@ pub enum ExperimentCmd {
     /// and the z_inst swap test, on the --checkpoint or a model pretrained in the run (CSV, JSON,
     /// MD, PNG).
     Disentanglement(ExperimentArgs),
+    /// A whole README table from one spec (configs/tables/*.toml): every run × cell through
+    /// `experiment table` (or `baselines`), each cell's reports in OUT/<run>/, the table as
+    /// Markdown plus every split in CSV and JSON (OUT/<spec stem>.{md,csv,json}).
+    Grid(GridArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GridArgs {
+    /// The table's spec, e.g. configs/tables/spektron-switches.toml.
+    pub spec: PathBuf,
+    /// corn.mat / nir_shootout_2002.mat, or a directory with the corn CSV files.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Only this cell, SOURCE:TARGET:PROPERTY (repeatable; default: every cell of the spec).
+    #[arg(long = "cell", value_name = "SOURCE:TARGET:PROPERTY")]
+    pub cells: Vec<String>,
+    /// Seeded splits of every run (replaces the spec's `repeats`).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::super::count)]
+    pub repeats: Option<usize>,
+    /// Checkpoint of every run (replaces the spec's `checkpoint`).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Modality of the spectra (ir, raman, nir, ftir, unknown).
+    #[arg(long, default_value = "nir")]
+    pub modality: String,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +202,7 @@ pub fn run(g: &Global, cmd: &ExperimentCmd) -> Result<ExitCode> {
         ExperimentCmd::Architecture(a) => return ablation(g, a, Ablation::Architecture),
         ExperimentCmd::Losses(a) => return ablation(g, a, Ablation::Losses),
         ExperimentCmd::Disentanglement(a) => return disentanglement(g, a),
+        ExperimentCmd::Grid(a) => return grid(g, a),
     };
     let mut extra = common_flags(a);
     match (&a.n_transfer, kind) {
@@ -400,4 +426,112 @@ fn disentanglement(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
 pub fn demo(cfg: &Config, out: &Path) -> Result<serde_json::Value> {
     let r = sdemo::run(&cfg.spektron, cfg.run.seed, out)?;
     Ok(serde_json::to_value(&r)?)
+}
+
+/// `spx spektron experiment grid SPEC.toml`: the spec's runs as config layers — defaults <
+/// --config < the `quick` profile < the spec's `set` < the run's `set` < the command line's
+/// --set < the spec's repeats / N (and --repeats) < global flags — then one library call.
+fn grid(g: &Global, a: &GridArgs) -> Result<ExitCode> {
+    use spx::spektron::grid::{self, GridKind, Spec};
+    let spec = Spec::load(&a.spec)?;
+    let cells = spec.select_cells(&a.spec, &a.cells)?;
+    let repeats = a.repeats.unwrap_or(spec.repeats);
+    if !(1..=1000).contains(&repeats) {
+        bail!("--repeats {repeats}: not in 1..=1000");
+    }
+    let (rflag, nflag) = if a.repeats.is_some() {
+        ("--repeats", "spec n_transfer")
+    } else {
+        ("spec repeats", "spec n_transfer")
+    };
+    let flags = match spec.kind {
+        GridKind::Experiment => vec![
+            int("spektron.experiment.repeats", repeats, rflag),
+            int("spektron.experiment.table_n", spec.n_transfer[0], nflag),
+        ],
+        GridKind::Baselines => vec![
+            int("spektron.baselines.repeats", repeats, rflag),
+            ints("spektron.baselines.n_transfer", &spec.n_transfer, nflag),
+        ],
+    };
+    let profiles: &[&str] = if spec.quick { &["quick"] } else { &[] };
+    let mut cfgs = Vec::new();
+    for (i, r) in spec.runs.iter().enumerate() {
+        // The spec's own overrides, checked alone so that an error names the spec and field.
+        for (field, sets) in [("set", &spec.set), (&*format!("runs[{i}].set"), &r.set)] {
+            let mut names: Vec<&str> = profiles.to_vec();
+            names.extend(g.profiles.iter().map(String::as_str));
+            if let Err(e) = spx::config::load_layers(None, &names, sets, &[]) {
+                bail!("{}: field `{field}`: {e}", a.spec.display());
+            }
+        }
+        let mut gr = g.clone();
+        gr.sets = spec
+            .set
+            .iter()
+            .chain(&r.set)
+            .chain(&g.sets)
+            .cloned()
+            .collect();
+        cfgs.push(gr.setup_with(profiles, flags.clone())?);
+    }
+    let first = &cfgs[0];
+    let checkpoints: Vec<Option<&Path>> = spec
+        .runs
+        .iter()
+        .map(|r| a.checkpoint.as_deref().or(r.checkpoint.as_deref()))
+        .collect();
+    if spec.kind == GridKind::Baselines && a.checkpoint.is_some() {
+        bail!("--checkpoint: kind \"baselines\" trains no model");
+    }
+    let stage = Stage::begin(&first.run.out_dir)?
+        .inputs(std::iter::once(a.data.as_path()).chain(checkpoints.iter().flatten().copied()));
+    let config_files: Vec<PathBuf> = spec
+        .runs
+        .iter()
+        .map(|r| {
+            stage
+                .out()
+                .join(spx::io::atomic::safe_component(&r.name))
+                .join(spx::config::EFFECTIVE_CONFIG_NAME)
+        })
+        .collect();
+    let runs: Vec<grid::RunInput> = spec
+        .runs
+        .iter()
+        .zip(&cfgs)
+        .zip(&config_files)
+        .zip(&checkpoints)
+        .map(|(((r, cfg), cf), ck)| grid::RunInput {
+            name: &r.name,
+            settings: cfg.spektron.experiment_settings(cfg.run.seed),
+            checkpoint: *ck,
+            config_file: cf,
+        })
+        .collect();
+    let input = grid::GridInput {
+        spec: &spec,
+        spec_path: &a.spec,
+        data: &a.data,
+        modality: modality(&a.modality)?,
+        cells: &cells,
+    };
+    let dev = first.run.device.autodiff_device()?;
+    let pb = g
+        .progress()
+        .bar(grid::progress_len(spec.kind, &runs, cells.len()), "grid");
+    let r = grid::run(&input, &runs, &dev, stage.dir(), |m| {
+        pb.set_message(m.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    for (run, cfg) in spec.runs.iter().zip(&cfgs) {
+        let d = stage.dir().join(spx::io::atomic::safe_component(&run.name));
+        spx::io::atomic::ensure_dir(&d)?;
+        cfg.write_effective(&d)?;
+    }
+    let files: Vec<PathBuf> = r.files.iter().map(|f| stage.final_path(f)).collect();
+    stage.commit()?;
+    g.say(&r.table.markdown);
+    report_files(g, &r, &files)
 }
