@@ -211,6 +211,27 @@ fn flatten_csv(
     }
 }
 
+/// A fixture file: header, the commands that produced it, the CPU, then `key<TAB>value` lines.
+fn fixture_text(
+    name: &str,
+    commands: &[String],
+    cpu: &str,
+    values: &BTreeMap<String, Val>,
+) -> String {
+    let mut s = format!(
+        "# Spektron drift fixture `{name}` (tests/it/spektron_drift.rs); regenerate with\n\
+         # SPX_BLESS=1 cargo test --release --test it spektron_drift::\n"
+    );
+    for c in commands {
+        let _ = writeln!(s, "# command: {c}");
+    }
+    let _ = writeln!(s, "# cpu: {cpu}");
+    for (k, v) in values {
+        let _ = writeln!(s, "{k}\t{}", v.render());
+    }
+    s
+}
+
 /// Runs `steps` (each a whitespace-separated argument list, run as `spx -q --threads 1 ARGS`;
 /// `{CORN}`, `{CORN_DIR}` and `{OUT}` in it are replaced by the corn file, its directory — the
 /// CSV reader — and the run's temporary directory), reads `outputs` (paths under `{OUT}`) and
@@ -281,19 +302,8 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
         .join(format!("{name}.tsv"));
     let cpu = cpu_features();
     if std::env::var("SPX_BLESS").is_ok_and(|v| v == "1") {
-        let mut s = format!(
-            "# Spektron drift fixture `{name}` (tests/it/spektron_drift.rs); regenerate with\n\
-             # SPX_BLESS=1 cargo test --release --test it spektron_drift::\n"
-        );
-        for c in &commands {
-            let _ = writeln!(s, "# command: {c}");
-        }
-        let _ = writeln!(s, "# cpu: {cpu}");
-        for (k, v) in &got {
-            let _ = writeln!(s, "{k}\t{}", v.render());
-        }
         std::fs::create_dir_all(fixture.parent().unwrap()).unwrap();
-        std::fs::write(&fixture, s).unwrap();
+        std::fs::write(&fixture, fixture_text(name, &commands, &cpu, &got)).unwrap();
         eprintln!("blessed {} ({} values)", fixture.display(), got.len());
         return Some(got);
     }
@@ -320,18 +330,7 @@ fn drift(name: &str, steps: &[&str], outputs: &[&str]) -> Option<BTreeMap<String
         for k in &added {
             want.insert((*k).clone(), got[*k].clone());
         }
-        let mut s = format!(
-            "# Spektron drift fixture `{name}` (tests/it/spektron_drift.rs); regenerate with\n\
-             # SPX_BLESS=1 cargo test --release --test it spektron_drift::\n"
-        );
-        for c in &commands {
-            let _ = writeln!(s, "# command: {c}");
-        }
-        let _ = writeln!(s, "# cpu: {fixture_cpu}");
-        for (k, v) in &want {
-            let _ = writeln!(s, "{k}\t{}", v.render());
-        }
-        std::fs::write(&fixture, s).unwrap();
+        std::fs::write(&fixture, fixture_text(name, &commands, &fixture_cpu, &want)).unwrap();
         eprintln!(
             "{name}: added {} keys to {}",
             added.len(),
