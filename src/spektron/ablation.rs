@@ -22,7 +22,7 @@ use super::model::pretrain;
 use super::model::{LossConfig, ModelConfig, PretrainConfig};
 use super::report;
 use crate::error::SpxError;
-use crate::io::atomic::{Stage, safe_component};
+use crate::io::atomic::safe_component;
 use crate::io::{plot as iplot, write_atomic};
 
 /// What pretraining reads (besides the model of the arms).
@@ -144,7 +144,7 @@ pub struct Ablation {
     pub arms_seconds: Vec<f64>,
 }
 
-/// Run `variants` on the data of `input` (working files in `<tag>-work` inside the stage,
+/// Run `variants` on the data of `input` (working files in `<tag>-work` inside `dir`,
 /// removed at the end); `inspect` sees each variant after its pretraining (while its checkpoint
 /// exists) and may fill in [`VariantRun`]'s optional fields.
 #[allow(clippy::too_many_arguments)]
@@ -155,7 +155,7 @@ pub fn run(
     variants: &[Variant],
     tag: &str,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     mut on_progress: impl FnMut(&str),
     mut inspect: impl FnMut(&Trained<'_>, &mut VariantRun) -> Result<(), SpxError>,
 ) -> Result<Ablation, SpxError> {
@@ -176,7 +176,7 @@ pub fn run(
     let k = arms.experiment.table_n;
     let prepared = experiment::prepare_task(input, &cfg, &[k])?;
     let y = prepared.task.data.y.to_vec();
-    let work = stage.dir().join(format!("{tag}-work"));
+    let work = dir.join(format!("{tag}-work"));
     on_progress("synthetic corpus");
     let corpus = make_corpus(&work, cfg.seed, &pre)?;
     let mut runs = Vec::new();
@@ -307,7 +307,8 @@ pub fn pretrain_variant(
     Ok((Some(rep.checkpoint), val, rep.steps_done))
 }
 
-/// Write `<tag>_<stem>.{csv,md,png,json}` of an ablation into `stage`.
+/// Write `<tag>_<stem>.{csv,md,png,json}` of an ablation into `dir` (a staging directory: the
+/// caller commits it; the report's `files` are paths in `dir`).
 pub fn report(
     input: &Input,
     cfg: &Settings<'_>,
@@ -315,7 +316,7 @@ pub fn report(
     ab: Ablation,
     variants: &[Variant],
     pres: &Presentation<'_>,
-    stage: &Stage,
+    dir: &Path,
 ) -> Result<AblationReport, SpxError> {
     let ec = cfg.arms.experiment;
     let k = ec.table_n;
@@ -338,7 +339,6 @@ pub fn report(
     } = ab;
     let stem = safe_component(&format!("{}_{stem}", pres.tag));
     let title = format!("{}: {title}", pres.experiment);
-    let dir = stage.dir();
     let mut files = Vec::new();
     let path = dir.join(format!("{stem}.csv"));
     write_csv(&path, &cells, &classical)?;
@@ -379,7 +379,7 @@ pub fn report(
     let path = dir.join(format!("{stem}.json"));
     report::write_json(&path, &rep)?;
     files.push(path);
-    rep.files = files.iter().map(|f| stage.final_path(f)).collect();
+    rep.files = files;
     Ok(rep)
 }
 

@@ -10,6 +10,8 @@
 //! report gives each arm's parameter count (the property model, one target) and the wall time of
 //! its pretraining and of its model arms.
 
+use std::path::Path;
+
 use burn::module::Module;
 use burn::tensor::Device;
 
@@ -18,7 +20,6 @@ use super::experiment::{Input, Settings};
 use super::model::{Embedding, ModelConfig, SpektronModel};
 use crate::backend::seeded;
 use crate::error::SpxError;
-use crate::io::atomic::Stage;
 
 /// The hybrid block order for L blocks: the configured one when it mixes Mamba and
 /// Transformer blocks, else alternating from Mamba (None for one block).
@@ -135,13 +136,13 @@ fn parameters(model: &ModelConfig, device: &Device, seed: u64) -> Result<usize, 
     Ok(SpektronModel::new(&mc, &mut rng, device)?.num_params())
 }
 
-/// E7 on the data of `input`; working and report files go into `stage`.
+/// E7 on the data of `input`; working and report files go into `dir`.
 pub fn run(
     input: &Input,
     cfg: Settings<'_>,
     pre: PretrainInput<'_>,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     on_progress: impl FnMut(&str),
 ) -> Result<AblationReport, SpxError> {
     let vs = variants(&cfg, &pre)?;
@@ -157,7 +158,7 @@ pub fn run(
         &vs,
         "e7",
         device,
-        stage,
+        dir,
         on_progress,
         |t, run| {
             run.parameters = Some(params[t.index]);
@@ -193,5 +194,5 @@ pub fn run(
             ablation::val_msrp_column(&ab.runs, "val MSRP"),
         ],
     };
-    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)
+    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, dir)
 }

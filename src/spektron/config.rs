@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::pretrain;
-use super::{experiment, finetune, ttt};
+use super::{ablation, experiment, finetune, ttt};
 
 pub use super::baselines::BaselinesConfig;
 pub use super::data::corpus::CorpusConfig;
@@ -73,6 +73,16 @@ impl SpektronConfig {
             supervised: &self.supervised,
             min_std: self.corpus.min_std,
             seed,
+        }
+    }
+
+    /// What the pretraining ablations (E1, E2, E7, E8, E10) read besides the experiment.
+    pub fn pretrain_input(&self) -> ablation::PretrainInput<'_> {
+        ablation::PretrainInput {
+            loss: &self.loss,
+            pretrain: &self.pretrain,
+            synth: &self.synth,
+            corpus: &self.corpus,
         }
     }
 

@@ -3,9 +3,15 @@
 //! checkpoint), the cells (source × target × property on one data file), the flags every run
 //! shares and the table's columns; [`run`] computes every (run, cell) through the library
 //! pipelines — [`experiment::run_into`] (`spektron experiment table`) or
-//! [`classical::run_into`] (`spektron baselines`) —, writes each one's usual report files into
-//! `<run>/` and assembles the table ([`assemble`]) as Markdown, with every per-split number in
-//! CSV and JSON.
+//! [`classical::run_into`] (`spektron baselines`), [`ttt_steps::run`] (E9) or the pretraining
+//! ablations (E1, E2, E7, E8) —, writes each one's usual report files into `<run>/` and assembles
+//! the table ([`assemble`]) as Markdown, with every per-split number in CSV and JSON.
+//!
+//! Kinds with variants (E9's two starts, the ablations' variants) put one row per cell and
+//! variant, with a variant column after the cell's label (`variant_header`, labels from
+//! `variant_labels` or the experiment's own); their items are `steps:K` (E9: RMSEP after K TTT
+//! steps), the model arms (ablations), `val_msrp` (ablations: the variant's last validation
+//! MSRP) and the classical rows they report, `recentre_test` and `sbc` (`best` = SBC there).
 //!
 //! The spec does not touch the config: its `set` strings are applied by the caller (the CLI
 //! maps config → [`RunInput`] settings), so this module reads only settings views.
@@ -13,7 +19,8 @@
 //! Spec format (TOML; every key is checked, unknown keys are refused):
 //!
 //! ```toml
-//! kind = "experiment"          # or "baselines" (classical rows only)
+//! kind = "experiment"          # or "baselines" (classical rows only), "ttt-steps" (E9),
+//!                              # "pretraining", "masking", "architecture", "losses" (E1/E2/E7/E8)
 //! layout = "cells"             # rows = cells (default), or "methods": rows = entries
 //! quick = true                 # the `quick` profile (experiment only)
 //! repeats = 5                  # seeded splits
@@ -50,25 +57,64 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::ablation::PretrainInput;
 use super::baselines::{Cell, METHODS};
 use super::classical;
 use super::data::Modality;
 use super::experiment::{self, BlendWeights, ExperimentConfig, Kind};
 use super::report::{self, ARMS};
 use super::supervised::arms::ROWS as SUPERVISED_ROWS;
+use super::{arch_ablation, loss_ablation, mask_ablation, pretrain_ablation, ttt_steps};
 use crate::error::SpxError;
 use crate::io::atomic::{ensure_dir, safe_component};
 use crate::io::write_atomic;
 
 /// What each cell of a grid runs.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum GridKind {
     /// `spektron experiment table`: classical rows and model arms at one N.
     #[default]
     Experiment,
     /// `spektron baselines`: the classical rows at every N of `n_transfer`.
     Baselines,
+    /// `spektron experiment ttt-steps` (E9): one row per cell and start (`zero_shot`,
+    /// `few_shot`); items `steps:K` (RMSEP after K TTT steps), `recentre_test`, `sbc`, `best`.
+    TttSteps,
+    /// `spektron experiment pretraining` (E1): one row per cell and variant (`none`, `msrp`,
+    /// `all`); items the model arms, `recentre_test`, `sbc`, `best`, `val_msrp`.
+    Pretraining,
+    /// `spektron experiment masking` (E2), rows per variant as `pretraining`.
+    Masking,
+    /// `spektron experiment architecture` (E7), rows per variant as `pretraining`.
+    Architecture,
+    /// `spektron experiment losses` (E8), rows per variant as `pretraining`.
+    Losses,
+}
+
+impl GridKind {
+    /// The spec's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            GridKind::Experiment => "experiment",
+            GridKind::Baselines => "baselines",
+            GridKind::TttSteps => "ttt-steps",
+            GridKind::Pretraining => "pretraining",
+            GridKind::Masking => "masking",
+            GridKind::Architecture => "architecture",
+            GridKind::Losses => "losses",
+        }
+    }
+
+    /// One table row per cell and variant (E9's starts, the ablations' variants).
+    pub fn has_variants(self) -> bool {
+        !matches!(self, GridKind::Experiment | GridKind::Baselines)
+    }
+
+    /// A pretraining ablation (E1, E2, E7, E8): it pretrains its own models.
+    pub fn is_ablation(self) -> bool {
+        self.has_variants() && self != GridKind::TttSteps
+    }
 }
 
 /// How the table is laid out.
@@ -106,6 +152,16 @@ pub struct Spec {
     pub columns: Vec<Entry>,
     #[serde(default)]
     pub rows: Vec<Entry>,
+    /// Kinds with variants: header of the variant column (after the cell's label).
+    #[serde(default = "default_variant_header")]
+    pub variant_header: String,
+    /// Kinds with variants: printed label per variant name (default: the experiment's own).
+    #[serde(default)]
+    pub variant_labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_variant_header() -> String {
+    "variant".to_string()
 }
 
 /// The cells: every (source, target, property), property fastest.
@@ -205,6 +261,11 @@ pub enum Item {
     /// `source_cv`: the blend's out-of-fold RMSE on the source set, PLS / Spektron / CNN (means
     /// over the splits, `blend = "source"`).
     SourceCv,
+    /// `steps:K` (kind `ttt-steps`): the row's RMSEP after K test-time-training steps.
+    Steps(usize),
+    /// `val_msrp` (pretraining ablations): the variant's last validation MSRP ("–" without
+    /// pretraining).
+    ValMsrp,
 }
 
 /// A parsed `show` entry.
@@ -240,12 +301,13 @@ fn method_and_n(s: &str) -> Result<(String, Option<usize>), String> {
 }
 
 impl Ref {
-    /// `[RUN:]best | [RUN:]METHOD[@N] | [RUN:]below_sbc:METHOD[@N] | [RUN:]source_cv`.
+    /// `[RUN:]best | [RUN:]METHOD[@N] | [RUN:]below_sbc:METHOD[@N] | [RUN:]source_cv |
+    /// [RUN:]steps:K | [RUN:]val_msrp`.
     pub fn parse(s: &str) -> Result<Ref, String> {
         let parts: Vec<&str> = s.trim().split(':').collect();
         let (run, rest) = match parts.as_slice() {
-            [r, "below_sbc", m] => (Some(*r), vec!["below_sbc", m]),
-            ["below_sbc", m] => (None, vec!["below_sbc", m]),
+            [r, w @ ("below_sbc" | "steps"), m] => (Some(*r), vec![*w, m]),
+            [w @ ("below_sbc" | "steps"), m] => (None, vec![*w, m]),
             [r, x] => (Some(*r), vec![*x]),
             [x] => (None, vec![*x]),
             _ => return Err(format!("`{s}`: expected [RUN:]ITEM")),
@@ -255,8 +317,13 @@ impl Ref {
                 let (m, n) = method_and_n(m)?;
                 Item::BelowSbc(m, n)
             }
+            ["steps", k] => Item::Steps(
+                k.parse()
+                    .map_err(|_| format!("`{s}`: steps:K takes a whole number of steps"))?,
+            ),
             ["best"] => Item::Best,
             ["source_cv"] => Item::SourceCv,
+            ["val_msrp"] => Item::ValMsrp,
             [m] => {
                 let (m, n) = method_and_n(m)?;
                 Item::Method(m, n)
@@ -405,20 +472,19 @@ impl Spec {
         if let Some(n) = self.n_transfer.iter().find(|n| !(1..=1000).contains(*n)) {
             return bad("n_transfer", format!("{n} not in 1..=1000"));
         }
+        let kind = self.kind.name();
         match self.kind {
-            GridKind::Experiment if self.n_transfer.len() != 1 => {
-                return bad(
-                    "n_transfer",
-                    format!(
-                        "kind \"experiment\" takes one N (got {:?})",
-                        self.n_transfer
-                    ),
-                );
-            }
             GridKind::Baselines if self.quick => {
                 return bad(
                     "quick",
                     "kind \"baselines\" trains no model (quick is for experiments)".into(),
+                );
+            }
+            GridKind::Baselines => {}
+            _ if self.n_transfer.len() != 1 => {
+                return bad(
+                    "n_transfer",
+                    format!("kind \"{kind}\" takes one N (got {:?})", self.n_transfer),
                 );
             }
             _ => {}
@@ -474,12 +540,13 @@ impl Spec {
                 && r.name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                && r.name != "below_sbc";
+                && r.name != "below_sbc"
+                && r.name != "steps";
             if !ok {
                 return bad(
                     &format!("runs[{i}].name"),
                     format!(
-                        "`{}`: 1–64 letters, digits, '_' or '-' (and not `below_sbc`)",
+                        "`{}`: 1–64 letters, digits, '_' or '-' (and not `below_sbc` or `steps`)",
                         r.name
                     ),
                 );
@@ -491,16 +558,27 @@ impl Spec {
                 );
             }
             sets(format!("runs[{i}].set"), &r.set)?;
-            if r.checkpoint.is_some() && self.kind == GridKind::Baselines {
+            if r.checkpoint.is_some()
+                && (self.kind == GridKind::Baselines || self.kind.is_ablation())
+            {
                 return bad(
                     &format!("runs[{i}].checkpoint"),
-                    "kind \"baselines\" takes no checkpoint".into(),
+                    format!("kind \"{kind}\" takes no checkpoint"),
                 );
             }
         }
         let run_known = |n: &str| self.runs.iter().any(|r| r.name == n);
         if self.layout == Layout::Methods && !self.blocks.is_empty() {
             return bad("blocks", "blocks are for layout \"cells\"".into());
+        }
+        if self.layout == Layout::Methods && self.kind.has_variants() {
+            return bad(
+                "layout",
+                format!("kind \"{kind}\" has a row per cell and variant (layout \"cells\")"),
+            );
+        }
+        if !self.kind.has_variants() && !self.variant_labels.is_empty() {
+            return bad("variant_labels", format!("kind \"{kind}\" has no variants"));
         }
         for (i, b) in self.blocks.iter().enumerate() {
             if !run_known(&b.run) {
@@ -556,11 +634,20 @@ impl Spec {
                     _ => None,
                 };
                 if let Some((m, n)) = method {
-                    if self.kind == GridKind::Baselines && !METHODS.contains(&m.as_str()) {
-                        return bad(
-                            &f("show"),
-                            format!("`{s}`: kind \"baselines\" has only the classical methods"),
-                        );
+                    let reference = m == "recentre_test" || m == "sbc";
+                    let refused = match self.kind {
+                        GridKind::Experiment => None,
+                        GridKind::Baselines => (!METHODS.contains(&m.as_str()))
+                            .then_some("has only the classical methods"),
+                        GridKind::TttSteps => (!reference).then_some(
+                            "has the classical rows recentre_test and sbc (model rows: steps:K)",
+                        ),
+                        _ => (!reference && !ARMS.contains(&m.as_str())).then_some(
+                            "has the model arms and the classical rows recentre_test and sbc",
+                        ),
+                    };
+                    if let Some(why) = refused {
+                        return bad(&f("show"), format!("`{s}`: kind \"{kind}\" {why}"));
                     }
                     if let Some(n) = n
                         && *n != 0
@@ -572,15 +659,35 @@ impl Spec {
                         );
                     }
                 }
-                let value_item = matches!(r.item, Item::Method(..));
+                let value_item = matches!(r.item, Item::Method(..) | Item::Steps(_));
                 if !value_item && (e.ratio || e.mark_below_sbc || e.r2 || e.gate) {
                     return bad(
                         &f("show"),
-                        format!("`{s}`: ratio, mark_below_sbc, r2 and gate apply to METHOD items"),
+                        format!(
+                            "`{s}`: ratio, mark_below_sbc, r2 and gate apply to METHOD and steps:K items"
+                        ),
                     );
                 }
-                if e.gate && self.kind == GridKind::Baselines {
-                    return bad(&f("gate"), "no residual gate in kind \"baselines\"".into());
+                if e.gate && self.kind != GridKind::Experiment {
+                    return bad(&f("gate"), format!("no residual gate in kind \"{kind}\""));
+                }
+                let only = match r.item {
+                    Item::Steps(_) => Some(GridKind::TttSteps),
+                    Item::SourceCv => Some(GridKind::Experiment),
+                    _ => None,
+                };
+                if let Some(k) = only
+                    && k != self.kind
+                {
+                    return bad(&f("show"), format!("`{s}`: only in kind \"{}\"", k.name()));
+                }
+                if r.item == Item::ValMsrp && !self.kind.is_ablation() {
+                    return bad(
+                        &f("show"),
+                        format!(
+                            "`{s}`: only in the pretraining ablations (pretraining, masking, architecture, losses)"
+                        ),
+                    );
                 }
             }
         }
@@ -607,19 +714,21 @@ impl Spec {
                     let name = &self.runs[k].name;
                     let need = match &r.item {
                         Item::Method(m, _) | Item::BelowSbc(m, _) => {
-                            if self.kind == GridKind::Experiment {
-                                arm_switch(m, ec)
+                            if self.kind == GridKind::Experiment || self.kind.is_ablation() {
+                                arm_switch(m, ec).map(str::to_string)
                             } else {
                                 None
                             }
                         }
                         Item::SourceCv => (ec.blend != BlendWeights::Source)
-                            .then_some("spektron.experiment.blend=source"),
-                        Item::Best => None,
+                            .then(|| "spektron.experiment.blend=source".to_string()),
+                        Item::Steps(k) => (!ec.ttt_steps.contains(k))
+                            .then(|| format!("{k} in spektron.experiment.ttt_steps")),
+                        Item::Best | Item::ValMsrp => None,
                     };
                     let need = need.or_else(|| {
                         (e.gate && ec.residual_gate_folds == 0)
-                            .then_some("spektron.experiment.residual_gate_folds=5")
+                            .then(|| "spektron.experiment.residual_gate_folds=5".to_string())
                     });
                     if let Some(k) = need {
                         return Err(field(
@@ -665,6 +774,12 @@ fn arm_switch(m: &str, ec: &ExperimentConfig) -> Option<&'static str> {
 pub struct CellResult {
     pub run: String,
     pub cell: CellKey,
+    /// Kinds with variants: the variant (E9: `zero_shot` / `few_shot`; ablations: the
+    /// experiment's variant names) and its printed label.
+    pub variant: Option<String>,
+    pub variant_label: Option<String>,
+    /// Pretraining ablations: the variant's last validation MSRP (None without pretraining).
+    pub val_msrp: Option<f64>,
     /// The property's label in the data file.
     pub property_label: String,
     /// N of `best`, the ratios and the SBC mark (the run's first N).
@@ -686,6 +801,17 @@ impl CellResult {
         self.cells
             .iter()
             .find(|c| c.method == m && c.n_transfer == n)
+    }
+
+    fn at_steps(&self, k: usize) -> Result<&Cell, String> {
+        let m = format!("ttt_{k}");
+        self.cells.iter().find(|c| c.method == m).ok_or_else(|| {
+            format!(
+                "run `{}`, cell {}: no RMSEP after {k} TTT steps",
+                self.run,
+                self.cell.id()
+            )
+        })
     }
 
     fn lookup(&self, m: &str, n: Option<usize>) -> Result<&Cell, String> {
@@ -738,8 +864,15 @@ fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<Stri
             let (m, v) = res.best()?;
             Ok(format!("{v:.d$} ({m})"))
         }
-        Item::Method(m, n) => {
-            let c = res.lookup(m, *n)?;
+        Item::ValMsrp => Ok(res
+            .val_msrp
+            .map_or_else(|| "–".to_string(), |v| format!("{v:.d$}"))),
+        Item::Method(..) | Item::Steps(_) => {
+            let c = match &r.item {
+                Item::Method(m, n) => res.lookup(m, *n)?,
+                Item::Steps(k) => res.at_steps(*k)?,
+                _ => unreachable!(),
+            };
             let v = c.rmsep_mean;
             let mut s = format!("{v:.d$}");
             if e.ratio || e.mark_below_sbc {
@@ -754,7 +887,9 @@ fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<Stri
                         inner.push('<');
                     }
                 }
-                let _ = write!(s, " ({inner})");
+                if !inner.is_empty() {
+                    let _ = write!(s, " ({inner})");
+                }
             }
             if e.r2 {
                 let _ = write!(s, " ({:.2})", c.r2_mean);
@@ -827,24 +962,49 @@ pub fn assemble(
     results: &[CellResult],
 ) -> Result<GridTable, SpxError> {
     let (which, entries) = spec.entries();
-    let find = |run: &str, c: &CellKey| -> Result<&CellResult, SpxError> {
+    let find = |run: &str, c: &CellKey, v: Option<&str>| -> Result<&CellResult, SpxError> {
         results
             .iter()
-            .find(|r| r.run == run && r.cell == *c)
+            .find(|r| r.run == run && r.cell == *c && r.variant.as_deref() == v)
             .ok_or_else(|| {
                 field(
                     path,
                     "runs",
-                    format!("no result of run `{run}` on cell {}", c.id()),
+                    format!(
+                        "no result of run `{run}` on cell {}{}",
+                        c.id(),
+                        v.map(|v| format!(", variant `{v}`")).unwrap_or_default()
+                    ),
                 )
             })
     };
-    let entry = |i: usize, e: &Entry, c: &CellKey, block: Option<&BlockSpec>| {
+    // The rows of a cell: one, or one per variant of the block's run (in the run's order).
+    let variants = |c: &CellKey, block: Option<&BlockSpec>| -> Vec<(Option<&str>, &str)> {
+        if !spec.kind.has_variants() {
+            return vec![(None, "")];
+        }
+        let run = block.map_or(spec.runs[0].name.as_str(), |b| b.run.as_str());
+        results
+            .iter()
+            .filter(|r| r.run == run && r.cell == *c)
+            .filter_map(|r| {
+                let v = r.variant.as_deref()?;
+                let label = spec
+                    .variant_labels
+                    .get(v)
+                    .map(String::as_str)
+                    .or(r.variant_label.as_deref())
+                    .unwrap_or(v);
+                Some((Some(v), label))
+            })
+            .collect()
+    };
+    let entry = |i: usize, e: &Entry, c: &CellKey, v: Option<&str>, block: Option<&BlockSpec>| {
         let mut parts = Vec::new();
         for s in e.show.items() {
             let r = Ref::parse(s).map_err(|m| field(path, format!("{which}[{i}].show"), m))?;
             let run = &spec.runs[spec.run_index(&r, block)].name;
-            let res = find(run, c)?;
+            let res = find(run, c, v)?;
             let where_ = block
                 .map(|b| format!(" (block {})", b.heading))
                 .unwrap_or_default();
@@ -859,6 +1019,9 @@ pub fn assemble(
     let mut rows = Vec::new();
     match spec.layout {
         Layout::Cells => {
+            if spec.kind.has_variants() {
+                header.push(spec.variant_header.clone());
+            }
             header.extend(entries.iter().map(|e| e.header.clone()));
             let blocks: Vec<Option<&BlockSpec>> = if spec.blocks.is_empty() {
                 vec![None]
@@ -870,11 +1033,25 @@ pub fn assemble(
                     rows.push(vec![b.heading.clone()]);
                 }
                 for c in cells {
-                    let mut row = vec![c.label(&spec.label)];
-                    for (i, e) in entries.iter().enumerate() {
-                        row.push(entry(i, e, c, b)?);
+                    let vs = variants(c, b);
+                    if vs.is_empty() {
+                        let run = b.map_or(&spec.runs[0].name, |b| &b.run);
+                        return Err(field(
+                            path,
+                            "runs",
+                            format!("no result of run `{run}` on cell {}", c.id()),
+                        ));
                     }
-                    rows.push(row);
+                    for (v, vlabel) in vs {
+                        let mut row = vec![c.label(&spec.label)];
+                        if v.is_some() {
+                            row.push(vlabel.to_string());
+                        }
+                        for (i, e) in entries.iter().enumerate() {
+                            row.push(entry(i, e, c, v, b)?);
+                        }
+                        rows.push(row);
+                    }
                 }
             }
         }
@@ -883,7 +1060,7 @@ pub fn assemble(
             for (i, e) in entries.iter().enumerate() {
                 let mut row = vec![e.header.clone()];
                 for c in cells {
-                    row.push(entry(i, e, c, None)?);
+                    row.push(entry(i, e, c, None, None)?);
                 }
                 rows.push(row);
             }
@@ -915,6 +1092,8 @@ pub fn assemble(
 pub struct RunInput<'a> {
     pub name: &'a str,
     pub settings: experiment::Settings<'a>,
+    /// What the pretraining ablations read (corpus, pretraining, losses).
+    pub pretrain: PretrainInput<'a>,
     pub checkpoint: Option<&'a Path>,
     /// Final path of the run's effective config file (recorded in each cell's JSON report).
     pub config_file: &'a Path,
@@ -931,7 +1110,30 @@ pub struct GridInput<'a> {
     pub cells: &'a [CellKey],
 }
 
-/// Progress units of [`run`]: per (run, cell) those of its experiment (baselines: repetitions).
+/// The variants of a run of a kind with variants, (name, label) in table order (empty for the
+/// other kinds).
+pub fn variants(kind: GridKind, r: &RunInput) -> Result<Vec<(String, String)>, SpxError> {
+    let cfg = &r.settings;
+    let pre = &r.pretrain;
+    let vs = match kind {
+        GridKind::Experiment | GridKind::Baselines => return Ok(Vec::new()),
+        GridKind::TttSteps => {
+            let k = cfg.arms.experiment.table_n;
+            return Ok(vec![
+                ("zero_shot".into(), "0-shot (master)".into()),
+                ("few_shot".into(), format!("few-shot (LoRA, N = {k})")),
+            ]);
+        }
+        GridKind::Pretraining => pretrain_ablation::variants(cfg, pre),
+        GridKind::Masking => mask_ablation::variants(cfg, pre),
+        GridKind::Architecture => arch_ablation::variants(cfg, pre)?,
+        GridKind::Losses => loss_ablation::variants(cfg, pre),
+    };
+    Ok(vs.into_iter().map(|v| (v.name, v.axis)).collect())
+}
+
+/// Progress units of [`run`]: per (run, cell) those of its experiment (baselines and E9:
+/// repetitions; ablations: the corpus, then pretraining and model arms per variant).
 pub fn progress_len(kind: GridKind, runs: &[RunInput], cells: usize) -> u64 {
     runs.iter()
         .map(|r| match kind {
@@ -939,6 +1141,8 @@ pub fn progress_len(kind: GridKind, runs: &[RunInput], cells: usize) -> u64 {
                 experiment::progress_len(Kind::Table, r.settings.arms.experiment)
             }
             GridKind::Baselines => r.settings.baselines.repeats as u64,
+            GridKind::TttSteps => r.settings.arms.experiment.repeats as u64,
+            _ => 1 + 2 * variants(kind, r).map_or(0, |v| v.len() as u64),
         })
         .sum::<u64>()
         * cells as u64
@@ -957,19 +1161,21 @@ pub struct GridReport {
     pub files: Vec<PathBuf>,
 }
 
-/// `run,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,r2_mean`,
-/// one line per split.
+/// `run,variant,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,
+/// r2_mean`, one line per split (`variant` "-" in kinds without variants; E9's RMSEP after K
+/// TTT steps is method `ttt_K`).
 pub fn results_csv(results: &[CellResult]) -> String {
     let mut s = String::from(
-        "run,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,r2_mean\n",
+        "run,variant,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,r2_mean\n",
     );
     for r in results {
         for c in &r.cells {
             for (i, v) in c.rmsep.iter().enumerate() {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{},{v},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{v},{},{},{}",
                     r.run,
+                    r.variant.as_deref().unwrap_or("-"),
                     r.cell.source,
                     r.cell.target,
                     r.cell.property,
@@ -990,9 +1196,9 @@ pub fn results_csv(results: &[CellResult]) -> String {
 /// the table: `dir/<stem>.md` (the Markdown table), `<stem>.csv` ([`results_csv`]) and
 /// `<stem>.json` (spec, per-cell results with every split, the table), `stem` = the spec file's
 /// stem. `dir` is a staging directory: the caller commits it.
-pub fn run(
-    g: &GridInput,
-    runs: &[RunInput],
+pub fn run<'a>(
+    g: &GridInput<'a>,
+    runs: &[RunInput<'a>],
     device: &Device,
     dir: &Path,
     mut on_progress: impl FnMut(&str),
@@ -1001,10 +1207,36 @@ pub fn run(
     assert_eq!(runs.len(), spec.runs.len(), "one RunInput per run");
     let ecs: Vec<&ExperimentConfig> = runs.iter().map(|r| r.settings.arms.experiment).collect();
     spec.check_runs(g.spec_path, &ecs)?;
+    // The variants of each run (kinds with variants); `variant_labels` must name one of them.
+    let run_variants = runs
+        .iter()
+        .map(|r| variants(spec.kind, r))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(k) = spec
+        .variant_labels
+        .keys()
+        .find(|k| !run_variants.iter().flatten().any(|(v, _)| v == *k))
+    {
+        let known: Vec<&str> = run_variants[0].iter().map(|(v, _)| v.as_str()).collect();
+        return Err(field(
+            g.spec_path,
+            format!("variant_labels.{k}"),
+            format!("not a variant (variants: {})", known.join(", ")),
+        ));
+    }
     let mut results = Vec::new();
-    for r in runs {
+    for (ri, r) in runs.iter().enumerate() {
         let rdir = dir.join(safe_component(r.name));
         ensure_dir(&rdir)?;
+        let experiment_input = |c: &'a CellKey, checkpoint: Option<&'a Path>| experiment::Input {
+            data: Some(g.data),
+            source: &c.source,
+            target: &c.target,
+            property: &c.property,
+            checkpoint,
+            modality: g.modality,
+            config_file: r.config_file,
+        };
         for c in g.cells {
             let tag = format!("{} {}", r.name, c.id());
             let rel = |f: &[PathBuf]| -> Vec<PathBuf> {
@@ -1012,17 +1244,10 @@ pub fn run(
                     .map(|p| p.strip_prefix(dir).unwrap_or(p).to_path_buf())
                     .collect()
             };
+            let one = |res: CellResult| vec![res];
             let res = match spec.kind {
                 GridKind::Experiment => {
-                    let input = experiment::Input {
-                        data: Some(g.data),
-                        source: &c.source,
-                        target: &c.target,
-                        property: &c.property,
-                        checkpoint: r.checkpoint,
-                        modality: g.modality,
-                        config_file: r.config_file,
-                    };
+                    let input = experiment_input(c, r.checkpoint);
                     let rep = experiment::run_into(
                         Kind::Table,
                         &input,
@@ -1032,9 +1257,12 @@ pub fn run(
                         |m| on_progress(&format!("{tag}: {m}")),
                     )?;
                     let n = r.settings.arms.experiment.table_n;
-                    CellResult {
+                    one(CellResult {
                         run: r.name.to_string(),
                         cell: c.clone(),
+                        variant: None,
+                        variant_label: None,
+                        val_msrp: None,
                         property_label: rep.property.clone(),
                         table_n: n,
                         first_split: r.settings.baselines.first_repeat,
@@ -1054,7 +1282,7 @@ pub fn run(
                             .collect(),
                         files: rel(&rep.files),
                         cells: rep.cells,
-                    }
+                    })
                 }
                 GridKind::Baselines => {
                     let input = classical::Input {
@@ -1070,9 +1298,12 @@ pub fn run(
                     for _ in 0..bc.repeats {
                         on_progress(&tag);
                     }
-                    CellResult {
+                    one(CellResult {
                         run: r.name.to_string(),
                         cell: c.clone(),
+                        variant: None,
+                        variant_label: None,
+                        val_msrp: None,
                         property_label: cr.property.clone(),
                         table_n: bc.n_transfer.first().copied().unwrap_or(0),
                         first_split: bc.first_repeat,
@@ -1080,10 +1311,112 @@ pub fn run(
                         source_cv_rmse: Vec::new(),
                         files: rel(&cr.files),
                         cells: cr.report.cells,
-                    }
+                    })
+                }
+                GridKind::TttSteps => {
+                    let rep = ttt_steps::run(
+                        &experiment_input(c, r.checkpoint),
+                        r.settings,
+                        device,
+                        &rdir,
+                        |m| on_progress(&format!("{tag}: {m}")),
+                    )?;
+                    let k = rep.n_transfer;
+                    let cell = |x: &ttt_steps::StepRow, method: String, n: usize| Cell {
+                        method,
+                        n_transfer: n,
+                        rmsep_mean: x.rmsep_mean,
+                        rmsep_std: x.rmsep_std,
+                        r2_mean: x.r2_mean,
+                        rmsep: x.rmsep.clone(),
+                    };
+                    // The classical references: recentre_test (N = 0) and SBC at N.
+                    let refs: Vec<Cell> = rep
+                        .rows
+                        .iter()
+                        .filter(|x| !x.setting.ends_with("_shot"))
+                        .map(|x| {
+                            let n = if x.setting == "sbc" { k } else { 0 };
+                            cell(x, x.setting.clone(), n)
+                        })
+                        .collect();
+                    let files = rel(&rep.files);
+                    run_variants[ri]
+                        .iter()
+                        .map(|(v, label)| {
+                            let n = if v == "few_shot" { k } else { 0 };
+                            let mut cells: Vec<Cell> = rep
+                                .rows
+                                .iter()
+                                .filter(|x| x.setting == *v)
+                                .map(|x| cell(x, format!("ttt_{}", x.steps), n))
+                                .collect();
+                            cells.extend(refs.iter().cloned());
+                            CellResult {
+                                run: r.name.to_string(),
+                                cell: c.clone(),
+                                variant: Some(v.clone()),
+                                variant_label: Some(label.clone()),
+                                val_msrp: None,
+                                property_label: rep.property.clone(),
+                                table_n: k,
+                                first_split: r.settings.baselines.first_repeat,
+                                gate: Vec::new(),
+                                source_cv_rmse: Vec::new(),
+                                files: files.clone(),
+                                cells,
+                            }
+                        })
+                        .collect()
+                }
+                kind => {
+                    let input = experiment_input(c, None);
+                    let p = |m: &str| on_progress(&format!("{tag}: {m}"));
+                    let (s, pre) = (r.settings, r.pretrain);
+                    let rep = match kind {
+                        GridKind::Pretraining => {
+                            pretrain_ablation::run(&input, s, pre, device, &rdir, p)
+                        }
+                        GridKind::Masking => mask_ablation::run(&input, s, pre, device, &rdir, p),
+                        GridKind::Architecture => {
+                            arch_ablation::run(&input, s, pre, device, &rdir, p)
+                        }
+                        _ => loss_ablation::run(&input, s, pre, device, &rdir, p),
+                    }?;
+                    let files = rel(&rep.files);
+                    rep.variants
+                        .iter()
+                        .map(|vr| {
+                            let mut cells: Vec<Cell> = rep
+                                .cells
+                                .iter()
+                                .filter(|x| x.variant == vr.variant)
+                                .map(|x| x.cell.clone())
+                                .collect();
+                            cells.extend(rep.classical.iter().cloned());
+                            let label = run_variants[ri]
+                                .iter()
+                                .find(|(v, _)| *v == vr.variant)
+                                .map(|(_, l)| l.clone());
+                            CellResult {
+                                run: r.name.to_string(),
+                                cell: c.clone(),
+                                variant: Some(vr.variant.clone()),
+                                variant_label: label,
+                                val_msrp: vr.val_msrp,
+                                property_label: rep.property.clone(),
+                                table_n: rep.n_transfer,
+                                first_split: r.settings.baselines.first_repeat,
+                                gate: Vec::new(),
+                                source_cv_rmse: Vec::new(),
+                                files: files.clone(),
+                                cells,
+                            }
+                        })
+                        .collect()
                 }
             };
-            results.push(res);
+            results.extend(res);
         }
     }
     let table = assemble(g.spec_path, spec, g.cells, &results)?;
@@ -1203,6 +1536,9 @@ decimals = 2
                 out.push(CellResult {
                     run: run.into(),
                     cell: c,
+                    variant: None,
+                    variant_label: None,
+                    val_msrp: None,
                     property_label: "P".into(),
                     table_n: 10,
                     first_split: 3,
@@ -1294,15 +1630,15 @@ decimals = 2
         assert_eq!(lines.len(), 1 + 9 * 2);
         assert_eq!(
             lines[0],
-            "run,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,r2_mean"
+            "run,variant,source,target,property,method,n_transfer,split,rmsep,rmsep_mean,rmsep_std,r2_mean"
         );
         assert!(
-            lines[5].starts_with("a,m5,mp5,moisture,sbc,10,3,0.2,"),
+            lines[5].starts_with("a,-,m5,mp5,moisture,sbc,10,3,0.2,"),
             "{}",
             lines[5]
         );
         assert!(
-            lines[6].starts_with("a,m5,mp5,moisture,sbc,10,4,0.3,"),
+            lines[6].starts_with("a,-,m5,mp5,moisture,sbc,10,4,0.3,"),
             "{}",
             lines[6]
         );
@@ -1340,6 +1676,17 @@ decimals = 2
             }
         );
         assert_eq!(p("source:source_cv").item, Item::SourceCv);
+        assert_eq!(p("steps:20").item, Item::Steps(20));
+        assert_eq!(
+            p("e9:steps:0"),
+            Ref {
+                run: Some("e9".into()),
+                item: Item::Steps(0)
+            }
+        );
+        assert_eq!(p("val_msrp").item, Item::ValMsrp);
+        assert!(Ref::parse("steps:x").is_err());
+        assert!(Ref::parse("steps:-1").is_err());
         assert!(Ref::parse("a:lora").is_err());
         assert!(Ref::parse("sbc@x").is_err());
         assert!(Ref::parse("a:b:c:d").is_err());
@@ -1359,6 +1706,14 @@ decimals = 2
             ("{property}\"", "{prop}\"", "label"),
             ("name = \"b\"", "name = \"a\"", "runs[1].name"),
             ("name = \"b\"", "name = \"b c\"", "runs[1].name"),
+            ("name = \"b\"", "name = \"steps\"", "runs[1].name"),
+            ("show = \"best\"", "show = \"steps:5\"", "columns[0].show"),
+            ("show = \"best\"", "show = \"val_msrp\"", "columns[0].show"),
+            (
+                "corner = ",
+                "variant_labels = { none = \"x\" }\ncorner = ",
+                "variant_labels",
+            ),
             ("slope_bias=true\"]", "slope_bias\"]", "runs[1].set[0]"),
             ("run = \"b\"", "run = \"z\"", "blocks[1].run"),
             ("show = \"best\"", "show = \"lora\"", "columns[0].show"),
@@ -1447,6 +1802,183 @@ decimals = 2
         );
     }
 
+    const E9: &str = r#"
+kind = "ttt-steps"
+repeats = 2
+n_transfer = [10]
+corner = "property"
+label = "{property}"
+variant_header = "start"
+[variant_labels]
+zero_shot = "0-shot"
+[cells]
+source = ["m5"]
+target = ["mp5"]
+property = ["moisture", "oil"]
+[[runs]]
+name = "t"
+[[columns]]
+header = "0"
+show = "steps:0"
+ratio = true
+[[columns]]
+header = "20 steps"
+show = "steps:20"
+r2 = true
+mark_below_sbc = true
+[[columns]]
+header = "SBC"
+show = "sbc"
+decimals = 4
+"#;
+
+    /// E9-like results: per cell and start, RMSEP after 0 and 20 steps, and the classical rows.
+    fn e9_results() -> Vec<CellResult> {
+        let spec = Spec::parse(path(), E9).unwrap();
+        let mut out = Vec::new();
+        for (ci, c) in spec.cells().into_iter().enumerate() {
+            let off = ci as f64 * 0.1;
+            for (v, label, n, base) in [
+                ("zero_shot", "0-shot (master)", 0, 0.4),
+                ("few_shot", "few-shot (LoRA, N = 10)", 10, 0.3),
+            ] {
+                out.push(CellResult {
+                    run: "t".into(),
+                    cell: c.clone(),
+                    variant: Some(v.into()),
+                    variant_label: Some(label.into()),
+                    val_msrp: None,
+                    property_label: "P".into(),
+                    table_n: 10,
+                    first_split: 0,
+                    cells: vec![
+                        cell("ttt_0", n, &[(base + off, 0.1), (base + off, 0.3)]),
+                        cell("ttt_20", n, &[(base - 0.1, 0.5), (base - 0.2, 0.6)]),
+                        cell("recentre_test", 0, &[(0.25, 0.7), (0.25, 0.7)]),
+                        cell("sbc", 10, &[(0.2 + off, 0.8), (0.2 + off, 0.8)]),
+                    ],
+                    gate: Vec::new(),
+                    source_cv_rmse: Vec::new(),
+                    files: Vec::new(),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn variant_kinds_put_one_row_per_cell_and_variant() {
+        let spec = Spec::parse(path(), E9).unwrap();
+        let t = assemble(path(), &spec, &spec.cells(), &e9_results()).unwrap();
+        // best = SBC (0.2 / 0.3: recentre_test is an N = 0 row); "<" below SBC.
+        let want = "\
+| property | start | 0 | 20 steps | SBC |
+|---|---|---|---|---|
+| moisture | 0-shot | 0.400 (2.00×) | 0.250 (0.55) | 0.2000 |
+| moisture | few-shot (LoRA, N = 10) | 0.300 (1.50×) | 0.150 (<) (0.55) | 0.2000 |
+| oil | 0-shot | 0.500 (1.67×) | 0.250 (<) (0.55) | 0.3000 |
+| oil | few-shot (LoRA, N = 10) | 0.400 (1.33×) | 0.150 (<) (0.55) | 0.3000 |
+";
+        assert_eq!(t.markdown, want);
+        // A step count the run did not record is an error naming the entry.
+        let mut r = e9_results();
+        r[3].cells.retain(|c| c.method != "ttt_20");
+        let e = assemble(path(), &spec, &spec.cells(), &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("columns[1].show") && e.contains("20 TTT steps"),
+            "{e}"
+        );
+        // The grid CSV names the variant.
+        let csv = results_csv(&e9_results()[1..2]);
+        assert!(
+            csv.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("t,few_shot,m5,mp5,moisture,ttt_0,10,0,0.3,"),
+            "{csv}"
+        );
+        // An ablation's val_msrp column: 4 decimals, "–" without pretraining.
+        let text = E9
+            .replace("kind = \"ttt-steps\"", "kind = \"pretraining\"")
+            .replace("[variant_labels]\nzero_shot = \"0-shot\"\n", "")
+            .replace(
+                "show = \"steps:0\"\nratio = true",
+                "show = \"val_msrp\"\ndecimals = 4",
+            )
+            .replace("show = \"steps:20\"", "show = \"spektron_lora\"");
+        let spec = Spec::parse(path(), &text).unwrap();
+        let mut r = e9_results();
+        for (i, x) in r.iter_mut().enumerate() {
+            x.val_msrp = (i % 2 == 1).then_some(0.91234);
+            x.cells[1].method = "spektron_lora".into();
+        }
+        let t = assemble(path(), &spec, &spec.cells(), &r).unwrap();
+        assert_eq!(t.rows[0][2], "–");
+        assert_eq!(t.rows[1][2], "0.9123");
+        assert_eq!(t.rows[1][3], "0.150 (<) (0.55)");
+    }
+
+    #[test]
+    fn variant_kinds_refuse_items_and_settings_they_do_not_have() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "show = \"sbc\"",
+                "show = \"spektron_lora\"",
+                "columns[2].show",
+            ),
+            ("show = \"sbc\"", "show = \"pds\"", "columns[2].show"),
+            ("show = \"sbc\"", "show = \"val_msrp\"", "columns[2].show"),
+            ("show = \"sbc\"", "show = \"source_cv\"", "columns[2].show"),
+            ("decimals = 4", "decimals = 4\ngate = true", "columns[2]"),
+            ("n_transfer = [10]", "n_transfer = [10, 20]", "n_transfer"),
+            ("corner = ", "layout = \"methods\"\ncorner = ", "layout"),
+        ];
+        for (from, to, field) in cases {
+            assert!(E9.contains(from), "{from}");
+            let e = Spec::parse(path(), &E9.replacen(from, to, 1))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with("t/spec.toml: ") && e.contains(&format!("`{field}")),
+                "{to}: {e}"
+            );
+        }
+        // Ablations pretrain their own models: no checkpoint; their model arms are allowed.
+        let ab = E9.replace("kind = \"ttt-steps\"", "kind = \"losses\"");
+        let e = Spec::parse(
+            path(),
+            &ab.replace("name = \"t\"", "name = \"t\"\ncheckpoint = \"c\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("runs[0].checkpoint"), "{e}");
+        let e = Spec::parse(path(), &ab).unwrap_err().to_string();
+        assert!(
+            e.contains("columns[0].show") && e.contains("steps:0"),
+            "{e}"
+        );
+        Spec::parse(
+            path(),
+            &ab.replace("show = \"steps:0\"", "show = \"spektron_lora\"")
+                .replace("show = \"steps:20\"", "show = \"spektron_no_transfer\""),
+        )
+        .unwrap();
+        // A step count outside spektron.experiment.ttt_steps is refused before running.
+        let spec = Spec::parse(path(), E9).unwrap();
+        let t: toml::Table = include_str!("../../configs/spektron.toml").parse().unwrap();
+        let mut ec: ExperimentConfig = t["spektron"]["experiment"].clone().try_into().unwrap();
+        ec.ttt_steps = vec![0, 20];
+        spec.check_runs(path(), &[&ec]).unwrap();
+        ec.ttt_steps = vec![0, 5];
+        let e = spec.check_runs(path(), &[&ec]).unwrap_err().to_string();
+        assert!(
+            e.contains("columns[1].show") && e.contains("20 in spektron.experiment.ttt_steps"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn the_checked_in_specs_parse_and_select_cells() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tables");
@@ -1462,6 +1994,6 @@ decimals = 2
                 n += 1;
             }
         }
-        assert!(n >= 9, "{n} specs");
+        assert!(n >= 11, "{n} specs");
     }
 }

@@ -18,6 +18,8 @@
 //!
 //! The rate is the fraction of (spectrum, point) pairs violating either rule.
 
+use std::path::Path;
+
 use burn::module::Module;
 use burn::tensor::Device;
 
@@ -26,7 +28,6 @@ use super::experiment::{Input, Settings};
 use super::model::{LossConfig, SpektronModel, checkpoint, finetune};
 use crate::backend::seeded;
 use crate::error::SpxError;
-use crate::io::atomic::Stage;
 
 /// Relative margin of the range rule.
 pub const RANGE_MARGIN: f64 = 0.05;
@@ -127,13 +128,13 @@ pub fn violation(input: &[f32], recon: &[f32], n_points: usize) -> Violation {
     }
 }
 
-/// E8 on the data of `input`; working and report files go into `stage`.
+/// E8 on the data of `input`; working and report files go into `dir`.
 pub fn run(
     input: &Input,
     cfg: Settings<'_>,
     pre: PretrainInput<'_>,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     on_progress: impl FnMut(&str),
 ) -> Result<AblationReport, SpxError> {
     let vs = variants(&cfg, &pre);
@@ -145,7 +146,7 @@ pub fn run(
         &vs,
         "e8",
         device,
-        stage,
+        dir,
         on_progress,
         |t, run| {
             let Some(dir) = t.checkpoint else {
@@ -184,5 +185,5 @@ pub fn run(
             ("range".to_string(), pct(|v| v.range)),
         ],
     };
-    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)
+    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, dir)
 }

@@ -5,13 +5,14 @@
 //! N = `spektron.experiment.table_n` on the seeded splits of the classical rows
 //! ([`ablation::run`]). The `contiguous` variant is E1's `all` variant (the default strategy).
 
+use std::path::Path;
+
 use burn::tensor::Device;
 
 use super::ablation::{self, AblationReport, Presentation, PretrainInput, Variant};
 use super::experiment::{Input, Settings};
 use super::model::losses::MaskStrategy;
 use crate::error::SpxError;
-use crate::io::atomic::Stage;
 
 /// The strategies in table order: (strategy, variant name, row label, axis label).
 pub const STRATEGIES: &[(MaskStrategy, &str, &str, &str)] = &[
@@ -54,13 +55,13 @@ pub fn variants(cfg: &Settings<'_>, pre: &PretrainInput<'_>) -> Vec<Variant> {
         .collect()
 }
 
-/// E2 on the data of `input`; working and report files go into `stage`.
+/// E2 on the data of `input`; working and report files go into `dir`.
 pub fn run(
     input: &Input,
     cfg: Settings<'_>,
     pre: PretrainInput<'_>,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     on_progress: impl FnMut(&str),
 ) -> Result<AblationReport, SpxError> {
     let vs = variants(&cfg, &pre);
@@ -71,7 +72,7 @@ pub fn run(
         &vs,
         "e2",
         device,
-        stage,
+        dir,
         on_progress,
         |_, _| Ok(()),
     )?;
@@ -84,5 +85,5 @@ pub fn run(
             ablation::val_msrp_column(&ab.runs, "val MSRP (own masks)"),
         ],
     };
-    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)
+    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, dir)
 }

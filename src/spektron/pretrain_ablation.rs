@@ -7,13 +7,14 @@
 //! [`ablation::run`]). The `none` rows are E4 without `--checkpoint` (same seeds). The report
 //! keeps each variant's last validation MSRP.
 
+use std::path::Path;
+
 use burn::tensor::Device;
 
 use super::ablation::{self, AblationReport, Presentation, Variant};
 use super::experiment::{Input, Settings};
 use super::model::LossConfig;
 use crate::error::SpxError;
-use crate::io::atomic::Stage;
 
 pub use super::ablation::{PretrainInput, VariantCell, VariantRun};
 
@@ -59,13 +60,13 @@ pub fn variants(cfg: &Settings<'_>, pre: &PretrainInput<'_>) -> Vec<Variant> {
         .collect()
 }
 
-/// E1 on the data of `input`; working and report files go into `stage`.
+/// E1 on the data of `input`; working and report files go into `dir`.
 pub fn run(
     input: &Input,
     cfg: Settings<'_>,
     pre: PretrainInput<'_>,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     on_progress: impl FnMut(&str),
 ) -> Result<AblationReport, SpxError> {
     let vs = variants(&cfg, &pre);
@@ -76,7 +77,7 @@ pub fn run(
         &vs,
         "e1",
         device,
-        stage,
+        dir,
         on_progress,
         |_, _| Ok(()),
     )?;
@@ -89,5 +90,5 @@ pub fn run(
             ablation::val_msrp_column(&ab.runs, "val MSRP"),
         ],
     };
-    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, stage)
+    ablation::report(input, &cfg, pre.synth.n, ab, &vs, &pres, dir)
 }

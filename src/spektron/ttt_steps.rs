@@ -27,7 +27,7 @@ use super::protocol::{Acc, Centring, Split, sub_seed, take};
 use super::report;
 use crate::backend::seeded;
 use crate::error::SpxError;
-use crate::io::atomic::{Stage, safe_component};
+use crate::io::atomic::safe_component;
 use crate::io::{plot as iplot, write_atomic};
 
 /// One (starting point, steps) row over the repetitions.
@@ -79,12 +79,13 @@ fn aggregate(setting: &str, steps: usize, v: &[(f64, f64)]) -> StepRow {
     }
 }
 
-/// E9 on the data of `input` (file or synthetic); files go into `stage`.
+/// E9 on the data of `input` (file or synthetic); files go into `dir` (a staging directory: the
+/// caller commits it; the report's `files` are paths in `dir`).
 pub fn run(
     input: &Input,
     cfg: Settings<'_>,
     device: &Device,
-    stage: &Stage,
+    dir: &Path,
     mut on_progress: impl FnMut(&str),
 ) -> Result<TttStepsReport, SpxError> {
     let arms = cfg.arms;
@@ -254,7 +255,6 @@ pub fn run(
     }
     let stem = safe_component(&format!("e9_{stem}"));
     let title = format!("E9: {title}");
-    let dir = stage.dir();
     let mut files = Vec::new();
     let path = dir.join(format!("{stem}.csv"));
     write_csv(&path, &rows)?;
@@ -288,7 +288,7 @@ pub fn run(
     let path = dir.join(format!("{stem}.json"));
     report::write_json(&path, &rep)?;
     files.push(path);
-    rep.files = files.iter().map(|f| stage.final_path(f)).collect();
+    rep.files = files;
     Ok(rep)
 }
 

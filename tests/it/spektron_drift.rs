@@ -810,19 +810,27 @@ fn blend_splits_0_9_table() {
     );
 }
 
-/// README "E9 (TTT steps)": m5 → mp5 oil, encoder TTT at lr 1e-3, split 0, steps 0, 5, 10, 20
-/// (README: up to 100).
+/// README "E9 (TTT steps)" (`spektron-e9`: encoder TTT at lr 1e-3, steps 0 … 100): m5 → mp5
+/// oil, split 0, full settings; the cell's E9 report and the grid's Markdown.
 #[test]
 fn e9_table() {
-    let s = "--out {OUT}/e9 --set spektron.ttt.scope=encoder --set spektron.ttt.lr=1e-3 \
-             spektron experiment ttt-steps --quick --repeats 1 --n-transfer 10 --steps 0,5,10,20 \
-             --data {CORN} --source m5 --target mp5 --property oil";
-    drift("e9_table", &[s], &["e9/e9_m5_mp5_oil.json"]);
+    drift(
+        "e9_table",
+        &[&grid("spektron-e9", "", "m5:mp5:oil")],
+        &["e9/e9_m5_mp5_oil.json", "spektron-e9.md"],
+    );
 }
 
-/// Pretraining ablations (E1, E2, E7, E8) and E10 on m5 → mp5 moisture, split 0: a 200-spectrum
-/// corpus, 10 pretraining steps (validation every 5), 5 master / transfer / scratch epochs
-/// (README: 1,000 spectra, 300 steps, 20 epochs).
+/// The small settings of the ablation tests: a 200-spectrum corpus, 10 pretraining steps
+/// (validation every 5), 5 master / transfer / scratch epochs (README: 1,000 spectra, 300 steps,
+/// 20 epochs).
+const ABLATION_SETS: &str = "--set spektron.pretrain.steps=10 --set spektron.synth.n=200 \
+     --set spektron.pretrain.val_every=5 --set spektron.pretrain.val_batches=1 \
+     --set spektron.experiment.master_epochs=5 --set spektron.experiment.transfer_epochs=5 \
+     --set spektron.experiment.scratch_epochs=5";
+
+/// Pretraining ablations (E2, E7, E8) and E10 on m5 → mp5 moisture, split 0, with
+/// [`ABLATION_SETS`].
 fn ablation(name: &str, cmd: &str, stem: &str, splits: bool) {
     let split = if splits {
         "--repeats 1 --n-transfer 10 "
@@ -830,10 +838,7 @@ fn ablation(name: &str, cmd: &str, stem: &str, splits: bool) {
         ""
     };
     let s = format!(
-        "--out {{OUT}}/x --set spektron.pretrain.steps=10 --set spektron.synth.n=200 \
-         --set spektron.pretrain.val_every=5 --set spektron.pretrain.val_batches=1 \
-         --set spektron.experiment.master_epochs=5 --set spektron.experiment.transfer_epochs=5 \
-         --set spektron.experiment.scratch_epochs=5 spektron experiment {cmd} --quick {split}\
+        "--out {{OUT}}/x {ABLATION_SETS} spektron experiment {cmd} --quick {split}\
          --data {{CORN}} --source m5 --target mp5 --property moisture"
     );
     let json = format!("x/{stem}_m5_mp5_moisture.json");
@@ -841,10 +846,20 @@ fn ablation(name: &str, cmd: &str, stem: &str, splits: bool) {
     drift(name, &[&s], &[&json, &csv]);
 }
 
-/// README "E9 (TTT steps) and E1 (pretraining ablation)", the E1 table.
+/// README "E1 (pretraining ablation)" (`spektron-e1`) on m5 → mp5 moisture, split 0, with the
+/// small settings of the other ablations (a 200-spectrum corpus, 10 pretraining steps, 5 epochs
+/// per arm: [`ABLATION_SETS`]); the cell's E1 report (JSON, CSV) and the grid's Markdown.
 #[test]
 fn e1_table() {
-    ablation("e1_table", "pretraining", "e1", true);
+    drift(
+        "e1_table",
+        &[&grid("spektron-e1", ABLATION_SETS, "m5:mp5:moisture")],
+        &[
+            "e1/e1_m5_mp5_moisture.json",
+            "e1/e1_m5_mp5_moisture.csv",
+            "spektron-e1.md",
+        ],
+    );
 }
 
 /// README "E2 (masking)".

@@ -312,15 +312,16 @@ fn ttt_steps(g: &Global, t: &TttStepsArgs) -> Result<ExitCode> {
     let ec = &cfg.spektron.experiment;
     let pb = g.progress().bar(ec.repeats as u64, "E9 TTT steps");
     let settings = cfg.spektron.experiment_settings(cfg.run.seed);
-    let r = spx::spektron::ttt_steps::run(&input, settings, &dev, &stage, |m| {
+    let r = spx::spektron::ttt_steps::run(&input, settings, &dev, stage.dir(), |m| {
         pb.set_message(m.to_string());
         pb.inc(1);
     })?;
     pb.finish_and_clear();
     cfg.write_effective(stage.dir())?;
+    let files: Vec<PathBuf> = r.files.iter().map(|f| stage.final_path(f)).collect();
     stage.commit()?;
     g.say(&r.markdown);
-    report_files(g, &r, &r.files)
+    report_files(g, &r, &files)
 }
 
 /// The pretraining ablations (E1, E2, E7, E8): one CLI shape, one library driver each.
@@ -364,12 +365,7 @@ fn ablation(g: &Global, a: &ExperimentArgs, which: Ablation) -> Result<ExitCode>
     let sc = &cfg.spektron;
     // Corpus, then pretraining + model arms per variant.
     let pb = g.progress().bar(1 + 2 * variants, label);
-    let pre = spx::spektron::ablation::PretrainInput {
-        loss: &sc.loss,
-        pretrain: &sc.pretrain,
-        synth: &sc.synth,
-        corpus: &sc.corpus,
-    };
+    let pre = sc.pretrain_input();
     let settings = sc.experiment_settings(cfg.run.seed);
     let progress = |m: &str| {
         pb.set_message(m.to_string());
@@ -378,17 +374,20 @@ fn ablation(g: &Global, a: &ExperimentArgs, which: Ablation) -> Result<ExitCode>
     use spx::spektron::{arch_ablation, loss_ablation, mask_ablation, pretrain_ablation};
     let r = match which {
         Ablation::Pretraining => {
-            pretrain_ablation::run(&input, settings, pre, &dev, &stage, progress)
+            pretrain_ablation::run(&input, settings, pre, &dev, stage.dir(), progress)
         }
-        Ablation::Masking => mask_ablation::run(&input, settings, pre, &dev, &stage, progress),
-        Ablation::Architecture => arch_ablation::run(&input, settings, pre, &dev, &stage, progress),
-        Ablation::Losses => loss_ablation::run(&input, settings, pre, &dev, &stage, progress),
+        Ablation::Masking => mask_ablation::run(&input, settings, pre, &dev, stage.dir(), progress),
+        Ablation::Architecture => {
+            arch_ablation::run(&input, settings, pre, &dev, stage.dir(), progress)
+        }
+        Ablation::Losses => loss_ablation::run(&input, settings, pre, &dev, stage.dir(), progress),
     }?;
     pb.finish_and_clear();
     cfg.write_effective(stage.dir())?;
+    let files: Vec<PathBuf> = r.files.iter().map(|f| stage.final_path(f)).collect();
     stage.commit()?;
     g.say(&r.markdown);
-    report_files(g, &r, &r.files)
+    report_files(g, &r, &files)
 }
 
 /// E10: `spx spektron experiment disentanglement`.
@@ -404,12 +403,7 @@ fn disentanglement(g: &Global, a: &ExperimentArgs) -> Result<ExitCode> {
     let dev = cfg.run.device.autodiff_device()?;
     let sc = &cfg.spektron;
     let pb = g.progress().bar(3, "E10 disentanglement");
-    let pre = spx::spektron::ablation::PretrainInput {
-        loss: &sc.loss,
-        pretrain: &sc.pretrain,
-        synth: &sc.synth,
-        corpus: &sc.corpus,
-    };
+    let pre = sc.pretrain_input();
     let settings = sc.experiment_settings(cfg.run.seed);
     let r = spx::spektron::disentangle::run(&input, settings, pre, &dev, &stage, |m| {
         pb.set_message(m.to_string());
@@ -445,13 +439,13 @@ fn grid(g: &Global, a: &GridArgs) -> Result<ExitCode> {
         ("spec repeats", "spec n_transfer")
     };
     let flags = match spec.kind {
-        GridKind::Experiment => vec![
-            int("spektron.experiment.repeats", repeats, rflag),
-            int("spektron.experiment.table_n", spec.n_transfer[0], nflag),
-        ],
         GridKind::Baselines => vec![
             int("spektron.baselines.repeats", repeats, rflag),
             ints("spektron.baselines.n_transfer", &spec.n_transfer, nflag),
+        ],
+        _ => vec![
+            int("spektron.experiment.repeats", repeats, rflag),
+            int("spektron.experiment.table_n", spec.n_transfer[0], nflag),
         ],
     };
     let profiles: &[&str] = if spec.quick { &["quick"] } else { &[] };
@@ -484,6 +478,12 @@ fn grid(g: &Global, a: &GridArgs) -> Result<ExitCode> {
     if spec.kind == GridKind::Baselines && a.checkpoint.is_some() {
         bail!("--checkpoint: kind \"baselines\" trains no model");
     }
+    if spec.kind.is_ablation() && a.checkpoint.is_some() {
+        bail!(
+            "--checkpoint: kind \"{}\" pretrains its own models (it takes none)",
+            spec.kind.name()
+        );
+    }
     let stage = Stage::begin(&first.run.out_dir)?
         .inputs(std::iter::once(a.data.as_path()).chain(checkpoints.iter().flatten().copied()));
     let config_files: Vec<PathBuf> = spec
@@ -505,6 +505,7 @@ fn grid(g: &Global, a: &GridArgs) -> Result<ExitCode> {
         .map(|(((r, cfg), cf), ck)| grid::RunInput {
             name: &r.name,
             settings: cfg.spektron.experiment_settings(cfg.run.seed),
+            pretrain: cfg.spektron.pretrain_input(),
             checkpoint: *ck,
             config_file: cf,
         })
