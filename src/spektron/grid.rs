@@ -1515,6 +1515,24 @@ decimals = 2
         Cell::aggregate(m, n, v)
     }
 
+    /// A result of `run` on `cell` at N = 10 with `cells`, no variant, gate or blend notes.
+    fn result(run: &str, cell: CellKey, cells: Vec<Cell>) -> CellResult {
+        CellResult {
+            run: run.into(),
+            cell,
+            variant: None,
+            variant_label: None,
+            val_msrp: None,
+            property_label: "P".into(),
+            table_n: 10,
+            first_split: 0,
+            cells,
+            gate: Vec::new(),
+            source_cv_rmse: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
     /// Two runs on two cells with hand-made rows: run b's values are run a's times `k`.
     fn results() -> Vec<CellResult> {
         let spec = Spec::parse(path(), SPEC).unwrap();
@@ -1534,18 +1552,10 @@ decimals = 2
                     cell("spektron_lora", 10, &[(0.36, -0.1), (0.6, -0.2)]),
                 ];
                 out.push(CellResult {
-                    run: run.into(),
-                    cell: c,
-                    variant: None,
-                    variant_label: None,
-                    val_msrp: None,
-                    property_label: "P".into(),
-                    table_n: 10,
                     first_split: 3,
-                    cells,
                     gate: vec![0.0, 0.5 * (k - 1.0)],
                     source_cv_rmse: vec![vec![0.01, 0.3, 0.2], vec![0.03, 0.5, 0.4]],
-                    files: Vec::new(),
+                    ..result(run, c, cells)
                 });
             }
         }
@@ -1842,24 +1852,16 @@ decimals = 4
                 ("zero_shot", "0-shot (master)", 0, 0.4),
                 ("few_shot", "few-shot (LoRA, N = 10)", 10, 0.3),
             ] {
+                let cells = vec![
+                    cell("ttt_0", n, &[(base + off, 0.1), (base + off, 0.3)]),
+                    cell("ttt_20", n, &[(base - 0.1, 0.5), (base - 0.2, 0.6)]),
+                    cell("recentre_test", 0, &[(0.25, 0.7), (0.25, 0.7)]),
+                    cell("sbc", 10, &[(0.2 + off, 0.8), (0.2 + off, 0.8)]),
+                ];
                 out.push(CellResult {
-                    run: "t".into(),
-                    cell: c.clone(),
                     variant: Some(v.into()),
                     variant_label: Some(label.into()),
-                    val_msrp: None,
-                    property_label: "P".into(),
-                    table_n: 10,
-                    first_split: 0,
-                    cells: vec![
-                        cell("ttt_0", n, &[(base + off, 0.1), (base + off, 0.3)]),
-                        cell("ttt_20", n, &[(base - 0.1, 0.5), (base - 0.2, 0.6)]),
-                        cell("recentre_test", 0, &[(0.25, 0.7), (0.25, 0.7)]),
-                        cell("sbc", 10, &[(0.2 + off, 0.8), (0.2 + off, 0.8)]),
-                    ],
-                    gate: Vec::new(),
-                    source_cv_rmse: Vec::new(),
-                    files: Vec::new(),
+                    ..result("t", c.clone(), cells)
                 });
             }
         }
