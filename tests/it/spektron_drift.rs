@@ -727,6 +727,19 @@ fn switches_table() {
     );
 }
 
+/// README "A longer Spektron master" (`spektron-long-master`: the switches runs a and b with up to
+/// 200 master epochs): m5 → mp5 oil, split 0, full settings.
+#[test]
+fn long_master_table() {
+    run_grid(
+        "long_master_table",
+        "spektron-long-master",
+        "",
+        "m5:mp5:oil",
+        &["a", "b"],
+    );
+}
+
 /// README "Issue #17 ideas at N = 10" (`spektron-ideas`): runs a (residual + slope/bias), b (a +
 /// adaptation on the unlabelled spectra) and c (residual, small regularised head) on m5 → mp6
 /// oil, split 0, full settings. The JSON reports of b and c are compared with the fixture, run
