@@ -783,6 +783,19 @@ fn gate_head_table() {
     );
 }
 
+/// README "With the self-supervised adaptation of run B on top" (`spektron-gate-head-adapted`:
+/// resampled inputs + `adapt_unlabelled`): m5 → mp6 starch, split 0, full settings.
+#[test]
+fn gate_head_adapted_table() {
+    run_grid(
+        "gate_head_adapted_table",
+        "spektron-gate-head-adapted",
+        "",
+        "m5:mp6:starch",
+        &["ad"],
+    );
+}
+
 /// README "Fresh splits 5–9" table (`spektron-gate-head-fresh`, resampled inputs): split 5 alone
 /// (the spec's `first_repeat = 5`) of m5 → mp5 starch, full settings.
 #[test]
