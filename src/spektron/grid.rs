@@ -44,7 +44,8 @@
 //! show = "a:spektron_lora"     # see `Item`; a list is joined with " / "
 //! ratio = true                 # " (1.87×)": ratio to the best classical method at N
 //! mark_below_sbc = true        # "<" inside the ratio's parentheses when below classical SBC
-//! # decimals = 3, ratio_decimals = 2, r2 = false (" (0.21)"), gate = false (" (2/5)")
+//! # decimals = 3, ratio_decimals = 2, sd = false (" ± 0.054"), r2 = false (" (0.21)"),
+//! # gate = false (" (2/5)")
 //!
 //! [[blocks]]                   # optional row groups (layout "cells"): a heading row, then
 //! heading = "*input = snv*"    # every cell with `run` as the default run of the columns
@@ -230,6 +231,10 @@ pub struct Entry {
     /// parentheses).
     #[serde(default)]
     pub mark_below_sbc: bool,
+    /// Append " ± sd" (standard deviation over the splits, the value's decimals) right after the
+    /// value.
+    #[serde(default)]
+    pub sd: bool,
     /// Append " (R²)" (mean R² over the splits, 2 decimals).
     #[serde(default)]
     pub r2: bool,
@@ -660,11 +665,11 @@ impl Spec {
                     }
                 }
                 let value_item = matches!(r.item, Item::Method(..) | Item::Steps(_));
-                if !value_item && (e.ratio || e.mark_below_sbc || e.r2 || e.gate) {
+                if !value_item && (e.ratio || e.mark_below_sbc || e.r2 || e.gate || e.sd) {
                     return bad(
                         &f("show"),
                         format!(
-                            "`{s}`: ratio, mark_below_sbc, r2 and gate apply to METHOD and steps:K items"
+                            "`{s}`: ratio, mark_below_sbc, sd, r2 and gate apply to METHOD and steps:K items"
                         ),
                     );
                 }
@@ -875,6 +880,9 @@ fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<Stri
             };
             let v = c.rmsep_mean;
             let mut s = format!("{v:.d$}");
+            if e.sd {
+                let _ = write!(s, " ± {:.d$}", c.rmsep_std);
+            }
             if e.ratio || e.mark_below_sbc {
                 let mut inner = String::new();
                 if e.ratio {
@@ -1741,6 +1749,11 @@ decimals = 2
                 "columns[6].show",
             ),
             (
+                "show = \"b:source_cv\"",
+                "show = \"b:source_cv\"\nsd = true",
+                "columns[6].show",
+            ),
+            (
                 "property = [\"moisture\", \"oil\"]",
                 "property = []",
                 "cells.property",
@@ -1835,6 +1848,7 @@ ratio = true
 header = "20 steps"
 show = "steps:20"
 r2 = true
+sd = true
 mark_below_sbc = true
 [[columns]]
 header = "SBC"
@@ -1876,10 +1890,10 @@ decimals = 4
         let want = "\
 | property | start | 0 | 20 steps | SBC |
 |---|---|---|---|---|
-| moisture | 0-shot | 0.400 (2.00×) | 0.250 (0.55) | 0.2000 |
-| moisture | few-shot (LoRA, N = 10) | 0.300 (1.50×) | 0.150 (<) (0.55) | 0.2000 |
-| oil | 0-shot | 0.500 (1.67×) | 0.250 (<) (0.55) | 0.3000 |
-| oil | few-shot (LoRA, N = 10) | 0.400 (1.33×) | 0.150 (<) (0.55) | 0.3000 |
+| moisture | 0-shot | 0.400 (2.00×) | 0.250 ± 0.071 (0.55) | 0.2000 |
+| moisture | few-shot (LoRA, N = 10) | 0.300 (1.50×) | 0.150 ± 0.071 (<) (0.55) | 0.2000 |
+| oil | 0-shot | 0.500 (1.67×) | 0.250 ± 0.071 (<) (0.55) | 0.3000 |
+| oil | few-shot (LoRA, N = 10) | 0.400 (1.33×) | 0.150 ± 0.071 (<) (0.55) | 0.3000 |
 ";
         assert_eq!(t.markdown, want);
         // A step count the run did not record is an error naming the entry.
@@ -1919,7 +1933,7 @@ decimals = 4
         let t = assemble(path(), &spec, &spec.cells(), &r).unwrap();
         assert_eq!(t.rows[0][2], "–");
         assert_eq!(t.rows[1][2], "0.9123");
-        assert_eq!(t.rows[1][3], "0.150 (<) (0.55)");
+        assert_eq!(t.rows[1][3], "0.150 ± 0.071 (<) (0.55)");
     }
 
     #[test]
