@@ -712,7 +712,7 @@ impl Spec {
         };
         for (i, e) in entries.iter().enumerate() {
             for s in e.show.items() {
-                let r = Ref::parse(s).expect("validated");
+                let r = Ref::parse(s).map_err(|m| field(path, format!("{which}[{i}].show"), m))?;
                 for b in &blocks {
                     let k = self.run_index(&r, *b);
                     let ec = runs[k];
@@ -802,6 +802,32 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// A result of `run` on `cell` with `cells`: no variant, gate factors or blend notes.
+    pub fn new(
+        run: &str,
+        cell: &CellKey,
+        property_label: &str,
+        table_n: usize,
+        first_split: usize,
+        files: Vec<PathBuf>,
+        cells: Vec<Cell>,
+    ) -> CellResult {
+        CellResult {
+            run: run.to_string(),
+            cell: cell.clone(),
+            variant: None,
+            variant_label: None,
+            val_msrp: None,
+            property_label: property_label.to_string(),
+            table_n,
+            first_split,
+            cells,
+            gate: Vec::new(),
+            source_cv_rmse: Vec::new(),
+            files,
+        }
+    }
+
     fn get(&self, m: &str, n: usize) -> Option<&Cell> {
         self.cells
             .iter()
@@ -862,6 +888,48 @@ pub struct GridTable {
     pub markdown: String,
 }
 
+/// A value item's cell with the entry's options: the RMSEP mean, then " ± sd", " (ratio×<)",
+/// " (R²)" and " (k/n)" as the entry asks.
+fn format_value(e: &Entry, c: &Cell, res: &CellResult, block: &str) -> Result<String, String> {
+    let d = e.decimals;
+    let v = c.rmsep_mean;
+    let mut s = format!("{v:.d$}");
+    if e.sd {
+        let _ = write!(s, " ± {:.d$}", c.rmsep_std);
+    }
+    if e.ratio || e.mark_below_sbc {
+        let mut inner = String::new();
+        if e.ratio {
+            let (_, best) = res.best()?;
+            let _ = write!(inner, "{:.*}×", e.ratio_decimals, v / best);
+        }
+        if e.mark_below_sbc {
+            let sbc = res.lookup("sbc", Some(res.table_n))?.rmsep_mean;
+            if v < sbc {
+                inner.push('<');
+            }
+        }
+        if !inner.is_empty() {
+            let _ = write!(s, " ({inner})");
+        }
+    }
+    if e.r2 {
+        let _ = write!(s, " ({:.2})", c.r2_mean);
+    }
+    if e.gate {
+        if res.gate.is_empty() {
+            return Err(format!(
+                "run `{}`, cell {}: no residual-gate factors{block}",
+                res.run,
+                res.cell.id()
+            ));
+        }
+        let on = res.gate.iter().filter(|&&g| g > 0.0).count();
+        let _ = write!(s, " ({on}/{})", res.gate.len());
+    }
+    Ok(s)
+}
+
 fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<String, String> {
     let d = e.decimals;
     match &r.item {
@@ -872,49 +940,8 @@ fn format_item(e: &Entry, r: &Ref, res: &CellResult, block: &str) -> Result<Stri
         Item::ValMsrp => Ok(res
             .val_msrp
             .map_or_else(|| "–".to_string(), |v| format!("{v:.d$}"))),
-        Item::Method(..) | Item::Steps(_) => {
-            let c = match &r.item {
-                Item::Method(m, n) => res.lookup(m, *n)?,
-                Item::Steps(k) => res.at_steps(*k)?,
-                _ => unreachable!(),
-            };
-            let v = c.rmsep_mean;
-            let mut s = format!("{v:.d$}");
-            if e.sd {
-                let _ = write!(s, " ± {:.d$}", c.rmsep_std);
-            }
-            if e.ratio || e.mark_below_sbc {
-                let mut inner = String::new();
-                if e.ratio {
-                    let (_, best) = res.best()?;
-                    let _ = write!(inner, "{:.*}×", e.ratio_decimals, v / best);
-                }
-                if e.mark_below_sbc {
-                    let sbc = res.lookup("sbc", Some(res.table_n))?.rmsep_mean;
-                    if v < sbc {
-                        inner.push('<');
-                    }
-                }
-                if !inner.is_empty() {
-                    let _ = write!(s, " ({inner})");
-                }
-            }
-            if e.r2 {
-                let _ = write!(s, " ({:.2})", c.r2_mean);
-            }
-            if e.gate {
-                if res.gate.is_empty() {
-                    return Err(format!(
-                        "run `{}`, cell {}: no residual-gate factors{block}",
-                        res.run,
-                        res.cell.id()
-                    ));
-                }
-                let on = res.gate.iter().filter(|&&g| g > 0.0).count();
-                let _ = write!(s, " ({on}/{})", res.gate.len());
-            }
-            Ok(s)
-        }
+        Item::Method(m, n) => format_value(e, res.lookup(m, *n)?, res, block),
+        Item::Steps(k) => format_value(e, res.at_steps(*k)?, res, block),
         Item::BelowSbc(m, n) => {
             let c = res.lookup(m, *n)?;
             // Classical SBC at the method's N (an N = 0 row: at the run's N).
@@ -1265,15 +1292,9 @@ pub fn run<'a>(
                         |m| on_progress(&format!("{tag}: {m}")),
                     )?;
                     let n = r.settings.arms.experiment.table_n;
+                    let first = r.settings.baselines.first_repeat;
+                    let files = rel(&rep.files);
                     one(CellResult {
-                        run: r.name.to_string(),
-                        cell: c.clone(),
-                        variant: None,
-                        variant_label: None,
-                        val_msrp: None,
-                        property_label: rep.property.clone(),
-                        table_n: n,
-                        first_split: r.settings.baselines.first_repeat,
                         gate: rep
                             .notes
                             .residual_gate
@@ -1288,8 +1309,7 @@ pub fn run<'a>(
                             .filter(|x| x.n_transfer == n && !x.source_cv_rmse.is_empty())
                             .map(|x| x.source_cv_rmse.clone())
                             .collect(),
-                        files: rel(&rep.files),
-                        cells: rep.cells,
+                        ..CellResult::new(r.name, c, &rep.property, n, first, files, rep.cells)
                     })
                 }
                 GridKind::Baselines => {
@@ -1306,20 +1326,16 @@ pub fn run<'a>(
                     for _ in 0..bc.repeats {
                         on_progress(&tag);
                     }
-                    one(CellResult {
-                        run: r.name.to_string(),
-                        cell: c.clone(),
-                        variant: None,
-                        variant_label: None,
-                        val_msrp: None,
-                        property_label: cr.property.clone(),
-                        table_n: bc.n_transfer.first().copied().unwrap_or(0),
-                        first_split: bc.first_repeat,
-                        gate: Vec::new(),
-                        source_cv_rmse: Vec::new(),
-                        files: rel(&cr.files),
-                        cells: cr.report.cells,
-                    })
+                    let n = bc.n_transfer.first().copied().unwrap_or(0);
+                    one(CellResult::new(
+                        r.name,
+                        c,
+                        &cr.property,
+                        n,
+                        bc.first_repeat,
+                        rel(&cr.files),
+                        cr.report.cells,
+                    ))
                 }
                 GridKind::TttSteps => {
                     let rep = ttt_steps::run(
@@ -1361,18 +1377,17 @@ pub fn run<'a>(
                                 .collect();
                             cells.extend(refs.iter().cloned());
                             CellResult {
-                                run: r.name.to_string(),
-                                cell: c.clone(),
                                 variant: Some(v.clone()),
                                 variant_label: Some(label.clone()),
-                                val_msrp: None,
-                                property_label: rep.property.clone(),
-                                table_n: k,
-                                first_split: r.settings.baselines.first_repeat,
-                                gate: Vec::new(),
-                                source_cv_rmse: Vec::new(),
-                                files: files.clone(),
-                                cells,
+                                ..CellResult::new(
+                                    r.name,
+                                    c,
+                                    &rep.property,
+                                    k,
+                                    r.settings.baselines.first_repeat,
+                                    files.clone(),
+                                    cells,
+                                )
                             }
                         })
                         .collect()
@@ -1407,18 +1422,18 @@ pub fn run<'a>(
                                 .find(|(v, _)| *v == vr.variant)
                                 .map(|(_, l)| l.clone());
                             CellResult {
-                                run: r.name.to_string(),
-                                cell: c.clone(),
                                 variant: Some(vr.variant.clone()),
                                 variant_label: label,
                                 val_msrp: vr.val_msrp,
-                                property_label: rep.property.clone(),
-                                table_n: rep.n_transfer,
-                                first_split: r.settings.baselines.first_repeat,
-                                gate: Vec::new(),
-                                source_cv_rmse: Vec::new(),
-                                files: files.clone(),
-                                cells,
+                                ..CellResult::new(
+                                    r.name,
+                                    c,
+                                    &rep.property,
+                                    rep.n_transfer,
+                                    r.settings.baselines.first_repeat,
+                                    files.clone(),
+                                    cells,
+                                )
                             }
                         })
                         .collect()
@@ -1525,20 +1540,7 @@ decimals = 2
 
     /// A result of `run` on `cell` at N = 10 with `cells`, no variant, gate or blend notes.
     fn result(run: &str, cell: CellKey, cells: Vec<Cell>) -> CellResult {
-        CellResult {
-            run: run.into(),
-            cell,
-            variant: None,
-            variant_label: None,
-            val_msrp: None,
-            property_label: "P".into(),
-            table_n: 10,
-            first_split: 0,
-            cells,
-            gate: Vec::new(),
-            source_cv_rmse: Vec::new(),
-            files: Vec::new(),
-        }
+        CellResult::new(run, &cell, "P", 10, 0, Vec::new(), cells)
     }
 
     /// Two runs on two cells with hand-made rows: run b's values are run a's times `k`.
